@@ -1,0 +1,34 @@
+# One entry point: make dev | test | lint | bench | soak
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: dev test lint fmt bench bench-quick soak clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+dev: $(STAMP)  ## the whole bus on SQLite + an in-process broker: no servers needed
+	$(BIN)/eventbus dev
+
+lint: $(STAMP)
+	$(BIN)/ruff check bus api workers eventbus tests
+	$(BIN)/ruff format --check bus api workers eventbus tests
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix bus api workers eventbus tests
+	$(BIN)/ruff format bus api workers eventbus tests
+
+test: lint  ## needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1 (.ci/run starts them)
+	$(BIN)/pytest -m "not soak"
+
+soak: $(STAMP)
+	$(BIN)/pytest -m soak
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,87 @@
+"""Response models: the seed's envelopes, for OpenAPI and for reading the routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Event(BaseModel):
+    id: str = Field(examples=["0b7a3c1e-8d0e-4f6c-9a55-2f1d3c4b5a69"])
+    tenant_id: str
+    event_type: str = Field(examples=["inventory_updated"])
+    source_module: str = Field(examples=["inventory"])
+    target_module: str = Field(examples=["warehouse"])
+    entity_type: str = Field(examples=["inventory_item"])
+    entity_id: str
+    event_data: dict[str, Any]
+    status: str = Field(examples=["pending"])
+    retry_count: int
+    created_at: str = Field(examples=["2023-04-01T10:00:00Z"])
+    processed_at: str | None
+    error_message: str | None
+
+
+class EventEnvelope(BaseModel):
+    success: bool = True
+    message: str = Field(examples=["Event published successfully"])
+    event: Event
+
+
+class EventsPage(BaseModel):
+    success: bool = True
+    message: str = Field(examples=["Events retrieved successfully"])
+    events: list[Event]
+    page: int
+    limit: int
+    total: int
+
+
+class ErrorEnvelope(BaseModel):
+    success: bool = False
+    message: str = Field(examples=["Insufficient permissions"])
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for error responses, each in the envelope."""
+    described = {
+        400: "Invalid input (`Field required <name>`, `Invalid <name>`, `Invalid status`, …)",
+        401: "`Authentication required` or `Invalid token`",
+        403: "`Insufficient permissions`",
+        404: "`Event not found`",
+        413: "`Event data too large` or `Request body too large`",
+        500: "`Internal server error`",
+    }
+    return {c: {"model": ErrorEnvelope, "description": described[c]} for c in codes}
+
+
+PUBLISH_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "event_type",
+        "source_module",
+        "target_module",
+        "entity_type",
+        "entity_id",
+        "event_data",
+    ],
+    "properties": {
+        "event_type": {"type": "string", "maxLength": 255, "example": "inventory_updated"},
+        "source_module": {"type": "string", "pattern": "^[a-z0-9_.-]{1,64}$"},
+        "target_module": {"type": "string", "pattern": "^[a-z0-9_.-]{1,64}$"},
+        "entity_type": {"type": "string", "maxLength": 255},
+        "entity_id": {"type": "string", "maxLength": 255},
+        "event_data": {"type": "object", "additionalProperties": True},
+    },
+}
+
+STATUS_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "string", "enum": ["pending", "processed", "failed"]},
+        "processed_at": {"type": ["string", "null"], "format": "date-time"},
+        "error_message": {"type": ["string", "null"]},
+    },
+}

@@ -1,0 +1,115 @@
+"""``/system/events``: list, publish, update status. Each route calls one service function."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from api.deps import BusDep, Caller, DbSession, JsonBody
+from api.envelopes import (
+    PUBLISH_BODY_SCHEMA,
+    STATUS_BODY_SCHEMA,
+    EventEnvelope,
+    EventsPage,
+    errors,
+)
+from bus import service
+
+router = APIRouter(prefix="/system/events", tags=["System Events"])
+
+TenantParam = Annotated[
+    str | None,
+    Query(description="UUID of the tenant (optional for system admins and in auth context)"),
+]
+
+
+@router.get(
+    "",
+    response_model=EventsPage,
+    responses=errors(400, 401, 403, 500),
+    summary="List Events",
+)
+def list_events(
+    request: Request,
+    caller: Caller,
+    db: DbSession,
+    tenant_id: TenantParam = None,
+    event_type: Annotated[str | None, Query(description="exact event type")] = None,
+    source_module: Annotated[str | None, Query(description="exact source module")] = None,
+    target_module: Annotated[str | None, Query(description="exact target module")] = None,
+    status: Annotated[str | None, Query(description="pending, processed or failed")] = None,
+    entity_type: Annotated[str | None, Query(description="exact entity type")] = None,
+    page: Annotated[str | None, Query(description="page number, from 1")] = None,
+    limit: Annotated[str | None, Query(description="items per page, 1 to 1000")] = None,
+) -> Any:
+    """Events of the caller's tenant, newest first, filtered by exact matches (AND).
+
+    Needs `manage:system` or a system admin; a system admin naming no tenant sees all tenants.
+    """
+    result = service.list_events(db, caller, request.query_params)
+    return {
+        "success": True,
+        "message": "Events retrieved successfully",
+        "events": result.events,
+        "page": result.page,
+        "limit": result.limit,
+        "total": result.total,
+    }
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=EventEnvelope,
+    responses=errors(400, 401, 403, 413, 500),
+    summary="Publish Event",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PUBLISH_BODY_SCHEMA}},
+        }
+    },
+)
+def publish_event(
+    request: Request,
+    caller: Caller,
+    bus: BusDep,
+    db: DbSession,
+    body: JsonBody,
+    tenant_id: TenantParam = None,
+) -> Any:
+    """Store an event as pending and queue it for its target module's workers.
+
+    Needs a system token, `manage:system` or a system admin.
+    """
+    event = service.publish(
+        db, bus.settings, caller, tenant_id, body, request_id=request.state.request_id
+    )
+    return {"success": True, "message": "Event published successfully", "event": event}
+
+
+@router.put(
+    "/{event_id}",
+    response_model=EventEnvelope,
+    responses=errors(400, 401, 403, 404, 500),
+    summary="Update Event Status",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": STATUS_BODY_SCHEMA}},
+        }
+    },
+)
+def update_event_status(
+    event_id: str,
+    caller: Caller,
+    bus: BusDep,
+    db: DbSession,
+    body: JsonBody,
+    tenant_id: TenantParam = None,
+) -> Any:
+    """Set an event's status: processed (processed_at defaults to now), failed (retry_count + 1)
+    or pending (sent to its module again)."""
+    event = service.update_status(db, bus.settings, caller, event_id, tenant_id, body)
+    return {"success": True, "message": "Event updated successfully", "event": event}

@@ -1,0 +1,178 @@
+"""Bearer JWTs: verification, the caller's identity, and who may do what in which tenant."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from bus.errors import (
+    AuthenticationRequired,
+    FieldRequired,
+    InsufficientPermissions,
+    InvalidToken,
+)
+from bus.schemas import parse_uuid
+from bus.settings import Settings
+
+MANAGE_SYSTEM = "manage:system"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, from the token's claims."""
+
+    sub: str
+    tenant_id: uuid.UUID | None
+    permissions: frozenset[str]
+    is_system_admin: bool
+    token_type: str
+
+    @property
+    def can_read(self) -> bool:
+        return self.is_system_admin or MANAGE_SYSTEM in self.permissions
+
+    @property
+    def can_write(self) -> bool:
+        return self.can_read or self.token_type == "system"
+
+
+class TokenVerifier:
+    """Verifies tokens with the one key the settings name; the token's header never picks it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._options: dict[str, Any] = {"require": ["exp", "sub"]}
+        self._issuer = settings.jwt_issuer or None
+        self._audience = settings.jwt_audience or None
+        if settings.jwt_public_key:
+            key = load_pem_public_key(settings.jwt_public_key.encode())
+            if isinstance(key, rsa.RSAPublicKey):
+                self._algorithms = ["RS256"]
+            elif isinstance(key, ec.EllipticCurvePublicKey):
+                self._algorithms = ["ES256"]
+            else:
+                raise ValueError("EVENTBUS_JWT_PUBLIC_KEY must be an RSA or EC public key")
+            self._key: Any = key
+        else:
+            self._algorithms = ["HS256"]
+            self._key = settings.signing_secret()
+
+    def verify(self, authorization: str | None) -> Principal:
+        """The caller named by an ``Authorization: Bearer …`` header, or 401."""
+        if not authorization:
+            raise AuthenticationRequired()
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationRequired()
+        try:
+            claims = jwt.decode(
+                token.strip(),
+                self._key,
+                algorithms=self._algorithms,
+                issuer=self._issuer,
+                audience=self._audience,
+                options={  # type: ignore[arg-type]
+                    **self._options,
+                    "verify_aud": self._audience is not None,
+                    "verify_iss": self._issuer is not None,
+                },
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken() from exc
+        return principal_from_claims(claims)
+
+
+def principal_from_claims(claims: dict[str, Any]) -> Principal:
+    """Claims of a verified token; a claim of the wrong shape makes the token invalid."""
+    sub = claims.get("sub")
+    tenant = claims.get("tenant_id")
+    permissions = claims.get("permissions", [])
+    is_admin = claims.get("is_system_admin", False)
+    token_type = claims.get("token_type", "user")
+    if (
+        not isinstance(sub, str)
+        or not isinstance(permissions, list)
+        or not all(isinstance(p, str) for p in permissions)
+        or not isinstance(is_admin, bool)
+        or token_type not in ("user", "system")
+        or (tenant is not None and not isinstance(tenant, str))
+    ):
+        raise InvalidToken()
+    try:
+        tenant_id = uuid.UUID(tenant) if tenant else None
+    except ValueError as exc:
+        raise InvalidToken() from exc
+    return Principal(
+        sub=sub,
+        tenant_id=tenant_id,
+        permissions=frozenset(permissions),
+        is_system_admin=is_admin,
+        token_type=token_type,
+    )
+
+
+def require_reader(principal: Principal) -> None:
+    if not principal.can_read:
+        raise InsufficientPermissions()
+
+
+def require_writer(principal: Principal) -> None:
+    if not principal.can_write:
+        raise InsufficientPermissions()
+
+
+def resolve_tenant(
+    principal: Principal, requested: str | None, *, creating: bool
+) -> uuid.UUID | None:
+    """The tenant a call acts in; a caller that is not a system admin stays in its own.
+
+    ``None`` means every tenant: a system admin reading or updating without naming one. A new
+    event needs a tenant, from the query or else the admin's token.
+    """
+    tenant = parse_uuid(requested, "tenant_id") if requested else None
+    if principal.is_system_admin:
+        if tenant is None and creating:
+            tenant = principal.tenant_id
+            if tenant is None:
+                raise FieldRequired("tenant_id")
+        return tenant
+    if principal.tenant_id is None or (tenant is not None and tenant != principal.tenant_id):
+        raise InsufficientPermissions()
+    return principal.tenant_id
+
+
+def mint_token(
+    secret: str,
+    *,
+    sub: str,
+    tenant_id: uuid.UUID | None = None,
+    permissions: Iterable[str] = (),
+    is_system_admin: bool = False,
+    token_type: str = "user",
+    ttl_seconds: int = 3600,
+    issuer: str | None = None,
+    audience: str | None = None,
+) -> str:
+    """An HS256 token for development and tests."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sub": sub,
+        "iat": now,
+        "exp": now + ttl_seconds,
+        "permissions": list(permissions),
+        "is_system_admin": is_system_admin,
+        "token_type": token_type,
+    }
+    if tenant_id is not None:
+        claims["tenant_id"] = str(tenant_id)
+    if issuer:
+        claims["iss"] = issuer
+    if audience:
+        claims["aud"] = audience
+    return jwt.encode(claims, secret, algorithm="HS256")

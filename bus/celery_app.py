@@ -1,0 +1,57 @@
+"""Builds the Celery app from settings; tasks live in ``workers``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from bus.settings import Settings
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    """Transport options that keep Redis from redelivering waiting work or hanging on dead TCP."""
+    url = settings.broker_url
+    if url.startswith(("redis://", "rediss://", "sentinel://")):
+        return {
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            "socket_timeout": 30,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
+            "health_check_interval": 25,
+        }
+    if url.startswith("memory://"):
+        return {"polling_interval": 0.01}
+    if url.startswith(("sqla+", "sqlalchemy+")):
+        return {"polling_interval": 0.1}
+    return {}
+
+
+def make_celery(settings: Settings) -> Celery:
+    """The Celery app of the bus, with the settings that make delivery at least once."""
+    app = Celery("eventbus", broker=settings.broker_url, set_as_current=False)
+    options = broker_options(settings)
+    app.conf.update(
+        broker_transport_options=options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        visibility_timeout=settings.visibility_timeout_seconds,
+        task_acks_late=True,
+        task_retry_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_soft_shutdown_timeout=30,
+        task_time_limit=settings.task_time_limit_seconds,
+        task_soft_time_limit=max(1, settings.task_time_limit_seconds - 10),
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=f"{settings.queue_prefix}default",
+        task_create_missing_queues=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    return app

@@ -1,0 +1,67 @@
+"""Domain errors: each carries the HTTP status and the seed's exact message."""
+
+from __future__ import annotations
+
+
+class BusError(Exception):
+    """An error a client sees as ``{"success": false, "message": ...}``."""
+
+    status_code = 400
+    message = "Bad request"
+
+    def __init__(self, message: str | None = None) -> None:
+        if message is not None:
+            self.message = message
+        super().__init__(self.message)
+
+
+class FieldRequired(BusError):
+    def __init__(self, field: str) -> None:
+        super().__init__(f"Field required {field}")
+
+
+class InvalidField(BusError):
+    def __init__(self, field: str) -> None:
+        super().__init__(f"Invalid {field}")
+
+
+class InvalidStatus(BusError):
+    message = "Invalid status"
+
+
+class EventDataNotObject(BusError):
+    message = "Event data must be object"
+
+
+class EventDataTooLarge(BusError):
+    status_code = 413
+    message = "Event data too large"
+
+
+class BodyTooLarge(BusError):
+    status_code = 413
+    message = "Request body too large"
+
+
+class InvalidJSONBody(BusError):
+    message = "Invalid JSON body"
+
+
+class EventNotFound(BusError):
+    status_code = 404
+    message = "Event not found"
+
+
+class AuthenticationRequired(BusError):
+    status_code = 401
+    message = "Authentication required"
+
+
+class InvalidToken(BusError):
+    status_code = 401
+    message = "Invalid token"
+
+
+class InsufficientPermissions(BusError):
+    status_code = 403
+    message = "Insufficient permissions"

@@ -1,0 +1,125 @@
+"""Every SQL statement the bus runs, named for its intent."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, Table, and_, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from bus.models import EventStatus, SystemEvent
+from bus.schemas import ListQuery
+
+_table: Table = SystemEvent.__table__  # type: ignore[assignment]
+
+
+def insert_event(session: Session, values: dict[str, Any]) -> None:
+    """One INSERT through Core: the ORM's unit of work costs more than the row."""
+    session.execute(insert(_table), [values])
+
+
+def get_event(
+    session: Session, event_id: uuid.UUID, tenant_id: uuid.UUID | None, *, lock: bool = False
+) -> SystemEvent | None:
+    """An event in a tenant (any tenant when ``tenant_id`` is None), optionally row-locked."""
+    stmt = select(SystemEvent).where(SystemEvent.id == event_id)
+    if tenant_id is not None:
+        stmt = stmt.where(SystemEvent.tenant_id == tenant_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    return session.scalars(stmt).one_or_none()
+
+
+def _filtered(stmt: Select[Any], tenant_id: uuid.UUID | None, query: ListQuery) -> Select[Any]:
+    if tenant_id is not None:
+        stmt = stmt.where(SystemEvent.tenant_id == tenant_id)
+    for name, value in query.filters.items():
+        stmt = stmt.where(getattr(SystemEvent, name) == value)
+    return stmt
+
+
+def list_page(
+    session: Session, tenant_id: uuid.UUID | None, query: ListQuery
+) -> tuple[Sequence[SystemEvent], int]:
+    """A page newest first (id breaks ties, so pages never overlap) and the count of all matches."""
+    rows = session.scalars(
+        _filtered(select(SystemEvent), tenant_id, query)
+        .order_by(SystemEvent.created_at.desc(), SystemEvent.id.desc())
+        .offset(query.offset)
+        .limit(query.limit)
+    ).all()
+    if len(rows) < query.limit and (rows or query.page == 1):
+        return rows, query.offset + len(rows)  # a short page ends the set: no COUNT needed
+    total = session.scalar(_filtered(select(func.count()).select_from(_table), tenant_id, query))
+    return rows, int(total or 0)
+
+
+def claim_for_processing(session: Session, event_id: uuid.UUID) -> SystemEvent | None:
+    """Lock the event for one attempt; None if another transaction holds it or it is gone.
+
+    The row lock is the claim: it lasts until the attempt's transaction ends, and a crash
+    releases it by rolling everything back.
+    """
+    stmt = (
+        select(SystemEvent)
+        .where(SystemEvent.id == event_id)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    )
+    return session.scalars(stmt).one_or_none()
+
+
+def mark_unsent(session: Session, event_ids: Sequence[uuid.UUID]) -> None:
+    """Undo an optimistic send stamp so the relay picks the events up at once."""
+    if event_ids:
+        session.execute(update(_table).where(_table.c.id.in_(event_ids)).values(dispatched_at=None))
+
+
+def take_due_for_dispatch(
+    session: Session, now: datetime, lease: timedelta, limit: int
+) -> list[tuple[uuid.UUID, str, str | None]]:
+    """Lock and stamp events that should be on a queue but may not be.
+
+    Pending and never sent (or sent longer than a lease ago), or failed with a due retry and no
+    send within the lease. SKIP LOCKED lets several relays share the work and passes over events
+    a worker is processing right now.
+    """
+    stale = now - lease
+    unsent = or_(SystemEvent.dispatched_at.is_(None), SystemEvent.dispatched_at < stale)
+    rows: list[tuple[uuid.UUID, str, str | None]] = []
+    for due in (
+        SystemEvent.status == EventStatus.PENDING,
+        and_(
+            SystemEvent.status == EventStatus.FAILED,
+            SystemEvent.next_attempt_at.is_not(None),
+            SystemEvent.next_attempt_at <= now,
+        ),
+    ):
+        if len(rows) >= limit:
+            break
+        stmt = (
+            select(SystemEvent.id, SystemEvent.target_module, SystemEvent.request_id)
+            .where(due, unsent)
+            .order_by(SystemEvent.created_at)
+            .limit(limit - len(rows))
+            .with_for_update(skip_locked=True)
+        )
+        rows.extend((r.id, r.target_module, r.request_id) for r in session.execute(stmt))
+    if rows:
+        session.execute(
+            update(_table).where(_table.c.id.in_([r[0] for r in rows])).values(dispatched_at=now)
+        )
+    return rows
+
+
+def reset_dispatch_of_pending(session: Session) -> int:
+    """Forget every send stamp of pending events (an in-memory broker lost them all on restart)."""
+    result = session.execute(
+        update(_table)
+        .where(_table.c.status == EventStatus.PENDING, _table.c.dispatched_at.is_not(None))
+        .values(dispatched_at=None)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

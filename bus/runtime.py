@@ -1,0 +1,55 @@
+"""The bus's long-lived parts, built once per process from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from bus.auth import TokenVerifier
+from bus.celery_app import make_celery
+from bus.db import make_engine, make_sessionmaker
+from bus.dispatch import Dispatcher
+from bus.service import RetryPolicy
+from bus.settings import Settings
+
+
+@dataclass
+class Bus:
+    """Settings, database, broker and verifier of one process; parts are made on first use."""
+
+    settings: Settings
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.database_url)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return make_sessionmaker(self.engine)
+
+    @cached_property
+    def celery(self) -> Any:
+        return make_celery(self.settings)
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        return Dispatcher(self.celery, self.sessions, self.settings.queue_prefix)
+
+    @cached_property
+    def verifier(self) -> TokenVerifier:
+        return TokenVerifier(self.settings)
+
+    @cached_property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy.from_settings(self.settings)
+
+    def close(self) -> None:
+        """Release pooled connections (database and broker)."""
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+        if "celery" in self.__dict__:
+            self.celery.pool.force_close_all()

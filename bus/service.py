@@ -1,0 +1,248 @@
+"""The status rules: the one place that decides what publishing and each status change mean.
+
+The ``PUT`` route and the worker tasks both come here; neither re-implements a rule.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session, object_session
+
+from bus import repository
+from bus.auth import Principal, require_reader, require_writer, resolve_tenant
+from bus.dispatch import Dispatch, schedule
+from bus.errors import EventNotFound
+from bus.models import EventStatus, SystemEvent
+from bus.schemas import (
+    ListQuery,
+    StatusChange,
+    event_view,
+    parse_list_query,
+    parse_new_event,
+    parse_status_change,
+)
+from bus.settings import Settings
+
+MAX_FAILURE_SUMMARY = 1000
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with equal jitter: attempt n waits between d/2 and d, d = base·2ⁿ⁻¹.
+
+    Equal jitter keeps delays growing (each wait is at least the previous one's cap) while
+    spreading a burst of failures over time.
+    """
+
+    max_attempts: int
+    base_seconds: float
+    max_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            settings.retry_max_attempts, settings.retry_base_seconds, settings.retry_max_seconds
+        )
+
+    def delay(self, failures: int, rng: random.Random | None = None) -> float | None:
+        """Seconds until the next attempt after ``failures`` failed ones; None once exhausted."""
+        if failures >= self.max_attempts:
+            return None
+        cap = min(self.max_seconds, self.base_seconds * 2.0 ** (failures - 1))
+        jitter: float = (rng or random).uniform(0, cap / 2)
+        return cap / 2 + jitter
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    events: list[dict[str, Any]]
+    page: int
+    limit: int
+    total: int
+
+
+def summarize_error(exc: BaseException) -> str:
+    """A one-line ``Type: message`` for error_message, truncated."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if len(text) > MAX_FAILURE_SUMMARY:
+        text = text[: MAX_FAILURE_SUMMARY - 1] + "…"
+    return text
+
+
+def publish(
+    session: Session,
+    settings: Settings,
+    principal: Principal,
+    tenant_param: str | None,
+    body: Any,
+    *,
+    request_id: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Store a new pending event and schedule its send for after the commit.
+
+    The send is stamped optimistically in the same INSERT (one commit per publish); a failed
+    send unstamps it, and a crash in between is covered by the relay's lease.
+    """
+    require_writer(principal)
+    tenant_id = resolve_tenant(principal, tenant_param, creating=True)
+    assert tenant_id is not None
+    new = parse_new_event(body, settings.max_event_data_bytes)
+    now = now or utcnow()
+    event = SystemEvent(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        event_type=new.event_type,
+        source_module=new.source_module,
+        target_module=new.target_module,
+        entity_type=new.entity_type,
+        entity_id=new.entity_id,
+        event_data=new.event_data,
+        status=EventStatus.PENDING,
+        retry_count=0,
+        created_at=now,
+        processed_at=None,
+        error_message=None,
+        dispatched_at=now,
+        next_attempt_at=None,
+        request_id=request_id,
+    )
+    repository.insert_event(
+        session, {c.key: getattr(event, c.key) for c in SystemEvent.__table__.columns}
+    )
+    schedule(session, Dispatch(event.id, event.target_module, request_id=request_id))
+    return event_view(event)
+
+
+def list_events(session: Session, principal: Principal, params: Mapping[str, str]) -> Page:
+    """One page of the caller's events (every tenant's for a system admin naming none)."""
+    require_reader(principal)
+    tenant_id = resolve_tenant(principal, params.get("tenant_id"), creating=False)
+    query: ListQuery = parse_list_query(params)
+    rows, total = repository.list_page(session, tenant_id, query)
+    return Page([event_view(r) for r in rows], query.page, query.limit, total)
+
+
+def update_status(
+    session: Session,
+    settings: Settings,
+    principal: Principal,
+    event_id: str,
+    tenant_param: str | None,
+    body: Any,
+    *,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """``PUT /system/events/{id}``: apply a status change reported from outside the bus.
+
+    ``pending`` sends the event again (a manual retry or replay). ``failed`` records the failure
+    and schedules no automatic retry: the schedule belongs to attempts the bus made itself.
+    """
+    require_writer(principal)
+    tenant_id = resolve_tenant(principal, tenant_param, creating=False)
+    try:
+        uid = uuid.UUID(event_id)
+    except ValueError as exc:
+        raise EventNotFound() from exc
+    change = parse_status_change(body)
+    event = repository.get_event(session, uid, tenant_id, lock=True)
+    if event is None:
+        raise EventNotFound()
+    apply_change(event, change, now or utcnow(), retry_delay=None)
+    session.flush()
+    return event_view(event)
+
+
+def apply_change(
+    event: SystemEvent, change: StatusChange, now: datetime, *, retry_delay: float | None
+) -> None:
+    """The rules of a status change, for the API and the workers alike.
+
+    processed: processed_at defaults to now, no retry left pending. failed: retry_count + 1, the
+    error kept, the next attempt at ``now + retry_delay`` (none when None). pending: sent again.
+    """
+    event.status = change.status
+    if change.status is EventStatus.PROCESSED:
+        event.processed_at = change.processed_at or now
+        event.error_message = change.error_message
+        event.next_attempt_at = None
+    elif change.status is EventStatus.FAILED:
+        event.retry_count += 1
+        event.error_message = change.error_message
+        event.processed_at = None
+        event.next_attempt_at = (
+            now + timedelta(seconds=retry_delay) if retry_delay is not None else None
+        )
+        if retry_delay is not None:
+            event.dispatched_at = now
+    else:
+        event.processed_at = None
+        event.next_attempt_at = None
+        event.dispatched_at = now
+        session = _session_of(event)
+        schedule(session, Dispatch(event.id, event.target_module, request_id=event.request_id))
+
+
+def _session_of(event: SystemEvent) -> Session:
+    session = object_session(event)
+    if session is None:
+        raise RuntimeError("event is not attached to a session")
+    return session
+
+
+# --- worker attempts -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A claimed event, ready for its handler; the claim lasts until the transaction ends."""
+
+    event: SystemEvent
+    attempt: int
+
+
+def begin_attempt(session: Session, event_id: uuid.UUID) -> Attempt | None:
+    """Claim an event for one handler run, or None if it must not run now.
+
+    None when another delivery holds it, it is already processed, it is gone, or its retries are
+    exhausted: the message is then acknowledged without running the handler again.
+    """
+    event = repository.claim_for_processing(session, event_id)
+    if event is None or event.status == EventStatus.PROCESSED:
+        return None
+    if event.status == EventStatus.FAILED and event.next_attempt_at is None:
+        return None
+    return Attempt(event, event.retry_count + 1)
+
+
+def record_success(attempt: Attempt, now: datetime | None = None) -> None:
+    """The handler returned: the event is processed."""
+    apply_change(
+        attempt.event, StatusChange(EventStatus.PROCESSED), now or utcnow(), retry_delay=None
+    )
+
+
+def record_failure(
+    attempt: Attempt, exc: BaseException, policy: RetryPolicy, now: datetime | None = None
+) -> float | None:
+    """The handler raised: failed, retry_count + 1; returns the delay to the next try, if any."""
+    delay = policy.delay(attempt.event.retry_count + 1)
+    apply_change(
+        attempt.event,
+        StatusChange(EventStatus.FAILED, error_message=summarize_error(exc)),
+        now or utcnow(),
+        retry_delay=delay,
+    )
+    return delay

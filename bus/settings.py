@@ -1,0 +1,112 @@
+"""Every setting of the bus, read from ``EVENTBUS_*`` environment variables."""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev", "development", "test"}
+_DEV_SECRET_FILE = ".eventbus-secret"
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    """Configuration; the README's table is checked against these fields."""
+
+    model_config = SettingsConfigDict(env_prefix="EVENTBUS_", extra="ignore")
+
+    env: Environment = Field(
+        Environment.DEVELOPMENT,
+        description="development, test or production; production refuses a generated JWT secret",
+    )
+    database_url: str = Field(
+        "sqlite:///eventbus.db",
+        description="SQLAlchemy URL: postgresql+psycopg://… in production; SQLite by default",
+    )
+    broker_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Celery broker: redis://…, amqp://… or memory:// (embedded `eventbus dev`)",
+    )
+    queue_prefix: str = Field("eventbus.", description="prefix of every module's queue name")
+    handlers: str = Field(
+        "", description="comma-separated import paths of handler modules to load in workers"
+    )
+
+    jwt_secret: str = Field("", description="HS256 secret; generated into .eventbus-secret in dev")
+    jwt_public_key: str = Field(
+        "", description="PEM public key (RS256/ES256); when set, HS256 is refused"
+    )
+    jwt_issuer: str = Field("", description="required `iss` claim when set")
+    jwt_audience: str = Field("", description="required `aud` claim when set")
+
+    max_event_data_bytes: int = Field(
+        256 * 1024, description="cap on serialized event_data (413 above it)"
+    )
+    max_body_bytes: int = Field(1024 * 1024, description="cap on a request body (413 above it)")
+
+    retry_max_attempts: int = Field(
+        5, ge=1, description="handler attempts in all, the first included"
+    )
+    retry_base_seconds: float = Field(2.0, gt=0, description="first retry delay (doubles after)")
+    retry_max_seconds: float = Field(300.0, gt=0, description="cap on one retry delay")
+
+    task_time_limit_seconds: int = Field(
+        300, ge=1, description="hard time limit of one handler run"
+    )
+    visibility_timeout_seconds: int = Field(
+        3600, description="Redis broker visibility timeout; must exceed the longest delay + limit"
+    )
+    relay_interval_seconds: float = Field(1.0, gt=0, description="relay poll interval")
+    relay_lease_seconds: float = Field(
+        600.0, gt=0, description="a sent but unprocessed event is sent again after this"
+    )
+    relay_batch_size: int = Field(500, ge=1, description="events sent per relay batch")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        longest = self.retry_max_seconds + self.task_time_limit_seconds
+        if self.visibility_timeout_seconds <= longest:
+            raise ValueError(
+                "EVENTBUS_VISIBILITY_TIMEOUT_SECONDS must exceed "
+                "EVENTBUS_RETRY_MAX_SECONDS + EVENTBUS_TASK_TIME_LIMIT_SECONDS, "
+                "or Redis redelivers messages that are merely waiting"
+            )
+        weak = self.jwt_secret.strip().lower() in _PLACEHOLDER_SECRETS or len(self.jwt_secret) < 32
+        if self.env is Environment.PRODUCTION and not self.jwt_public_key and weak:
+            raise ValueError(
+                "EVENTBUS_JWT_SECRET must be a real secret of at least 32 characters "
+                "(or set EVENTBUS_JWT_PUBLIC_KEY) when EVENTBUS_ENV=production"
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def signing_secret(self) -> str:
+        """The HS256 secret; in development one is generated once and kept in a local file."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        if self.env is Environment.PRODUCTION:
+            raise RuntimeError("EVENTBUS_JWT_SECRET is not set")
+        path = Path(_DEV_SECRET_FILE)
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""The ``eventbus`` command: the one place that composes ``api``, ``workers`` and ``bus``."""

@@ -1,0 +1,3 @@
+from eventbus.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""Shared fixtures: a real PostgreSQL database of the tests' own, clean tables per test,
+an app over it, and tokens."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from api.app import create_app
+from bus.auth import mint_token
+from bus.migrate import upgrade
+from bus.runtime import Bus
+from bus.settings import Environment, Settings
+
+PG_ADMIN_URL = os.environ.get("EVENTBUS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("EVENTBUS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+TENANT_A = uuid.UUID("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa")
+TENANT_B = uuid.UUID("bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb")
+
+
+def _database_url(name: str) -> str:
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A database of this test run's own, migrated with Alembic, dropped at the end."""
+    name = f"eventbus_test_{os.getpid()}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = _database_url(name)
+    upgrade(url)
+    yield url
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "env": Environment.TEST,
+        "database_url": database_url,
+        "broker_url": REDIS_URL,
+        "jwt_secret": TEST_SECRET,
+        "queue_prefix": f"t{uuid.uuid4().hex[:8]}.",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Settings for one test: its own queue prefix, so queues never mix between tests."""
+    return make_settings(database_url)
+
+
+@pytest.fixture
+def bus(settings: Settings) -> Iterator[Bus]:
+    """A bus over clean tables."""
+    instance = Bus(settings)
+    with instance.engine.begin() as conn:
+        conn.execute(text("TRUNCATE system_events"))
+    yield instance
+    instance.close()
+    _drop_queues(settings.queue_prefix)
+
+
+def _drop_queues(prefix: str) -> None:
+    """Remove the test's Redis queues (and kombu's bindings for them)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*")) + list(
+            client.scan_iter(match=f"_kombu.binding.{prefix}*")
+        )
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def client(bus: Bus) -> Iterator[TestClient]:
+    with TestClient(create_app(bus=bus), raise_server_exceptions=False) as c:
+        yield c
+
+
+TokenFactory = Callable[..., str]
+
+
+@pytest.fixture
+def token() -> TokenFactory:
+    """``token(tenant=TENANT_A, permissions=["manage:system"], admin=False, system=False)``."""
+
+    def make(
+        tenant: uuid.UUID | None = TENANT_A,
+        permissions: list[str] | None = None,
+        *,
+        admin: bool = False,
+        system: bool = False,
+        ttl: int = 3600,
+    ) -> str:
+        return mint_token(
+            TEST_SECRET,
+            sub="tester",
+            tenant_id=tenant,
+            permissions=["manage:system"] if permissions is None else permissions,
+            is_system_admin=admin,
+            token_type="system" if system else "user",
+            ttl_seconds=ttl,
+        )
+
+    return make
+
+
+def auth(tok: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tok}"}
+
+
+SEED_PUBLISH_BODY = {
+    "event_type": "inventory_updated",
+    "source_module": "inventory",
+    "target_module": "warehouse",
+    "entity_type": "inventory_item",
+    "entity_id": "item-uuid-1",
+    "event_data": {
+        "previous_quantity": 100,
+        "new_quantity": 95,
+        "warehouse_id": "warehouse-uuid-1",
+    },
+}
