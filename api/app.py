@@ -37,6 +37,25 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+def _without_validation_errors(app: FastAPI) -> None:
+    """Drop the 422 FastAPI documents for every route with parameters: this API never sends one
+    (its errors are 400s in the envelope), so the document must not promise it."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()  # cached on the app: cleaned once
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            models = schema.get("components", {}).get("schemas", {})
+            models.pop("HTTPValidationError", None)
+            models.pop("ValidationError", None)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None, bus: Bus | None = None) -> FastAPI:
     """An app over a bus (built from settings when not given)."""
     bus = bus or Bus(settings or get_settings())
@@ -48,6 +67,7 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None) -> Fast
     app.state.bus = bus
     errors.install(app)
     app.include_router(routes.router)
+    _without_validation_errors(app)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, Any]:

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 from sqlalchemy.orm import Session
 
-from bus.auth import Principal
+from bus.auth import Principal, require_reader, require_writer
 from bus.dispatch import take_scheduled
 from bus.errors import BodyTooLarge
 from bus.runtime import Bus
@@ -48,6 +48,19 @@ def current_principal(request: Request, _: Annotated[Any, Depends(_bearer)]) -> 
     return get_bus(request).verifier.verify(request.headers.get("authorization"))
 
 
+def system_reader(caller: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    """A caller that may list events (403 otherwise), refused before any input is looked at."""
+    require_reader(caller)
+    return caller
+
+
+def system_writer(caller: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    """A caller that may publish or update events (403 otherwise), refused before the body is
+    read: a caller without the right learns nothing about what it sent."""
+    require_writer(caller)
+    return caller
+
+
 async def json_body(request: Request) -> Any:
     """The request body as JSON, capped in size before it is read whole."""
     cap = get_bus(request).settings.max_body_bytes
@@ -67,4 +80,6 @@ async def json_body(request: Request) -> Any:
 BusDep = Annotated[Bus, Depends(get_bus)]
 DbSession = Annotated[Session, Depends(db_session, scope="function")]
 Caller = Annotated[Principal, Depends(current_principal)]
+SystemReader = Annotated[Principal, Depends(system_reader)]
+SystemWriter = Annotated[Principal, Depends(system_writer)]
 JsonBody = Annotated[Any, Depends(json_body)]

@@ -38,8 +38,11 @@ def _http_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception(
-        "unhandled error", extra={"request_id": getattr(request.state, "request_id", None)}
+    # Not inside an ``except`` block: the traceback must be passed to reach the log.
+    log.error(
+        "unhandled error",
+        exc_info=exc,
+        extra={"request_id": getattr(request.state, "request_id", None)},
     )
     return envelope(500, "Internal server error")
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from api.deps import BusDep, Caller, DbSession, JsonBody
+from api.deps import BusDep, DbSession, JsonBody, SystemReader, SystemWriter
 from api.envelopes import (
     PUBLISH_BODY_SCHEMA,
     STATUS_BODY_SCHEMA,
@@ -32,7 +32,7 @@ TenantParam = Annotated[
 )
 def list_events(
     request: Request,
-    caller: Caller,
+    caller: SystemReader,
     db: DbSession,
     tenant_id: TenantParam = None,
     event_type: Annotated[str | None, Query(description="exact event type")] = None,
@@ -73,10 +73,10 @@ def list_events(
 )
 def publish_event(
     request: Request,
-    caller: Caller,
+    caller: SystemWriter,
+    body: JsonBody,
     bus: BusDep,
     db: DbSession,
-    body: JsonBody,
     tenant_id: TenantParam = None,
 ) -> Any:
     """Store an event as pending and queue it for its target module's workers.
@@ -92,7 +92,7 @@ def publish_event(
 @router.put(
     "/{event_id}",
     response_model=EventEnvelope,
-    responses=errors(400, 401, 403, 404, 500),
+    responses=errors(400, 401, 403, 404, 413, 500),
     summary="Update Event Status",
     openapi_extra={
         "requestBody": {
@@ -103,10 +103,10 @@ def publish_event(
 )
 def update_event_status(
     event_id: str,
-    caller: Caller,
+    caller: SystemWriter,
+    body: JsonBody,
     bus: BusDep,
     db: DbSession,
-    body: JsonBody,
     tenant_id: TenantParam = None,
 ) -> Any:
     """Set an event's status: processed (processed_at defaults to now), failed (retry_count + 1)

@@ -41,19 +41,32 @@ def _filtered(stmt: Select[Any], tenant_id: uuid.UUID | None, query: ListQuery) 
     return stmt
 
 
-def list_page(
-    session: Session, tenant_id: uuid.UUID | None, query: ListQuery
-) -> tuple[Sequence[SystemEvent], int]:
-    """A page newest first (id breaks ties, so pages never overlap) and the count of all matches."""
-    rows = session.scalars(
+def list_statement(tenant_id: uuid.UUID | None, query: ListQuery) -> Select[SystemEvent]:
+    """The SELECT of one page: newest first, id breaking ties so pages never overlap.
+
+    Every filter combination the API offers has an ``ix_events_*`` index that serves this order.
+    """
+    return (
         _filtered(select(SystemEvent), tenant_id, query)
         .order_by(SystemEvent.created_at.desc(), SystemEvent.id.desc())
         .offset(query.offset)
         .limit(query.limit)
-    ).all()
+    )
+
+
+def count_statement(tenant_id: uuid.UUID | None, query: ListQuery) -> Select[int]:
+    """The COUNT of every event the page's filters match."""
+    return _filtered(select(func.count()).select_from(_table), tenant_id, query)
+
+
+def list_page(
+    session: Session, tenant_id: uuid.UUID | None, query: ListQuery
+) -> tuple[Sequence[SystemEvent], int]:
+    """A page (see :func:`list_statement`) and the count of all matches."""
+    rows = session.scalars(list_statement(tenant_id, query)).all()
     if len(rows) < query.limit and (rows or query.page == 1):
         return rows, query.offset + len(rows)  # a short page ends the set: no COUNT needed
-    total = session.scalar(_filtered(select(func.count()).select_from(_table), tenant_id, query))
+    total = session.scalar(count_statement(tenant_id, query))
     return rows, int(total or 0)
 
 

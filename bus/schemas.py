@@ -34,6 +34,8 @@ MODULE_FIELDS = ("source_module", "target_module")
 MODULE_NAME = re.compile(r"[a-z0-9_.\-]{1,64}")
 MAX_STRING = 255
 MAX_ERROR_MESSAGE = 10_000
+MAX_EVENT_DATA_DEPTH = 64
+"""Objects and arrays nested deeper are refused: the response serializer stops at ~250 levels."""
 MAX_PAGE_LIMIT = 1000
 DEFAULT_PAGE_LIMIT = 100
 LIST_FILTERS = ("event_type", "source_module", "target_module", "status", "entity_type")
@@ -68,7 +70,10 @@ def parse_timestamp(value: Any, field: str) -> datetime:
         raise InvalidField(field) from exc
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise InvalidField(field) from exc
 
 
 def parse_uuid(value: str, field: str) -> uuid.UUID:
@@ -78,24 +83,42 @@ def parse_uuid(value: str, field: str) -> uuid.UUID:
         raise InvalidField(field) from exc
 
 
+def is_text(value: str) -> bool:
+    """True if PostgreSQL can store it: no NUL, and UTF-8 encodable.
+
+    JSON lets a lone surrogate (``"\\ud800"``) through; the driver cannot encode one.
+    """
+    if "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _storable(value: Any) -> bool:
-    """True if PostgreSQL's jsonb can hold it: no NUL in text, only finite numbers."""
-    stack = [value]
+    """True if jsonb can hold it and the API can send it back: text only as :func:`is_text`,
+    finite numbers, and no deeper than ``MAX_EVENT_DATA_DEPTH``."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, str):
-            if "\x00" in item:
+            if not is_text(item):
                 return False
         elif isinstance(item, float):
             if not math.isfinite(item):
                 return False
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                if "\x00" in key:
-                    return False
-                stack.append(child)
-        elif isinstance(item, list):
-            stack.extend(item)
+        elif isinstance(item, dict | list):
+            if depth > MAX_EVENT_DATA_DEPTH:
+                return False
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not is_text(key):
+                        return False
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
     return True
 
 
@@ -120,7 +143,7 @@ def parse_new_event(body: Any, max_data_bytes: int) -> NewEvent:
             raise FieldRequired(name)
     for name in STRING_FIELDS:
         value = body[name]
-        if not isinstance(value, str) or len(value) > MAX_STRING or "\x00" in value:
+        if not isinstance(value, str) or len(value) > MAX_STRING or not is_text(value):
             raise InvalidField(name)
         if name in MODULE_FIELDS and not MODULE_NAME.fullmatch(value):
             raise InvalidField(name)
@@ -172,7 +195,7 @@ def parse_status_change(body: Any) -> StatusChange:
     if error_message is not None and (
         not isinstance(error_message, str)
         or len(error_message) > MAX_ERROR_MESSAGE
-        or "\x00" in error_message
+        or not is_text(error_message)
     ):
         raise InvalidField("error_message")
     return StatusChange(status=status, processed_at=processed_at, error_message=error_message)
@@ -209,6 +232,9 @@ def parse_list_query(params: Mapping[str, str]) -> ListQuery:
     filters = {name: params[name] for name in LIST_FILTERS if params.get(name)}
     if "status" in filters:
         parse_status(filters["status"])
+    for name, value in filters.items():
+        if not is_text(value):  # PostgreSQL refuses a NUL in a query parameter
+            raise InvalidField(name)
     return ListQuery(filters=filters, page=page, limit=limit)
 
 

@@ -1,0 +1,78 @@
+"""Plain-function factories: rows written straight through the repository, and small helpers."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from httpx import Response
+
+from bus import repository
+from bus.db import transaction
+from bus.models import EventStatus
+from bus.runtime import Bus
+from bus.schemas import parse_timestamp
+from tests.conftest import TENANT_A
+
+RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+
+
+def event_values(**overrides: Any) -> dict[str, Any]:
+    """A full row of ``system_events``: the seed's publish example, pending, created now."""
+    values: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "tenant_id": TENANT_A,
+        "event_type": "inventory_updated",
+        "source_module": "inventory",
+        "target_module": "warehouse",
+        "entity_type": "inventory_item",
+        "entity_id": "item-uuid-1",
+        "event_data": {"previous_quantity": 100, "new_quantity": 95},
+        "status": EventStatus.PENDING,
+        "retry_count": 0,
+        "created_at": datetime.now(UTC),
+        "processed_at": None,
+        "error_message": None,
+        "dispatched_at": None,
+        "next_attempt_at": None,
+        "request_id": None,
+    }
+    values.update(overrides)
+    return values
+
+
+def make_events(bus: Bus, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert rows (see :func:`event_values`) in one committed transaction."""
+    made = list(rows)
+    with transaction(bus.sessions) as session:
+        for values in made:
+            repository.insert_event(session, values)
+    return made
+
+
+def make_event(bus: Bus, **overrides: Any) -> dict[str, Any]:
+    """Insert one event; ``overrides`` replace the defaults of :func:`event_values`."""
+    return make_events(bus, [event_values(**overrides)])[0]
+
+
+def make_seed_event(bus: Bus, seed_event: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """Insert the row a seed example shows (its fields, times included), with a real id."""
+    fields = {k: v for k, v in seed_event.items() if k not in ("id", "tenant_id")}
+    fields["created_at"] = parse_timestamp(fields["created_at"], "created_at")
+    if fields["processed_at"] is not None:
+        fields["processed_at"] = parse_timestamp(fields["processed_at"], "processed_at")
+    return make_event(bus, **{**fields, **overrides})
+
+
+def as_seed(event: dict[str, Any], seed_event: dict[str, Any]) -> dict[str, Any]:
+    """An API event with the seed's placeholder id and tenant, to compare with the seed."""
+    return {**event, "id": seed_event["id"], "tenant_id": seed_event["tenant_id"]}
+
+
+def assert_error(response: Response, status: int, message: str) -> None:
+    """The error envelope, exactly: no ``detail``, no extra key."""
+    assert response.status_code == status, response.text
+    assert response.json() == {"success": False, "message": message}
