@@ -40,10 +40,12 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with equal jitter: attempt n waits between d/2 and d, d = base·2ⁿ⁻¹.
+    """Exponential backoff with equal jitter: after n failures wait between d/2 and d,
+    d = base·2ⁿ⁻¹, clamped to ``max_seconds``.
 
-    Equal jitter keeps delays growing (each wait is at least the previous one's cap) while
-    spreading a burst of failures over time.
+    Equal jitter spreads a burst of failures over time yet never lets a wait be shorter than the
+    one before it (each window starts where the previous one ended); the clamp comes after the
+    jitter so this holds past the cap too.
     """
 
     max_attempts: int
@@ -60,9 +62,9 @@ class RetryPolicy:
         """Seconds until the next attempt after ``failures`` failed ones; None once exhausted."""
         if failures >= self.max_attempts:
             return None
-        cap = min(self.max_seconds, self.base_seconds * 2.0 ** (failures - 1))
-        jitter: float = (rng or random).uniform(0, cap / 2)
-        return cap / 2 + jitter
+        window = self.base_seconds * 2.0 ** (failures - 1)
+        jitter: float = (rng or random).uniform(0, window / 2)
+        return min(self.max_seconds, window / 2 + jitter)
 
 
 @dataclass(frozen=True, slots=True)
