@@ -1,0 +1,230 @@
+"""The end-to-end phase: N events published through the API, all processed by bus workers.
+
+Rate: from the load generator's first send to the last ``processed_at`` in the table. Latency:
+``processed_at - created_at`` of every row, so it is the bus's own record of each event, not a
+sample. The workers run ``eventbus worker`` with the bus's Celery settings untouched (acks late,
+prefetch 1, task events on); only pool, process count and concurrency vary.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from celery import Celery
+
+from bench.load import publish_scenario, run_load, system_token
+from bench.monitor import Monitor
+from bench.names import E2E_EVENT_TYPE, E2E_MODULE, WARM_MODULE
+from bench.procs import BIN, BenchError, Proc, Stack, wait_until
+from bench.stack import BusConfig, Database, flush_queues, start_api
+from bus.queues import queue_name
+
+E2E_TENANT = uuid.UUID("0e2e0e2e-0000-4000-8000-000000000001")
+
+
+@dataclass(frozen=True)
+class BusLayout:
+    """Processes of the bus for one end-to-end run."""
+
+    api_workers: int
+    pool: str
+    workers: int
+    concurrency: int
+    relay: bool = True
+
+    @property
+    def label(self) -> str:
+        relay = " + relay" if self.relay else ""
+        return (
+            f"API x{self.api_workers}, {self.workers}x {self.pool} worker "
+            f"c={self.concurrency}{relay}"
+        )
+
+
+def wait_for_bus_workers(broker_url: str, expected: int, timeout: float) -> None:
+    """Every ``eventbus worker`` (named ``eventbus-<pid>@host``) answers a ping: consuming."""
+    control = Celery("bench-control", broker=broker_url, set_as_current=False)
+    seen: set[str] = set()
+    with control.connection_for_write() as conn:
+
+        def all_answer() -> bool:
+            for reply in control.control.ping(timeout=0.5, connection=conn):
+                seen.update(name for name in reply if name.startswith("eventbus-"))
+            return len(seen) >= expected
+
+        wait_until(all_answer, timeout=timeout, what=f"{expected} bus worker(s)", interval=0.1)
+
+
+_STATS = """
+SELECT count(*),
+       count(*) FILTER (WHERE status = 'processed'),
+       count(*) FILTER (WHERE status = 'failed'),
+       extract(epoch FROM min(created_at)),
+       extract(epoch FROM max(processed_at)),
+       percentile_cont(ARRAY[0.5, 0.9, 0.99])
+           WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at)),
+       extract(epoch FROM max(processed_at - created_at)),
+       sum(retry_count)
+FROM system_events WHERE target_module = %s
+"""
+
+
+def _row_stats(db: Database) -> dict[str, Any]:
+    with psycopg.connect(db.dsn) as conn:
+        row = conn.execute(_STATS, (E2E_MODULE,)).fetchone()
+    assert row is not None
+    published, processed, failed, first_created, last_processed, pcts, worst, retries = row
+    pcts = pcts or [float("nan")] * 3
+    return {
+        "rows": int(published),
+        "processed": int(processed),
+        "failed": int(failed),
+        "retries": int(retries or 0),
+        "first_created_epoch": float(first_created) if first_created is not None else None,
+        "last_processed_epoch": float(last_processed) if last_processed is not None else None,
+        "latency_ms": {
+            "p50": round(float(pcts[0]) * 1000, 1),
+            "p90": round(float(pcts[1]) * 1000, 1),
+            "p99": round(float(pcts[2]) * 1000, 1),
+            "max": round(float(worst) * 1000, 1) if worst is not None else None,
+        },
+    }
+
+
+def wait_all_settled(db: Database, count: int, procs: list[Proc]) -> None:
+    """Poll until ``count`` events are no longer pending; bounded by a 20 events/s floor."""
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+
+        def settled() -> bool:
+            for proc in procs:
+                proc.check_alive()
+            row = conn.execute(
+                "SELECT count(*) FROM system_events WHERE target_module = %s"
+                " AND status <> 'pending'",
+                (E2E_MODULE,),
+            ).fetchone()
+            return row is not None and int(row[0]) >= count
+
+        wait_until(
+            settled, timeout=120 + count / 20, what=f"{count} events processed", interval=0.2
+        )
+
+
+def _warm_up(
+    stack: Stack,
+    monitor: Monitor,
+    out_dir: Path,
+    db: Database,
+    config: BusConfig,
+    port: int,
+    token: str,
+    seconds: float,
+) -> None:
+    """Fill the API's thread, database and broker pools, then forget those events."""
+    scenario = publish_scenario(
+        "warm-up", token, WARM_MODULE, "warm_up", concurrency=64, duration=seconds
+    )
+    run_load(stack, monitor, out_dir, port, [scenario], "e2e-warmup")
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM system_events WHERE target_module = %s", (WARM_MODULE,))
+    flush_queues(config.broker_url, queue_name(WARM_MODULE, config.queue_prefix))
+
+
+def run_e2e(
+    stack: Stack,
+    monitor: Monitor,
+    out_dir: Path,
+    db: Database,
+    config: BusConfig,
+    layout: BusLayout,
+    count: int,
+    tag: str,
+    *,
+    publish_concurrency: int = 64,
+    warmup_seconds: float = 1.0,
+) -> dict[str, Any]:
+    """Publish ``count`` events at ``publish_concurrency`` while the workers drain them."""
+    db.truncate()
+    flush_queues(config.broker_url, config.queue_prefix)
+    token = system_token(config.jwt_secret, E2E_TENANT)
+    started: list[Proc] = []
+    try:
+        api = start_api(stack, out_dir, config, layout.api_workers, tag=f"e2e-{tag}")
+        started.append(api.proc)
+        monitor.watch("api", api.proc.pid)
+        _warm_up(stack, monitor, out_dir, db, config, api.port, token, warmup_seconds)
+        if layout.relay:
+            # Started before the workers so its start-up is over when the clock starts.
+            relay = stack.add(
+                Proc(
+                    f"bus-{tag}-relay",
+                    [str(BIN / "eventbus"), "relay", "--loglevel", "WARNING"],
+                    log_dir=out_dir,
+                    env=config.env(),
+                )
+            )
+            started.append(relay)
+            monitor.watch("relay", relay.pid)
+        for i in range(layout.workers):
+            argv = [
+                str(BIN / "eventbus"), "worker",
+                "--modules", E2E_MODULE,
+                "--pool", layout.pool,
+                "--concurrency", str(layout.concurrency),
+                "--loglevel", "WARNING",
+            ]  # fmt: skip
+            proc = stack.add(Proc(f"bus-{tag}-worker{i}", argv, log_dir=out_dir, env=config.env()))
+            started.append(proc)
+            monitor.watch("bus_workers", proc.pid)
+        wait_for_bus_workers(config.broker_url, layout.workers, timeout=90)
+        with monitor.phase(f"e2e:{tag}") as usage:
+            scenario = publish_scenario(
+                f"e2e-{tag}",
+                token,
+                E2E_MODULE,
+                E2E_EVENT_TYPE,
+                concurrency=publish_concurrency,
+                count=count,
+                max_seconds=120 + count / 20,
+            )
+            [published] = run_load(stack, monitor, out_dir, api.port, [scenario], f"e2e-{tag}")
+            if published["ok"] != count:
+                raise BenchError(
+                    f"end-to-end {tag}: {published['ok']}/{count} publishes answered 201 "
+                    f"({published['statuses']}, errors {published['first_errors']})"
+                )
+            wait_all_settled(db, count, started)
+        stats = _row_stats(db)
+    finally:
+        for proc in reversed(started):
+            monitor.unwatch(proc.pid)
+            stack.stop(proc)
+    first_send = published["first_send_epoch"]
+    last_processed = stats["last_processed_epoch"]
+    if last_processed is None or stats["processed"] != count:
+        raise BenchError(f"end-to-end {tag}: {stats['processed']}/{count} processed: {stats}")
+    elapsed = last_processed - first_send
+    rows_elapsed = last_processed - stats["first_created_epoch"]
+    return {
+        "layout": asdict(layout),
+        "label": layout.label,
+        "events": count,
+        "publish_concurrency": publish_concurrency,
+        "elapsed_s": round(elapsed, 3),
+        "rate": round(count / elapsed, 1),
+        "rate_from_rows": round(count / rows_elapsed, 1) if rows_elapsed > 0 else None,
+        "latency_ms": stats["latency_ms"],
+        "processed": stats["processed"],
+        "failed": stats["failed"],
+        "retries": stats["retries"],
+        "publish": {
+            "rps": published["rps"],
+            "latency_ms": published["latency_ms"],
+            "errors": published["errors"],
+        },
+        "usage": usage,
+    }
