@@ -8,20 +8,31 @@ from celery import Celery
 
 from bus.settings import Settings
 
+# A send that cannot reach the broker gives up after one quick reconnect (which refreshes a
+# pooled connection the broker dropped) instead of kombu's seconds of retries: the event is
+# already safe in the database, unstamped, and the relay sends it once the broker is back.
+_FAIL_FAST = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
 
 def broker_options(settings: Settings) -> dict[str, Any]:
     """Transport options that keep Redis from redelivering waiting work or hanging on dead TCP."""
     url = settings.broker_url
     if url.startswith(("redis://", "rediss://", "sentinel://")):
         return {
+            **_FAIL_FAST,
             "visibility_timeout": settings.visibility_timeout_seconds,
             "socket_timeout": 30,
-            "socket_connect_timeout": 5,
+            "socket_connect_timeout": 3,
             "socket_keepalive": True,
             "health_check_interval": 25,
         }
+    if url.startswith(("amqp://", "amqps://", "pyamqp://")):
+        # Wait for RabbitMQ to confirm each publish: an unconfirmed one can vanish in a crash
+        # while the bus believes it sent, and only the relay's lease would notice.
+        return {**_FAIL_FAST, "confirm_publish": True}
     if url.startswith("memory://"):
-        return {"polling_interval": 0.01}
+        # Virtual transports poll; the embedded broker should feel instant.
+        return {"polling_interval": 0.02}
     if url.startswith(("sqla+", "sqlalchemy+")):
         return {"polling_interval": 0.1}
     return {}
@@ -37,7 +48,11 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_timeout=3,
         visibility_timeout=settings.visibility_timeout_seconds,
         task_acks_late=True,
-        task_retry_on_worker_lost=True,
+        # A lost pool child is counted in PostgreSQL by the worker (workers/tasks.py) rather
+        # than retried by Celery, whose count would not be ours and, with no max_retries,
+        # would loop on a handler that kills its process. Neither requeue: that loops too.
+        task_retry_on_worker_lost=False,
+        task_reject_on_worker_lost=False,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,

@@ -24,6 +24,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+            # pysqlite starts transactions lazily and lets RELEASE SAVEPOINT commit; the bus
+            # needs a handler's savepoint inside the transaction that records its outcome.
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection: Any) -> None:
+            # IMMEDIATE: a transaction that reads then writes would otherwise fail at once
+            # with "database is locked" whenever another one wrote in between.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     kwargs.setdefault("pool_size", 20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,16 +41,36 @@ def take_scheduled(session: Session) -> list[Dispatch]:
 
 
 class Dispatcher:
-    """Hands messages to the broker; a send that fails is unstamped for the relay to retry."""
+    """Hands messages to the broker; a send that fails is unstamped for the relay to retry.
 
-    def __init__(self, celery_app: Any, sessions: sessionmaker[Session], queue_prefix: str) -> None:
+    After a failed send the broker is left alone for ``cooldown`` seconds: sends in that time
+    fail at once, so requests do not each wait out a dead broker's timeout.
+    """
+
+    def __init__(
+        self,
+        celery_app: Any,
+        sessions: sessionmaker[Session],
+        queue_prefix: str,
+        cooldown: float = 1.0,
+    ) -> None:
         self._app = celery_app
         self._sessions = sessions
         self._prefix = queue_prefix
+        self._cooldown = cooldown
+        self._down_until = 0.0
 
     def send(self, dispatches: Sequence[Dispatch]) -> list[uuid.UUID]:
-        """Send each message; returns the ids whose send failed (already unstamped if possible)."""
-        failed = [d.event_id for d in dispatches if not self._send_one(d)]
+        """Send each message; returns the ids whose send failed (already unstamped if possible).
+
+        The first failure ends the batch: the broker is most likely down, and each further try
+        could wait out a connect timeout while the relay will send them all anyway.
+        """
+        failed: list[uuid.UUID] = []
+        for index, dispatch in enumerate(dispatches):
+            if time.monotonic() < self._down_until or not self._send_one(dispatch):
+                failed = [d.event_id for d in dispatches[index:]]
+                break
         if failed:
             try:
                 with transaction(self._sessions) as session:
@@ -70,6 +91,7 @@ class Dispatcher:
                 retry=False,
             )
         except Exception as exc:
+            self._down_until = time.monotonic() + self._cooldown
             log.warning("send of event %s failed: %s", dispatch.event_id, exc)
             return False
         return True

@@ -128,11 +128,17 @@ def take_due_for_dispatch(
     return rows
 
 
-def reset_dispatch_of_pending(session: Session) -> int:
-    """Forget every send stamp of pending events (an in-memory broker lost them all on restart)."""
+def reset_dispatch_of_unfinished(session: Session) -> int:
+    """Forget the send stamps of events still to run: pending ones and failed ones with a retry
+    scheduled. For a broker that keeps messages in memory: after a restart it holds none, so
+    the relay must send them all again at once rather than after its lease."""
+    unfinished = or_(
+        _table.c.status == EventStatus.PENDING,
+        and_(_table.c.status == EventStatus.FAILED, _table.c.next_attempt_at.is_not(None)),
+    )
     result = session.execute(
         update(_table)
-        .where(_table.c.status == EventStatus.PENDING, _table.c.dispatched_at.is_not(None))
+        .where(unfinished, _table.c.dispatched_at.is_not(None))
         .values(dispatched_at=None)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

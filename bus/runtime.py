@@ -48,8 +48,12 @@ class Bus:
         return RetryPolicy.from_settings(self.settings)
 
     def close(self) -> None:
-        """Release pooled connections (database and broker)."""
+        """Release pooled database connections and let go of the Celery app.
+
+        Broker connections stay open: kombu pools them per broker URL for the whole process,
+        so closing them here would break every other app of this process on the same broker.
+        """
         if "engine" in self.__dict__:
             self.engine.dispose()
         if "celery" in self.__dict__:
-            self.celery.pool.force_close_all()
+            self.celery.close()

@@ -206,13 +206,20 @@ def _session_of(event: SystemEvent) -> Session:
 
 # --- worker attempts -----------------------------------------------------------------------
 
+INTERRUPTED_MESSAGE = "AttemptInterrupted: the worker stopped before this attempt finished"
+
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """A claimed event, ready for its handler; the claim lasts until the transaction ends."""
+    """A claimed event, ready for its handler; the claim lasts until the transaction ends.
+
+    ``attempt`` is this run's number from 1; ``counted`` says it was already recorded as failed
+    before the handler ran (see :func:`count_in_advance`).
+    """
 
     event: SystemEvent
     attempt: int
+    counted: bool = False
 
 
 def begin_attempt(session: Session, event_id: uuid.UUID) -> Attempt | None:
@@ -229,8 +236,61 @@ def begin_attempt(session: Session, event_id: uuid.UUID) -> Attempt | None:
     return Attempt(event, event.retry_count + 1)
 
 
+def count_in_advance(attempt: Attempt, policy: RetryPolicy, now: datetime | None = None) -> Attempt:
+    """Record the attempt as failed before its handler runs; the caller commits, then resumes.
+
+    For a redelivered message, whose previous delivery may have died with its process: the
+    crash rolled that attempt back, so without this mark a handler that kills its process
+    would run forever. The outcome recorded after the handler replaces the mark, so an attempt
+    that finishes is counted once; one that dies again stays counted, and a crash loop ends
+    after ``policy.max_attempts``.
+    """
+    event = attempt.event
+    event.retry_count = attempt.attempt - 1
+    apply_change(
+        event,
+        StatusChange(EventStatus.FAILED, error_message=INTERRUPTED_MESSAGE),
+        now or utcnow(),
+        retry_delay=policy.delay(attempt.attempt),
+    )
+    return Attempt(event, attempt.attempt, counted=True)
+
+
+def reclaim_attempt(session: Session, attempt: Attempt) -> Attempt | None:
+    """Claim an attempt's event again after its transaction ended (a mark counted in advance
+    was committed, or a handler ended the transaction); None if another delivery moved it."""
+    event = repository.claim_for_processing(session, attempt.event.id)
+    expected = attempt.attempt if attempt.counted else attempt.attempt - 1
+    if event is None or event.status == EventStatus.PROCESSED or event.retry_count != expected:
+        return None
+    return Attempt(event, attempt.attempt, attempt.counted)
+
+
+def record_lost_attempt(
+    session: Session,
+    event_id: uuid.UUID,
+    exc: BaseException,
+    policy: RetryPolicy,
+    now: datetime | None = None,
+) -> tuple[Attempt, float | None] | None:
+    """Count an attempt whose process died (killed, out of memory, past its hard time limit).
+
+    The death rolled back everything the attempt wrote, its failure included, so it is recorded
+    here, from outside that process. Returns the attempt and the delay to the next try, or None
+    when there is nothing to record: processed, exhausted, or claimed again elsewhere.
+    """
+    attempt = begin_attempt(session, event_id)
+    if attempt is None:
+        return None
+    event = attempt.event
+    if event.status == EventStatus.FAILED and event.error_message == INTERRUPTED_MESSAGE:
+        attempt = Attempt(event, attempt.attempt - 1, counted=True)  # already counted in advance
+    return attempt, record_failure(attempt, exc, policy, now)
+
+
 def record_success(attempt: Attempt, now: datetime | None = None) -> None:
-    """The handler returned: the event is processed."""
+    """The handler returned: the event is processed (a mark counted in advance is undone)."""
+    attempt.event.retry_count = attempt.attempt - 1
     apply_change(
         attempt.event, StatusChange(EventStatus.PROCESSED), now or utcnow(), retry_delay=None
     )
@@ -239,12 +299,29 @@ def record_success(attempt: Attempt, now: datetime | None = None) -> None:
 def record_failure(
     attempt: Attempt, exc: BaseException, policy: RetryPolicy, now: datetime | None = None
 ) -> float | None:
-    """The handler raised: failed, retry_count + 1; returns the delay to the next try, if any."""
-    delay = policy.delay(attempt.event.retry_count + 1)
+    """The handler raised: failed, retry_count = this attempt's number; returns the delay to
+    the next try, or None once the attempts are exhausted."""
+    delay = policy.delay(attempt.attempt)
+    _record_failed(attempt, summarize_error(exc), now, delay)
+    return delay
+
+
+def record_unhandled(attempt: Attempt, reason: str, now: datetime | None = None) -> None:
+    """The event cannot run here (no handler): failed at once, with no automatic retry.
+
+    Retrying would fail the same way until a handler is deployed; a ``PUT`` to ``pending``
+    replays it then.
+    """
+    _record_failed(attempt, reason, now, None)
+
+
+def _record_failed(
+    attempt: Attempt, message: str, now: datetime | None, delay: float | None
+) -> None:
+    attempt.event.retry_count = attempt.attempt - 1
     apply_change(
         attempt.event,
-        StatusChange(EventStatus.FAILED, error_message=summarize_error(exc)),
+        StatusChange(EventStatus.FAILED, error_message=message),
         now or utcnow(),
         retry_delay=delay,
     )
-    return delay

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import sys
 import uuid
 from collections.abc import Callable, Sequence
+from types import FrameType
 
 from bus.settings import get_settings
 
@@ -34,6 +38,73 @@ def cmd_api(args: argparse.Namespace) -> int:
         access_log=False,
     )
     return 0
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
+    )
+
+
+def _split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a Celery worker on the queues of the given modules (default: every handled one)."""
+    from bus.runtime import Bus
+    from workers.registry import load_handlers
+    from workers.worker import NoModules, resolve_modules, run_worker
+
+    settings = get_settings()
+    _setup_logging(args.loglevel)
+    load_handlers(settings.handlers)
+    try:
+        modules = resolve_modules(_split(args.modules))
+    except NoModules as exc:
+        print(f"eventbus worker: {exc}", file=sys.stderr)
+        return 2
+    bus = Bus(settings)
+    try:
+        return run_worker(
+            bus, modules, concurrency=args.concurrency, pool=args.pool, loglevel=args.loglevel
+        )
+    finally:
+        bus.close()
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    """Send events that should be queued but may not be; loop until SIGTERM/SIGINT."""
+    from bus.relay import Relay, run_once
+    from bus.runtime import Bus
+
+    _setup_logging(args.loglevel)
+    bus = Bus(get_settings())
+    try:
+        if args.once:
+            print(run_once(bus))
+            return 0
+        relay = Relay(bus)
+
+        def stop(_signum: int, _frame: FrameType | None) -> None:
+            relay.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        relay.run()
+        return 0
+    finally:
+        bus.close()
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """API + worker + relay in one process on SQLite and an in-memory broker: no servers."""
+    from eventbus.dev import run_dev
+
+    _setup_logging(args.loglevel)
+    settings = get_settings().model_copy(update={"broker_url": args.broker_url})
+    return run_dev(settings, args.host, args.port, args.loglevel)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -72,6 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("worker", help=cmd_worker.__doc__)
+    p.add_argument("--modules", default=None, help="comma-separated, e.g. warehouse,notifications")
+    p.add_argument("--concurrency", type=int, default=None, help="default: one per CPU")
+    p.add_argument("--pool", choices=("prefork", "threads", "solo"), default="prefork")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("relay", help=cmd_relay.__doc__)
+    p.add_argument("--once", action="store_true", help="send one batch, print how many, exit")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_relay)
+
+    p = sub.add_parser("dev", help=cmd_dev.__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument(
+        "--broker-url", default="memory://localhost/", help="default: the embedded in-memory broker"
+    )
+    p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("token", help=cmd_token.__doc__)
     p.add_argument("--tenant", type=uuid.UUID, default=None)

@@ -1,0 +1,110 @@
+"""The same bus on RabbitMQ, chosen by EVENTBUS_BROKER_URL alone."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from kombu import Connection
+
+from bus.queues import queue_name
+from bus.runtime import Bus
+from bus.service import INTERRUPTED_MESSAGE
+from bus.settings import Settings
+from tests.conftest import TokenFactory, auth
+from tests.integration.conftest import (
+    FAST_RETRIES,
+    RABBITMQ_URL,
+    WorkerFactory,
+    load,
+    publish,
+    wait_for,
+    wait_for_status,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
+
+MODULES = ("warehouse", "flaky", "poison")
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Iterator[Settings]:
+    """The integration settings, on RabbitMQ; the test's queues are deleted afterwards."""
+    on_rabbit = settings.model_copy(update={"broker_url": RABBITMQ_URL})
+    yield on_rabbit
+    with Connection(RABBITMQ_URL, connect_timeout=5) as conn:
+        channel = conn.default_channel
+        for module in MODULES:
+            channel.queue_delete(queue_name(module, on_rabbit.queue_prefix))
+
+
+def test_end_to_end_on_rabbitmq(
+    client: TestClient, token: TokenFactory, bus: Bus, start_worker: WorkerFactory
+) -> None:
+    # Given an event published before any worker for its module ever ran
+    assert bus.settings.broker_url.startswith("amqp://")
+    tok = token()
+    early = publish(client, tok, "warehouse")
+    # When a worker starts
+    start_worker("warehouse")
+    # Then the event waited in its durable queue and is processed, as is a later one
+    wait_for_status(bus, early["id"], "processed", 10)
+    later = publish(client, tok, "warehouse")
+    row = wait_for_status(bus, later["id"], "processed", 5)
+    assert row.retry_count == 0 and row.processed_at is not None
+    shown = client.get("/system/events", headers=auth(tok)).json()["events"]
+    assert {e["status"] for e in shown} == {"processed"}
+
+
+def test_retries_on_rabbitmq(
+    client: TestClient, token: TokenFactory, bus: Bus, start_worker: WorkerFactory
+) -> None:
+    # Given a worker whose handler fails twice for one event and always for another
+    start_worker("flaky")
+    tok = token()
+    recovers = publish(client, tok, "flaky", fail_until=2)
+    never = publish(client, tok, "flaky", fail_until=99)
+    # Then one is processed after two failures and the other ends failed after all attempts
+    assert wait_for_status(bus, recovers["id"], "processed", 15).retry_count == 2
+    failed = wait_for_status(bus, never["id"], "failed", 15)
+    assert failed.retry_count == FAST_RETRIES["retry_max_attempts"]
+    assert failed.error_message is not None and "planned failure" in failed.error_message
+
+
+def test_a_poison_event_that_kills_the_whole_worker_ends_failed(
+    client: TestClient,
+    token: TokenFactory,
+    bus: Bus,
+    start_worker: WorkerFactory,
+    tmp_path: Path,
+) -> None:
+    # Given a solo-pool worker, in which a handler that SIGKILLs its process kills the worker:
+    # no main process survives to count the attempt, RabbitMQ redelivers the message
+    trace = tmp_path / "attempts"
+    event = publish(client, token(), "poison", kill_until=99, trace=str(trace))
+    # When a supervisor restarts the worker each time it dies
+    for restart in range(FAST_RETRIES["retry_max_attempts"] + 2):
+        worker = start_worker("poison", pool="solo", concurrency=1)
+        exited = wait_for(
+            lambda w=worker: w.popen.poll() is not None or bus_failed(bus, event["id"]),
+            15,
+            f"worker {restart} neither died nor saw the event end",
+        )
+        if worker.popen.poll() is None:
+            break
+        assert exited and worker.popen.returncode == -signal.SIGKILL
+    # Then each redelivery counted its attempt and the event ended failed, bounded
+    row = wait_for_status(bus, event["id"], "failed", 5)
+    attempts = FAST_RETRIES["retry_max_attempts"]
+    assert row.retry_count == attempts
+    assert row.error_message == INTERRUPTED_MESSAGE
+    runs = trace.read_text().splitlines()
+    assert len(runs) <= attempts + 1, runs  # the first, uncounted run, and the counted ones
+
+
+def bus_failed(bus: Bus, event_id: str) -> bool:
+    row = load(bus, event_id)
+    return row.status == "failed" and row.next_attempt_at is None

@@ -1,0 +1,235 @@
+"""The relay: sends what publishing could not, shares work between relays, respects its lease."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from bus import repository
+from bus.db import transaction
+from bus.models import EventStatus
+from bus.queues import queue_name
+from bus.relay import run_once
+from bus.runtime import Bus
+from bus.service import utcnow
+from bus.settings import Settings
+from tests.conftest import REDIS_URL, TENANT_A, TokenFactory
+from tests.integration.conftest import (
+    BIN,
+    Proc,
+    RedisServer,
+    WorkerFactory,
+    load,
+    publish,
+    settings_env,
+    wait_for,
+    wait_for_status,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def insert_events(bus: Bus, count: int, **overrides: Any) -> list[uuid.UUID]:
+    """Rows as if published, without a send: pending and never stamped unless overridden."""
+    ids = [uuid.uuid4() for _ in range(count)]
+    now = utcnow()
+    with transaction(bus.sessions) as session:
+        for n, event_id in enumerate(ids):
+            values: dict[str, Any] = {
+                "id": event_id,
+                "tenant_id": TENANT_A,
+                "event_type": "inventory_updated",
+                "source_module": "inventory",
+                "target_module": "warehouse",
+                "entity_type": "inventory_item",
+                "entity_id": f"item-{n}",
+                "event_data": {},
+                "status": EventStatus.PENDING,
+                "retry_count": 0,
+                "created_at": now,
+                "processed_at": None,
+                "error_message": None,
+                "dispatched_at": None,
+                "next_attempt_at": None,
+                "request_id": None,
+            }
+            values.update(overrides)
+            repository.insert_event(session, values)
+    return ids
+
+
+def queued_ids(settings: Settings, module: str = "warehouse") -> Counter[str]:
+    """How many messages the module's Redis queue holds for each event id."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        raw = client.lrange(queue_name(module, settings.queue_prefix), 0, -1)
+    finally:
+        client.close()
+    ids: Counter[str] = Counter()
+    for item in raw:
+        argsrepr = json.loads(item)["headers"]["argsrepr"]
+        ids[argsrepr.strip("[]'\"")] += 1
+    return ids
+
+
+@pytest.fixture
+def dead_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, not started yet: a broker that is down."""
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+def test_publishing_while_the_broker_is_down_then_the_relay_sends(
+    settings: Settings,
+    bus: Bus,
+    token: TokenFactory,
+    start_worker: WorkerFactory,
+    dead_redis: RedisServer,
+) -> None:
+    # Given an API whose broker is down
+    down = settings.model_copy(update={"broker_url": dead_redis.url})
+    api_bus = Bus(down)
+    with TestClient(create_app(bus=api_bus)) as client:
+        # When an event is published
+        started = time.monotonic()
+        event = publish(client, token(), "warehouse")
+        # Then it is accepted promptly, pending, and left unsent for the relay
+        assert time.monotonic() - started < 3.0
+        row = load(bus, event["id"])
+        assert row.status == "pending" and row.dispatched_at is None
+    # When Redis comes back, with a worker and a relay on it
+    dead_redis.start()
+    start_worker("warehouse", worker_settings=down)
+    relay_settings = down.model_copy(update={"relay_interval_seconds": 0.2})
+    relay = Proc([str(BIN / "eventbus"), "relay"], settings_env(relay_settings))
+    try:
+        # Then the relay sends it and the worker processes it
+        wait_for_status(bus, event["id"], "processed", 10)
+        # And the relay stops cleanly on SIGTERM
+        assert relay.stop(signal.SIGTERM, timeout=5) == 0, relay.output
+    finally:
+        relay.stop(signal.SIGKILL)
+        api_bus.close()
+
+
+def test_several_relays_send_each_due_event_once(settings: Settings, bus: Bus) -> None:
+    # Given 300 events that were never sent, and relays taking small batches
+    ids = insert_events(bus, 300)
+    small = Bus(settings.model_copy(update={"relay_batch_size": 25}))
+    sent: list[int] = []
+
+    def relay() -> None:
+        while n := run_once(small):
+            sent.append(n)
+
+    # When three relays run at once
+    threads = [threading.Thread(target=relay) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    small.close()
+    # Then every event was sent exactly once
+    assert sum(sent) == 300
+    queued = queued_ids(settings)
+    assert set(queued) == {str(i) for i in ids}
+    assert max(queued.values()) == 1
+
+
+def test_the_relay_resends_only_what_its_lease_says_may_be_lost(
+    settings: Settings, bus: Bus
+) -> None:
+    lease = timedelta(seconds=settings.relay_lease_seconds)
+    now = utcnow()
+    # Given events sent just now, events sent longer than a lease ago, a failed event whose
+    # retry is due, one whose retry is not due yet, and one failed for good
+    recent = insert_events(bus, 2, dispatched_at=now)
+    stale = insert_events(bus, 2, dispatched_at=now - lease - timedelta(seconds=1))
+    due = insert_events(
+        bus,
+        1,
+        status=EventStatus.FAILED,
+        retry_count=1,
+        next_attempt_at=now - timedelta(seconds=1),
+        dispatched_at=now - lease - timedelta(seconds=1),
+    )
+    insert_events(
+        bus,
+        1,
+        status=EventStatus.FAILED,
+        retry_count=1,
+        next_attempt_at=now + timedelta(seconds=60),
+        dispatched_at=now - lease - timedelta(seconds=1),
+    )
+    insert_events(bus, 1, status=EventStatus.FAILED, retry_count=3, next_attempt_at=None)
+    # When the relay runs
+    assert run_once(bus, now=now) == 3
+    # Then it sent the stale and the due ones, stamped them, and nothing else
+    assert set(queued_ids(settings)) == {str(i) for i in stale + due}
+    for event_id in stale + due:
+        stamped = load(bus, event_id).dispatched_at
+        assert isinstance(stamped, datetime) and abs((stamped - now).total_seconds()) < 1
+    assert load(bus, recent[0]).dispatched_at == now
+    # And a second pass right after finds nothing to send
+    assert run_once(bus, now=now) == 0
+
+
+def test_pending_events_are_sent_again_when_the_broker_lost_them(
+    settings: Settings, bus: Bus, client: TestClient, token: TokenFactory
+) -> None:
+    # Given a published event whose message the broker lost (its queue flushed)
+    event = publish(client, token(), "warehouse")
+    redis.Redis.from_url(REDIS_URL).delete(queue_name("warehouse", settings.queue_prefix))
+    assert queued_ids(settings) == Counter()
+    # When the lease has run out
+    later = utcnow() + timedelta(seconds=settings.relay_lease_seconds + 1)
+    # Then the relay sends it again
+    assert run_once(bus, now=later) == 1
+    wait_for(lambda: queued_ids(settings)[event["id"]] == 1, 2, "the event was not re-queued")
+
+
+def test_the_broker_dying_under_a_running_bus(
+    settings: Settings,
+    bus: Bus,
+    token: TokenFactory,
+    start_worker: WorkerFactory,
+    dead_redis: RedisServer,
+) -> None:
+    # Given an API, a worker and a relay on a Redis of the test's own
+    dead_redis.start()
+    own = settings.model_copy(update={"broker_url": dead_redis.url, "relay_interval_seconds": 0.2})
+    api_bus = Bus(own)
+    start_worker("warehouse", worker_settings=own)
+    relay = Proc([str(BIN / "eventbus"), "relay"], settings_env(own))
+    try:
+        with TestClient(create_app(bus=api_bus)) as client:
+            tok = token()
+            before = publish(client, tok, "warehouse")
+            wait_for_status(bus, before["id"], "processed", 5)
+            # When Redis dies (with every message it held) and an event is published meanwhile
+            dead_redis.stop()
+            during = publish(client, tok, "warehouse")
+            assert load(bus, during["id"]).dispatched_at is None
+            # And Redis comes back, empty, on the same port
+            dead_redis.start()
+            # Then the relay sends the event and the reconnected worker processes it
+            wait_for_status(bus, during["id"], "processed", 30)
+            # And events published afterwards flow as before
+            after = publish(client, tok, "warehouse")
+            wait_for_status(bus, after["id"], "processed", 10)
+    finally:
+        relay.stop()
+        api_bus.close()

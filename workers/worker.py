@@ -1,0 +1,118 @@
+"""Running Celery workers for the bus: a worker program, or one embedded in a thread."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from celery.worker import state as worker_state
+
+from bus.queues import queue_name
+from bus.runtime import Bus
+from workers.registry import Registry, registry
+from workers.tasks import install
+
+log = logging.getLogger(__name__)
+
+POOLS = ("prefork", "threads", "solo")
+
+
+class NoModules(RuntimeError):
+    """A worker was asked to start with no module to serve."""
+
+
+def resolve_modules(requested: Sequence[str] | None, handlers: Registry = registry) -> list[str]:
+    """The modules a worker serves: those asked for, else every one with a handler."""
+    modules = [m for m in (requested or []) if m] or handlers.modules()
+    if not modules:
+        raise NoModules(
+            "no handlers are registered: set EVENTBUS_HANDLERS (or install a package with "
+            "an 'eventbus.handlers' entry point), or pass --modules"
+        )
+    return modules
+
+
+def _options(bus: Bus, modules: Sequence[str]) -> dict[str, Any]:
+    return {
+        "queues": [queue_name(m, bus.settings.queue_prefix) for m in modules],
+        "hostname": f"eventbus-{os.getpid()}@{socket.gethostname()}",
+        # Neither syncs state with other workers: it only delays the start.
+        "without_mingle": True,
+        "without_gossip": True,
+    }
+
+
+def run_worker(
+    bus: Bus,
+    modules: Sequence[str],
+    *,
+    concurrency: int | None = None,
+    pool: str = "prefork",
+    loglevel: str = "INFO",
+) -> int:
+    """Run a worker on ``modules``' queues until it is told to stop; returns its exit code.
+
+    SIGTERM is a warm shutdown (running handlers finish), as in ``celery worker``.
+    """
+    install(bus)
+    options = _options(bus, modules)
+    worker = bus.celery.Worker(
+        pool=pool,
+        concurrency=concurrency,
+        loglevel=loglevel,
+        quiet=True,
+        **options,
+    )
+    log.info(
+        "eventbus worker for %s on %s (pool %s)",
+        ", ".join(modules),
+        ", ".join(options["queues"]),
+        pool,
+    )
+    worker.start()
+    code: int = worker.exitcode or 0
+    return code
+
+
+class EmbeddedWorker:
+    """A solo-pool worker in a thread of this process (``eventbus dev``).
+
+    The solo pool runs one handler at a time in the consuming thread, which also keeps SQLite,
+    whose claim cannot skip locked rows, from running one event twice at once.
+    """
+
+    def __init__(self, bus: Bus, modules: Sequence[str], loglevel: str = "INFO") -> None:
+        install(bus)
+        self._app = bus.celery
+        self._ready = threading.Event()
+        options = _options(bus, modules)
+        self._hostname: str = options["hostname"]
+        self._worker = bus.celery.WorkController(
+            pool="solo",
+            concurrency=1,
+            loglevel=loglevel,
+            ready_callback=lambda *_: self._ready.set(),
+            without_heartbeat=True,
+            **options,
+        )
+        self._thread = threading.Thread(target=self._worker.start, name="worker", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"the embedded worker did not start within {timeout:.0f}s")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Warm stop: the handler running now finishes first."""
+        worker_state.should_stop = 0
+        # The in-memory transport's loop waits up to 2 s for a message before it looks at that
+        # flag, and waits once more after seeing it: a control message ends each wait at once.
+        for _ in range(2):
+            self._app.control.broadcast("ping", destination=[self._hostname], reply=False)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("the embedded worker did not stop within %.0fs", timeout)
