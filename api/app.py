@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import errors, routes
+from api import errors, ops, routes
+from api.middleware import HttpMetricsMiddleware, RequestIdMiddleware
+from bus import metrics
+from bus.broker import BrokerInspector
+from bus.probes import Probes
 from bus.runtime import Bus
 from bus.settings import Settings, get_settings
-
-_REQUEST_ID = b"x-request-id"
-
-
-class RequestIdMiddleware:
-    """Takes the caller's X-Request-ID (or makes one) and returns it on the response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = dict(scope["headers"]).get(_REQUEST_ID, b"").decode("latin-1")
-        request_id = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", []).append((_REQUEST_ID, request_id.encode()))
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
 
 
 def _without_validation_errors(app: FastAPI) -> None:
@@ -59,19 +40,28 @@ def _without_validation_errors(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None, bus: Bus | None = None) -> FastAPI:
     """An app over a bus (built from settings when not given)."""
     bus = bus or Bus(settings or get_settings())
+    broker = BrokerInspector(bus.settings.broker_url)
+    probes = Probes(bus.sessions, broker, bus.settings.queue_prefix)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        broker.close()
+        metrics.mark_process_dead(os.getpid())
+
     app = FastAPI(
         title="eventbus — System Events API",
         version="0.1.0",
         description="Publish events for other modules, list them, and report their status.",
+        lifespan=lifespan,
     )
     app.state.bus = bus
+    app.state.probes = probes
+    app.state.metrics_registry = metrics.scrape_registry(metrics.BacklogCollector(probes.backlog))
     errors.install(app)
     app.include_router(routes.router)
+    app.include_router(ops.router)
     _without_validation_errors(app)
-
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, Any]:
-        return {"success": True, "message": "ok"}
-
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(HttpMetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost: the id is set before anything runs
     return app

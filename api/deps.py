@@ -7,11 +7,13 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
+from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session
 
 from bus.auth import Principal, require_reader, require_writer
 from bus.dispatch import take_scheduled
 from bus.errors import BodyTooLarge
+from bus.probes import Probes
 from bus.runtime import Bus
 from bus.schemas import parse_json_body
 
@@ -21,6 +23,16 @@ _bearer = HTTPBearer(auto_error=False, description="A JWT signed with the bus's 
 def get_bus(request: Request) -> Bus:
     bus: Bus = request.app.state.bus
     return bus
+
+
+def get_probes(request: Request) -> Probes:
+    probes: Probes = request.app.state.probes
+    return probes
+
+
+def metrics_registry(request: Request) -> CollectorRegistry:
+    registry: CollectorRegistry = request.app.state.metrics_registry
+    return registry
 
 
 def db_session(request: Request) -> Iterator[Session]:
@@ -78,6 +90,8 @@ async def json_body(request: Request) -> Any:
 
 
 BusDep = Annotated[Bus, Depends(get_bus)]
+ProbesDep = Annotated[Probes, Depends(get_probes)]
+MetricsRegistry = Annotated[CollectorRegistry, Depends(metrics_registry)]
 DbSession = Annotated[Session, Depends(db_session, scope="function")]
 Caller = Annotated[Principal, Depends(current_principal)]
 SystemReader = Annotated[Principal, Depends(system_reader)]

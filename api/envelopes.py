@@ -38,6 +38,33 @@ class EventsPage(BaseModel):
     total: int
 
 
+class StatsCounts(BaseModel):
+    pending: int
+    processed: int
+    failed: int = Field(description="every failed event, a retry to come or not")
+    retry_scheduled: int = Field(description="failed events with an automatic retry to come")
+    total: int
+
+
+class ModuleStats(StatsCounts):
+    target_module: str = Field(examples=["warehouse"])
+    oldest_pending_age_seconds: float | None = Field(
+        description="seconds since the oldest pending event was created; null when none is"
+    )
+
+
+class EventStatsEnvelope(BaseModel):
+    success: bool = True
+    message: str = Field(examples=["Event stats retrieved successfully"])
+    tenant_id: str | None = Field(description="the tenant counted; null: every tenant")
+    generated_at: str = Field(examples=["2023-04-01T10:00:00Z"])
+    totals: StatsCounts
+    oldest_pending_age_seconds: float | None = Field(
+        description="the oldest pending event's age over every module; null when none is"
+    )
+    modules: list[ModuleStats] = Field(description="one entry per target module, sorted")
+
+
 class ErrorEnvelope(BaseModel):
     success: bool = False
     message: str = Field(examples=["Insufficient permissions"])

@@ -12,9 +12,11 @@ from api.envelopes import (
     STATUS_BODY_SCHEMA,
     EventEnvelope,
     EventsPage,
+    EventStatsEnvelope,
     errors,
 )
 from bus import service
+from bus.schemas import format_timestamp
 
 router = APIRouter(prefix="/system/events", tags=["System Events"])
 
@@ -55,6 +57,34 @@ def list_events(
         "page": result.page,
         "limit": result.limit,
         "total": result.total,
+    }
+
+
+@router.get(
+    "/stats",
+    response_model=EventStatsEnvelope,
+    responses=errors(400, 401, 403, 500),
+    summary="Event Stats",
+)
+def event_stats(
+    request: Request, caller: SystemReader, db: DbSession, tenant_id: TenantParam = None
+) -> Any:
+    """What an operator checks first: the caller's events counted by target module and status,
+    and how long the oldest pending event has waited.
+
+    Same rights and tenancy as the list: `manage:system` or a system admin; a system admin
+    naming no tenant counts every tenant. `failed` minus `retry_scheduled` is the events that
+    gave up and need a person.
+    """
+    stats = service.event_stats(db, caller, request.query_params)
+    return {
+        "success": True,
+        "message": "Event stats retrieved successfully",
+        "tenant_id": str(stats.tenant_id) if stats.tenant_id else None,
+        "generated_at": format_timestamp(stats.generated_at),
+        "totals": stats.totals,
+        "oldest_pending_age_seconds": stats.oldest_pending_age_seconds,
+        "modules": stats.modules,
     }
 
 

@@ -65,3 +65,12 @@ class InvalidToken(BusError):
 class InsufficientPermissions(BusError):
     status_code = 403
     message = "Insufficient permissions"
+
+
+class NotReady(BusError):
+    """``/readyz``: a dependency the bus needs does not answer; the message names it."""
+
+    status_code = 503
+
+    def __init__(self, down: list[str]) -> None:
+        super().__init__(f"Not ready: {' and '.join(down)} unreachable")

@@ -1,12 +1,23 @@
 """Prometheus metrics, correct under several uvicorn workers and Celery's prefork pool.
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set (the CLI sets it before anything imports
-prometheus_client) every process writes its samples to files there, and a scrape sums them.
-Backlog figures (queue depth, oldest pending age) are read fresh at scrape time instead.
+prometheus_client, see :mod:`bus.multiprocess`) every process writes its samples to files
+there, and a scrape sums them. Backlog figures (queue depth, oldest pending age) are read fresh
+at scrape time instead, by the API only: a worker's endpoint never waits on the database.
+
+What the counters count (the alert rules in deploy/prometheus rely on it):
+
+* published: events whose INSERT committed (counted after the commit, by the API);
+* processed: attempts whose handler returned and whose processed status committed;
+* failed: attempts that failed, retried or not (a handler that raised, a lost pool child, an
+  event without a handler);
+* retried: retries scheduled after a failed attempt, so failed - retried = events that
+  exhausted their attempts.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -19,9 +30,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 EVENT_LABELS = ("target_module", "event_type")
@@ -52,6 +66,38 @@ HTTP_SECONDS = Histogram(
 )
 
 
+def count_published(target_module: str, event_type: str) -> None:
+    """One event published; call it only once the INSERT has committed."""
+    PUBLISHED.labels(target_module, event_type).inc()
+
+
+def observe_processed(
+    target_module: str, event_type: str, handler_seconds: float, lag_seconds: float
+) -> None:
+    """An attempt whose processed status committed: its handler time and the event's lag."""
+    PROCESSED.labels(target_module, event_type).inc()
+    HANDLER_SECONDS.labels(target_module, event_type).observe(handler_seconds)
+    LAG_SECONDS.labels(target_module).observe(max(0.0, lag_seconds))
+
+
+def observe_failed(
+    target_module: str, event_type: str, handler_seconds: float | None, *, retried: bool
+) -> None:
+    """A failed attempt whose failure committed; ``retried`` when another attempt is scheduled.
+
+    ``handler_seconds`` is None when no handler ran to the end (none registered, process lost).
+    """
+    FAILED.labels(target_module, event_type).inc()
+    if retried:
+        RETRIED.labels(target_module, event_type).inc()
+    if handler_seconds is not None:
+        HANDLER_SECONDS.labels(target_module, event_type).observe(handler_seconds)
+
+
+def observe_http(method: str, route: str, status: int, seconds: float) -> None:
+    HTTP_SECONDS.labels(method, route, str(status)).observe(seconds)
+
+
 @dataclass(frozen=True, slots=True)
 class Backlog:
     """One module's backlog: messages on its queue, pending events and the oldest one's age."""
@@ -63,7 +109,11 @@ class Backlog:
 
 
 class BacklogCollector(Collector):
-    """Gauges computed at scrape time from a callable (database and broker lookups)."""
+    """Gauges computed at scrape time from a callable (database and broker lookups).
+
+    If the lookup fails the gauges are left out of that scrape (and the failure logged): the
+    counters must still be served while the database is down.
+    """
 
     def __init__(self, read: Callable[[], Iterable[Backlog]]) -> None:
         self._read = read
@@ -74,13 +124,18 @@ class BacklogCollector(Collector):
         )
         age = GaugeMetricFamily(
             "eventbus_oldest_pending_age_seconds",
-            "Age of the oldest pending event of a module",
+            "Age of the oldest pending event of a module (0 when none is pending)",
             labels=["target_module"],
         )
         pending = GaugeMetricFamily(
             "eventbus_pending_events", "Pending events of a module", labels=["target_module"]
         )
-        for row in self._read():
+        try:
+            rows = list(self._read())
+        except Exception as exc:
+            log.warning("backlog gauges left out of this scrape: %s: %s", type(exc).__name__, exc)
+            rows = []
+        for row in rows:
             if row.queue_depth is not None:
                 depth.add_metric([row.target_module], row.queue_depth)
             age.add_metric([row.target_module], row.oldest_pending_age_seconds)
@@ -92,11 +147,10 @@ class BacklogCollector(Collector):
 
 def scrape_registry(*extra: Collector) -> CollectorRegistry:
     """The registry to serve: every process's samples in multiprocess mode, else this one's."""
+    registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
-        registry = CollectorRegistry()
         registry.register(_Forward(REGISTRY))
     for collector in extra:
         registry.register(collector)
@@ -115,6 +169,20 @@ class _Forward(Collector):
 
 def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> Callable[[], None]:
+    """Serve ``/metrics`` (every process's samples) from a thread; returns a function that stops
+    it. For workers: it reads only the samples files, so it answers with the database down."""
+    server, thread = start_http_server(port, addr, registry=scrape_registry())
+    log.info("metrics on http://%s:%d/metrics", addr, port)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop
 
 
 def mark_process_dead(pid: int) -> None:

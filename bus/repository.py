@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -68,6 +69,78 @@ def list_page(
         return rows, query.offset + len(rows)  # a short page ends the set: no COUNT needed
     total = session.scalar(count_statement(tenant_id, query))
     return rows, int(total or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleCounts:
+    """Events of one target module by status; ``retry_scheduled`` of the failed ones have a
+    retry to come."""
+
+    target_module: str
+    pending: int = 0
+    processed: int = 0
+    failed: int = 0
+    retry_scheduled: int = 0
+    oldest_pending_created_at: datetime | None = None
+
+
+def stats_by_module(session: Session, tenant_id: uuid.UUID | None) -> list[ModuleCounts]:
+    """Counts by target module and status in a tenant (every tenant when None), sorted by module.
+
+    The GROUP BY reads ``ix_events_tenant_target_status_created`` only; the retries to come are
+    the few rows of the partial index ``ix_events_relay_failed``.
+    """
+    by_status = select(
+        SystemEvent.target_module,
+        SystemEvent.status,
+        func.count(),
+        func.min(SystemEvent.created_at),
+    ).group_by(SystemEvent.target_module, SystemEvent.status)
+    retries = (
+        select(SystemEvent.target_module, func.count())
+        .where(SystemEvent.status == EventStatus.FAILED, SystemEvent.next_attempt_at.is_not(None))
+        .group_by(SystemEvent.target_module)
+    )
+    if tenant_id is not None:
+        by_status = by_status.where(SystemEvent.tenant_id == tenant_id)
+        retries = retries.where(SystemEvent.tenant_id == tenant_id)
+    counts: dict[str, dict[str, Any]] = {}
+    for module, status, count, oldest in session.execute(by_status):
+        entry = counts.setdefault(module, {})
+        entry[str(status)] = int(count)
+        if status == EventStatus.PENDING:
+            entry["oldest_pending_created_at"] = oldest
+    for module, count in session.execute(retries):
+        counts.setdefault(module, {})["retry_scheduled"] = int(count)
+    return [ModuleCounts(module, **counts[module]) for module in sorted(counts)]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingModule:
+    """A module with pending events: how many, and when the oldest was created."""
+
+    target_module: str
+    pending: int
+    oldest_created_at: datetime
+
+
+def pending_backlog(session: Session) -> list[PendingModule]:
+    """Pending events per target module across every tenant, for the backlog gauges.
+
+    Reads the partial index ``ix_events_relay_pending``: the pending rows only.
+    """
+    stmt = (
+        select(SystemEvent.target_module, func.count(), func.min(SystemEvent.created_at))
+        .where(SystemEvent.status == EventStatus.PENDING)
+        .group_by(SystemEvent.target_module)
+        .order_by(SystemEvent.target_module)
+    )
+    return [PendingModule(m, int(n), oldest) for m, n, oldest in session.execute(stmt)]
+
+
+def ping(session: Session) -> None:
+    """A round trip to the database (readiness)."""
+    session.execute(select(1))
 
 
 def claim_for_processing(session: Session, event_id: uuid.UUID) -> SystemEvent | None:

@@ -5,6 +5,7 @@ The ``PUT`` route and the worker tasks both come here; neither re-implements a r
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from collections.abc import Callable, Mapping
@@ -14,11 +15,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session, object_session
 
-from bus import repository
+from bus import logs, metrics, repository
 from bus.auth import Principal, require_reader, require_writer, resolve_tenant
 from bus.dispatch import Dispatch, schedule
 from bus.errors import EventNotFound
 from bus.models import EventStatus, SystemEvent
+from bus.oncommit import on_commit
 from bus.schemas import (
     ListQuery,
     StatusChange,
@@ -28,6 +30,8 @@ from bus.schemas import (
     parse_status_change,
 )
 from bus.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MAX_FAILURE_SUMMARY = 1000
 
@@ -99,7 +103,7 @@ def publish(
     send unstamps it, and a crash in between is covered by the relay's lease.
     """
     require_writer(principal)
-    tenant_id = resolve_tenant(principal, tenant_param, creating=True)
+    tenant_id = _acting_tenant(principal, tenant_param, creating=True)
     assert tenant_id is not None
     new = parse_new_event(body, settings.max_event_data_bytes)
     now = now or utcnow()
@@ -125,16 +129,82 @@ def publish(
         session, {c.key: getattr(event, c.key) for c in SystemEvent.__table__.columns}
     )
     schedule(session, Dispatch(event.id, event.target_module, request_id=request_id))
+    on_commit(session, lambda: _published(event))
     return event_view(event)
+
+
+def _published(event: SystemEvent) -> None:
+    metrics.count_published(event.target_module, event.event_type)
+    log.info(
+        "event published for %s/%s",
+        event.target_module,
+        event.event_type,
+        extra={"event_id": event.id, "tenant_id": event.tenant_id, "request_id": event.request_id},
+    )
+
+
+def _acting_tenant(
+    principal: Principal, requested: str | None, *, creating: bool
+) -> uuid.UUID | None:
+    """:func:`bus.auth.resolve_tenant`, and the tenant named in the logs of the call from here."""
+    tenant_id = resolve_tenant(principal, requested, creating=creating)
+    logs.bind(tenant_id=tenant_id)
+    return tenant_id
 
 
 def list_events(session: Session, principal: Principal, params: Mapping[str, str]) -> Page:
     """One page of the caller's events (every tenant's for a system admin naming none)."""
     require_reader(principal)
-    tenant_id = resolve_tenant(principal, params.get("tenant_id"), creating=False)
+    tenant_id = _acting_tenant(principal, params.get("tenant_id"), creating=False)
     query: ListQuery = parse_list_query(params)
     rows, total = repository.list_page(session, tenant_id, query)
     return Page([event_view(r) for r in rows], query.page, query.limit, total)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """What an operator checks first: each module's events by status, and how long the oldest
+    pending one has waited."""
+
+    tenant_id: uuid.UUID | None
+    generated_at: datetime
+    modules: list[dict[str, Any]]
+    totals: dict[str, int]
+    oldest_pending_age_seconds: float | None
+
+
+_COUNTS = ("pending", "processed", "failed", "retry_scheduled")
+
+
+def event_stats(
+    session: Session, principal: Principal, params: Mapping[str, str], now: datetime | None = None
+) -> Stats:
+    """``GET /system/events/stats``: counts by target module and status, with the same reader
+    rule and tenancy as the list (a system admin naming no tenant sees every tenant's).
+
+    ``failed`` counts every failed event; ``retry_scheduled`` those of them with a retry to
+    come, so failed - retry_scheduled have given up and need a person.
+    """
+    require_reader(principal)
+    tenant_id = _acting_tenant(principal, params.get("tenant_id"), creating=False)
+    now = now or utcnow()
+    modules: list[dict[str, Any]] = []
+    for row in repository.stats_by_module(session, tenant_id):
+        view: dict[str, Any] = {"target_module": row.target_module}
+        view.update({name: getattr(row, name) for name in _COUNTS})
+        view["total"] = row.pending + row.processed + row.failed
+        view["oldest_pending_age_seconds"] = _age(row.oldest_pending_created_at, now)
+        modules.append(view)
+    totals = {name: sum(m[name] for m in modules) for name in (*_COUNTS, "total")}
+    ages = [m["oldest_pending_age_seconds"] for m in modules]
+    known = [a for a in ages if a is not None]
+    return Stats(tenant_id, now, modules, totals, max(known) if known else None)
+
+
+def _age(since: datetime | None, now: datetime) -> float | None:
+    if since is None:
+        return None
+    return round(max(0.0, (now - since).total_seconds()), 3)
 
 
 def update_status(
@@ -153,7 +223,7 @@ def update_status(
     and schedules no automatic retry: the schedule belongs to attempts the bus made itself.
     """
     require_writer(principal)
-    tenant_id = resolve_tenant(principal, tenant_param, creating=False)
+    tenant_id = _acting_tenant(principal, tenant_param, creating=False)
     try:
         uid = uuid.UUID(event_id)
     except ValueError as exc:

@@ -20,6 +20,12 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    TEXT = "text"
+
+
 class Settings(BaseSettings):
     """Configuration; the README's table is checked against these fields."""
 
@@ -72,6 +78,19 @@ class Settings(BaseSettings):
     )
     relay_batch_size: int = Field(500, ge=1, description="events sent per relay batch")
 
+    log_format: LogFormat = Field(
+        LogFormat.AUTO, description="json, text, or auto: JSON unless stderr is a terminal"
+    )
+    metrics_port: int = Field(
+        9100,
+        ge=0,
+        le=65535,
+        description="port of a worker's Prometheus /metrics (on 0.0.0.0); 0 turns it off",
+    )
+    flower_basic_auth: str = Field(
+        "", description="`user:password` (several: comma-separated) that `eventbus flower` requires"
+    )
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         longest = self.retry_max_seconds + self.task_time_limit_seconds
@@ -92,6 +111,20 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    def flower_credentials(self) -> list[str]:
+        """The ``user:password`` pairs Flower accepts; refuses none and malformed ones (only
+        ``eventbus flower`` asks, so other processes start whatever the variable holds)."""
+        pairs = [p.strip() for p in self.flower_basic_auth.split(",") if p.strip()]
+        if not pairs:
+            raise ValueError("EVENTBUS_FLOWER_BASIC_AUTH is not set: Flower needs user:password")
+        for pair in pairs:
+            user, sep, password = pair.partition(":")
+            if not (user and sep and password):
+                raise ValueError(
+                    "EVENTBUS_FLOWER_BASIC_AUTH must be user:password (several: comma-separated)"
+                )
+        return pairs
 
     def signing_secret(self) -> str:
         """The HS256 secret; in development one is generated once and kept in a local file."""

@@ -1,0 +1,69 @@
+"""ASGI middleware: the request id (response header and log context) and request latency."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bus import metrics
+from bus.logs import log_context
+
+_REQUEST_ID = b"x-request-id"
+UNMATCHED_ROUTE = "unmatched"
+
+
+class RequestIdMiddleware:
+    """Takes the caller's X-Request-ID (or makes one), returns it on the response and puts it
+    in the log context of everything the request does (the route's thread included)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(_REQUEST_ID, b"").decode("latin-1")
+        request_id = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((_REQUEST_ID, request_id.encode()))
+            await send(message)
+
+        with log_context(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
+
+
+class HttpMetricsMiddleware:
+    """``eventbus_http_request_duration_seconds`` by method, route template and status.
+
+    The route is the matched template (``/system/events/{event_id}``), never the raw path, so
+    the label stays bounded; requests no route matched share ``unmatched``. An exception that
+    escapes the app counts as the 500 the server then answers.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+            metrics.observe_http(scope["method"], route, status, time.perf_counter() - started)
