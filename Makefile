@@ -27,8 +27,8 @@ fmt: $(STAMP)
 test: lint  ## needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1 (.ci/run starts them)
 	$(BIN)/pytest -m "not soak"
 
-bench: $(STAMP)  ## full benchmark, ~15 min: bench/results.json + bench/results.md (README table)
-	$(BIN)/python -m bench
+bench: $(STAMP)  ## full run + profiles, ~15 min: bench/results.json, bench/results.md (README)
+	$(BIN)/python -m bench --profile
 
 bench-quick: $(STAMP)  ## the same harness at smoke size; results stay in bench/out/
 	$(BIN)/python -m bench --quick --out bench/out/results-quick.json

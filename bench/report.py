@@ -65,6 +65,39 @@ def _f(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
+def _cores(usage: dict[str, Any]) -> str:
+    used = ", ".join(f"{group} {cores:.2f}" for group, cores in usage["cpu_cores"].items())
+    return f"{used}, rest of the machine {usage['other_cores']:.2f}"
+
+
+def _profiles(profiles: dict[str, Any] | None) -> list[str]:
+    if not profiles:
+        return []
+    inproc = profiles["publish_in_process"]
+    lines = [
+        "",
+        "## Where the time goes (`--profile`: py-spy `--gil`, outside the timed runs)",
+        "",
+        f"The bus's publish path without HTTP (verify, `service.publish`, commit, send), "
+        f"in one process: {inproc['cpu_ms_per_event']} ms CPU and "
+        f"{inproc['wall_ms_per_event']} ms wall per event.",
+        "",
+    ]
+    titles = {
+        "api_publish": "API process under publish load (share of its Python CPU)",
+        "worker_drain": "solo worker draining a backlog (share of its Python CPU)",
+    }
+    for key, title in titles.items():
+        profile = profiles[key]
+        lines += [f"{title}, {profile['samples']} samples:", "", "| part | % |", "|---|---|"]
+        lines += [
+            f"| {part.strip()}{' (nested)' if part.startswith(' ') else ''} | {pct} |"
+            for part, pct in profile["parts_percent"].items()
+        ]
+        lines.append("")
+    return lines
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     meta = results["meta"]
     machine = meta["machine"]
@@ -85,8 +118,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "## Publish: `POST /system/events` (HS256 token verified per request)",
         "",
         "| API processes | concurrency | events/s | p50 ms | p99 ms | API cores | "
-        "load-gen cores | rest of machine | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "PostgreSQL cores | load-gen cores | rest of machine | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in results["publish"].values():
         for level in run["levels"].values():
@@ -94,8 +127,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {run['api_workers']} | {level['concurrency']} | {_f(level['rps'])} | "
                 f"{_f(level['latency_ms']['p50'], 1)} | {_f(level['latency_ms']['p99'], 1)} | "
-                f"{_f(cores.get('api'), 2)} | {_f(cores.get('loadgen'), 2)} | "
-                f"{_f(level['usage']['other_cores'] + cores.get('postgres', 0.0), 2)} | "
+                f"{_f(cores.get('api'), 2)} | {_f(cores.get('postgres'), 2)} | "
+                f"{_f(cores.get('loadgen'), 2)} | {_f(level['usage']['other_cores'], 2)} | "
                 f"{level['errors'] + level['requests'] - level['ok']} |"
             )
     e2e = results["end_to_end"]["final"]
@@ -114,6 +147,12 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"load generator at concurrency {e2e['publish_concurrency']}; latency from each row's "
         "`created_at` to its `processed_at`. Bare Celery: `apply_async` from one publisher "
         "process, from the first send until a Redis counter the task INCRs reached N.",
+        "",
+        "Cores used meanwhile: eventbus "
+        + _cores(e2e["usage"])
+        + "; bare Celery "
+        + _cores(bare["usage"])
+        + ".",
         "",
         "Layouts tried (at the search size, the fastest then measured at the full N):",
         "",
@@ -151,6 +190,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         "## Peak memory (RSS, sampled every 0.2 s, children included)",
         "",
+        "A tree's RSS is summed over its processes, so pages they share (a prefork pool's, "
+        "PostgreSQL's shared buffers in each backend of the bench database) count once per "
+        "process.",
+        "",
         "| processes | peak RSS of the tree MiB | largest single process MiB |",
         "|---|---|---|",
     ]
@@ -158,6 +201,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| {group} | {_f(peak['tree_mib'], 1)} | {_f(peak['largest_process_mib'], 1)} |"
         )
+    lines += _profiles(results.get("profiles"))
     lines += ["", "## Targets of this round", "", "| target | wanted | measured | met |"]
     lines.append("|---|---|---|---|")
     for name, check in results["targets"].items():
