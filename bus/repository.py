@@ -143,19 +143,31 @@ def ping(session: Session) -> None:
     session.execute(select(1))
 
 
-def claim_for_processing(session: Session, event_id: uuid.UUID) -> SystemEvent | None:
+def claim_for_processing(
+    session: Session, event_id: uuid.UUID, *, wait_seconds: float | None = None
+) -> SystemEvent | None:
     """Lock the event for one attempt; None if another transaction holds it or it is gone.
 
     The row lock is the claim: it lasts until the attempt's transaction ends, and a crash
-    releases it by rolling everything back.
+    releases it by rolling everything back. With ``wait_seconds`` the lock is waited for
+    instead of skipped (raising ``OperationalError`` when the wait runs out): a delivery that
+    follows a crashed one must not mistake the crash's rollback, still on its way, for a
+    delivery running elsewhere.
     """
-    stmt = (
-        select(SystemEvent)
-        .where(SystemEvent.id == event_id)
-        .with_for_update(skip_locked=True)
-        .execution_options(populate_existing=True)
-    )
-    return session.scalars(stmt).one_or_none()
+    stmt = select(SystemEvent).where(SystemEvent.id == event_id)
+    if wait_seconds is None:
+        stmt = stmt.with_for_update(skip_locked=True)
+    else:
+        _limit_lock_wait(session, wait_seconds)
+        stmt = stmt.with_for_update()
+    return session.scalars(stmt.execution_options(populate_existing=True)).one_or_none()
+
+
+def _limit_lock_wait(session: Session, seconds: float) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            select(func.set_config("lock_timeout", f"{max(1, round(seconds * 1000))}ms", True))
+        )
 
 
 def mark_unsent(session: Session, event_ids: Sequence[uuid.UUID]) -> None:

@@ -292,13 +292,16 @@ class Attempt:
     counted: bool = False
 
 
-def begin_attempt(session: Session, event_id: uuid.UUID) -> Attempt | None:
+def begin_attempt(
+    session: Session, event_id: uuid.UUID, *, wait_seconds: float | None = None
+) -> Attempt | None:
     """Claim an event for one handler run, or None if it must not run now.
 
     None when another delivery holds it, it is already processed, it is gone, or its retries are
-    exhausted: the message is then acknowledged without running the handler again.
+    exhausted: the message is then acknowledged without running the handler again. With
+    ``wait_seconds`` a lock held elsewhere is waited for (see ``claim_for_processing``).
     """
-    event = repository.claim_for_processing(session, event_id)
+    event = repository.claim_for_processing(session, event_id, wait_seconds=wait_seconds)
     if event is None or event.status == EventStatus.PROCESSED:
         return None
     if event.status == EventStatus.FAILED and event.next_attempt_at is None:
@@ -306,20 +309,26 @@ def begin_attempt(session: Session, event_id: uuid.UUID) -> Attempt | None:
     return Attempt(event, event.retry_count + 1)
 
 
-def count_in_advance(attempt: Attempt, policy: RetryPolicy, now: datetime | None = None) -> Attempt:
-    """Record the attempt as failed before its handler runs; the caller commits, then resumes.
+def count_in_advance(
+    attempt: Attempt,
+    policy: RetryPolicy,
+    reason: str = INTERRUPTED_MESSAGE,
+    now: datetime | None = None,
+) -> Attempt:
+    """Record the attempt as failed before its handler runs; the caller commits, then reclaims.
 
-    For a redelivered message, whose previous delivery may have died with its process: the
-    crash rolled that attempt back, so without this mark a handler that kills its process
-    would run forever. The outcome recorded after the handler replaces the mark, so an attempt
-    that finishes is counted once; one that dies again stays counted, and a crash loop ends
-    after ``policy.max_attempts``.
+    For a delivery that follows one whose process died (a redelivered message, or the resend
+    after a lost pool process): the death rolled that attempt back, its failure included, so
+    without a mark made beforehand a handler that kills its process would run forever. The
+    outcome recorded after the handler replaces the mark, so an attempt that finishes is counted
+    once; one that dies again stays counted, and a crash loop ends after ``policy.max_attempts``
+    counted attempts (plus the first, uncounted one).
     """
     event = attempt.event
     event.retry_count = attempt.attempt - 1
     apply_change(
         event,
-        StatusChange(EventStatus.FAILED, error_message=INTERRUPTED_MESSAGE),
+        StatusChange(EventStatus.FAILED, error_message=reason),
         now or utcnow(),
         retry_delay=policy.delay(attempt.attempt),
     )
@@ -334,28 +343,6 @@ def reclaim_attempt(session: Session, attempt: Attempt) -> Attempt | None:
     if event is None or event.status == EventStatus.PROCESSED or event.retry_count != expected:
         return None
     return Attempt(event, attempt.attempt, attempt.counted)
-
-
-def record_lost_attempt(
-    session: Session,
-    event_id: uuid.UUID,
-    exc: BaseException,
-    policy: RetryPolicy,
-    now: datetime | None = None,
-) -> tuple[Attempt, float | None] | None:
-    """Count an attempt whose process died (killed, out of memory, past its hard time limit).
-
-    The death rolled back everything the attempt wrote, its failure included, so it is recorded
-    here, from outside that process. Returns the attempt and the delay to the next try, or None
-    when there is nothing to record: processed, exhausted, or claimed again elsewhere.
-    """
-    attempt = begin_attempt(session, event_id)
-    if attempt is None:
-        return None
-    event = attempt.event
-    if event.status == EventStatus.FAILED and event.error_message == INTERRUPTED_MESSAGE:
-        attempt = Attempt(event, attempt.attempt - 1, counted=True)  # already counted in advance
-    return attempt, record_failure(attempt, exc, policy, now)
 
 
 def record_success(attempt: Attempt, now: datetime | None = None) -> None:

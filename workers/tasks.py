@@ -6,16 +6,20 @@ claim; the handler runs inside a SAVEPOINT of that transaction, so what it write
 duplicate delivery finds the row locked or processed and is acknowledged without running.
 
 How an attempt that never finishes is still counted (``EVENTBUS_RETRY_MAX_ATTEMPTS`` holds for a
-handler that kills its process too):
+handler that kills its process too). A death rolls the attempt back, its failure included, so
+the delivery that follows one counts its own attempt *before* running the handler, in a commit
+of its own, and the outcome then replaces that mark. Only such deliveries pay the extra commit:
 
-* a pool child that dies (SIGKILL, out of memory, segfault, hard time limit) is reported to the
-  worker's main process as ``WorkerLostError``/``TimeLimitExceeded``; the ``task_failure`` signal
-  there records the failed attempt in PostgreSQL and sends the retry itself. Celery's own
-  ``retry_on_worker_lost`` is off for this task: it would retry without our count and with
-  ``max_retries=None`` never stop;
-* a message that comes back redelivered (the whole worker died, or its broker connection did)
-  may repeat an attempt nobody recorded: it first commits the attempt as failed, then runs it;
-  the outcome replaces that mark. Only redeliveries pay this extra commit.
+* a pool child that dies (SIGKILL, out of memory, segfault, the hard time limit) is reported to
+  the worker's main process, whose ``task_failure`` receiver sends the event again at once,
+  marked with the ``eventbus_lost`` header. Celery's own ``retry_on_worker_lost`` stays off: its
+  count is not ours and, with ``max_retries=None``, it would never stop;
+* a message the broker redelivers (the whole worker died, or its connection did) carries
+  kombu's ``redelivered`` flag and is treated the same way.
+
+A crash loop thus ends failed after ``EVENTBUS_RETRY_MAX_ATTEMPTS`` counted runs plus the first,
+uncounted one. Such a delivery waits (up to ``LOCK_WAIT_SECONDS``) for the event's row lock
+rather than skipping it, since the dead attempt's rollback may not have reached PostgreSQL yet.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from bus import repository, service
 from bus.db import transaction
-from bus.dispatch import Dispatch, take_scheduled
+from bus.dispatch import take_scheduled
 from bus.queues import PROCESS_EVENT_TASK
 from bus.runtime import Bus
 from workers.event import Event
@@ -47,6 +51,8 @@ from workers.registry import Registration, Registry, registry
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "eventbus_request_id"
+LOST_HEADER = "eventbus_lost"
+LOCK_WAIT_SECONDS = 10.0
 _IN_HANDLER = "eventbus.in_handler"
 _MAX_INFRA_BACKOFF = 60.0
 
@@ -81,9 +87,11 @@ class EventProcessor:
         except (TypeError, ValueError):
             log.error("event_id=%r is not an event id; message dropped", event_id)
             return
-        redelivered = bool((request.delivery_info or {}).get("redelivered"))
+        lost: str | None = getattr(request, LOST_HEADER, None)
+        if lost is None and (request.delivery_info or {}).get("redelivered"):
+            lost = service.INTERRUPTED_MESSAGE
         try:
-            outcome = self._attempt(uid, request_id, redelivered=redelivered)
+            outcome = self._attempt(uid, request_id, lost=lost)
         except SQLAlchemyError as exc:
             # The database, not the event, failed: try again later without spending a retry.
             countdown = _infra_backoff(request.retries or 0)
@@ -96,33 +104,36 @@ class EventProcessor:
             )
             raise task.retry(countdown=countdown, exc=exc) from exc
         if outcome.retry_in is not None:
+            headers = {k: v for k, v in (request.headers or {}).items() if k != LOST_HEADER}
             try:
-                raise task.retry(countdown=outcome.retry_in, exc=outcome.error)
+                raise task.retry(countdown=outcome.retry_in, exc=outcome.error, headers=headers)
             except Reject:
                 # The retry could not be sent: unstamp it so the relay sends it when due.
                 self._unstamp(uid)
                 raise
 
-    def _attempt(
-        self, event_id: uuid.UUID, request_id: str | None, *, redelivered: bool
-    ) -> Outcome:
+    def _attempt(self, event_id: uuid.UUID, request_id: str | None, *, lost: str | None) -> Outcome:
         with self.bus.sessions() as session:
             try:
-                return self._attempt_in(session, event_id, request_id, redelivered=redelivered)
+                return self._attempt_in(session, event_id, request_id, lost=lost)
             except BaseException:
                 session.rollback()
                 take_scheduled(session)
                 raise
 
     def _attempt_in(
-        self, session: Session, event_id: uuid.UUID, request_id: str | None, *, redelivered: bool
+        self, session: Session, event_id: uuid.UUID, request_id: str | None, *, lost: str | None
     ) -> Outcome:
+        """One attempt; ``lost`` is why the delivery before this one may have died, if it may."""
         policy = self.bus.retry_policy
-        attempt = service.begin_attempt(session, event_id)
-        if attempt is not None and redelivered:
-            attempt = service.count_in_advance(attempt, policy)
-            session.commit()
-            attempt = service.reclaim_attempt(session, attempt)
+        if lost is None:
+            attempt = service.begin_attempt(session, event_id)
+        else:
+            attempt = service.begin_attempt(session, event_id, wait_seconds=LOCK_WAIT_SECONDS)
+            if attempt is not None:
+                attempt = service.count_in_advance(attempt, policy, lost)
+                session.commit()
+                attempt = service.reclaim_attempt(session, attempt)
         if attempt is None:
             session.rollback()
             log.info(
@@ -175,6 +186,13 @@ class EventProcessor:
         self, session: Session, registration: Registration, event: Event
     ) -> Exception | None:
         """Run the handler in a SAVEPOINT; its exception, with its writes rolled back."""
+        if not registration.wants_session:
+            # It cannot write through the session: spare the two round trips of a SAVEPOINT.
+            try:
+                registration(event, session)
+            except Exception as exc:
+                return exc
+            return None
         take_scheduled(session)  # nothing of ours is pending; keep only what the handler sends
         savepoint = session.begin_nested()
         try:
@@ -193,50 +211,42 @@ class EventProcessor:
             with transaction(self.bus.sessions) as session:
                 repository.mark_unsent(session, [event_id])
         except SQLAlchemyError:
-            log.exception("event_id=%s could not be unstamped; the relay's lease covers it")
+            log.exception(
+                "event_id=%s could not be unstamped; the relay's lease covers it", event_id
+            )
 
     # --- worker signals --------------------------------------------------------------------
 
     def on_task_failure(
-        self, sender: Any = None, exception: BaseException | None = None, **kwargs: Any
+        self,
+        sender: Any = None,
+        task_id: str | None = None,
+        exception: BaseException | None = None,
+        **_: Any,
     ) -> None:
-        """In the worker's main process: a pool child died running an attempt; count it."""
+        """In the worker's main process: a pool child died running a delivery; send it again,
+        marked lost, so the next attempt is counted before it runs (module docstring)."""
         if getattr(sender, "name", None) != PROCESS_EVENT_TASK or sender.app is not self.bus.celery:
             return
         if not isinstance(exception, WorkerLostError | TimeLimitExceeded):
-            return  # the child recorded an ordinary failure itself
-        args = kwargs.get("args") or []
-        try:
-            event_id = uuid.UUID(str(args[0]))
-        except (IndexError, ValueError):
+            return  # an ordinary failure: the child recorded it itself
+        request = sender.request
+        if getattr(request, "id", None) != task_id:
+            # A hard time limit is reported twice; only the first report carries the request.
             return
+        reason = _why_lost(exception)
+        headers = {**(request.headers or {}), LOST_HEADER: reason}
+        event_id = (request.args or ["?"])[0]
         try:
-            with transaction(self.bus.sessions) as session:
-                result = service.record_lost_attempt(
-                    session, event_id, exception, self.bus.retry_policy
-                )
-                if result is None:
-                    return
-                attempt, delay = result
-                retry = Dispatch(
-                    event_id,
-                    attempt.event.target_module,
-                    countdown=delay,
-                    request_id=attempt.event.request_id,
-                )
-        except SQLAlchemyError:
+            sender.signature_from_request(request, headers=headers).apply_async()
+        except Exception:
             log.exception(
-                "event_id=%s: could not record the lost attempt; the relay sends it again "
+                "event_id=%s: could not send it again after its process died; the relay will "
                 "after its lease",
                 event_id,
             )
             return
-        summary = service.summarize_error(exception)
-        if delay is None:
-            log.error("event_id=%s failed for good: %s", event_id, summary)
-            return
-        log.warning("event_id=%s attempt lost, retry in %.2fs: %s", event_id, delay, summary)
-        self.bus.dispatcher.send([retry])
+        log.warning("event_id=%s attempt lost, sent again: %s", event_id, reason)
 
     def after_fork(self, **_: Any) -> None:
         """In a new pool child: never reuse the parent's pooled database connections."""
@@ -270,6 +280,12 @@ def _forbid_commit_in_handler(session: Session) -> None:
     # its own savepoints may be committed.
     if session.info.get(_IN_HANDLER) and not session.in_nested_transaction():
         raise HandlerMisuse("a handler must not commit its session: the bus commits it")
+
+
+def _why_lost(exc: BaseException) -> str:
+    if isinstance(exc, TimeLimitExceeded) and exc.args:
+        return f"TimeLimitExceeded: the attempt ran past the hard time limit ({exc.args[0]} s)"
+    return service.summarize_error(exc)
 
 
 def _infra_backoff(retries: int) -> float:

@@ -7,7 +7,8 @@ own body what the handler should do:
 * ``fail_until``: raise while the attempt number is at most this;
 * ``kill_until``: SIGKILL the running process while the attempt number is at most this;
 * ``write``: insert a row into ``handler_effects`` through the handler's session;
-* ``trace``: a file to which each attempt appends ``<attempt> <unix time>``.
+* ``trace``: a file to which each attempt appends ``<attempt> <unix time>``;
+* ``commit``: call ``session.commit()``, which a handler must not do.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def behave(event: Event, session: Session) -> None:
             text("INSERT INTO handler_effects (event_id, attempt, pid) VALUES (:e, :a, :p)"),
             {"e": event.id, "a": event.attempt, "p": os.getpid()},
         )
+    if data.get("commit"):
+        session.commit()
     if event.attempt <= int(data.get("kill_until", 0)):
         os.kill(os.getpid(), signal.SIGKILL)
     if event.attempt <= int(data.get("fail_until", 0)):
