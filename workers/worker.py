@@ -59,6 +59,8 @@ def run_worker(
     SIGTERM is a warm shutdown (running handlers finish), as in ``celery worker``.
     """
     install(bus)
+    for module in sorted(set(modules) - set(registry.modules())):
+        log.warning("no handler is registered for %s: each of its events will fail", module)
     options = _options(bus, modules)
     worker = bus.celery.Worker(
         pool=pool,
