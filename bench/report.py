@@ -154,6 +154,11 @@ def render_markdown(results: dict[str, Any]) -> str:
         + _cores(bare["usage"])
         + ".",
         "",
+        f"eventbus publishing ran at {_f(e2e['publish']['rps'])}/s (p99 "
+        f"{_f(e2e['publish']['latency_ms']['p99'])} ms); when it ended "
+        f"{_f(e2e.get('backlog_when_publishing_ended'))} events were still to process, "
+        f"drained at {_f(e2e.get('drain_rate_after_publishing'))}/s by the workers alone.",
+        "",
         "Layouts tried (at the search size, the fastest then measured at the full N):",
         "",
         "| side | configuration | events | events/s |",
