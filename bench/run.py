@@ -131,9 +131,10 @@ def _progress(message: str) -> None:
 
 def _git(*args: str) -> str:
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        # Not stripped: `status --porcelain` lines start with a meaningful space.
         return subprocess.run(
             ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
+        ).stdout
     return ""
 
 
@@ -149,7 +150,7 @@ def _meta(plan: Plan, db: Database, broker_url: str) -> dict[str, Any]:
     return {
         "mode": plan.mode,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": _git("rev-parse", "--short", "HEAD"),
+        "commit": _git("rev-parse", "--short", "HEAD").strip(),
         # Measured is the working tree: list what differs from the commit (others' work too).
         "uncommitted_paths": [p for p in dirty if not p.startswith(("bench/", "tests/bench/"))],
         "machine": {
