@@ -44,7 +44,8 @@ FAST_RETRIES: dict[str, Any] = {
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return make_settings(database_url, handlers=HANDLERS, **FAST_RETRIES)
+    # No metrics port: several workers may run at once, here and in other suites.
+    return make_settings(database_url, handlers=HANDLERS, metrics_port=0, **FAST_RETRIES)
 
 
 @pytest.fixture(autouse=True)
