@@ -1,16 +1,25 @@
-"""``eventbus <command>``: migrate, api, worker, relay, dev, token."""
+"""``eventbus <command>``: migrate, api, worker, relay, dev, flower, token.
+
+Commands import what they need inside their function: ``PROMETHEUS_MULTIPROC_DIR`` must be set
+(:mod:`bus.multiprocess`) before anything imports prometheus_client, which ``bus.service`` does.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 
-from bus.settings import get_settings
+from bus import logs, multiprocess
+from bus.settings import Settings, get_settings
+
+log = logging.getLogger("eventbus.cli")
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -27,24 +36,39 @@ def cmd_api(args: argparse.Namespace) -> int:
     """Serve the HTTP API under uvicorn."""
     import uvicorn
 
-    get_settings().signing_secret()  # refuse to start without a usable key
-    uvicorn.run(
-        "api.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        access_log=False,
-    )
+    settings = get_settings()
+    settings.signing_secret()  # refuse to start without a usable key
+    _setup_logging(args.log_level, settings)
+    created = _metrics_dir(needed=args.workers > 1)
+    try:
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            log_config=logs.dict_config(
+                args.log_level, json_output=logs.wants_json(settings.log_format)
+            ),
+            access_log=False,
+        )
+    finally:
+        multiprocess.remove(created)
     return 0
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
-    )
+def _setup_logging(level: str, settings: Settings | None = None) -> None:
+    log_format = (settings or get_settings()).log_format
+    logs.configure(level, json_output=logs.wants_json(log_format))
+
+
+def _metrics_dir(*, needed: bool) -> Path | None:
+    """Set up prometheus_client's multiprocess directory (before its import), and say where."""
+    created = multiprocess.prepare(needed=needed)
+    if os.environ.get(multiprocess.ENV):
+        log.info("prometheus multiprocess files in %s", os.environ[multiprocess.ENV])
+    return created
 
 
 def _split(value: str | None) -> list[str]:
@@ -52,18 +76,36 @@ def _split(value: str | None) -> list[str]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run a Celery worker on the queues of the given modules (default: every handled one)."""
+    """Run a Celery worker on the queues of the given modules (default: every handled one),
+    serving Prometheus /metrics for all its pool processes on EVENTBUS_METRICS_PORT."""
+    settings = get_settings()
+    _setup_logging(args.loglevel, settings)
+    created = _metrics_dir(needed=args.pool == "prefork")
+    try:
+        return _run_worker(args, settings)
+    finally:
+        multiprocess.remove(created)
+
+
+def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from bus.runtime import Bus
     from workers.registry import load_handlers
-    from workers.worker import NoModules, resolve_modules, run_worker
+    from workers.worker import NoModules, resolve_modules, run_worker, serve_metrics
 
-    settings = get_settings()
-    _setup_logging(args.loglevel)
     load_handlers(settings.handlers)
     try:
         modules = resolve_modules(_split(args.modules))
     except NoModules as exc:
         print(f"eventbus worker: {exc}", file=sys.stderr)
+        return 2
+    try:
+        stop_metrics = serve_metrics(settings.metrics_port)
+    except OSError as exc:
+        print(
+            f"eventbus worker: cannot serve metrics on port {settings.metrics_port} ({exc}); "
+            "set EVENTBUS_METRICS_PORT to a free port, or 0 for none",
+            file=sys.stderr,
+        )
         return 2
     bus = Bus(settings)
     try:
@@ -72,6 +114,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
     finally:
         bus.close()
+        stop_metrics()
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
@@ -105,6 +148,27 @@ def cmd_dev(args: argparse.Namespace) -> int:
     _setup_logging(args.loglevel)
     settings = get_settings().model_copy(update={"broker_url": args.broker_url})
     return run_dev(settings, args.host, args.port, args.loglevel)
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    """Flower, Celery's monitor, on the bus's broker, behind basic auth from
+    EVENTBUS_FLOWER_BASIC_AUTH (user:password); /healthcheck answers without it."""
+    settings = get_settings()
+    try:
+        credentials = settings.flower_credentials()
+    except ValueError as exc:
+        print(f"eventbus flower: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(args.loglevel, settings)
+    from bus.celery_app import make_celery
+
+    # Handed over in Flower's environment, not on its command line, which `ps` shows anyone.
+    os.environ["FLOWER_BASIC_AUTH"] = ",".join(credentials)
+    os.environ.pop("FLOWER_UNAUTHENTICATED_API", None)
+    code = make_celery(settings).start(
+        ["flower", f"--port={args.port}", f"--address={args.address}"]
+    )
+    return int(code or 0)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -164,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker-url", default="memory://localhost/", help="default: the embedded in-memory broker"
     )
     p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("flower", help=cmd_flower.__doc__)
+    p.add_argument("--port", type=int, default=5555)
+    p.add_argument("--address", default="0.0.0.0", help="default: every interface")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_flower)
 
     p = sub.add_parser("token", help=cmd_token.__doc__)
     p.add_argument("--tenant", type=uuid.UUID, default=None)

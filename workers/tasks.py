@@ -40,9 +40,11 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, SessionTransaction
 
-from bus import repository, service
+from bus import metrics, repository, service
 from bus.db import transaction
 from bus.dispatch import take_scheduled
+from bus.logs import log_context
+from bus.models import EventStatus, SystemEvent
 from bus.queues import PROCESS_EVENT_TASK
 from bus.runtime import Bus
 from workers.event import Event
@@ -130,6 +132,7 @@ class EventProcessor:
             attempt = service.begin_attempt(session, event_id)
         else:
             attempt = service.begin_attempt(session, event_id, wait_seconds=LOCK_WAIT_SECONDS)
+            self._count_lost_run(session, event_id, attempt)
             if attempt is not None:
                 attempt = service.count_in_advance(attempt, policy, lost)
                 session.commit()
@@ -151,15 +154,18 @@ class EventProcessor:
                 attempt, f"No handler for {row.target_module}/{row.event_type}"
             )
             session.commit()
+            metrics.observe_failed(row.target_module, row.event_type, None, retried=False)
             log.error("%s failed: no handler registered", where)
             return Outcome()
 
         started = time.perf_counter()
         error = self._run_handler(session, registration, Event.of(row, attempt.attempt))
-        elapsed_ms = (time.perf_counter() - started) * 1000
+        elapsed = time.perf_counter() - started
+        elapsed_ms = elapsed * 1000
         if error is None:
             service.record_success(attempt)
             session.commit()
+            _observe_processed(row, elapsed)
             self.bus.dispatcher.send_scheduled(session)
             log.info("%s processed (attempt %d, %.1f ms)", where, attempt.attempt, elapsed_ms)
             return Outcome()
@@ -173,6 +179,9 @@ class EventProcessor:
                 return Outcome()
         delay = service.record_failure(attempt, error, policy)
         session.commit()
+        metrics.observe_failed(
+            row.target_module, row.event_type, elapsed, retried=delay is not None
+        )
         summary = service.summarize_error(error)
         if delay is None:
             log.error("%s failed for good after attempt %d: %s", where, attempt.attempt, summary)
@@ -181,6 +190,23 @@ class EventProcessor:
                 "%s attempt %d failed, retry in %.2fs: %s", where, attempt.attempt, delay, summary
             )
         return Outcome(retry_in=delay, error=error)
+
+    def _count_lost_run(
+        self, session: Session, event_id: uuid.UUID, attempt: service.Attempt | None
+    ) -> None:
+        """Count the run a lost delivery follows: it died, so it failed; and it is retried now,
+        unless the event has nothing left to run (then it failed for good).
+
+        Counted here rather than where the death is reported (the worker's main process) because
+        only here is the event's row at hand for the labels; and so ``failed - retried`` still
+        counts the events that gave up, crash loops included.
+        """
+        row: SystemEvent | None = attempt.event if attempt else None
+        if row is None:
+            row = repository.get_event(session, event_id, None)
+            if row is None or row.status != EventStatus.FAILED:
+                return  # gone, or processed after all: the run did not fail
+        metrics.observe_failed(row.target_module, row.event_type, None, retried=attempt is not None)
 
     def _run_handler(
         self, session: Session, registration: Registration, event: Event
@@ -275,6 +301,11 @@ def _undo(session: Session, savepoint: SessionTransaction) -> None:
     take_scheduled(session)
 
 
+def _observe_processed(row: SystemEvent, handler_seconds: float) -> None:
+    lag = (row.processed_at - row.created_at).total_seconds() if row.processed_at else 0.0
+    metrics.observe_processed(row.target_module, row.event_type, handler_seconds, lag)
+
+
 def _forbid_commit_in_handler(session: Session) -> None:
     # A handler's commit would release the claim and split its writes from the status; only
     # its own savepoints may be committed.
@@ -309,7 +340,9 @@ def install(bus: Bus, handlers: Registry = registry) -> Task:
     )
     def process_event(self: Task, event_id: str) -> None:
         """Run the handler of one event; delivery is at least once, so ids may repeat."""
-        processor.process(self, event_id)
+        request_id = getattr(self.request, REQUEST_ID_HEADER, None)
+        with log_context(event_id=event_id, request_id=request_id):
+            processor.process(self, event_id)
 
     signals.task_failure.connect(processor.on_task_failure, weak=False)
     signals.worker_process_init.connect(processor.after_fork, weak=False)

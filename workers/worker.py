@@ -6,11 +6,13 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from celery import signals
 from celery.worker import state as worker_state
 
+from bus import metrics
 from bus.queues import queue_name
 from bus.runtime import Bus
 from workers.registry import Registry, registry
@@ -44,6 +46,24 @@ def _options(bus: Bus, modules: Sequence[str]) -> dict[str, Any]:
         "without_mingle": True,
         "without_gossip": True,
     }
+
+
+def serve_metrics(port: int) -> Callable[[], None]:
+    """Serve Prometheus ``/metrics`` on ``0.0.0.0:port`` from the worker's main process, summing
+    every pool process's samples (multiprocess mode under prefork); returns how to stop it.
+
+    It reads only the samples files, never the database, so it answers while the database is
+    down: the worker's liveness probe relies on it. Port 0 serves nothing.
+    """
+    if not port:
+        return lambda: None
+    stop = metrics.serve(port)
+    signals.worker_process_shutdown.connect(_forget_pool_process, weak=False)
+    return stop
+
+
+def _forget_pool_process(pid: int | None = None, **_: Any) -> None:
+    metrics.mark_process_dead(pid or os.getpid())
 
 
 def run_worker(
