@@ -310,6 +310,7 @@ def begin_attempt(
 
 
 def count_in_advance(
+    session: Session,
     attempt: Attempt,
     policy: RetryPolicy,
     reason: str = INTERRUPTED_MESSAGE,
@@ -332,6 +333,7 @@ def count_in_advance(
         now or utcnow(),
         retry_delay=policy.delay(attempt.attempt),
     )
+    repository.save_outcome(session, event)
     return Attempt(event, attempt.attempt, counted=True)
 
 
@@ -345,35 +347,42 @@ def reclaim_attempt(session: Session, attempt: Attempt) -> Attempt | None:
     return Attempt(event, attempt.attempt, attempt.counted)
 
 
-def record_success(attempt: Attempt, now: datetime | None = None) -> None:
+def record_success(session: Session, attempt: Attempt, now: datetime | None = None) -> None:
     """The handler returned: the event is processed (a mark counted in advance is undone)."""
     attempt.event.retry_count = attempt.attempt - 1
     apply_change(
         attempt.event, StatusChange(EventStatus.PROCESSED), now or utcnow(), retry_delay=None
     )
+    repository.save_outcome(session, attempt.event)
 
 
 def record_failure(
-    attempt: Attempt, exc: BaseException, policy: RetryPolicy, now: datetime | None = None
+    session: Session,
+    attempt: Attempt,
+    exc: BaseException,
+    policy: RetryPolicy,
+    now: datetime | None = None,
 ) -> float | None:
     """The handler raised: failed, retry_count = this attempt's number; returns the delay to
     the next try, or None once the attempts are exhausted."""
     delay = policy.delay(attempt.attempt)
-    _record_failed(attempt, summarize_error(exc), now, delay)
+    _record_failed(session, attempt, summarize_error(exc), now, delay)
     return delay
 
 
-def record_unhandled(attempt: Attempt, reason: str, now: datetime | None = None) -> None:
+def record_unhandled(
+    session: Session, attempt: Attempt, reason: str, now: datetime | None = None
+) -> None:
     """The event cannot run here (no handler): failed at once, with no automatic retry.
 
     Retrying would fail the same way until a handler is deployed; a ``PUT`` to ``pending``
     replays it then.
     """
-    _record_failed(attempt, reason, now, None)
+    _record_failed(session, attempt, reason, now, None)
 
 
 def _record_failed(
-    attempt: Attempt, message: str, now: datetime | None, delay: float | None
+    session: Session, attempt: Attempt, message: str, now: datetime | None, delay: float | None
 ) -> None:
     attempt.event.retry_count = attempt.attempt - 1
     apply_change(
@@ -382,3 +391,4 @@ def _record_failed(
         now or utcnow(),
         retry_delay=delay,
     )
+    repository.save_outcome(session, attempt.event)

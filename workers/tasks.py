@@ -134,7 +134,7 @@ class EventProcessor:
             attempt = service.begin_attempt(session, event_id, wait_seconds=LOCK_WAIT_SECONDS)
             self._count_lost_run(session, event_id, attempt)
             if attempt is not None:
-                attempt = service.count_in_advance(attempt, policy, lost)
+                attempt = service.count_in_advance(session, attempt, policy, lost)
                 session.commit()
                 attempt = service.reclaim_attempt(session, attempt)
         if attempt is None:
@@ -151,7 +151,7 @@ class EventProcessor:
         registration = self.handlers.find(row.target_module, row.event_type)
         if registration is None:
             service.record_unhandled(
-                attempt, f"No handler for {row.target_module}/{row.event_type}"
+                session, attempt, f"No handler for {row.target_module}/{row.event_type}"
             )
             session.commit()
             metrics.observe_failed(row.target_module, row.event_type, None, retried=False)
@@ -163,7 +163,7 @@ class EventProcessor:
         elapsed = time.perf_counter() - started
         elapsed_ms = elapsed * 1000
         if error is None:
-            service.record_success(attempt)
+            service.record_success(session, attempt)
             session.commit()
             _observe_processed(row, elapsed)
             self.bus.dispatcher.send_scheduled(session)
@@ -177,7 +177,7 @@ class EventProcessor:
             if attempt is None:
                 session.rollback()
                 return Outcome()
-        delay = service.record_failure(attempt, error, policy)
+        delay = service.record_failure(session, attempt, error, policy)
         session.commit()
         metrics.observe_failed(
             row.target_module, row.event_type, elapsed, retried=delay is not None
