@@ -64,8 +64,9 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         task_default_queue=f"{settings.queue_prefix}default",
         task_create_missing_queues=True,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Flower's view of each task; each event is one more Redis publish (EVENTBUS_TASK_EVENTS).
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
         enable_utc=True,
     )

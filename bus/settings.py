@@ -87,6 +87,17 @@ class Settings(BaseSettings):
         le=65535,
         description="port of a worker's Prometheus /metrics (on 0.0.0.0); 0 turns it off",
     )
+    task_events: bool = Field(
+        True,
+        description="Celery task events for Flower (task-sent per publish, more per attempt): "
+        "each is one more Redis publish; false saves about a tenth of the CPU per event",
+    )
+    api_threads: int = Field(
+        8,
+        ge=1,
+        description="threads per API process running blocking work (DB, broker); more contend "
+        "for the GIL",
+    )
     flower_basic_auth: str = Field(
         "", description="`user:password` (several: comma-separated) that `eventbus flower` requires"
     )
