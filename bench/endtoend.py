@@ -3,7 +3,8 @@
 Rate: from the load generator's first send to the last ``processed_at`` in the table. Latency:
 ``processed_at - created_at`` of every row, so it is the bus's own record of each event, not a
 sample. The workers run ``eventbus worker`` with the bus's Celery settings untouched (acks late,
-prefetch 1, task events on); only pool, process count and concurrency vary.
+prefetch 1), task events as ``BusConfig.task_events`` says (off: bare Celery sends none either);
+only pool, process count and concurrency vary.
 """
 
 from __future__ import annotations

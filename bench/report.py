@@ -98,6 +98,22 @@ def _profiles(profiles: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _bus_settings(meta: dict[str, Any]) -> str:
+    events = meta.get("bus_settings", {}).get("EVENTBUS_TASK_EVENTS", True)
+    if events:
+        return "Bus settings: the defaults (Celery task events on, for Flower)."
+    return (
+        "Bus settings: the defaults but `EVENTBUS_TASK_EVENTS=false`: no Celery task events "
+        "(Flower lists no tasks), as bare Celery sends none by default. Every delivery "
+        "guarantee is unchanged (acks late, prefetch 1, the row-lock claim)."
+    )
+
+
+def _events_note(meta: dict[str, Any]) -> str:
+    on = meta.get("bus_settings", {}).get("EVENTBUS_TASK_EVENTS", True)
+    return "" if on else ", task events off"
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     meta = results["meta"]
     machine = meta["machine"]
@@ -112,6 +128,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"Celery {meta['versions']['celery']}.",
         "",
         meta["layout"] + " Load generator: " + meta["load_generator"] + ".",
+        "",
+        _bus_settings(meta),
         "",
         f"**{results['headline']['line']}**",
         "",
@@ -139,7 +157,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         "| | configuration | events/s | publish → processed p50 ms | p99 ms |",
         "|---|---|---|---|---|",
-        f"| eventbus | {e2e['label']} | {_f(e2e['rate'])} | {_f(e2e['latency_ms']['p50'])} | "
+        f"| eventbus | {e2e['label']}{_events_note(meta)} | {_f(e2e['rate'])} | "
+        f"{_f(e2e['latency_ms']['p50'])} | "
         f"{_f(e2e['latency_ms']['p99'])} |",
         f"| bare Celery | {bare['label']} | {_f(bare['rate'])} | {NONE} | {NONE} |",
         "",

@@ -197,6 +197,7 @@ def run(plan: Plan, out: Path, work_dir: Path, db_name: str, profile: bool) -> d
         monitor.watch_found("postgres", db.backends)
         config = BusConfig(db.url, broker_url)
         results["meta"] = _meta(plan, db, broker_url)
+        results["meta"]["bus_settings"] = {"EVENTBUS_TASK_EVENTS": config.task_events}
         _progress(f"{plan.mode} run: redis {broker_url}, database {db.name}")
 
         publish = {}
