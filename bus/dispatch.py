@@ -17,6 +17,10 @@ from bus.queues import PROCESS_EVENT_TASK, queue_name
 
 log = logging.getLogger(__name__)
 _KEY = "eventbus.dispatches"
+REQUEST_ID_HEADER = "eventbus_request_id"
+LOST_HEADER = "eventbus_lost"
+"""Marks a delivery that may follow one that died: its attempt is counted before it runs
+(workers/tasks.py reads it under the same name)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +31,8 @@ class Dispatch:
     target_module: str
     countdown: float | None = None
     request_id: str | None = None
+    lost: str | None = None
+    """Why the delivery before this one may have died, if it may (sent as ``LOST_HEADER``)."""
 
 
 def schedule(session: Session, dispatch: Dispatch) -> None:
@@ -87,7 +93,7 @@ class Dispatcher:
                 args=[str(dispatch.event_id)],
                 queue=queue_name(dispatch.target_module, self._prefix),
                 countdown=dispatch.countdown,
-                headers={"eventbus_request_id": dispatch.request_id},
+                headers=_headers(dispatch),
                 retry=False,
             )
         except Exception as exc:
@@ -99,3 +105,10 @@ class Dispatcher:
     def send_scheduled(self, session: Session) -> list[uuid.UUID]:
         """Send what a committed session scheduled."""
         return self.send(take_scheduled(session))
+
+
+def _headers(dispatch: Dispatch) -> dict[str, str | None]:
+    headers = {REQUEST_ID_HEADER: dispatch.request_id}
+    if dispatch.lost is not None:
+        headers[LOST_HEADER] = dispatch.lost
+    return headers

@@ -21,6 +21,21 @@ from bus.service import utcnow
 log = logging.getLogger(__name__)
 
 _MAX_ERROR_BACKOFF_SECONDS = 30.0
+LEASE_EXPIRED_MESSAGE = (
+    "AttemptInterrupted: no outcome within the relay's lease (EVENTBUS_RELAY_LEASE_SECONDS)"
+)
+
+
+def _lost(resent: bool) -> str | None:
+    """A re-send after the lease is marked as following a delivery that may have died.
+
+    Its message may be merely waiting in a queue, but it may also have died with a whole worker
+    (SIGKILL, OOM, a handler that crashes the process): nothing else reports that, and a
+    re-send that ran uncounted would let such a handler crash a worker again and again. Marked,
+    its attempt is counted before the handler runs and the outcome replaces the mark, so it
+    costs one commit and never counts a run twice.
+    """
+    return LEASE_EXPIRED_MESSAGE if resent else None
 
 
 def run_once(bus: Bus, now: datetime | None = None) -> int:
@@ -39,7 +54,10 @@ def run_once(bus: Bus, now: datetime | None = None) -> int:
         )
     if not rows:
         return 0
-    dispatches = [Dispatch(event_id, module, request_id=rid) for event_id, module, rid in rows]
+    dispatches = [
+        Dispatch(row.id, row.target_module, request_id=row.request_id, lost=_lost(row.resent))
+        for row in rows
+    ]
     failed = bus.dispatcher.send(dispatches)
     if failed:
         log.warning("relay: %d of %d sends failed; trying again later", len(failed), len(rows))

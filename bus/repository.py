@@ -191,9 +191,20 @@ def mark_unsent(session: Session, event_ids: Sequence[uuid.UUID]) -> None:
         session.execute(update(_table).where(_table.c.id.in_(event_ids)).values(dispatched_at=None))
 
 
+@dataclass(frozen=True, slots=True)
+class DueEvent:
+    """An event the relay must send; ``resent`` when a send of it had been stamped before (its
+    lease ran out with no outcome), rather than never made or undone after failing."""
+
+    id: uuid.UUID
+    target_module: str
+    request_id: str | None
+    resent: bool
+
+
 def take_due_for_dispatch(
     session: Session, now: datetime, lease: timedelta, limit: int
-) -> list[tuple[uuid.UUID, str, str | None]]:
+) -> list[DueEvent]:
     """Lock and stamp events that should be on a queue but may not be.
 
     Pending and never sent (or sent longer than a lease ago), or failed with a due retry and no
@@ -202,7 +213,7 @@ def take_due_for_dispatch(
     """
     stale = now - lease
     unsent = or_(SystemEvent.dispatched_at.is_(None), SystemEvent.dispatched_at < stale)
-    rows: list[tuple[uuid.UUID, str, str | None]] = []
+    rows: list[DueEvent] = []
     for due in (
         SystemEvent.status == EventStatus.PENDING,
         and_(
@@ -214,16 +225,24 @@ def take_due_for_dispatch(
         if len(rows) >= limit:
             break
         stmt = (
-            select(SystemEvent.id, SystemEvent.target_module, SystemEvent.request_id)
+            select(
+                SystemEvent.id,
+                SystemEvent.target_module,
+                SystemEvent.request_id,
+                SystemEvent.dispatched_at.is_not(None).label("resent"),
+            )
             .where(due, unsent)
             .order_by(SystemEvent.created_at)
             .limit(limit - len(rows))
             .with_for_update(skip_locked=True)
         )
-        rows.extend((r.id, r.target_module, r.request_id) for r in session.execute(stmt))
+        rows.extend(
+            DueEvent(r.id, r.target_module, r.request_id, bool(r.resent))
+            for r in session.execute(stmt)
+        )
     if rows:
         session.execute(
-            update(_table).where(_table.c.id.in_([r[0] for r in rows])).values(dispatched_at=now)
+            update(_table).where(_table.c.id.in_([r.id for r in rows])).values(dispatched_at=now)
         )
     return rows
 
