@@ -83,6 +83,14 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorEnvelope, "description": described[c]} for c in codes}
 
 
+# What bus/schemas.py accepts: "" counts as missing, and PostgreSQL cannot store a NUL.
+_NO_NUL = "^[^\\x00]*$"
+_TEXT_FIELD: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 255,
+    "pattern": _NO_NUL,
+}
 PUBLISH_BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": [
@@ -94,11 +102,11 @@ PUBLISH_BODY_SCHEMA: dict[str, Any] = {
         "event_data",
     ],
     "properties": {
-        "event_type": {"type": "string", "maxLength": 255, "example": "inventory_updated"},
+        "event_type": {**_TEXT_FIELD, "example": "inventory_updated"},
         "source_module": {"type": "string", "pattern": "^[a-z0-9_.-]{1,64}$"},
         "target_module": {"type": "string", "pattern": "^[a-z0-9_.-]{1,64}$"},
-        "entity_type": {"type": "string", "maxLength": 255},
-        "entity_id": {"type": "string", "maxLength": 255},
+        "entity_type": _TEXT_FIELD,
+        "entity_id": _TEXT_FIELD,
         "event_data": {"type": "object", "additionalProperties": True},
     },
 }
@@ -109,6 +117,6 @@ STATUS_BODY_SCHEMA: dict[str, Any] = {
     "properties": {
         "status": {"type": "string", "enum": ["pending", "processed", "failed"]},
         "processed_at": {"type": ["string", "null"], "format": "date-time"},
-        "error_message": {"type": ["string", "null"]},
+        "error_message": {"type": ["string", "null"], "maxLength": 10000, "pattern": _NO_NUL},
     },
 }

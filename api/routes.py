@@ -20,9 +20,16 @@ from bus.schemas import format_timestamp
 
 router = APIRouter(prefix="/system/events", tags=["System Events"])
 
+# The parameters stay strings so a bad value is the seed's 400 ``Invalid <name>`` (parsed in
+# bus/schemas.py); these hints only make the document say which strings are accepted.
+_TEXT = {"pattern": "^[^\\x00]*$"}  # PostgreSQL refuses a NUL in a query parameter
+
 TenantParam = Annotated[
     str | None,
-    Query(description="UUID of the tenant (optional for system admins and in auth context)"),
+    Query(
+        description="UUID of the tenant (optional for system admins and in auth context)",
+        json_schema_extra={"format": "uuid"},
+    ),
 ]
 
 
@@ -37,13 +44,38 @@ def list_events(
     caller: SystemReader,
     db: DbSession,
     tenant_id: TenantParam = None,
-    event_type: Annotated[str | None, Query(description="exact event type")] = None,
-    source_module: Annotated[str | None, Query(description="exact source module")] = None,
-    target_module: Annotated[str | None, Query(description="exact target module")] = None,
-    status: Annotated[str | None, Query(description="pending, processed or failed")] = None,
-    entity_type: Annotated[str | None, Query(description="exact entity type")] = None,
-    page: Annotated[str | None, Query(description="page number, from 1")] = None,
-    limit: Annotated[str | None, Query(description="items per page, 1 to 1000")] = None,
+    event_type: Annotated[
+        str | None, Query(description="exact event type", json_schema_extra=_TEXT)
+    ] = None,
+    source_module: Annotated[
+        str | None, Query(description="exact source module", json_schema_extra=_TEXT)
+    ] = None,
+    target_module: Annotated[
+        str | None, Query(description="exact target module", json_schema_extra=_TEXT)
+    ] = None,
+    status: Annotated[
+        str | None,
+        Query(
+            description="pending, processed or failed",
+            json_schema_extra={"enum": ["pending", "processed", "failed"]},
+        ),
+    ] = None,
+    entity_type: Annotated[
+        str | None, Query(description="exact entity type", json_schema_extra=_TEXT)
+    ] = None,
+    page: Annotated[
+        str | None,
+        Query(
+            description="page number, from 1", json_schema_extra={"pattern": "^[1-9][0-9]{0,8}$"}
+        ),
+    ] = None,
+    limit: Annotated[
+        str | None,
+        Query(
+            description="items per page, 1 to 1000",
+            json_schema_extra={"pattern": "^([1-9][0-9]{0,2}|1000)$"},
+        ),
+    ] = None,
 ) -> Any:
     """Events of the caller's tenant, newest first, filtered by exact matches (AND).
 

@@ -1,0 +1,283 @@
+"""Hostile input the contract suite does not already send: SQL- and path-looking strings in
+every field and filter, hostile ids in the path, invalid UTF-8 in the URL, huge numbers and
+deep nesting outside event_data, odd content types, oversized PUTs.
+
+Already covered elsewhere, not repeated here: bodies above the cap (streamed or not), NaN,
+invalid UTF-8 and runaway nesting in the body, NUL and lone surrogates in fields, event_data
+depth and size caps, bad page/limit/status/tenant_id (tests/contract/test_seed_contract.py);
+arbitrary JSON bodies (tests/contract/test_property.py); JWT attacks
+(tests/contract/test_auth_matrix.py).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from bus.runtime import Bus
+from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
+from tests.contract.factories import make_event
+
+EVENTS = "/system/events"
+FREE_TEXT = ("event_type", "entity_type", "entity_id")
+MODULES = ("source_module", "target_module")
+FILTERS = ("event_type", "source_module", "target_module", "entity_type")
+HOSTILE = [
+    "' OR '1'='1",
+    "'; DROP TABLE system_events; --",
+    '" OR 1=1 --',
+    "1; SELECT pg_sleep(10)",
+    "%",
+    "_",
+    "*",
+    "\\",
+    "../../etc/passwd",
+    "..%2F..%2Fetc%2Fpasswd",
+    "/system/events/stats",
+    "${jndi:ldap://127.0.0.1/a}",
+    "{{7*7}}",
+    "<script>alert(1)</script>",
+    "\uff4f\uff52\uff44\uff45\uff52\uff53",  # fullwidth "orders": not the ASCII name
+]
+
+
+@pytest.fixture
+def h(token: TokenFactory) -> dict[str, str]:
+    return auth(token())
+
+
+def assert_envelope(response: Any, status: int | tuple[int, ...]) -> dict[str, Any]:
+    allowed = (status,) if isinstance(status, int) else status
+    assert response.status_code in allowed, (response.status_code, response.text)
+    body: dict[str, Any] = response.json()
+    if response.status_code >= 400:
+        assert set(body) == {"success", "message"} and body["success"] is False, body
+    return body
+
+
+def rows(bus: Bus) -> int:
+    with bus.engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM system_events")).scalar_one())
+
+
+@pytest.mark.parametrize("value", HOSTILE, ids=repr)
+def test_hostile_strings_in_free_text_fields_are_stored_verbatim(
+    client: TestClient, h: dict[str, str], bus: Bus, value: str
+) -> None:
+    # Given the hostile string in every free-text field of one event
+    body = {**SEED_PUBLISH_BODY, **dict.fromkeys(FREE_TEXT, value)}
+    # When it is published, then it is an ordinary 201 and stored as given
+    created = assert_envelope(client.post(EVENTS, headers=h, json=body), 201)["event"]
+    assert {k: created[k] for k in FREE_TEXT} == dict.fromkeys(FREE_TEXT, value)
+    # And each filter matches it exactly, as data: one row, not every row nor an error
+    make_event(bus)  # an ordinary event the filter must not match
+    for name in ("event_type", "entity_type"):
+        page = assert_envelope(client.get(EVENTS, headers=h, params={name: value}), 200)
+        assert [e["id"] for e in page["events"]] == [created["id"]], name
+    assert rows(bus) == 2
+
+
+@pytest.mark.parametrize("value", [v for v in HOSTILE if v != "_"], ids=repr)
+@pytest.mark.parametrize("name", MODULES)
+def test_hostile_strings_are_no_module_name(
+    client: TestClient, h: dict[str, str], bus: Bus, name: str, value: str
+) -> None:
+    response = client.post(EVENTS, headers=h, json={**SEED_PUBLISH_BODY, name: value})
+
+    assert assert_envelope(response, 400)["message"] == f"Invalid {name}"
+    assert rows(bus) == 0
+
+
+@pytest.mark.parametrize("value", HOSTILE, ids=repr)
+@pytest.mark.parametrize("name", FILTERS)
+def test_hostile_strings_in_filters_match_nothing(
+    client: TestClient, h: dict[str, str], bus: Bus, name: str, value: str
+) -> None:
+    # Given ordinary events: neither % nor _ nor a quote may widen an exact match
+    make_event(bus)
+    make_event(bus)
+    for path in (EVENTS, f"{EVENTS}/stats"):
+        body = assert_envelope(client.get(path, headers=h, params={name: value}), (200, 400))
+        if path == EVENTS and "total" in body:
+            assert body["total"] == 0 and body["events"] == []
+    assert rows(bus) == 2
+
+
+@pytest.mark.parametrize(
+    "event_id",
+    [
+        "' OR '1'='1",
+        "1 OR 1=1",
+        "..",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2e%2e%2f",
+        "%00",
+        "%FF%FE",
+        "00000000-0000-0000-0000-000000000000",
+        "x" * 10_000,
+        "{aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa}",
+    ],
+    ids=lambda v: repr(v[:30]),
+)
+def test_hostile_event_ids(client: TestClient, h: dict[str, str], bus: Bus, event_id: str) -> None:
+    make_event(bus)
+
+    response = client.put(f"{EVENTS}/{event_id}", headers=h, json={"status": "processed"})
+
+    assert_envelope(response, (404, 405))
+    assert rows(bus) == 1
+    with bus.engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM system_events")).scalar_one() == "pending"
+
+
+@pytest.mark.parametrize("query", ["event_type=%FF%FE", "status=%C3%28", "tenant_id=%ED%A0%80"])
+def test_invalid_utf8_in_the_query(client: TestClient, h: dict[str, str], query: str) -> None:
+    for path in (EVENTS, f"{EVENTS}/stats"):
+        assert_envelope(client.get(f"{path}?{query}", headers=h), (200, 400))
+
+
+def test_huge_integers_in_event_data(client: TestClient, h: dict[str, str]) -> None:
+    # Given an integer of 4,000 digits: JSON allows it and jsonb stores it exactly
+    big = 10**3999
+    created = client.post(EVENTS, headers=h, json={**SEED_PUBLISH_BODY, "event_data": {"n": big}})
+    assert assert_envelope(created, 201)["event"]["event_data"] == {"n": big}
+    # And one past Python's 4,300-digit limit is refused as a body, not a 500
+    raw = json.dumps({**SEED_PUBLISH_BODY, "event_data": {"n": 0}}).replace(
+        '"n": 0', '"n": ' + "9" * 5000
+    )
+    assert assert_envelope(client.post(EVENTS, headers=h, content=raw), 400)["message"] == (
+        "Invalid JSON body"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("event_type", 10**400),
+        ("entity_id", 1e308),
+        ("entity_id", -(2**63)),
+        ("event_type", True),
+        ("event_type", ["a"]),
+        ("entity_type", {"$ne": ""}),
+    ],
+    ids=repr,
+)
+def test_non_strings_in_string_fields(
+    client: TestClient, h: dict[str, str], field: str, value: Any
+) -> None:
+    response = client.post(EVENTS, headers=h, json={**SEED_PUBLISH_BODY, field: value})
+
+    assert assert_envelope(response, 400)["message"] == f"Invalid {field}"
+
+
+def deep(levels: int) -> Any:
+    value: Any = "x"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("levels", [100, 900, 5000])
+def test_deep_nesting_outside_event_data(
+    client: TestClient, h: dict[str, str], bus: Bus, levels: int
+) -> None:
+    raw = '{"event_type": ' + "[" * levels + '"x"' + "]" * levels + "}"
+    publish = client.post(EVENTS, headers=h, content=raw)
+    assert assert_envelope(publish, 400)["message"] in (
+        "Invalid JSON body",
+        "Field required source_module",
+        "Invalid event_type",
+    )
+    event = make_event(bus)
+    put_raw = '{"status": "processed", "error_message": ' + "[" * levels + "]" * levels + "}"
+    update = client.put(f"{EVENTS}/{event['id']}", headers=h, content=put_raw)
+    assert assert_envelope(update, 400)["message"] in ("Invalid JSON body", "Invalid error_message")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("processed_at", 10**400),
+        ("processed_at", "9999-12-31T23:59:59-23:59"),
+        ("processed_at", "0001-01-01T00:00:00+14:00"),
+        ("processed_at", "2024-02-30T00:00:00Z"),
+        ("processed_at", "' OR 1=1 --"),
+        ("error_message", 1e308),
+        ("status", "processed' OR '1'='1"),
+    ],
+    ids=repr,
+)
+def test_hostile_status_updates(
+    client: TestClient, h: dict[str, str], bus: Bus, field: str, value: Any
+) -> None:
+    event = make_event(bus)
+    body = {"status": "processed", field: value}
+
+    response = client.put(f"{EVENTS}/{event['id']}", headers=h, json=body)
+
+    assert_envelope(response, (200, 400))
+
+
+def test_an_oversized_put_is_refused(client: TestClient, h: dict[str, str], bus: Bus) -> None:
+    event = make_event(bus)
+    raw = json.dumps({"status": "failed", "error_message": "x" * (2 * 1024 * 1024)})
+
+    response = client.put(f"{EVENTS}/{event['id']}", headers=h, content=raw)
+
+    assert assert_envelope(response, 413)["message"] == "Request body too large"
+
+
+def test_a_declared_length_above_the_cap_is_refused_before_reading(
+    client: TestClient, h: dict[str, str]
+) -> None:
+    headers = {**h, "Content-Length": str(10**12)}
+
+    response = client.post(EVENTS, headers=headers, content=b"{}")
+
+    assert_envelope(response, (400, 413))
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""],
+)
+def test_odd_content_types(client: TestClient, h: dict[str, str], content_type: str) -> None:
+    raw = json.dumps(SEED_PUBLISH_BODY)
+
+    response = client.post(EVENTS, headers={**h, "Content-Type": content_type}, content=raw)
+
+    assert_envelope(response, (201, 400, 415))
+
+
+def test_duplicate_keys_take_the_last(client: TestClient, h: dict[str, str]) -> None:
+    raw = json.dumps(SEED_PUBLISH_BODY)[:-1] + ', "target_module": "billing"}'
+
+    created = assert_envelope(client.post(EVENTS, headers=h, content=raw), 201)["event"]
+
+    assert created["target_module"] == "billing"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Bearer " + "a" * 100_000, "Bearer a.b.c", "Bearer ' OR 1=1 --", "Basic YWRtaW46YWRtaW4="],
+    ids=lambda v: v[:20],
+)
+def test_hostile_authorization_headers(client: TestClient, authorization: str) -> None:
+    response = client.get(EVENTS, headers={"Authorization": authorization})
+
+    assert_envelope(response, 401)
+
+
+@pytest.mark.parametrize("request_id", ["\x7f", "a" * 65, "' OR 1=1 --\t", "../../x"])
+def test_hostile_request_ids_are_replaced_or_kept_printable(
+    client: TestClient, h: dict[str, str], request_id: str
+) -> None:
+    response = client.get(EVENTS, headers={**h, "X-Request-ID": request_id})
+
+    assert response.status_code == 200
+    echoed = response.headers["x-request-id"]
+    assert echoed.isprintable() and 0 < len(echoed) <= 64

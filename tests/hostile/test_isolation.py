@@ -1,0 +1,211 @@
+"""Tenant isolation, endpoint by endpoint: whatever a caller of tenant A sends, nothing of
+tenant B comes back, and nothing of B changes.
+
+The permission matrix (who may call what, own tenant vs ``?tenant_id=B``) is in
+tests/contract/test_auth_matrix.py; this adds the ways of naming B that it does not try (other
+spellings of B's UUID, a repeated parameter, a ``tenant_id`` in the body, B's event ids with no
+tenant named) and scans every answer for B's data, the stats included.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from bus.runtime import Bus
+from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
+from tests.contract.factories import make_event
+
+EVENTS = "/system/events"
+SECRET_MARK = "tenant-b-secret-marker"
+B_SPELLINGS = [
+    str(TENANT_B),
+    str(TENANT_B).upper(),
+    TENANT_B.hex,
+    f"{{{TENANT_B}}}",
+    f"urn:uuid:{TENANT_B}",
+    f" {TENANT_B}",
+    f"{TENANT_B}\t",
+]
+CALLERS = ("manage:system", "system token")
+
+
+@pytest.fixture
+def b_events(bus: Bus) -> list[dict[str, Any]]:
+    """Tenant B's events, marked so that any leak of them is visible in a response."""
+    made = [
+        make_event(
+            bus,
+            tenant_id=TENANT_B,
+            entity_id=SECRET_MARK,
+            event_type=f"b_{status}",
+            target_module="b_only_module",
+            status=status,
+            event_data={"mark": SECRET_MARK},
+        )
+        for status in ("pending", "processed", "failed")
+    ]
+    make_event(bus, tenant_id=TENANT_A)
+    return made
+
+
+def header(kind: str, token: TokenFactory) -> dict[str, str]:
+    if kind == "system token":
+        return auth(token(TENANT_A, [], system=True))
+    return auth(token(TENANT_A))
+
+
+def snapshot(bus: Bus) -> list[tuple[Any, ...]]:
+    with bus.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, status, retry_count, processed_at, error_message, dispatched_at "
+                "FROM system_events WHERE tenant_id = :b ORDER BY id"
+            ),
+            {"b": TENANT_B},
+        )
+        return [tuple(r) for r in rows]
+
+
+def assert_nothing_of_b(response: Any, b_events: list[dict[str, Any]]) -> None:
+    body = response.text
+    assert SECRET_MARK not in body, body[:500]
+    assert "b_only_module" not in body, body[:500]
+    for event in b_events:
+        assert str(event["id"]) not in body, body[:500]
+    assert str(TENANT_B) not in body.lower(), body[:500]
+    assert TENANT_B.hex not in body.lower(), body[:500]
+
+
+@pytest.mark.parametrize("spelling", B_SPELLINGS, ids=repr)
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", EVENTS), ("GET", f"{EVENTS}/stats"), ("POST", EVENTS), ("PUT", "b_event")],
+)
+def test_naming_tenant_b_in_any_spelling(
+    client: TestClient,
+    bus: Bus,
+    token: TokenFactory,
+    b_events: list[dict[str, Any]],
+    method: str,
+    path: str,
+    caller: str,
+    spelling: str,
+) -> None:
+    before = snapshot(bus)
+    target = f"{EVENTS}/{b_events[0]['id']}" if path == "b_event" else path
+    body = SEED_PUBLISH_BODY if method == "POST" else {"status": "processed"}
+
+    response = client.request(
+        method,
+        target,
+        headers=header(caller, token),
+        params={"tenant_id": spelling},
+        json=None if method == "GET" else body,
+    )
+
+    assert response.status_code in (400, 403), response.text
+    assert_nothing_of_b(response, b_events)
+    assert snapshot(bus) == before
+
+
+@pytest.mark.parametrize("order", ["A then B", "B then A"])
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", EVENTS), ("GET", f"{EVENTS}/stats"), ("POST", EVENTS)]
+)
+def test_a_repeated_tenant_id(
+    client: TestClient,
+    bus: Bus,
+    token: TokenFactory,
+    b_events: list[dict[str, Any]],
+    method: str,
+    path: str,
+    caller: str,
+    order: str,
+) -> None:
+    pair = [str(TENANT_A), str(TENANT_B)]
+    query = "&".join(f"tenant_id={t}" for t in (pair if order == "A then B" else pair[::-1]))
+    before = snapshot(bus)
+
+    response = client.request(
+        method,
+        f"{path}?{query}",
+        headers=header(caller, token),
+        json=SEED_PUBLISH_BODY if method == "POST" else None,
+    )
+
+    if response.status_code < 400:
+        assert_nothing_of_b(response, b_events)
+    else:
+        assert response.status_code == 403, response.text
+    assert snapshot(bus) == before
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+def test_b_events_do_not_exist_for_a(
+    client: TestClient,
+    bus: Bus,
+    token: TokenFactory,
+    b_events: list[dict[str, Any]],
+    caller: str,
+) -> None:
+    before = snapshot(bus)
+    h = header(caller, token)
+    for event in b_events:
+        for status in ("processed", "failed", "pending"):
+            response = client.put(f"{EVENTS}/{event['id']}", headers=h, json={"status": status})
+            assert response.status_code == 404, response.text
+            assert_nothing_of_b(response, b_events)
+    assert snapshot(bus) == before
+
+
+def test_reads_of_a_show_nothing_of_b(
+    client: TestClient, bus: Bus, token: TokenFactory, b_events: list[dict[str, Any]]
+) -> None:
+    h = header("manage:system", token)
+    queries: list[dict[str, str]] = [
+        {},
+        {"tenant_id": str(TENANT_A)},
+        {"target_module": "b_only_module"},
+        {"event_type": "b_pending"},
+        {"entity_type": "inventory_item", "limit": "1000"},
+        {"status": "failed"},
+    ]
+    for query in queries:
+        for path in (EVENTS, f"{EVENTS}/stats"):
+            response = client.get(path, headers=h, params=query)
+            assert response.status_code == 200, response.text
+            assert_nothing_of_b(response, b_events)
+    listed = client.get(EVENTS, headers=h).json()
+    assert {e["tenant_id"] for e in listed["events"]} == {str(TENANT_A)}
+    stats = client.get(f"{EVENTS}/stats", headers=h).json()
+    assert stats["totals"]["total"] == 1
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+def test_a_tenant_id_in_the_body_is_ignored(
+    client: TestClient, bus: Bus, token: TokenFactory, caller: str
+) -> None:
+    body = {**SEED_PUBLISH_BODY, "tenant_id": str(TENANT_B), "id": str(uuid.uuid4())}
+
+    response = client.post(EVENTS, headers=header(caller, token), json=body)
+
+    assert response.status_code == 201, response.text
+    assert response.json()["event"]["tenant_id"] == str(TENANT_A)
+    assert snapshot(bus) == []
+
+
+def test_the_system_token_may_publish_but_not_read(
+    client: TestClient, token: TokenFactory, b_events: list[dict[str, Any]]
+) -> None:
+    h = header("system token", token)
+    for path in (EVENTS, f"{EVENTS}/stats"):
+        response = client.get(path, headers=h)
+        assert response.status_code == 403
+        assert_nothing_of_b(response, b_events)
