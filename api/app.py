@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI
 
 from api import errors, ops, routes
@@ -45,6 +46,10 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None) -> Fast
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Each request's unit of work runs in anyio's thread pool (40 threads by default); under
+        # load that many threads mostly trade the GIL. Fewer keep the CPU on requests, and as a
+        # unit of work takes and returns its connection in one trip, they never wait on the pool.
+        to_thread.current_default_thread_limiter().total_tokens = bus.settings.api_threads
         yield
         broker.close()
         metrics.mark_process_dead(os.getpid())

@@ -1,12 +1,13 @@
-"""Dependencies: the bus of this app, a committed-at-the-edge session, the caller, the body."""
+"""Dependencies: the bus of this app, the request's unit of work, the caller, the body."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
+from anyio import to_thread
 from fastapi import Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPBearer
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session
@@ -18,12 +19,15 @@ from bus.probes import Probes
 from bus.runtime import Bus
 from bus.schemas import parse_json_body
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 _bearer = HTTPBearer(auto_error=False, description="A JWT signed with the bus's key")
 
 
 # Dependencies that do no I/O are ``async def``: FastAPI runs a sync one in the thread pool, and
 # each hop there and back costs more CPU than the dependency itself (the JWT check included).
-# A publish then crosses to a thread twice: the route, and the commit with its send.
+# A request crosses to a thread once: its unit of work (see UnitOfWork).
 
 
 async def get_bus(request: Request) -> Bus:
@@ -41,40 +45,46 @@ async def metrics_registry(request: Request) -> CollectorRegistry:
     return registry
 
 
-async def db_session(request: Request) -> AsyncIterator[Session]:
-    """Commit when the route returns, before the response goes out, then send what it queued.
+class UnitOfWork:
+    """The request's transaction, run in one trip to a thread: the service call, the commit,
+    then the sends the call scheduled.
 
-    Function scope makes the commit happen before the client sees a 201: an event a client was
-    told about is durable. Opening the session does no I/O (it connects on first use); the
-    commit and the sends after it make one trip to the thread pool.
+    The commit happens before the route answers, so an event a client was told about is durable;
+    the sends follow the commit and are dropped on a rollback. Everything that blocks runs in
+    that one thread: the session takes a pooled connection and gives it back within the same
+    trip, so a request never holds a connection while it waits for a thread (with a bounded
+    thread pool, requests holding every connection while waiting for a thread, and threads
+    waiting for a connection, would stall each other until the pool timed out).
     """
-    bus = request.app.state.bus
-    session = bus.sessions()
-    try:
-        yield session
-    except BaseException:
-        await run_in_threadpool(_abandon, session)
-        raise
-    await run_in_threadpool(_commit_then_send, bus, session)
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+
+    async def run(
+        self, call: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``call(session, *args, **kwargs)`` in the unit of work; its result once committed."""
+        return await to_thread.run_sync(functools.partial(self._run, call, *args, **kwargs))
+
+    def _run(
+        self, call: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        with self._bus.sessions() as session:
+            try:
+                result = call(session, *args, **kwargs)
+                session.commit()
+            except BaseException:
+                session.rollback()
+                take_scheduled(session)
+                raise
+            scheduled = take_scheduled(session)
+        if scheduled:
+            self._bus.dispatcher.send(scheduled)
+        return result
 
 
-def _commit_then_send(bus: Bus, session: Session) -> None:
-    with session:
-        try:
-            session.commit()
-        except BaseException:
-            session.rollback()
-            take_scheduled(session)
-            raise
-        scheduled = take_scheduled(session)
-    if scheduled:
-        bus.dispatcher.send(scheduled)
-
-
-def _abandon(session: Session) -> None:
-    with session:
-        session.rollback()
-        take_scheduled(session)
+async def unit_of_work(request: Request) -> UnitOfWork:
+    return UnitOfWork(request.app.state.bus)
 
 
 async def current_principal(request: Request, _: Annotated[Any, Depends(_bearer)]) -> Principal:
@@ -116,7 +126,7 @@ async def json_body(request: Request) -> Any:
 BusDep = Annotated[Bus, Depends(get_bus)]
 ProbesDep = Annotated[Probes, Depends(get_probes)]
 MetricsRegistry = Annotated[CollectorRegistry, Depends(metrics_registry)]
-DbSession = Annotated[Session, Depends(db_session, scope="function")]
+Work = Annotated[UnitOfWork, Depends(unit_of_work)]
 Caller = Annotated[Principal, Depends(current_principal)]
 SystemReader = Annotated[Principal, Depends(system_reader)]
 SystemWriter = Annotated[Principal, Depends(system_writer)]

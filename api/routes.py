@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
 
-from api.deps import BusDep, DbSession, JsonBody, SystemReader, SystemWriter
+from api.deps import BusDep, JsonBody, SystemReader, SystemWriter, Work
 from api.envelopes import (
     PUBLISH_BODY_SCHEMA,
     STATUS_BODY_SCHEMA,
@@ -39,10 +40,10 @@ TenantParam = Annotated[
     responses=errors(400, 401, 403, 500),
     summary="List Events",
 )
-def list_events(
+async def list_events(
     request: Request,
     caller: SystemReader,
-    db: DbSession,
+    work: Work,
     tenant_id: TenantParam = None,
     event_type: Annotated[
         str | None, Query(description="exact event type", json_schema_extra=_TEXT)
@@ -81,7 +82,7 @@ def list_events(
 
     Needs `manage:system` or a system admin; a system admin naming no tenant sees all tenants.
     """
-    result = service.list_events(db, caller, request.query_params)
+    result = await work.run(service.list_events, caller, request.query_params)
     return {
         "success": True,
         "message": "Events retrieved successfully",
@@ -98,8 +99,8 @@ def list_events(
     responses=errors(400, 401, 403, 500),
     summary="Event Stats",
 )
-def event_stats(
-    request: Request, caller: SystemReader, db: DbSession, tenant_id: TenantParam = None
+async def event_stats(
+    request: Request, caller: SystemReader, work: Work, tenant_id: TenantParam = None
 ) -> Any:
     """What an operator checks first: the caller's events counted by target module and status,
     and how long the oldest pending event has waited.
@@ -108,7 +109,7 @@ def event_stats(
     naming no tenant counts every tenant. `failed` minus `retry_scheduled` is the events that
     gave up and need a person.
     """
-    stats = service.event_stats(db, caller, request.query_params)
+    stats = await work.run(service.event_stats, caller, request.query_params)
     return {
         "success": True,
         "message": "Event stats retrieved successfully",
@@ -133,22 +134,27 @@ def event_stats(
         }
     },
 )
-def publish_event(
+async def publish_event(
     request: Request,
     caller: SystemWriter,
     body: JsonBody,
     bus: BusDep,
-    db: DbSession,
+    work: Work,
     tenant_id: TenantParam = None,
 ) -> Any:
     """Store an event as pending and queue it for its target module's workers.
 
     Needs a system token, `manage:system` or a system admin.
     """
-    event = service.publish(
-        db, bus.settings, caller, tenant_id, body, request_id=request.state.request_id
+    event = await work.run(
+        service.publish, bus.settings, caller, tenant_id, body, request_id=request.state.request_id
     )
-    return {"success": True, "message": "Event published successfully", "event": event}
+    # Built here, not re-validated against response_model (which stays for the document):
+    # service.publish returns exactly the seed's event object.
+    return JSONResponse(
+        {"success": True, "message": "Event published successfully", "event": event},
+        status_code=201,
+    )
 
 
 @router.put(
@@ -163,15 +169,15 @@ def publish_event(
         }
     },
 )
-def update_event_status(
+async def update_event_status(
     event_id: str,
     caller: SystemWriter,
     body: JsonBody,
     bus: BusDep,
-    db: DbSession,
+    work: Work,
     tenant_id: TenantParam = None,
 ) -> Any:
     """Set an event's status: processed (processed_at defaults to now), failed (retry_count + 1)
     or pending (sent to its module again)."""
-    event = service.update_status(db, bus.settings, caller, event_id, tenant_id, body)
-    return {"success": True, "message": "Event updated successfully", "event": event}
+    event = await work.run(service.update_status, bus.settings, caller, event_id, tenant_id, body)
+    return JSONResponse({"success": True, "message": "Event updated successfully", "event": event})
