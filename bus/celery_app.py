@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery
 
+from bus import transport
 from bus.settings import Settings
 
 # A send that cannot reach the broker gives up after one quick reconnect (which refreshes a
@@ -42,6 +43,8 @@ def make_celery(settings: Settings) -> Celery:
     """The Celery app of the bus, with the settings that make delivery at least once."""
     app = Celery("eventbus", broker=settings.broker_url, set_as_current=False)
     options = broker_options(settings)
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        app.conf.broker_transport = transport.TRANSPORT  # one Redis client per channel
     app.conf.update(
         broker_transport_options=options,
         broker_connection_retry_on_startup=True,
