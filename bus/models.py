@@ -108,6 +108,10 @@ class SystemEvent(Base):
         Index("ix_events_tenant_type_created", "tenant_id", "event_type", "created_at", "id"),
         Index("ix_events_tenant_source_created", "tenant_id", "source_module", "created_at"),
         Index("ix_events_tenant_entity_created", "tenant_id", "entity_type", "created_at"),
+        # The list's exact ``total``: a COUNT reads every matching entry, so it reads the
+        # narrowest index that has them; repeated keys are deduplicated, so it stays small
+        # (a tenant's, or a tenant's events of one status, are one run of it).
+        Index("ix_events_tenant_status", "tenant_id", "status"),
         # A system admin's all-tenant listing.
         Index("ix_events_created", "created_at", "id"),
         # The relay's two scans stay small: only rows that may need a send.

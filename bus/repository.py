@@ -42,16 +42,27 @@ def _filtered(stmt: Select[Any], tenant_id: uuid.UUID | None, query: ListQuery) 
     return stmt
 
 
-def list_statement(tenant_id: uuid.UUID | None, query: ListQuery) -> Select[SystemEvent]:
+def list_statement(tenant_id: uuid.UUID | None, query: ListQuery) -> Select[Any]:
     """The SELECT of one page: newest first, id breaking ties so pages never overlap.
 
     Every filter combination the API offers has an ``ix_events_*`` index that serves this order.
+    Past the first page the page's keys are found first, on the index alone, and only its rows
+    are read: an OFFSET over whole rows would read (and throw away) every row before the page.
     """
-    return (
-        _filtered(select(SystemEvent), tenant_id, query)
-        .order_by(SystemEvent.created_at.desc(), SystemEvent.id.desc())
+    order = (_table.c.created_at.desc(), _table.c.id.desc())
+    if query.offset == 0:
+        return _filtered(select(SystemEvent), tenant_id, query).order_by(*order).limit(query.limit)
+    keys = (
+        _filtered(select(_table.c.id, _table.c.created_at), tenant_id, query)
+        .order_by(*order)
         .offset(query.offset)
         .limit(query.limit)
+        .subquery("page")
+    )
+    return (
+        select(SystemEvent)
+        .join(keys, SystemEvent.id == keys.c.id)
+        .order_by(keys.c.created_at.desc(), keys.c.id.desc())
     )
 
 
