@@ -152,7 +152,7 @@ def profile_publish_in_process(
 ) -> dict[str, Any]:
     """The bus's own publish path without HTTP, under pyinstrument, in this process.
 
-    What ``api.deps.db_session`` and the route do per request: verify, ``service.publish``,
+    What the route and ``api.deps.UnitOfWork`` do per request: verify, ``service.publish``,
     commit, send. Its CPU per event, set against the API's CPU per request, tells how much
     of a request is the bus and how much the HTTP stack around it.
     """
@@ -164,6 +164,7 @@ def profile_publish_in_process(
         broker_url=config.broker_url,
         jwt_secret=config.jwt_secret,
         queue_prefix=config.queue_prefix,
+        task_events=config.task_events,
     )
     bus = Bus(settings)
     header = "Bearer " + system_token(config.jwt_secret, PROFILE_TENANT)
