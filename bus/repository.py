@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, Table, and_, func, insert, or_, select, update
+from sqlalchemy import Select, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from bus.models import EventStatus, SystemEvent
@@ -17,9 +17,13 @@ from bus.schemas import ListQuery
 _table: Table = SystemEvent.__table__  # type: ignore[assignment]
 
 
+_INSERT = insert(_table)
+
+
 def insert_event(session: Session, values: dict[str, Any]) -> None:
-    """One INSERT through Core: the ORM's unit of work costs more than the row."""
-    session.execute(insert(_table), [values])
+    """One INSERT through Core, on the session's connection: the ORM's unit of work (and its
+    execution layer) costs more than the row."""
+    session.connection().execute(_INSERT, values)
 
 
 def get_event(
@@ -169,24 +173,41 @@ def claim_for_processing(
     of work: a worker pays for one event thousands of times a second); the attempt's outcome
     goes back with :func:`save_outcome`.
     """
-    stmt = select(_table).where(_table.c.id == event_id)
     if wait_seconds is None:
-        stmt = stmt.with_for_update(skip_locked=True)
+        stmt = _CLAIM
     else:
         _limit_lock_wait(session, wait_seconds)
-        stmt = stmt.with_for_update()
-    row = session.execute(stmt).mappings().first()
+        stmt = _CLAIM_WAITING
+    row = session.connection().execute(stmt, {"event_id": event_id}).mappings().first()
     return None if row is None else SystemEvent(**row)
 
 
-_OUTCOME = ("status", "retry_count", "processed_at", "error_message", "next_attempt_at")
+# Built once: a worker runs these for every event, and building a statement (and its cache key)
+# costs more CPU than sending it. Executed on the session's connection, past the ORM.
+_CLAIM = (
+    select(_table).where(_table.c.id == bindparam("event_id")).with_for_update(skip_locked=True)
+)
+_CLAIM_WAITING = select(_table).where(_table.c.id == bindparam("event_id")).with_for_update()
+_OUTCOME = (
+    "status",
+    "retry_count",
+    "processed_at",
+    "error_message",
+    "next_attempt_at",
+    "dispatched_at",
+)
+_SAVE_OUTCOME = (
+    update(_table)
+    .where(_table.c.id == bindparam("event_id"))
+    .values({name: bindparam(f"new_{name}") for name in _OUTCOME})
+)
 
 
 def save_outcome(session: Session, event: SystemEvent) -> None:
     """Write an attempt's status columns (see :func:`claim_for_processing`) in one UPDATE."""
-    values = {name: getattr(event, name) for name in _OUTCOME}
-    values["dispatched_at"] = event.dispatched_at
-    session.execute(update(_table).where(_table.c.id == event.id).values(values))
+    params: dict[str, Any] = {f"new_{name}": getattr(event, name) for name in _OUTCOME}
+    params["event_id"] = event.id
+    session.connection().execute(_SAVE_OUTCOME, params)
 
 
 def _limit_lock_wait(session: Session, seconds: float) -> None:
