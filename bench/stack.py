@@ -131,6 +131,9 @@ class BusConfig:
                 "EVENTBUS_QUEUE_PREFIX": self.queue_prefix,
                 "EVENTBUS_HANDLERS": "bench.handlers",
                 "EVENTBUS_TASK_EVENTS": "true" if self.task_events else "false",
+                # Several workers per machine: they cannot all serve /metrics on one port (the
+                # counters still run; only the HTTP endpoint is off).
+                "EVENTBUS_METRICS_PORT": "0",
                 **extra,
             }
         )
