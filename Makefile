@@ -1,10 +1,10 @@
-# One entry point: make dev | test | lint | bench | soak
+# One entry point: make dev | test | lint | bench | soak | load | chaos
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: dev test lint fmt bench bench-quick soak clean
+.PHONY: dev test lint fmt bench bench-quick soak load chaos reliability-doc clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff format bus api workers eventbus tests
 
 test: lint  ## needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1 (.ci/run starts them)
-	$(BIN)/pytest -m "not soak"
+	$(BIN)/pytest -m "not soak and not load"
 
 bench: $(STAMP)  ## full run + profiles, ~15 min: bench/results.json, bench/results.md (README)
 	$(BIN)/python -m bench --profile
@@ -33,8 +33,17 @@ bench: $(STAMP)  ## full run + profiles, ~15 min: bench/results.json, bench/resu
 bench-quick: $(STAMP)  ## the same harness at smoke size; results stay in bench/out/
 	$(BIN)/python -m bench --quick --out bench/out/results-quick.json
 
-soak: $(STAMP)
-	$(BIN)/pytest -m soak
+chaos: $(STAMP)  ## the chaos suite alone (part of make test), ~6 min; tests/chaos/last_run.json
+	$(BIN)/pytest -m chaos
+
+soak: $(STAMP)  ## 20,000 events through several faults in a row, ~10 min
+	$(BIN)/pytest -m soak -s
+
+load: $(STAMP)  ## 60 s of HTTP load on loopback: rps, error rate, RSS growth per process
+	$(BIN)/pytest -m load -s
+
+reliability-doc: $(STAMP)  ## rewrite docs/reliability.md's tables from the last chaos/soak/load runs
+	$(BIN)/python -m tests.chaos.report
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,52 @@
+"""The chaos suite's PostgreSQL cluster (its own, on a free port: scenarios kill it) and a
+factory of :class:`Stack`, stopped after each scenario."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine, text
+
+from bus.migrate import upgrade
+from tests.chaos.harness import Stack
+from tests.chaos.ledger import LEDGER_TABLES
+from tests.chaos.services import PostgresCluster
+
+DATABASE = "chaos"
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster().init().start()
+    try:
+        with psycopg.connect(cluster.admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+        upgrade(cluster.url(DATABASE))
+        engine = create_engine(cluster.url(DATABASE))
+        with engine.begin() as conn:
+            conn.execute(text(LEDGER_TABLES))
+        engine.dispose()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+StackFactory = Callable[..., Stack]
+
+
+@pytest.fixture
+def stack(pg: PostgresCluster) -> Iterator[StackFactory]:
+    """``stack(**settings)``: a bus of the scenario's own over the suite's cluster."""
+    made: list[Stack] = []
+
+    def make(**overrides: Any) -> Stack:
+        instance = Stack(pg, DATABASE, **overrides)
+        made.append(instance)
+        return instance
+
+    yield make
+    for instance in made:
+        instance.stop()

@@ -1,0 +1,346 @@
+"""Nothing lost, nothing completed twice: 2,000 events per scenario through a real bus while a
+fault is injected, then counted from the database and the handler's ledger.
+
+Each scenario records its figures in ``tests/chaos/last_run.json``; ``python -m
+tests.chaos.report`` writes them into docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+
+import pytest
+from kombu import Connection
+
+from tests.chaos.conftest import StackFactory
+from tests.chaos.harness import plan
+from tests.chaos.services import PostgresCluster
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
+
+EVENTS = 2000
+ACKS_AND_CLAIM = (
+    "acks_late; the row lock (FOR UPDATE SKIP LOCKED) is the claim, and a crash rolls the "
+    "attempt back; processed status checked before a run"
+)
+
+
+def test_worker_killed_mid_handler(stack: StackFactory) -> None:
+    # Given two workers and a relay, and events of which some pause after an outside effect
+    s = stack(relay_lease_seconds=5.0)
+    s.start_workers("w1", "w2")
+    s.start_relay()
+    planned = plan(EVENTS, seed=1, effect=0.05, slow_effects=24, sleep_after_effect=0.3)
+    # When the events are published and worker w1 is SIGKILLed twice, each time while one of its
+    # handlers has made its outside effect and not yet returned
+    published = s.publish_in_background(planned)
+    for _ in range(2):
+        s.wait_for_effect_in_flight("w1")
+        s.kill("w1")
+        s.start_workers("w1")
+    ids = published()
+    s.settle(len(ids))
+    # Then nothing is lost or completed twice; the killed attempts ran again, and their
+    # outside effect with them, unless it was keyed on the event id
+    counts = s.count(
+        "worker_sigkill",
+        "whole worker (main + pool) SIGKILLed mid-handler, twice, and restarted",
+        f"{ACKS_AND_CLAIM}; the relay re-sends after EVENTBUS_RELAY_LEASE_SECONDS "
+        "(5 s here; Redis redelivers after the visibility timeout too)",
+        answered=ids,
+        cuts_expected=True,
+    )
+    counts.record()
+    counts.check()
+    assert counts.restarted_after_fault >= 2
+    assert counts.outside_effect_repeated >= 2  # the window the docs describe
+
+
+def test_pool_child_killed(stack: StackFactory) -> None:
+    # Given two prefork workers
+    s = stack(relay_lease_seconds=30.0)
+    s.start_workers("w1", "w2")
+    s.start_relay()
+    published = s.publish_in_background(plan(EVENTS, seed=2))
+    # When their pool processes are SIGKILLed eight times while they work, as an OOM killer would
+    s.wait_processed(200)
+    for n in range(8):
+        assert s.kill_pool_child(f"w{n % 2 + 1}")
+        time.sleep(0.6)
+    ids = published()
+    s.settle(len(ids))
+    counts = s.count(
+        "pool_child_oom",
+        "a pool process SIGKILLed 8 times (the worker's main process lives)",
+        f"{ACKS_AND_CLAIM}; the main process re-sends a lost delivery marked lost, whose next "
+        "attempt is counted before it runs",
+        answered=ids,
+        cuts_expected=True,
+    )
+    counts.record()
+    counts.check()
+    assert counts.restarted_after_fault >= 1
+
+
+def test_redis_killed_without_persistence(stack: StackFactory) -> None:
+    # Given a bus on a Redis without persistence
+    s = stack(relay_lease_seconds=5.0)
+    s.start_workers("w1", "w2")
+    s.start_relay()
+    published = s.publish_in_background(plan(EVENTS, seed=3))
+    # When Redis is SIGKILLed mid-stream, every queued message with it, and comes back empty
+    s.wait_processed(600)
+    s.kill_redis()
+    time.sleep(1.0)
+    s.redis.start()
+    ids = published()
+    s.settle(len(ids))
+    counts = s.count(
+        "redis_lost",
+        "Redis (no AOF) SIGKILLed mid-stream (queued and unacknowledged messages gone), "
+        "restarted empty after 1 s while publishing went on",
+        "PostgreSQL is the outbox: the relay re-sends pending events whose send is older than "
+        "EVENTBUS_RELAY_LEASE_SECONDS (5 s here); workers reconnect",
+        answered=ids,
+        cuts_expected=True,
+    )
+    counts.record()
+    counts.check()
+
+
+def test_redis_unreachable_while_the_api_publishes(stack: StackFactory) -> None:
+    # Given the API, two workers and a relay on a Redis of the scenario's own
+    s = stack(relay_lease_seconds=10.0)
+    s.start_workers("w1", "w2")
+    s.start_relay()
+    s.start_api()
+    # When 2,000 events are POSTed and Redis dies after the 500th request and is back, empty,
+    # at the 1,300th
+    outcome = s.publish_http(
+        plan(EVENTS, seed=4), concurrency=6, at={500: s.kill_redis, 1300: s.start_redis}
+    )
+    # Then every publish was answered 201
+    assert outcome.unanswered == 0 and not outcome.errors, outcome
+    s.settle(len(outcome.answered))
+    counts = s.count(
+        "redis_down_api",
+        "Redis (no AOF) SIGKILLed during HTTP publishing; 800 POSTs while it was down",
+        "the INSERT commits before the send; a failed send unstamps the event and the relay "
+        "sends it once Redis is back; the lost queue is re-sent after the lease",
+        answered=outcome.answered,
+        cuts_expected=True,
+    )
+    counts.record()
+    counts.check()
+
+
+def test_postgres_restarted_while_workers_run(stack: StackFactory, pg: PostgresCluster) -> None:
+    # Given workers and a relay processing 2,000 events
+    s = stack(relay_lease_seconds=30.0)
+    s.start_workers("w1", "w2")
+    s.start_relay()
+    planned = plan(EVENTS, seed=5, slow_effects=24, sleep_after_effect=0.3)
+    ids = s.publish_inprocess(planned, rate=None)
+    # When PostgreSQL is SIGKILLed while a handler is between its outside effect and its commit,
+    # and restarted (crash recovery)
+    s.wait_processed(300)
+    s.wait_for_effect_in_flight("w1")
+    s.fault()
+    pg.kill()
+    time.sleep(1.0)
+    pg.start()
+    s.settle(len(ids))
+    counts = s.count(
+        "postgres_restart",
+        "PostgreSQL postmaster SIGKILLed mid-handler, restarted after 1 s (crash recovery)",
+        "one transaction per attempt (claim, handler, status): a crash rolls it back; a "
+        "database error retries the message with a backoff, spending no attempt; "
+        "a dead pooled connection is replaced (pinged when idle over 1 s; else its first "
+        "statement fails and the message is retried)",
+        answered=ids,
+        cuts_expected=True,
+    )
+    counts.record()
+    counts.check()
+    assert counts.restarted_after_fault >= 1
+
+
+def test_relay_killed_mid_batch_with_two_relays(stack: StackFactory) -> None:
+    # Given 2,000 committed events whose sends never happened, workers, and two relays taking
+    # batches of 100
+    s = stack(relay_batch_size=100, relay_lease_seconds=10.0)
+    s.start_workers("w1", "w2")
+    ids = s.insert_unsent(plan(EVENTS, seed=6))
+    s.start_relay("r1")
+    s.start_relay("r2")
+    # When relay r1 is SIGKILLed three times at random moments of its work, restarted each time
+    rng = random.Random(6)
+    for _ in range(3):
+        time.sleep(rng.uniform(0.2, 0.8))
+        s.kill("r1")
+        s.start_relay("r1")
+    s.settle(len(ids))
+    counts = s.count(
+        "relay_kill",
+        "two relays at once; one SIGKILLed 3 times mid-batch and restarted",
+        "relays take batches with FOR UPDATE SKIP LOCKED and stamp them before sending; a "
+        "stamped batch a dead relay never sent is re-sent after the lease",
+        answered=ids,
+        cuts_expected=False,
+    )
+    counts.record()
+    counts.check()
+
+
+def test_api_killed_between_commit_and_send(stack: StackFactory) -> None:
+    # Given an API that SIGKILLs itself right after the commit of its 300th publish, before
+    # sending it (the real app; tests/chaos/api_dies_after_commit.py), restarted when it dies
+    s = stack(relay_lease_seconds=5.0)
+    s.start_workers("w1", "w2")
+    s.start_relay()
+    dying = [sys.executable, "-m", "tests.chaos.api_dies_after_commit", "api"]
+    deaths = 2
+    s.start_api(argv=dying, CHAOS_DIE_AFTER_SENDS="300")
+    done = threading.Event()
+
+    def restart_when_dead() -> None:
+        nonlocal deaths
+        while not done.is_set():
+            if s.procs["api"].popen.poll() is not None:
+                s.fault()
+                deaths -= 1
+                s.start_api(argv=dying if deaths > 0 else None, CHAOS_DIE_AFTER_SENDS="400")
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=restart_when_dead, daemon=True)
+    watcher.start()
+    # When 2,000 events are POSTed through it
+    try:
+        # (100 more than the others: some requests die unanswered)
+        outcome = s.publish_http(plan(EVENTS + 100, seed=7), concurrency=6)
+    finally:
+        done.set()
+        watcher.join(60)
+    assert deaths == 0, "the API did not die twice"
+    assert not outcome.errors, outcome
+    s.settle(len(outcome.answered))
+    # Then every answered event, and every committed one nobody was told about, is processed
+    counts = s.count(
+        "api_kill_after_commit",
+        "API SIGKILLed twice between a publish's commit and its send (requests in flight "
+        "unanswered)",
+        "the event row is the outbox and is stamped in its INSERT: an unsent stamp is re-sent "
+        "by the relay after the lease",
+        answered=outcome.answered,
+        cuts_expected=False,
+        unanswered=outcome.unanswered,
+    )
+    counts.record()
+    counts.check()
+    assert outcome.unanswered >= 2
+
+
+def test_poison_event_ends_failed(stack: StackFactory) -> None:
+    # Given events of which two kill the process that runs them, every time
+    s = stack(retry_max_attempts=3, relay_lease_seconds=30.0)
+    s.start_workers("w1", "w2")
+    s.start_relay()
+    ids = s.publish_inprocess(plan(EVENTS, seed=8, poison=2))
+    # When they are processed
+    s.settle(len(ids), timeout=150)
+    # Then each poison event ended failed after its attempts, and the rest went on
+    counts = s.count(
+        "poison",
+        "2 events whose handler SIGKILLs its pool process on every attempt",
+        "the delivery after a lost one counts its attempt before running the handler, so the "
+        "crash loop ends after EVENTBUS_RETRY_MAX_ATTEMPTS counted runs (+1 uncounted)",
+        answered=ids,
+        cuts_expected=False,
+    )
+    counts.record()
+    counts.check()
+    assert counts.failed_as_scripted >= 2
+    # 1 uncounted run + 3 counted ones per poison event, each cut short, and no other
+    assert counts.cut_short == 2 * 4
+
+
+def test_handler_slower_than_the_visibility_timeout(stack: StackFactory) -> None:
+    # Given workers, and six events whose handler takes 1.5 s
+    s = stack(relay_lease_seconds=30.0)
+    s.start_workers("w1", "w2")
+    s.start_relay()
+    published = s.publish_in_background(plan(EVENTS, seed=9, slow=6, slow_seconds=1.5))
+    # When another app on the same Redis DB sweeps with a 1 s visibility timeout (the shortest
+    # VT on a Redis DB wins), putting every message unacknowledged for 1 s back on its queue
+    stop = threading.Event()
+    sweeps = 0
+
+    def sweep() -> None:
+        nonlocal sweeps
+        with Connection(s.redis.url, transport_options={"visibility_timeout": 1}) as conn:
+            channel = conn.default_channel
+            while not stop.wait(0.5):
+                channel.qos.restore_visible(num=1000, interval=1)
+                sweeps += 1
+
+    sweeper = threading.Thread(target=sweep, daemon=True)
+    s.fault()
+    sweeper.start()
+    try:
+        ids = published()
+        s.settle(len(ids))
+    finally:
+        stop.set()
+        sweeper.join(10)
+    # Then the slow handlers ran once each: the redelivered copies waited for the row lock,
+    # found the event processed, and were acknowledged
+    counts = s.count(
+        "visibility_timeout",
+        "6 handlers of 1.5 s under a 1 s visibility timeout (a second app's sweep on the same "
+        "Redis DB re-queued their unacknowledged messages while they ran)",
+        "the row lock is held for the whole attempt; a redelivered copy waits for it and finds "
+        "the event processed. EVENTBUS_VISIBILITY_TIMEOUT_SECONDS must exceed retry max + "
+        "time limit (the settings refuse less); one VT per Redis DB",
+        answered=ids,
+        cuts_expected=False,
+    )
+    counts.record()
+    counts.check()
+    assert sweeps > 5
+    assert counts.duplicates_skipped >= 6
+
+
+def test_poison_event_that_kills_the_whole_worker(stack: StackFactory) -> None:
+    # Given solo-pool workers, restarted whenever they die (as systemd or Kubernetes would), a
+    # relay with a short lease, and two events whose handler kills the process running it: here
+    # the worker itself, so no main process survives to report the loss
+    s = stack(retry_max_attempts=2, relay_lease_seconds=3.0)
+    s.start_workers("w1", "w2", pool="solo")
+    s.start_relay()
+    supervisor = s.supervise("w1", "w2")
+    published = s.publish_in_background(plan(EVENTS, seed=10, poison=2))
+    # When they are processed
+    try:
+        ids = published()
+        s.settle(len(ids), timeout=150)
+    finally:
+        restarts = supervisor()
+    # Then each poison event ran once plus its counted attempts, and ended failed: the relay's
+    # re-send after its lease is marked as following a lost delivery, like a redelivery
+    counts = s.count(
+        "poison_whole_worker",
+        "2 events whose handler SIGKILLs its solo-pool worker on every attempt; workers "
+        "restarted by a supervisor",
+        "the relay marks a re-send after an expired lease as following a lost delivery, so its "
+        "attempt is counted before it runs, as a redelivery's is",
+        answered=ids,
+        cuts_expected=False,
+    )
+    counts.record()
+    counts.check()
+    assert counts.failed_as_scripted >= 2
+    assert counts.cut_short == 2 * (1 + 2), counts
+    assert restarts == 2 * (1 + 2)
