@@ -64,11 +64,16 @@ def test_pool_child_killed(stack: StackFactory) -> None:
     s = stack(relay_lease_seconds=30.0)
     s.start_workers("w1", "w2")
     s.start_relay()
-    published = s.publish_in_background(plan(EVENTS, seed=2))
-    # When their pool processes are SIGKILLed eight times while they work, as an OOM killer would
+    planned = plan(EVENTS, seed=2, slow_effects=24, sleep_after_effect=0.3)
+    published = s.publish_in_background(planned)
+    # When their pool processes are SIGKILLed eight times while they work, as an OOM killer
+    # would: three times while a handler is surely running, five times at random
     s.wait_processed(200)
     for n in range(8):
-        assert s.kill_pool_child(f"w{n % 2 + 1}")
+        worker = f"w{n % 2 + 1}"
+        if n < 3:
+            s.wait_for_effect_in_flight(worker)
+        assert s.kill_pool_child(worker)
         time.sleep(0.6)
     ids = published()
     s.settle(len(ids))
@@ -82,7 +87,7 @@ def test_pool_child_killed(stack: StackFactory) -> None:
     )
     counts.record()
     counts.check()
-    assert counts.restarted_after_fault >= 1
+    assert counts.restarted_after_fault >= 3
 
 
 def test_redis_killed_without_persistence(stack: StackFactory) -> None:
@@ -268,11 +273,11 @@ def test_poison_event_ends_failed(stack: StackFactory) -> None:
 
 
 def test_handler_slower_than_the_visibility_timeout(stack: StackFactory) -> None:
-    # Given workers, and six events whose handler takes 1.5 s
+    # Given workers, and six events whose handler takes 1.8 s
     s = stack(relay_lease_seconds=30.0)
     s.start_workers("w1", "w2")
     s.start_relay()
-    published = s.publish_in_background(plan(EVENTS, seed=9, slow=6, slow_seconds=1.5))
+    published = s.publish_in_background(plan(EVENTS, seed=9, slow=6, slow_seconds=1.8))
     # When another app on the same Redis DB sweeps with a 1 s visibility timeout (the shortest
     # VT on a Redis DB wins), putting every message unacknowledged for 1 s back on its queue
     stop = threading.Event()
@@ -299,7 +304,7 @@ def test_handler_slower_than_the_visibility_timeout(stack: StackFactory) -> None
     # found the event processed, and were acknowledged
     counts = s.count(
         "visibility_timeout",
-        "6 handlers of 1.5 s under a 1 s visibility timeout (a second app's sweep on the same "
+        "6 handlers of 1.8 s under a 1 s visibility timeout (a second app's sweep on the same "
         "Redis DB re-queued their unacknowledged messages while they ran)",
         "the row lock is held for the whole attempt; a redelivered copy waits for it and finds "
         "the event processed. EVENTBUS_VISIBILITY_TIMEOUT_SECONDS must exceed retry max + "
@@ -309,8 +314,10 @@ def test_handler_slower_than_the_visibility_timeout(stack: StackFactory) -> None
     )
     counts.record()
     counts.check()
+    # (each slow message is swept back at least once while its handler runs, unless a sweep
+    # meets kombu's restore mutex; the copies were acknowledged unrun)
     assert sweeps > 5
-    assert counts.duplicates_skipped >= 6
+    assert counts.duplicates_skipped >= 4
 
 
 def test_poison_event_that_kills_the_whole_worker(stack: StackFactory) -> None:
