@@ -61,7 +61,10 @@ def make_celery(settings: Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_soft_shutdown_timeout=30,
         task_time_limit=settings.task_time_limit_seconds,
-        task_soft_time_limit=max(1, settings.task_time_limit_seconds - 10),
+        # The soft limit warns the handler (SoftTimeLimitExceeded) before the hard kill: 10 s
+        # early, or a tenth early for short limits (a fixed "- 10" left 1 s of an 11 s limit).
+        task_soft_time_limit=settings.task_time_limit_seconds
+        - min(10.0, settings.task_time_limit_seconds / 10),
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
