@@ -7,11 +7,8 @@ Settings reach a subprocess only through ``EVENTBUS_*`` variables, built from th
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -27,6 +24,7 @@ from bus.runtime import Bus
 from bus.settings import Settings
 from tests.conftest import SEED_PUBLISH_BODY, auth, make_settings
 from tests.integration.handlers import EFFECTS_TABLE
+from tests.procs import Proc, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
@@ -70,72 +68,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-class Proc:
-    """A subprocess whose merged output is collected by a thread, for waits and diagnostics."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> None:
-        self.argv = argv
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self.popen = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for_line(self, needle: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    if needle in line:
-                        return line
-                if self.popen.poll() is not None and not self._reader.is_alive():
-                    raise AssertionError(
-                        f"{self.argv[1:3]} exited ({self.popen.returncode}) before printing "
-                        f"{needle!r}:\n{self.output[-4000:]}"
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"{self.argv[1:3]} did not print {needle!r} within {timeout:.0f}s:\n"
-                        f"{self.output[-4000:]}"
-                    )
-                self._changed.wait(min(remaining, 0.2))
-
-    def send_signal(self, signum: int) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signum)
-
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        """Stop it (SIGKILL to its whole group if it will not); returns the exit code."""
-        self.send_signal(signum)
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            return self.popen.wait(5)
-        finally:
-            self._reader.join(5)
-
-
 WorkerFactory = Callable[..., Proc]
 
 
@@ -163,20 +95,6 @@ def start_worker(settings: Settings) -> Iterator[WorkerFactory]:
     yield start
     for proc in started:
         proc.stop()
-
-
-def wait_for(
-    predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.05
-) -> Any:
-    """Poll until ``predicate()`` is truthy; fail with ``message`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{message} (after {timeout:.1f}s)")
-        time.sleep(interval)
 
 
 def load(bus: Bus, event_id: str | uuid.UUID) -> SystemEvent:
