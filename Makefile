@@ -1,10 +1,10 @@
-# One entry point: make dev | test | lint | bench | soak | load | chaos
+# One entry point: make dev | check | test | lint | bench | soak | load | chaos
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: dev test lint fmt bench bench-quick soak load chaos reliability-doc clean
+.PHONY: dev check test lint fmt bench bench-quick soak load chaos reliability-doc clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,13 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix bus api workers eventbus tests
 	$(BIN)/ruff format bus api workers eventbus tests
 
+check: lint  ## the fast loop (< 1 min): lint, types, unit and contract tests
+	$(BIN)/pytest -q -x tests/unit tests/contract
+
 test: lint  ## needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1 (.ci/run starts them)
 	$(BIN)/pytest -m "not soak and not load"
 
-bench: $(STAMP)  ## full run + profiles, ~15 min: bench/results.json, bench/results.md (README)
+bench: $(STAMP)  ## full run + profiles, ~20-25 min: bench/results.{json,md}; ends with the 3 ratio lines
 	$(BIN)/python -m bench --profile
 
 bench-quick: $(STAMP)  ## the same harness at smoke size; results stay in bench/out/

@@ -10,8 +10,9 @@ from typing import Any
 from anyio import to_thread
 from fastapi import FastAPI
 
-from api import errors, ops, routes
-from api.middleware import HttpMetricsMiddleware, RequestIdMiddleware
+from api import docs, envelopes, errors, ops, routes
+from api.middleware import HttpMetricsMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
+from api.publishing import GroupCommit
 from bus import metrics
 from bus.broker import BrokerInspector
 from bus.probes import Probes
@@ -33,6 +34,7 @@ def _without_validation_errors(app: FastAPI) -> None:
             models = schema.get("components", {}).get("schemas", {})
             models.pop("HTTPValidationError", None)
             models.pop("ValidationError", None)
+            models[envelopes.JSON_VALUE] = envelopes.JSON_VALUE_SCHEMA  # event_data's values
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -59,14 +61,22 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None) -> Fast
         version="0.1.0",
         description="Publish events for other modules, list them, and report their status.",
         lifespan=lifespan,
+        # /system/events/ is a 404, not a 307 whose Location is built from the caller's Host.
+        redirect_slashes=False,
+        docs_url=None,  # api/docs.py serves both pages with their assets from the package
+        redoc_url=None,
     )
     app.state.bus = bus
+    app.state.group_commit = GroupCommit(bus)
     app.state.probes = probes
     app.state.metrics_registry = metrics.scrape_registry(metrics.BacklogCollector(probes.backlog))
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(ops.router)
+    app.include_router(docs.router)
+    app.mount(docs.ASSETS_PATH, docs.ASSETS)
     _without_validation_errors(app)
+    app.add_middleware(SecurityHeadersMiddleware, assets_path=docs.ASSETS_PATH)
     app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)  # outermost: the id is set before anything runs
     return app

@@ -12,12 +12,13 @@ from fastapi.security import HTTPBearer
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session
 
+from api.publishing import GroupCommit
 from bus.auth import Principal, require_reader, require_writer
-from bus.dispatch import take_scheduled
-from bus.errors import BodyTooLarge
+from bus.errors import BodyTooLarge, InvalidToken
 from bus.probes import Probes
 from bus.runtime import Bus
 from bus.schemas import parse_json_body
+from bus.uow import UnitOfWork
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -27,7 +28,7 @@ _bearer = HTTPBearer(auto_error=False, description="A JWT signed with the bus's 
 
 # Dependencies that do no I/O are ``async def``: FastAPI runs a sync one in the thread pool, and
 # each hop there and back costs more CPU than the dependency itself (the JWT check included).
-# A request crosses to a thread once: its unit of work (see UnitOfWork).
+# A request crosses to a thread once: its unit of work (see Work).
 
 
 async def get_bus(request: Request) -> Bus:
@@ -45,51 +46,58 @@ async def metrics_registry(request: Request) -> CollectorRegistry:
     return registry
 
 
-class UnitOfWork:
-    """The request's transaction, run in one trip to a thread: the service call, the commit,
-    then the sends the call scheduled.
+class Work:
+    """Runs a request's service call in one trip to a thread, in a unit of work of its own.
 
-    The commit happens before the route answers, so an event a client was told about is durable;
-    the sends follow the commit and are dropped on a rollback. Everything that blocks runs in
-    that one thread: the session takes a pooled connection and gives it back within the same
-    trip, so a request never holds a connection while it waits for a thread (with a bounded
-    thread pool, requests holding every connection while waiting for a thread, and threads
-    waiting for a connection, would stall each other until the pool timed out).
+    :meth:`run` commits before the route answers, so an event a client was told about is
+    durable; the sends follow the commit (``bus.uow.UnitOfWork.commit``) and are dropped on a
+    rollback. :meth:`read` is for calls that only read: no commit. Everything that blocks runs
+    in that one thread: the session takes a pooled connection and gives it back within the
+    same trip, so a request never holds a connection while it waits for a thread (with a
+    bounded thread pool, requests holding every connection while waiting for a thread, and
+    threads waiting for a connection, would stall each other until the pool timed out).
     """
 
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
 
     async def run(
-        self, call: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+        self, call: Callable[Concatenate[UnitOfWork, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """``call(session, *args, **kwargs)`` in the unit of work; its result once committed."""
+        """``call(uow, *args, **kwargs)``, committed; its result once committed."""
         return await to_thread.run_sync(functools.partial(self._run, call, *args, **kwargs))
 
+    async def read(
+        self, call: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``call(session, *args, **kwargs)`` for a call that only reads."""
+        return await to_thread.run_sync(functools.partial(self._read, call, *args, **kwargs))
+
     def _run(
+        self, call: Callable[Concatenate[UnitOfWork, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        with self._bus.unit_of_work() as uow:
+            result = call(uow, *args, **kwargs)
+            uow.commit()
+        return result
+
+    def _read(
         self, call: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         with self._bus.sessions() as session:
-            try:
-                result = call(session, *args, **kwargs)
-                session.commit()
-            except BaseException:
-                session.rollback()
-                take_scheduled(session)
-                raise
-            scheduled = take_scheduled(session)
-        if scheduled:
-            self._bus.dispatcher.send(scheduled)
-        return result
+            return call(session, *args, **kwargs)
 
 
-async def unit_of_work(request: Request) -> UnitOfWork:
-    return UnitOfWork(request.app.state.bus)
+async def work(request: Request) -> Work:
+    return Work(request.app.state.bus)
 
 
 async def current_principal(request: Request, _: Annotated[Any, Depends(_bearer)]) -> Principal:
-    """The verified caller (401 without a valid bearer token)."""
+    """The verified caller (401 without a valid bearer token; two Authorization headers are
+    ``Invalid token``: a proxy may check one while the API reads the other)."""
     bus: Bus = request.app.state.bus
+    if len(request.headers.getlist("authorization")) > 1:
+        raise InvalidToken()
     return bus.verifier.verify(request.headers.get("authorization"))
 
 
@@ -107,9 +115,24 @@ async def system_writer(caller: Annotated[Principal, Depends(current_principal)]
 
 
 async def json_body(request: Request) -> Any:
-    """The request body as JSON, capped in size before it is read whole."""
+    """The request body as JSON, capped in size (``EVENTBUS_MAX_BODY_BYTES``) before it is read
+    whole."""
     bus: Bus = request.app.state.bus
-    cap = bus.settings.max_body_bytes
+    return await _read_json(request, bus.settings.max_body_bytes)
+
+
+async def batch_json_body(request: Request) -> Any:
+    """A batch's body as JSON, capped by ``EVENTBUS_MAX_BATCH_BODY_BYTES``."""
+    bus: Bus = request.app.state.bus
+    return await _read_json(request, bus.settings.max_batch_body_bytes)
+
+
+async def get_group_commit(request: Request) -> GroupCommit:
+    group: GroupCommit = request.app.state.group_commit
+    return group
+
+
+async def _read_json(request: Request, cap: int) -> Any:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > cap:
         raise BodyTooLarge()
@@ -126,8 +149,9 @@ async def json_body(request: Request) -> Any:
 BusDep = Annotated[Bus, Depends(get_bus)]
 ProbesDep = Annotated[Probes, Depends(get_probes)]
 MetricsRegistry = Annotated[CollectorRegistry, Depends(metrics_registry)]
-Work = Annotated[UnitOfWork, Depends(unit_of_work)]
-Caller = Annotated[Principal, Depends(current_principal)]
+WorkDep = Annotated[Work, Depends(work)]
 SystemReader = Annotated[Principal, Depends(system_reader)]
 SystemWriter = Annotated[Principal, Depends(system_writer)]
 JsonBody = Annotated[Any, Depends(json_body)]
+BatchJsonBody = Annotated[Any, Depends(batch_json_body)]
+GroupCommitDep = Annotated[GroupCommit, Depends(get_group_commit)]

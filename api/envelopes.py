@@ -4,23 +4,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
+from bus.schemas import (
+    EVENT_FIELDS,
+    IDENTIFIER_PATTERN,
+    MAX_ERROR_MESSAGE,
+    MAX_EVENT_DATA_DEPTH,
+    MAX_STRING,
+    MODULE_NAME_PATTERN,
+    REQUIRED_FIELDS,
+    STATUSES,
+    TEXT_PATTERN,
+    TIMESTAMP_PATTERN,
+)
 
-class Event(BaseModel):
-    id: str = Field(examples=["0b7a3c1e-8d0e-4f6c-9a55-2f1d3c4b5a69"])
-    tenant_id: str
-    event_type: str = Field(examples=["inventory_updated"])
-    source_module: str = Field(examples=["inventory"])
-    target_module: str = Field(examples=["warehouse"])
-    entity_type: str = Field(examples=["inventory_item"])
-    entity_id: str
-    event_data: dict[str, Any]
-    status: str = Field(examples=["pending"])
-    retry_count: int
-    created_at: str = Field(examples=["2023-04-01T10:00:00Z"])
-    processed_at: str | None
-    error_message: str | None
+_EVENT_FIELD_TYPES: dict[str, Any] = {
+    "id": (str, Field(examples=["0b7a3c1e-8d0e-4f6c-9a55-2f1d3c4b5a69"])),
+    "tenant_id": (str, ...),
+    "event_type": (str, Field(examples=["inventory_updated"])),
+    "source_module": (str, Field(examples=["inventory"])),
+    "target_module": (str, Field(examples=["warehouse"])),
+    "entity_type": (str, Field(examples=["inventory_item"])),
+    "entity_id": (str, ...),
+    "event_data": (dict[str, Any], ...),
+    "status": (str, Field(examples=["pending"], json_schema_extra={"enum": list(STATUSES)})),
+    "retry_count": (int, ...),
+    "created_at": (str, Field(examples=["2023-04-01T10:00:00Z"])),
+    "processed_at": (str | None, ...),
+    "error_message": (str | None, ...),
+}
+# The seed's event object, its fields in bus.schemas.EVENT_FIELDS's order.
+Event = create_model("Event", **{name: _EVENT_FIELD_TYPES[name] for name in EVENT_FIELDS})
 
 
 class EventEnvelope(BaseModel):
@@ -83,40 +98,96 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorEnvelope, "description": described[c]} for c in codes}
 
 
-# What bus/schemas.py accepts: "" counts as missing, and PostgreSQL cannot store a NUL.
-_NO_NUL = "^[^\\x00]*$"
-_TEXT_FIELD: dict[str, Any] = {
+# What bus/schemas.py accepts, from its own constants.
+JSON_VALUE = "JsonValue"
+_JSON_VALUE_REF = {"$ref": f"#/components/schemas/{JSON_VALUE}"}
+_JSON_OBJECT: dict[str, Any] = {
+    "type": "object",
+    "propertyNames": {"pattern": TEXT_PATTERN},
+    "additionalProperties": _JSON_VALUE_REF,
+}
+JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "description": "Any JSON value whose strings and keys hold no U+0000 nor lone surrogate "
+    "(PostgreSQL's jsonb cannot store them), with numbers within a double's range.",
+    "anyOf": [
+        {"type": "string", "pattern": TEXT_PATTERN},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": _JSON_VALUE_REF},
+        _JSON_OBJECT,
+    ],
+}
+"""Added to the document's components by api/app.py (a schema that names itself)."""
+_IDENTIFIER: dict[str, Any] = {
     "type": "string",
     "minLength": 1,
-    "maxLength": 255,
-    "pattern": _NO_NUL,
+    "maxLength": MAX_STRING,
+    "pattern": IDENTIFIER_PATTERN,
+    "description": f"at most {MAX_STRING} characters, not blank, no control character",
+}
+_MODULE: dict[str, Any] = {
+    "type": "string",
+    "pattern": MODULE_NAME_PATTERN,
+    "description": "a module names its queue: `[a-z0-9_.-]{1,64}`",
+}
+_PUBLISH_PROPERTIES: dict[str, Any] = {
+    "event_type": {**_IDENTIFIER, "example": "inventory_updated"},
+    "source_module": {**_MODULE, "example": "inventory"},
+    "target_module": {**_MODULE, "example": "warehouse"},
+    "entity_type": {**_IDENTIFIER, "example": "inventory_item"},
+    "entity_id": _IDENTIFIER,
+    "event_data": {
+        **_JSON_OBJECT,
+        "description": f"any JSON object: {JSON_VALUE_SCHEMA['description']} At most "
+        f"{MAX_EVENT_DATA_DEPTH} levels deep and `EVENTBUS_MAX_EVENT_DATA_BYTES` serialized "
+        "(413 above). Numbers come back as PostgreSQL keeps them (`1e+20` is "
+        "`100000000000000000000`, `-0.0` is `0.0`); the publish answers them that way already.",
+    },
 }
 PUBLISH_BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": [
-        "event_type",
-        "source_module",
-        "target_module",
-        "entity_type",
-        "entity_id",
-        "event_data",
-    ],
-    "properties": {
-        "event_type": {**_TEXT_FIELD, "example": "inventory_updated"},
-        "source_module": {"type": "string", "pattern": "^[a-z0-9_.-]{1,64}$"},
-        "target_module": {"type": "string", "pattern": "^[a-z0-9_.-]{1,64}$"},
-        "entity_type": _TEXT_FIELD,
-        "entity_id": _TEXT_FIELD,
-        "event_data": {"type": "object", "additionalProperties": True},
-    },
+    "required": list(REQUIRED_FIELDS),
+    "properties": {name: _PUBLISH_PROPERTIES[name] for name in REQUIRED_FIELDS},
 }
 
 STATUS_BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["status"],
     "properties": {
-        "status": {"type": "string", "enum": ["pending", "processed", "failed"]},
-        "processed_at": {"type": ["string", "null"], "format": "date-time"},
-        "error_message": {"type": ["string", "null"], "maxLength": 10000, "pattern": _NO_NUL},
+        "status": {"type": "string", "enum": list(STATUSES)},
+        "processed_at": {
+            "type": ["string", "null"],
+            "format": "date-time",
+            "pattern": TIMESTAMP_PATTERN,
+            "description": "RFC 3339 with a zone (`Z` or `±HH:MM`); default: now when processed",
+        },
+        "error_message": {
+            "type": ["string", "null"],
+            "pattern": TEXT_PATTERN,
+            "description": f"stored cut to {MAX_ERROR_MESSAGE} characters (the last `…`) "
+            "when longer; no U+0000",
+        },
+    },
+}
+
+
+class EventsEnvelope(BaseModel):
+    success: bool = True
+    message: str = Field(examples=["Events published successfully"])
+    events: list[Event] = Field(description="the stored events, in the order they were sent")
+
+
+BATCH_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["events"],
+    "properties": {
+        "events": {
+            "type": "array",
+            "minItems": 1,
+            "items": PUBLISH_BODY_SCHEMA,
+            "description": "1 to `EVENTBUS_MAX_BATCH` publish bodies (1000 by default); all "
+            "are stored or none",
+        }
     },
 }

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Route
 
 from bus.errors import BusError
 
 log = logging.getLogger("eventbus.api")
+
+CLIENT_CLOSED_REQUEST = 499
 
 
 def envelope(status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -32,9 +38,47 @@ def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return envelope(400, f"Invalid {loc[-1]}" if loc else "Invalid request")
 
 
-def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    return envelope(exc.status_code, str(exc.detail), dict(exc.headers or {}) or None)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return envelope(exc.status_code, str(exc.detail), headers or None)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this path: Starlette names only the first route's, so
+    ``/system/events`` would say ``GET`` although it takes ``POST`` too.
+
+    As in OpenAPI, a concrete path wins over a template: ``/system/events/stats`` takes GET,
+    whatever ``/system/events/{event_id}`` would do with ``stats``."""
+    path = request.url.path
+    concrete: set[str] = set()
+    templated: set[str] = set()
+    for route in _routes(request.app.router.routes):
+        if route.path_regex.fullmatch(path):
+            (templated if route.param_convertors else concrete).update(route.methods or ())
+    return sorted(concrete or templated)
+
+
+def _routes(routes: Iterable[Any]) -> Iterator[Route]:
+    """The app's routes, through FastAPI's included routers (included without a prefix here:
+    their routes carry their whole path)."""
+    for route in routes:
+        if isinstance(route, Route):
+            yield route
+        elif (included := getattr(route, "original_router", None)) is not None:
+            yield from _routes(included.routes)
+
+
+def _client_gone(request: Request, _exc: Exception) -> Response:
+    # The client closed the connection before its body arrived: nobody reads this answer, and
+    # it is no server error (it would feed the 5xx alert). 499 as nginx counts it.
+    log.info(
+        "client disconnected before its request was read",
+        extra={"request_id": getattr(request.state, "request_id", None)},
+    )
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -51,4 +95,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(BusError, _bus_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

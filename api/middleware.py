@@ -67,3 +67,29 @@ class HttpMetricsMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
             metrics.observe_http(scope["method"], route, status, time.perf_counter() - started)
+
+
+class SecurityHeadersMiddleware:
+    """``X-Content-Type-Options: nosniff`` on every response, and ``Cache-Control: no-store``
+    (events and tokens must not sit in a shared cache) unless the response set its own; the
+    documentation's assets are only revalidated (``no-cache``: their ETag answers 304)."""
+
+    def __init__(self, app: ASGIApp, assets_path: str) -> None:
+        self.app = app
+        self.assets_path = assets_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cache = b"no-cache" if scope["path"].startswith(self.assets_path) else b"no-store"
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.setdefault("headers", [])
+                headers.append((b"x-content-type-options", b"nosniff"))
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                    headers.append((b"cache-control", cache))
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

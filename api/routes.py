@@ -2,36 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.deps import BusDep, JsonBody, SystemReader, SystemWriter, Work
+from api.deps import (
+    BatchJsonBody,
+    BusDep,
+    GroupCommitDep,
+    JsonBody,
+    SystemReader,
+    SystemWriter,
+    WorkDep,
+)
 from api.envelopes import (
+    BATCH_BODY_SCHEMA,
     PUBLISH_BODY_SCHEMA,
     STATUS_BODY_SCHEMA,
     EventEnvelope,
+    EventsEnvelope,
     EventsPage,
     EventStatsEnvelope,
     errors,
 )
+from api.params import ListQueryDep, ListTenant, TenantQuery
 from bus import service
 from bus.schemas import format_timestamp
 
 router = APIRouter(prefix="/system/events", tags=["System Events"])
-
-# The parameters stay strings so a bad value is the seed's 400 ``Invalid <name>`` (parsed in
-# bus/schemas.py); these hints only make the document say which strings are accepted.
-_TEXT = {"pattern": "^[^\\x00]*$"}  # PostgreSQL refuses a NUL in a query parameter
-
-TenantParam = Annotated[
-    str | None,
-    Query(
-        description="UUID of the tenant (optional for system admins and in auth context)",
-        json_schema_extra={"format": "uuid"},
-    ),
-]
 
 
 @router.get(
@@ -41,56 +40,18 @@ TenantParam = Annotated[
     summary="List Events",
 )
 async def list_events(
-    request: Request,
-    caller: SystemReader,
-    work: Work,
-    tenant_id: TenantParam = None,
-    event_type: Annotated[
-        str | None, Query(description="exact event type", json_schema_extra=_TEXT)
-    ] = None,
-    source_module: Annotated[
-        str | None, Query(description="exact source module", json_schema_extra=_TEXT)
-    ] = None,
-    target_module: Annotated[
-        str | None, Query(description="exact target module", json_schema_extra=_TEXT)
-    ] = None,
-    status: Annotated[
-        str | None,
-        Query(
-            description="pending, processed or failed",
-            json_schema_extra={"enum": ["pending", "processed", "failed"]},
-        ),
-    ] = None,
-    entity_type: Annotated[
-        str | None, Query(description="exact entity type", json_schema_extra=_TEXT)
-    ] = None,
-    page: Annotated[
-        str | None,
-        Query(
-            description="page number, from 1", json_schema_extra={"pattern": "^[1-9][0-9]{0,8}$"}
-        ),
-    ] = None,
-    limit: Annotated[
-        str | None,
-        Query(
-            description="items per page, 1 to 1000",
-            json_schema_extra={"pattern": "^([1-9][0-9]{0,2}|1000)$"},
-        ),
-    ] = None,
+    caller: SystemReader, work: WorkDep, bus: BusDep, tenant_id: ListTenant, query: ListQueryDep
 ) -> Any:
     """Events of the caller's tenant, newest first, filtered by exact matches (AND).
 
     Needs `manage:system` or a system admin; a system admin naming no tenant sees all tenants.
+    A page whose body would pass `EVENTBUS_MAX_RESPONSE_BYTES` is cut: it answers a smaller
+    `limit` (and the `page` of that limit where its first event sits); ask for `page + 1` with
+    that `limit` to go on.
     """
-    result = await work.run(service.list_events, caller, request.query_params)
-    return {
-        "success": True,
-        "message": "Events retrieved successfully",
-        "events": result.events,
-        "page": result.page,
-        "limit": result.limit,
-        "total": result.total,
-    }
+    page = await work.read(service.list_events, bus.settings, caller, tenant_id, query)
+    # Each event was encoded once, as it was read; response_model stays for the document.
+    return Response(page.body(), media_type="application/json")
 
 
 @router.get(
@@ -99,9 +60,7 @@ async def list_events(
     responses=errors(400, 401, 403, 500),
     summary="Event Stats",
 )
-async def event_stats(
-    request: Request, caller: SystemReader, work: Work, tenant_id: TenantParam = None
-) -> Any:
+async def event_stats(caller: SystemReader, work: WorkDep, tenant_id: TenantQuery) -> Any:
     """What an operator checks first: the caller's events counted by target module and status,
     and how long the oldest pending event has waited.
 
@@ -109,7 +68,7 @@ async def event_stats(
     naming no tenant counts every tenant. `failed` minus `retry_scheduled` is the events that
     gave up and need a person.
     """
-    stats = await work.run(service.event_stats, caller, request.query_params)
+    stats = await work.read(service.event_stats, caller, tenant_id)
     return {
         "success": True,
         "message": "Event stats retrieved successfully",
@@ -139,20 +98,59 @@ async def publish_event(
     caller: SystemWriter,
     body: JsonBody,
     bus: BusDep,
-    work: Work,
-    tenant_id: TenantParam = None,
+    group: GroupCommitDep,
+    tenant_id: TenantQuery,
 ) -> Any:
     """Store an event as pending and queue it for its target module's workers.
 
-    Needs a system token, `manage:system` or a system admin.
+    Needs a system token, `manage:system` or a system admin. Answered once the event is
+    committed; concurrent publishes share that commit (group commit).
     """
-    event = await work.run(
-        service.publish, bus.settings, caller, tenant_id, body, request_id=request.state.request_id
+    event = service.prepare_publish(
+        bus.settings, caller, tenant_id, body, request_id=request.state.request_id
     )
+    view = await group.publish(event)
     # Built here, not re-validated against response_model (which stays for the document):
-    # service.publish returns exactly the seed's event object.
+    # the service returns exactly the seed's event object.
     return JSONResponse(
-        {"success": True, "message": "Event published successfully", "event": event},
+        {"success": True, "message": "Event published successfully", "event": view},
+        status_code=201,
+    )
+
+
+@router.post(
+    "/batch",
+    status_code=201,
+    response_model=EventsEnvelope,
+    responses=errors(400, 401, 403, 413, 500),
+    summary="Publish Events",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": BATCH_BODY_SCHEMA}},
+        }
+    },
+)
+async def publish_events(
+    request: Request,
+    caller: SystemWriter,
+    body: BatchJsonBody,
+    bus: BusDep,
+    work: WorkDep,
+    tenant_id: TenantQuery,
+) -> Any:
+    """Store up to `EVENTBUS_MAX_BATCH` events at once, all or nothing, in one INSERT and one
+    commit; each is queued for its target module (one message per module).
+
+    Same rights and tenant rules as a publish. An invalid item refuses the whole batch with
+    `events[<index>]: <the publish's message>`.
+    """
+    events = service.prepare_batch(
+        bus.settings, caller, tenant_id, body, request_id=request.state.request_id
+    )
+    views = await work.run(service.store_published, events)
+    return JSONResponse(
+        {"success": True, "message": "Events published successfully", "events": views},
         status_code=201,
     )
 
@@ -174,8 +172,8 @@ async def update_event_status(
     caller: SystemWriter,
     body: JsonBody,
     bus: BusDep,
-    work: Work,
-    tenant_id: TenantParam = None,
+    work: WorkDep,
+    tenant_id: TenantQuery,
 ) -> Any:
     """Set an event's status: processed (processed_at defaults to now), failed (retry_count + 1)
     or pending (sent to its module again)."""

@@ -12,6 +12,7 @@ import redis
 from celery import Celery
 
 from bench.bare_celery import QUEUE
+from bench.endtoend import cpu_ms_per_event
 from bench.monitor import Monitor
 from bench.procs import BIN, BenchError, Proc, Stack, child_env, python_argv, wait_until
 
@@ -117,6 +118,7 @@ def run_bare(
         "rate": round(count / elapsed, 1),
         "send_rate": round(count / send_elapsed, 1) if send_elapsed > 0 else None,
         "usage": usage,
+        "cpu_ms_per_event": cpu_ms_per_event(usage, count),
     }
 
 

@@ -1,5 +1,9 @@
 """The end-to-end phase: N events published through the API, all processed by bus workers.
 
+Three shapes of load (``Load``): single ``POST /system/events`` at a concurrency (64 for the
+headline), ``POST /system/events/batch`` of a batch size at a concurrency, and single publishes
+offered open-loop at a fixed rate (for latency below saturation).
+
 Rate: from the load generator's first send to the last ``processed_at`` in the table. Latency:
 ``processed_at - created_at`` of every row, so it is the bus's own record of each event, not a
 sample. The workers run ``eventbus worker`` with the bus's Celery settings untouched (acks late,
@@ -9,7 +13,9 @@ only pool, process count and concurrency vary.
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,32 @@ class BusLayout:
             f"API x{self.api_workers}, {self.workers}x {self.pool} worker "
             f"c={self.concurrency}{relay}"
         )
+
+
+@dataclass(frozen=True)
+class Load:
+    """How the events are offered: ``batch`` events per request (1: the single publish) from
+    ``concurrency`` connections, open loop at ``rate`` events/s when set."""
+
+    batch: int = 1
+    concurrency: int = 64
+    rate: float | None = None
+
+    @property
+    def label(self) -> str:
+        what = "single publishes" if self.batch == 1 else f"batches of {self.batch}"
+        if self.rate:
+            return f"{what} offered at {self.rate:.0f} events/s ({self.concurrency} connections)"
+        return f"{what}, c={self.concurrency}"
+
+
+def cpu_ms_per_event(usage: dict[str, object], events: int) -> dict[str, float]:
+    """CPU milliseconds per event of each process group over a phase (cores x its seconds)."""
+    elapsed = float(usage.get("elapsed_s", 0.0))  # type: ignore[arg-type]
+    cores: dict[str, float] = usage.get("cpu_cores", {})  # type: ignore[assignment]
+    if events <= 0 or elapsed <= 0:
+        return {}
+    return {group: round(c * elapsed * 1000 / events, 3) for group, c in cores.items()}
 
 
 def wait_for_bus_workers(broker_url: str, expected: int, timeout: float) -> None:
@@ -126,15 +158,26 @@ def _warm_up(
     port: int,
     token: str,
     seconds: float,
+    load: Load,
 ) -> None:
     """Fill the API's thread, database and broker pools, then forget those events."""
     scenario = publish_scenario(
-        "warm-up", token, WARM_MODULE, "warm_up", concurrency=64, duration=seconds
+        "warm-up",
+        token,
+        WARM_MODULE,
+        "warm_up",
+        concurrency=load.concurrency if load.batch > 1 else 64,
+        duration=seconds,
+        batch=load.batch,
     )
     run_load(stack, monitor, out_dir, port, [scenario], "e2e-warmup")
     with psycopg.connect(db.dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM system_events WHERE target_module = %s", (WARM_MODULE,))
     flush_queues(config.broker_url, queue_name(WARM_MODULE, config.queue_prefix))
+
+
+Then = Callable[[dict[str, Any]], "tuple[Load, int, str] | None"]
+"""Given a run's result, another (load, count, tag) to measure on the same processes, or None."""
 
 
 def run_e2e(
@@ -147,10 +190,16 @@ def run_e2e(
     count: int,
     tag: str,
     *,
-    publish_concurrency: int = 64,
+    load: Load | None = None,
     warmup_seconds: float = 1.0,
+    then: Then | None = None,
 ) -> dict[str, Any]:
-    """Publish ``count`` events at ``publish_concurrency`` while the workers drain them."""
+    """Publish ``count`` events as ``load`` says while the workers drain them.
+
+    ``count`` is rounded up to a whole number of batches. ``then``, if given, may ask for one
+    more measurement on the same API and workers (its result is the result's ``then``).
+    """
+    load = load or Load()
     db.truncate()
     flush_queues(config.broker_url, config.queue_prefix)
     token = system_token(config.jwt_secret, E2E_TENANT)
@@ -159,7 +208,7 @@ def run_e2e(
         api = start_api(stack, out_dir, config, layout.api_workers, tag=f"e2e-{tag}")
         started.append(api.proc)
         monitor.watch("api", api.proc.pid)
-        _warm_up(stack, monitor, out_dir, db, config, api.port, token, warmup_seconds)
+        _warm_up(stack, monitor, out_dir, db, config, api.port, token, warmup_seconds, load)
         if layout.relay:
             # Started before the workers so its start-up is over when the clock starts.
             relay = stack.add(
@@ -184,28 +233,70 @@ def run_e2e(
             started.append(proc)
             monitor.watch("bus_workers", proc.pid)
         wait_for_bus_workers(config.broker_url, layout.workers, timeout=90)
-        with monitor.phase(f"e2e:{tag}") as usage:
-            scenario = publish_scenario(
-                f"e2e-{tag}",
-                token,
-                E2E_MODULE,
-                E2E_EVENT_TYPE,
-                concurrency=publish_concurrency,
-                count=count,
-                max_seconds=120 + count / 20,
-            )
-            [published] = run_load(stack, monitor, out_dir, api.port, [scenario], f"e2e-{tag}")
-            if published["ok"] != count:
-                raise BenchError(
-                    f"end-to-end {tag}: {published['ok']}/{count} publishes answered 201 "
-                    f"({published['statuses']}, errors {published['first_errors']})"
-                )
-            wait_all_settled(db, count, started)
-        stats = _row_stats(db, published["last_done_epoch"])
+        run = _Measure(stack, monitor, out_dir, db, api.port, token, started, layout)
+        result = run.measure(load, count, tag)
+        follow = then(result) if then is not None else None
+        if follow is not None:
+            # The queues are empty once every event settled; only the rows are cleared (the
+            # workers' queue bindings must stay).
+            db.truncate()
+            result["then"] = run.measure(*follow)
     finally:
         for proc in reversed(started):
             monitor.unwatch(proc.pid)
             stack.stop(proc)
+    return result
+
+
+@dataclass
+class _Measure:
+    stack: Stack
+    monitor: Monitor
+    out_dir: Path
+    db: Database
+    port: int
+    token: str
+    started: list[Proc]
+    layout: BusLayout
+
+    def measure(self, load: Load, count: int, tag: str) -> dict[str, Any]:
+        """One measured run on processes that are up: publish, wait until settled, read rows."""
+        requests = math.ceil(count / load.batch)
+        count = requests * load.batch
+        with self.monitor.phase(f"e2e:{tag}") as usage:
+            scenario = publish_scenario(
+                f"e2e-{tag}",
+                self.token,
+                E2E_MODULE,
+                E2E_EVENT_TYPE,
+                concurrency=load.concurrency,
+                count=requests,
+                max_seconds=120 + count / 20,
+                batch=load.batch,
+                rate=load.rate / load.batch if load.rate else None,
+            )
+            [published] = run_load(
+                self.stack, self.monitor, self.out_dir, self.port, [scenario], f"e2e-{tag}"
+            )
+            if published["ok"] != requests:
+                raise BenchError(
+                    f"end-to-end {tag}: {published['ok']}/{requests} requests answered 201 "
+                    f"({published['statuses']}, errors {published['first_errors']})"
+                )
+            wait_all_settled(self.db, count, self.started)
+        stats = _row_stats(self.db, published["last_done_epoch"])
+        return _result(self.layout, load, count, published, stats, usage, tag)
+
+
+def _result(
+    layout: BusLayout,
+    load: Load,
+    count: int,
+    published: dict[str, Any],
+    stats: dict[str, Any],
+    usage: dict[str, Any],
+    tag: str,
+) -> dict[str, Any]:
     first_send = published["first_send_epoch"]
     last_processed = stats["last_processed_epoch"]
     if last_processed is None or stats["processed"] != count:
@@ -218,9 +309,10 @@ def run_e2e(
     after = stats["processed_after_publishing"]
     return {
         "layout": asdict(layout),
-        "label": layout.label,
+        "load": asdict(load),
+        "label": f"{layout.label}; {load.label}",
         "events": count,
-        "publish_concurrency": publish_concurrency,
+        "publish_concurrency": load.concurrency,
         "elapsed_s": round(elapsed, 3),
         "rate": round(count / elapsed, 1),
         "rate_from_rows": round(count / rows_elapsed, 1) if rows_elapsed > 0 else None,
@@ -232,8 +324,11 @@ def run_e2e(
         "retries": stats["retries"],
         "publish": {
             "rps": published["rps"],
+            "events_per_s": round(published["rps"] * load.batch, 1),
+            "offered_rate": load.rate,
             "latency_ms": published["latency_ms"],
             "errors": published["errors"],
         },
         "usage": usage,
+        "cpu_ms_per_event": cpu_ms_per_event(usage, count),
     }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,64 @@ def publish_body(target_module: str, event_type: str) -> str:
     return json.dumps(body)
 
 
+BATCH_PATH = "/system/events/batch"
+
+
+def batch_body(target_module: str, event_type: str, size: int) -> str:
+    """``{"events": [...]}`` of ``size`` publish bodies, each about its own entity."""
+    one = publish_body(target_module, event_type)
+    items = [one.replace(f'"item-{SEQ}"', f'"item-{SEQ}-{i}"') for i in range(size)]
+    return '{"events": [' + ", ".join(items) + "]}"
+
+
+@dataclass(frozen=True)
+class BatchProbe:
+    """Whether ``POST /system/events/batch`` exists and answers its contract."""
+
+    available: bool
+    status: int | None
+    detail: str
+
+    @property
+    def absent(self) -> bool:
+        """The route is not there at all (404/405): the only "not available" CI accepts."""
+        return self.status in (404, 405)
+
+
+def probe_batch(port: int, token: str, target_module: str, event_type: str) -> BatchProbe:
+    """One batch of two events: 201 with both event objects, in order, means available.
+
+    The events go to ``target_module`` (the warm-up module): the caller drops them.
+    """
+    body = batch_body(target_module, event_type, 2).replace(SEQ, "probe")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request(
+                "POST",
+                BATCH_PATH,
+                body=body.encode(),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            response = conn.getresponse()
+            status, raw = response.status, response.read()
+        finally:
+            conn.close()
+    except OSError as exc:
+        return BatchProbe(False, None, f"{type(exc).__name__}: {exc}")
+    text = raw[:300].decode(errors="replace")
+    if status != 201:
+        return BatchProbe(False, status, f"answered {status}: {text}")
+    try:
+        events = json.loads(raw)["events"]
+        ids = [e["entity_id"] for e in events]
+    except (ValueError, KeyError, TypeError):
+        return BatchProbe(False, status, f"201 without an events list: {text}")
+    if ids != ["item-probe-0", "item-probe-1"]:
+        return BatchProbe(False, status, f"201 but events not in input order: {ids}")
+    return BatchProbe(True, status, "201 with every event, in input order")
+
+
 def publish_scenario(
     name: str,
     token: str,
@@ -66,19 +126,33 @@ def publish_scenario(
     count: int | None = None,
     warmup: float = 0.0,
     max_seconds: float = 600.0,
+    batch: int = 1,
+    rate: float | None = None,
+    warmup_count: int = 0,
 ) -> dict[str, Any]:
+    """Single publishes (``batch`` 1) or ``POST /system/events/batch`` of ``batch`` events.
+
+    ``count`` is in requests (after ``warmup_count`` not counted); ``rate`` (requests/s) makes
+    the load open-loop at that rate.
+    """
     return {
         "name": name,
         "method": "POST",
-        "path": "/system/events",
+        "path": "/system/events" if batch == 1 else BATCH_PATH,
         "headers": {"Authorization": f"Bearer {token}"},
-        "body": publish_body(target_module, event_type),
+        "body": (
+            publish_body(target_module, event_type)
+            if batch == 1
+            else batch_body(target_module, event_type, batch)
+        ),
         "concurrency": concurrency,
         "duration": duration,
         "count": count,
         "warmup": warmup,
+        "warmup_count": warmup_count,
         "expect_status": 201,
         "max_seconds": max_seconds,
+        "rate": rate,
     }
 
 

@@ -6,7 +6,10 @@ streams on uvloop, so one request costs the client little CPU; the bench records
 CPU share next to the API's to show which side was the bottleneck.
 
 A scenario runs either for ``duration`` seconds (after ``warmup`` seconds not counted) or for
-exactly ``count`` requests; both are bounded by ``max_seconds``.
+exactly ``count`` requests; both are bounded by ``max_seconds``. With ``rate`` set it is open
+loop: request *i* is due at start + i / rate whatever the answers before it, sent on the next
+free connection, and its latency counts from when it was due (a request sent late because every
+connection was busy counts the wait).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Scenario:
     expect_status: int = 200
     max_seconds: float = 600.0
     timeout: float = 30.0
+    rate: float | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Scenario:
@@ -57,6 +61,8 @@ class _Run:
     errors: list[str] = field(default_factory=list)
     first_send: float | None = None
     last_done: float | None = None
+    started: float = 0.0
+    """``time.perf_counter()`` when the scenario started: request *i* of a rate is due then."""
 
 
 def _request_bytes(scenario: Scenario, host: str, port: int, seq: int) -> bytes:
@@ -104,9 +110,18 @@ async def _connection(run: _Run, host: str, port: int, deadline: float) -> None:
                 if scenario.body is None or SEQ not in scenario.body
                 else _request_bytes(scenario, host, port, seq)
             )
+            due_ns: int | None = None
+            if scenario.rate:
+                due = run.started + seq / scenario.rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                due_ns = int(due * 1e9)
             if measured and run.first_send is None:
                 run.first_send = time.time()
             started = time.perf_counter_ns()
+            if due_ns is not None:
+                started = min(started, due_ns)
             writer.write(payload)
             try:
                 status = await asyncio.wait_for(_read_response(reader), scenario.timeout)
@@ -136,6 +151,7 @@ async def run_scenario(scenario: Scenario, host: str, port: int) -> dict[str, An
     run = _Run(scenario, _request_bytes(scenario, host, port, 0))
     hard_deadline = time.monotonic() + scenario.max_seconds
     run.measuring = scenario.warmup <= 0
+    run.started = time.perf_counter()
     tasks = [
         asyncio.create_task(_connection(run, host, port, hard_deadline))
         for _ in range(scenario.concurrency)
@@ -160,6 +176,7 @@ async def run_scenario(scenario: Scenario, host: str, port: int) -> dict[str, An
     return {
         "name": scenario.name,
         "concurrency": scenario.concurrency,
+        "offered_rate": scenario.rate,
         "requests": len(lat),
         "ok": ok,
         "statuses": {str(k): v for k, v in sorted(run.statuses.items())},

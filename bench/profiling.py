@@ -152,7 +152,7 @@ def profile_publish_in_process(
 ) -> dict[str, Any]:
     """The bus's own publish path without HTTP, under pyinstrument, in this process.
 
-    What the route and ``api.deps.UnitOfWork`` do per request: verify, ``service.publish``,
+    What the route and ``api.deps.Work`` do per request: verify, ``service.publish``,
     commit, send. Its CPU per event, set against the API's CPU per request, tells how much
     of a request is the bus and how much the HTTP stack around it.
     """
@@ -172,10 +172,9 @@ def profile_publish_in_process(
 
     def publish_one() -> None:
         principal = bus.verifier.verify(header)
-        with bus.sessions() as session:
-            service.publish(session, settings, principal, None, body)
-            session.commit()
-            bus.dispatcher.send_scheduled(session)
+        with bus.unit_of_work() as uow:
+            service.publish(uow, settings, principal, None, body)
+            uow.commit()
 
     db.truncate()
     try:

@@ -1,9 +1,16 @@
 """``python -m bench``: stand the stack up, run every phase, write results.json and results.md.
 
-Phases, in order: publish (API alone), bare Celery (the baseline), end to end (API + bus
-workers), listing (a million rows), then optionally profiles. Bare Celery and the bus each get
-a small search over worker layouts at ``search_events`` events, and the fastest layout of each
-is then measured at the full N, so both sides are compared at their best on this machine.
+Phases, in order: publish (API alone: single publishes, then the batch endpoint), bare Celery
+(the baseline), end to end with single publishes at c=64 (API + bus workers), end to end with
+the batch endpoint, PgQueuer (the second peer), latency at a fixed offered rate (half the
+single-publish end-to-end rate), listing (a million rows), then optionally profiles.
+
+Every side gets a small search over its layouts at a search size, and the fastest layout of
+each is then measured at the full N ``final_repeats`` times (the median run is the figure), so
+each side is compared at its best on this machine. The batched search tries the batch shapes
+on the fastest single-publish layout, then the other layouts with the fastest shape. The
+machine is shared (two cores, other people's work running): the figures are noisy, and each
+phase records how many cores the rest of the machine used meanwhile.
 """
 
 from __future__ import annotations
@@ -28,9 +35,10 @@ import psycopg
 import redis
 
 from bench.baseline import BareConfig, run_bare
-from bench.endtoend import BusLayout, run_e2e
+from bench.endtoend import BusLayout, Load, Then, run_e2e
 from bench.listing import run_listing
 from bench.monitor import Monitor
+from bench.pgq import PgqConfig, PgqDatabase, pgq_version, run_pgq
 from bench.procs import REPO, BenchError, Stack
 from bench.profiling import run_profiles
 from bench.publish import run_publish
@@ -52,6 +60,15 @@ class Plan:
     e2e_warmup: float
     bare_layouts: tuple[BareConfig, ...]
     bus_layouts: tuple[BusLayout, ...]
+    final_repeats: int
+    batch_loads: tuple[Load, ...]
+    """Shapes of ``POST /system/events/batch`` load: batch size x connections."""
+    batch_events: int
+    """N of the batched end to end and of PgQueuer (the same N on both sides)."""
+    batch_search_events: int
+    pgq_layouts: tuple[PgqConfig, ...]
+    fixed_rate_seconds: float
+    fixed_rate_fraction: float
     listing_rows: int
     listing_requests: int
     listing_warmup: int
@@ -80,6 +97,26 @@ FULL = Plan(
         BusLayout(api_workers=2, pool="prefork", workers=1, concurrency=2),
         BusLayout(api_workers=1, pool="threads", workers=1, concurrency=4),
     ),
+    final_repeats=3,
+    batch_loads=(
+        Load(batch=100, concurrency=8),
+        Load(batch=250, concurrency=4),
+        Load(batch=500, concurrency=2),
+        Load(batch=500, concurrency=4),
+    ),
+    batch_events=50_000,
+    batch_search_events=10_000,
+    pgq_layouts=(
+        # Measured fastest here while writing the bench (5.6k-7.7k jobs/s each, within noise);
+        # 8 managers, 2 processes of 4, enqueue batches of 1,000 or 1-4 connections were slower.
+        PgqConfig(workers=1, managers=4, batch=250),
+        PgqConfig(workers=1, managers=4, batch=500),
+        PgqConfig(workers=2, managers=2, batch=250),
+        PgqConfig(workers=2, managers=2, batch=100),
+        PgqConfig(workers=1, managers=1, batch=500),
+    ),
+    fixed_rate_seconds=20.0,
+    fixed_rate_fraction=0.5,
     listing_rows=1_000_000,
     listing_requests=200,
     listing_warmup=20,
@@ -87,8 +124,8 @@ FULL = Plan(
 
 QUICK = Plan(
     mode="quick",
-    publish_seconds=2.0,
-    publish_warmup=0.5,
+    publish_seconds=1.5,
+    publish_warmup=0.3,
     publish_concurrency=(1, 16, 64),
     publish_api_workers=(1,),
     e2e_events=500,
@@ -96,6 +133,13 @@ QUICK = Plan(
     e2e_warmup=0.5,
     bare_layouts=(BareConfig("solo", workers=2, concurrency=1, prefetch=4),),
     bus_layouts=(BusLayout(api_workers=1, pool="solo", workers=2, concurrency=1),),
+    final_repeats=1,
+    batch_loads=(Load(batch=250, concurrency=4),),
+    batch_events=2_000,
+    batch_search_events=0,
+    pgq_layouts=(PgqConfig(workers=1, managers=4, batch=250),),
+    fixed_rate_seconds=3.0,
+    fixed_rate_fraction=0.5,
     listing_rows=20_000,
     listing_requests=20,
     listing_warmup=3,
@@ -104,25 +148,85 @@ QUICK = Plan(
 T = TypeVar("T")
 
 
+def search(
+    name: str,
+    layouts: Sequence[T],
+    run: Callable[[T, int, str], dict[str, Any]],
+    search_events: int,
+    tag: str = "search",
+) -> tuple[T, list[dict[str, Any]]]:
+    """Each layout at ``search_events``; the fastest, and every result."""
+    tried: list[dict[str, Any]] = []
+    if len(layouts) <= 1 or search_events <= 0:
+        return layouts[0], tried
+    for i, layout in enumerate(layouts):
+        result = run(layout, search_events, f"{tag}{i}")
+        _progress(f"{name} search: {result['label']}: {result['rate']:.0f}/s")
+        tried.append(result)
+    return layouts[max(range(len(layouts)), key=lambda i: tried[i]["rate"])], tried
+
+
+def measure(
+    name: str,
+    layout: T,
+    run: Callable[[T, int, str], dict[str, Any]],
+    events: int,
+    repeats: int,
+) -> dict[str, Any]:
+    """``layout`` at ``events``, ``repeats`` times: the run of median rate, with every rate."""
+    runs = []
+    for i in range(max(1, repeats)):
+        result = run(layout, events, "final" if repeats <= 1 else f"final{i}")
+        _progress(f"{name} final: {result['label']}: {result['rate']:.0f}/s")
+        runs.append(result)
+    return median_run(runs)
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median rate (the lower middle of an even count), with every run's rate."""
+    ordered = sorted(runs, key=lambda r: r["rate"])
+    final = dict(ordered[(len(ordered) - 1) // 2])
+    final["repeats"] = [r["rate"] for r in runs]
+    return final
+
+
 def search_then_measure(
     name: str,
     layouts: Sequence[T],
     run: Callable[[T, int, str], dict[str, Any]],
     search_events: int,
     final_events: int,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     """Each layout at ``search_events``, then the fastest at ``final_events``."""
-    tried: list[dict[str, Any]] = []
-    best = layouts[0]
-    if len(layouts) > 1 and search_events > 0:
-        for i, layout in enumerate(layouts):
-            result = run(layout, search_events, f"search{i}")
-            _progress(f"{name} search: {result['label']}: {result['rate']:.0f}/s")
-            tried.append(result)
-        best = layouts[max(range(len(layouts)), key=lambda i: tried[i]["rate"])]
-    final = run(best, final_events, "final")
-    _progress(f"{name} final: {final['label']}: {final['rate']:.0f}/s")
-    return {"search": tried, "final": final}
+    best, tried = search(name, layouts, run, search_events)
+    return {"search": tried, "final": measure(name, best, run, final_events, repeats)}
+
+
+Shape = tuple[BusLayout, Load]
+
+
+def search_batched(
+    best_layout: BusLayout,
+    plan: Plan,
+    run: Callable[[Shape, int, str], dict[str, Any]],
+) -> tuple[Shape, list[dict[str, Any]]]:
+    """The batch shapes on ``best_layout`` (the single publish's), then the fastest shape on
+    the plan's other layouts; the fastest (layout, load) and every result."""
+    if plan.batch_search_events <= 0:
+        return (best_layout, plan.batch_loads[0]), []
+    shapes: list[Shape] = [(best_layout, load) for load in plan.batch_loads]
+    best, tried = search("bus batched", shapes, run, plan.batch_search_events, "bsearch")
+    if len(shapes) == 1:  # `search` measures nothing for a single candidate
+        tried = [run(best, plan.batch_search_events, "bsearch0")]
+    best_rate = max(r["rate"] for r in tried)
+    for i, layout in enumerate(x for x in plan.bus_layouts if x != best_layout):
+        result = run((layout, best[1]), plan.batch_search_events, f"lsearch{i}")
+        _progress(f"bus batched search: {result['label']}: {result['rate']:.0f}/s")
+        tried.append(result)
+        if result["rate"] > best_rate:
+            best, best_rate = (layout, best[1]), result["rate"]
+    return best, tried
 
 
 def _progress(message: str) -> None:
@@ -162,6 +266,7 @@ def _meta(plan: Plan, db: Database, broker_url: str) -> dict[str, Any]:
         "versions": {
             "postgresql": row[0] if row else None,
             "redis": redis_version,
+            "pgqueuer": pgq_version(),
             **{
                 name: version(name)
                 for name in ("celery", "kombu", "fastapi", "uvicorn", "sqlalchemy", "psycopg")
@@ -178,9 +283,134 @@ def _meta(plan: Plan, db: Database, broker_url: str) -> dict[str, Any]:
             "per unit of concurrency, requests pre-encoded"
         ),
         "plan": {
-            k: v for k, v in plan.__dict__.items() if k not in ("bare_layouts", "bus_layouts")
+            **{
+                k: v
+                for k, v in plan.__dict__.items()
+                if k not in ("bare_layouts", "bus_layouts", "batch_loads", "pgq_layouts")
+            },
+            "batch_loads": [load.label for load in plan.batch_loads],
+            "pgq_layouts": [layout.label for layout in plan.pgq_layouts],
         },
     }
+
+
+SINGLE = Load(batch=1, concurrency=64)
+"""The headline's load: single publishes from 64 connections."""
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """What every bus phase of a run shares."""
+
+    stack: Stack
+    monitor: Monitor
+    work_dir: Path
+    db: Database
+    config: BusConfig
+
+    def bus(
+        self, plan: Plan, layout: BusLayout, load: Load, n: int, tag: str, then: Then | None = None
+    ) -> dict[str, Any]:
+        return run_e2e(
+            self.stack,
+            self.monitor,
+            self.work_dir,
+            self.db,
+            self.config,
+            layout,
+            n,
+            tag,
+            load=load,
+            warmup_seconds=plan.e2e_warmup,
+            then=then,
+        )
+
+
+def _publish_phase(plan: Plan, ctx: _Ctx) -> dict[str, Any]:
+    publish = {}
+    for workers in plan.publish_api_workers:
+        result = run_publish(
+            ctx.stack,
+            ctx.monitor,
+            ctx.work_dir,
+            ctx.db,
+            ctx.config,
+            api_workers=workers,
+            concurrencies=plan.publish_concurrency,
+            seconds=plan.publish_seconds,
+            warmup=plan.publish_warmup,
+            batch_loads=plan.batch_loads,
+            batch_events=plan.batch_search_events or plan.batch_events,
+        )
+        publish[f"api_workers={workers}"] = result
+        for level, r in result["levels"].items():
+            _progress(
+                f"publish API x{workers} {level}: {r['rps']:.0f}/s "
+                f"p50 {r['latency_ms']['p50']:.1f} ms p99 {r['latency_ms']['p99']:.1f} ms"
+            )
+        if not result["batch_endpoint"]["available"]:
+            _progress(f"batch endpoint not available: {result['batch_endpoint']['detail']}")
+        for level, r in result["batch_levels"].items():
+            _progress(
+                f"publish API x{workers} {level}: {r['events_per_s']:.0f} events/s "
+                f"p99 {r['latency_ms']['p99']:.1f} ms per request"
+            )
+    return publish
+
+
+def _batched_phase(
+    plan: Plan, ctx: _Ctx, best_layout: BusLayout, endpoint: dict[str, Any]
+) -> dict[str, Any]:
+    """The batch endpoint end to end, at its best shape; or why it could not run."""
+    if not endpoint["available"]:
+        return {"available": False, "absent": endpoint["absent"], "detail": endpoint["detail"]}
+    best_shape, tried = search_batched(
+        best_layout, plan, lambda shape, n, tag: ctx.bus(plan, shape[0], shape[1], n, tag)
+    )
+    final = measure(
+        "bus batched",
+        best_shape,
+        lambda shape, n, tag: ctx.bus(plan, shape[0], shape[1], n, f"b{tag}"),
+        plan.batch_events,
+        plan.final_repeats,
+    )
+    return {"available": True, "search": tried, "final": final}
+
+
+def _single_and_fixed_rate(plan: Plan, ctx: _Ctx) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Single publishes at c=64 (layout search, then the repeated final), then latency at a
+    fixed offered rate: ``fixed_rate_fraction`` of the finals' median rate, open loop, on the
+    last final's processes (already up and warm, so no start-up is repeated)."""
+    best, tried = search(
+        "bus end-to-end",
+        plan.bus_layouts,
+        lambda layout, n, tag: ctx.bus(plan, layout, SINGLE, n, tag),
+        plan.search_events,
+    )
+    runs: list[dict[str, Any]] = []
+    repeats = max(1, plan.final_repeats)
+    for i in range(repeats):
+
+        def then(result: dict[str, Any], last: bool = i == repeats - 1) -> Any:
+            if not last:
+                return None
+            rates = sorted([*(r["rate"] for r in runs), result["rate"]])
+            offered = max(10, round(plan.fixed_rate_fraction * rates[(len(rates) - 1) // 2]))
+            count = max(50, round(offered * plan.fixed_rate_seconds))
+            return Load(batch=1, concurrency=64, rate=offered), count, "fixed"
+
+        tag = "final" if repeats == 1 else f"final{i}"
+        result = ctx.bus(plan, best, SINGLE, plan.e2e_events, tag, then=then)
+        _progress(f"bus end-to-end final: {result['label']}: {result['rate']:.0f}/s")
+        runs.append(result)
+    fixed = runs[-1].pop("then")
+    fixed["offered_rate"] = fixed["load"]["rate"]
+    fixed["fraction"] = plan.fixed_rate_fraction
+    _progress(
+        f"fixed rate {fixed['offered_rate']}/s: publish -> processed p50 "
+        f"{fixed['latency_ms']['p50']} ms p99 {fixed['latency_ms']['p99']} ms"
+    )
+    return {"search": tried, "final": median_run(runs)}, fixed
 
 
 def run(plan: Plan, out: Path, work_dir: Path, db_name: str, profile: bool) -> dict[str, Any]:
@@ -189,6 +419,7 @@ def run(plan: Plan, out: Path, work_dir: Path, db_name: str, profile: bool) -> d
     monitor = Monitor()
     monitor.start()
     db = Database(db_name)
+    pgq_db = PgqDatabase(f"{db_name}_pgq")
     results: dict[str, Any] = {}
     try:
         redis_proc, broker_url = start_redis(stack, work_dir)
@@ -200,50 +431,29 @@ def run(plan: Plan, out: Path, work_dir: Path, db_name: str, profile: bool) -> d
         results["meta"]["bus_settings"] = {"EVENTBUS_TASK_EVENTS": config.task_events}
         _progress(f"{plan.mode} run: redis {broker_url}, database {db.name}")
 
-        publish = {}
-        for workers in plan.publish_api_workers:
-            result = run_publish(
-                stack,
-                monitor,
-                work_dir,
-                db,
-                config,
-                api_workers=workers,
-                concurrencies=plan.publish_concurrency,
-                seconds=plan.publish_seconds,
-                warmup=plan.publish_warmup,
-            )
-            publish[f"api_workers={workers}"] = result
-            for level, r in result["levels"].items():
-                _progress(
-                    f"publish API x{workers} {level}: {r['rps']:.0f}/s "
-                    f"p50 {r['latency_ms']['p50']:.1f} ms p99 {r['latency_ms']['p99']:.1f} ms"
-                )
-        results["publish"] = publish
-
+        ctx = _Ctx(stack, monitor, work_dir, db, config)
+        results["publish"] = _publish_phase(plan, ctx)
+        batch_endpoint = next(iter(results["publish"].values()))["batch_endpoint"]
         results["bare_celery"] = search_then_measure(
             "bare Celery",
             plan.bare_layouts,
             lambda layout, n, tag: run_bare(stack, monitor, work_dir, broker_url, layout, n, tag),
             plan.search_events,
             plan.e2e_events,
+            plan.final_repeats,
         )
-        results["end_to_end"] = search_then_measure(
-            "bus end-to-end",
-            plan.bus_layouts,
-            lambda layout, n, tag: run_e2e(
-                stack,
-                monitor,
-                work_dir,
-                db,
-                config,
-                layout,
-                n,
-                tag,
-                warmup_seconds=plan.e2e_warmup,
-            ),
-            plan.search_events,
-            plan.e2e_events,
+        results["end_to_end"], results["fixed_rate"] = _single_and_fixed_rate(plan, ctx)
+        best_layout = BusLayout(**results["end_to_end"]["final"]["layout"])
+        results["end_to_end_batched"] = _batched_phase(plan, ctx, best_layout, batch_endpoint)
+        pgq_db.create(work_dir, stack)
+        monitor.watch_found("postgres_pgq", pgq_db.backends)
+        results["pgqueuer"] = search_then_measure(
+            "PgQueuer",
+            plan.pgq_layouts,
+            lambda layout, n, tag: run_pgq(stack, monitor, work_dir, pgq_db, layout, n, tag),
+            plan.batch_search_events,
+            plan.batch_events,
+            plan.final_repeats,
         )
         results["listing"] = run_listing(
             stack,
@@ -267,6 +477,8 @@ def run(plan: Plan, out: Path, work_dir: Path, db_name: str, profile: bool) -> d
         monitor.close()
         with contextlib.suppress(Exception):
             db.drop()
+        with contextlib.suppress(Exception):
+            pgq_db.drop()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     out.with_suffix(".md").write_text(render_markdown(results))
@@ -330,5 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     _progress(f"wrote {out} and {out.with_suffix('.md')}")
-    print(results["headline"]["line"], flush=True)
+    # The three ratio lines are the run's last output.
+    for line in results["headline"]["lines"]:
+        print(line, flush=True)
     return 0

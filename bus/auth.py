@@ -50,6 +50,7 @@ class TokenVerifier:
         self._options: dict[str, Any] = {"require": ["exp", "sub"]}
         self._issuer = settings.jwt_issuer or None
         self._audience = settings.jwt_audience or None
+        self._max_lifetime = settings.jwt_max_lifetime_seconds
         if settings.jwt_public_key:
             key = load_pem_public_key(settings.jwt_public_key.encode())
             if isinstance(key, rsa.RSAPublicKey):
@@ -95,13 +96,27 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken() from exc
+        self._check_times(claims)
         principal = principal_from_claims(claims)
         if len(self._verified) >= _VERIFIED_TOKENS_KEPT:
             self._verified.clear()
         self._verified[token] = (principal, float(claims["exp"]))
         return principal
 
+    def _check_times(self, claims: dict[str, Any]) -> None:
+        """``exp``/``nbf``/``iat`` are JSON numbers (PyJWT also takes ``"9999999999"``, and
+        ``true`` as 1), and a token lives at most ``EVENTBUS_JWT_MAX_LIFETIME_SECONDS``."""
+        for name in _TIME_CLAIMS:
+            value = claims.get(name)
+            if name in claims and (not isinstance(value, int | float) or isinstance(value, bool)):
+                raise InvalidToken()
+        if self._max_lifetime and claims["exp"] - claims.get("iat", time.time()) > (
+            self._max_lifetime
+        ):
+            raise InvalidToken()
 
+
+_TIME_CLAIMS = ("exp", "nbf", "iat")
 _VERIFIED_TOKENS_KEPT = 4096
 
 
@@ -114,6 +129,7 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     token_type = claims.get("token_type", "user")
     if (
         not isinstance(sub, str)
+        or not sub.strip()
         or not isinstance(permissions, list)
         or not all(isinstance(p, str) for p in permissions)
         or not isinstance(is_admin, bool)

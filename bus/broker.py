@@ -7,13 +7,18 @@ it); other brokers report none.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 from kombu.connection import Connection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from bus.deadletter import REASON_HEADER, check_raw, dead_letter_queue, preview
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _BINDING_PREFIX = "_kombu.binding."
@@ -72,9 +77,79 @@ class BrokerInspector:
             pipe.llen(queue)
         return {queue: int(n) for queue, n in zip(queues, pipe.execute(), strict=True)}
 
+    def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
+        """Up to ``limit`` of what was refused on ``queue`` (newest first on Redis), left in
+        place: on RabbitMQ they are fetched unacknowledged and requeued as the channel closes."""
+        dead = dead_letter_queue(queue)
+        if self._redis is not None:
+            raw = self._redis.lrange(dead, 0, max(0, limit - 1)) if limit > 0 else []
+            items = [item if isinstance(item, bytes) else item.encode() for item in raw]
+            return [DeadLetter(item, check_raw(item)) for item in items]
+        if self.in_memory:
+            return []
+        found: list[DeadLetter] = []
+        with Connection(self._url, connect_timeout=self._timeout) as conn:  # type: ignore[no-untyped-call]
+            channel = conn.channel()
+            try:
+                if not _amqp_queue_exists(conn, dead):
+                    return []
+                while len(found) < limit:
+                    message = channel.basic_get(dead, no_ack=False)
+                    if message is None:
+                        break
+                    headers = message.headers or {}
+                    body = message.body if isinstance(message.body, bytes) else b""
+                    found.append(DeadLetter(body, str(headers.get(REASON_HEADER, "?"))))
+            finally:
+                channel.close()  # unacknowledged: RabbitMQ puts them back
+        return found
+
+    def purge_dead_letters(self, queue: str) -> int:
+        """Delete everything refused on ``queue``; returns how many items went."""
+        dead = dead_letter_queue(queue)
+        if self._redis is not None:
+            pipe = self._redis.pipeline()
+            pipe.llen(dead)
+            pipe.delete(dead)
+            count, _ = pipe.execute()
+            return int(count)
+        if self.in_memory:
+            return 0
+        with Connection(self._url, connect_timeout=self._timeout) as conn:  # type: ignore[no-untyped-call]
+            if not _amqp_queue_exists(conn, dead):
+                return 0
+            return int(conn.default_channel.queue_purge(dead) or 0)
+
     def close(self) -> None:
         if self._redis is not None:
             self._redis.close()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One refused message as kept, and why it was (or would now be) refused."""
+
+    raw: bytes
+    reason: str | None
+
+    def line(self) -> str:
+        """One JSON line, safe to print whatever the message held."""
+        return json.dumps(
+            {"bytes": len(self.raw), "reason": self.reason, "preview": preview(self.raw)},
+            ensure_ascii=True,
+        )
+
+
+def _amqp_queue_exists(conn: Connection, name: str) -> bool:
+    channel = conn.channel()  # type: ignore[no-untyped-call]
+    try:
+        channel.queue_declare(name, passive=True)
+    except conn.channel_errors:  # 404: never declared, nothing was refused
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            channel.close()
+    return True
 
 
 def _text(value: Any) -> str:

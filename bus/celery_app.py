@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 
 from bus import transport
+from bus.queues import queue_name
 from bus.settings import Settings
 
 # A send that cannot reach the broker gives up after one quick reconnect (which refreshes a
@@ -68,7 +69,7 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        task_default_queue=f"{settings.queue_prefix}default",
+        task_default_queue=queue_name("default", settings.queue_prefix),
         task_create_missing_queues=True,
         # Flower's view of each task; each event is one more Redis publish (EVENTBUS_TASK_EVENTS).
         worker_send_task_events=settings.task_events,

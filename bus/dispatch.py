@@ -1,4 +1,6 @@
-"""Send after commit: sends are collected during a unit of work and made once it commits."""
+"""Messages to the broker: what one says (``Dispatch``) and who sends it (``Dispatcher``).
+
+A unit of work (``bus.uow``) collects its sends and hands them here once it has committed."""
 
 from __future__ import annotations
 
@@ -13,37 +15,72 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bus import repository
 from bus.db import transaction
-from bus.queues import PROCESS_EVENT_TASK, queue_name
+from bus.queues import PROCESS_EVENTS_TASK, queue_name
 
 log = logging.getLogger(__name__)
-_KEY = "eventbus.dispatches"
 REQUEST_ID_HEADER = "eventbus_request_id"
+"""Carries the publishing request's id into the worker's logs."""
 LOST_HEADER = "eventbus_lost"
-"""Marks a delivery that may follow one that died: its attempt is counted before it runs
-(workers/tasks.py reads it under the same name)."""
+"""Marks a delivery that may follow one that died: its attempt is counted before it runs."""
 
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """One message to send: process this event on its module's queue."""
+    """One event to put on its module's queue."""
 
     event_id: uuid.UUID
     target_module: str
-    countdown: float | None = None
     request_id: str | None = None
     lost: str | None = None
     """Why the delivery before this one may have died, if it may (sent as ``LOST_HEADER``)."""
+    countdown: float | None = None
+    """Seconds the message waits before it runs (a retry's delay)."""
+
+    @property
+    def alone(self) -> bool:
+        """A delivery that may follow a death, or a delayed retry, travels on its own: a
+        poison event can then take down only itself, and a delay holds back no other event."""
+        return self.lost is not None or self.countdown is not None
 
 
-def schedule(session: Session, dispatch: Dispatch) -> None:
-    """Queue a send for when the session's transaction has committed."""
-    session.info.setdefault(_KEY, []).append(dispatch)
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One broker message: ``eventbus.process_events`` with the ids of one module."""
+
+    target_module: str
+    dispatches: tuple[Dispatch, ...]
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [str(d.event_id) for d in self.dispatches]
+
+    @property
+    def headers(self) -> dict[str, str | None]:
+        first = self.dispatches[0]
+        headers: dict[str, str | None] = {}
+        if len(self.dispatches) == 1:  # a batch's request ids are on its rows
+            headers[REQUEST_ID_HEADER] = first.request_id
+        if first.lost is not None:
+            headers[LOST_HEADER] = first.lost
+        return headers
 
 
-def take_scheduled(session: Session) -> list[Dispatch]:
-    """The sends collected in a session, removed from it (dropped on rollback by the caller)."""
-    scheduled: list[Dispatch] = session.info.pop(_KEY, [])
-    return scheduled
+def group(dispatches: Sequence[Dispatch], max_ids: int) -> list[Message]:
+    """The messages that carry ``dispatches``: those of one module together, at most
+    ``max_ids`` a message, in order; one that must travel :attr:`~Dispatch.alone`, alone."""
+    messages: list[Message] = []
+    open_batches: dict[str, list[Dispatch]] = {}
+    for dispatch in dispatches:
+        if dispatch.alone:
+            messages.append(Message(dispatch.target_module, (dispatch,)))
+            continue
+        batch = open_batches.setdefault(dispatch.target_module, [])
+        batch.append(dispatch)
+        if len(batch) >= max_ids:
+            messages.append(Message(dispatch.target_module, tuple(batch)))
+            del open_batches[dispatch.target_module]
+    messages.extend(Message(module, tuple(batch)) for module, batch in open_batches.items())
+    return messages
 
 
 class Dispatcher:
@@ -58,24 +95,28 @@ class Dispatcher:
         celery_app: Any,
         sessions: sessionmaker[Session],
         queue_prefix: str,
+        max_ids: int = 500,
         cooldown: float = 1.0,
     ) -> None:
         self._app = celery_app
         self._sessions = sessions
         self._prefix = queue_prefix
+        self._max_ids = max_ids
         self._cooldown = cooldown
         self._down_until = 0.0
 
     def send(self, dispatches: Sequence[Dispatch]) -> list[uuid.UUID]:
-        """Send each message; returns the ids whose send failed (already unstamped if possible).
+        """Send them, grouped (:func:`group`); returns the ids whose send failed (already
+        unstamped if possible).
 
-        The first failure ends the batch: the broker is most likely down, and each further try
-        could wait out a connect timeout while the relay will send them all anyway.
+        The first failure ends the sending: the broker is most likely down, and each further
+        try could wait out a connect timeout while the relay will send them all anyway.
         """
+        messages = group(dispatches, self._max_ids)
         failed: list[uuid.UUID] = []
-        for index, dispatch in enumerate(dispatches):
-            if time.monotonic() < self._down_until or not self._send_one(dispatch):
-                failed = [d.event_id for d in dispatches[index:]]
+        for index, message in enumerate(messages):
+            if time.monotonic() < self._down_until or not self._send_one(message):
+                failed = [d.event_id for m in messages[index:] for d in m.dispatches]
                 break
         if failed:
             try:
@@ -86,29 +127,23 @@ class Dispatcher:
                 log.exception("could not unstamp %d unsent events", len(failed))
         return failed
 
-    def _send_one(self, dispatch: Dispatch) -> bool:
+    def _send_one(self, message: Message) -> bool:
         try:
             self._app.send_task(
-                PROCESS_EVENT_TASK,
-                args=[str(dispatch.event_id)],
-                queue=queue_name(dispatch.target_module, self._prefix),
-                countdown=dispatch.countdown,
-                headers=_headers(dispatch),
+                PROCESS_EVENTS_TASK,
+                args=[message.event_ids],
+                queue=queue_name(message.target_module, self._prefix),
+                countdown=message.dispatches[0].countdown,
+                headers=message.headers,
                 retry=False,
             )
         except Exception as exc:
             self._down_until = time.monotonic() + self._cooldown
-            log.warning("send of event %s failed: %s", dispatch.event_id, exc)
+            log.warning(
+                "send of %d events to %s failed: %s",
+                len(message.dispatches),
+                message.target_module,
+                exc,
+            )
             return False
         return True
-
-    def send_scheduled(self, session: Session) -> list[uuid.UUID]:
-        """Send what a committed session scheduled."""
-        return self.send(take_scheduled(session))
-
-
-def _headers(dispatch: Dispatch) -> dict[str, str | None]:
-    headers = {REQUEST_ID_HEADER: dispatch.request_id}
-    if dispatch.lost is not None:
-        headers[LOST_HEADER] = dispatch.lost
-    return headers

@@ -25,6 +25,12 @@ class InvalidField(BusError):
         super().__init__(f"Invalid {field}")
 
 
+class UnknownQueryParameter(BusError):
+    """A query parameter the call does not take (the message does not echo its name)."""
+
+    message = "Unknown query parameter"
+
+
 class InvalidStatus(BusError):
     message = "Invalid status"
 
@@ -74,3 +80,19 @@ class NotReady(BusError):
 
     def __init__(self, down: list[str]) -> None:
         super().__init__(f"Not ready: {' and '.join(down)} unreachable")
+
+
+class TooManyEvents(BusError):
+    message = "Too many events"
+
+
+class EventsNotArray(BusError):
+    message = "Events must be array"
+
+
+class BatchItemInvalid(BusError):
+    """An item of ``POST /system/events/batch`` failed the publish's rules: its message, with
+    the item's place (``events[7]: Field required entity_id``); always a 400."""
+
+    def __init__(self, index: int, error: BusError) -> None:
+        super().__init__(f"events[{index}]: {error.message}")

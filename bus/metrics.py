@@ -12,13 +12,19 @@ What the counters count (the alert rules in deploy/prometheus rely on it):
 * failed: attempts that failed, retried or not (a handler that raised, a lost pool child, an
   event without a handler);
 * retried: retries scheduled after a failed attempt, so failed - retried = events that
-  exhausted their attempts.
+  exhausted their attempts;
+* broker_messages_rejected: messages refused as not the bus's task (:mod:`bus.deadletter`).
+
+``target_module`` and ``event_type`` are chosen by publishers, so their values are bounded
+(:class:`LabelBudget`): handled ones, then the first EVENTBUS_METRICS_MAX_MODULES /
+EVENTBUS_METRICS_MAX_EVENT_TYPES seen by each process; the rest are counted as ``other``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -64,20 +70,88 @@ HTTP_SECONDS = Histogram(
     ("method", "route", "status"),
     buckets=_LATENCY_BUCKETS,
 )
+BROKER_REJECTED = Counter(
+    "eventbus_broker_messages_rejected",
+    "Broker messages refused as not a well-formed bus task (kept on <queue>.dead)",
+    ("queue",),
+)
+
+OTHER = "other"
+"""The label value that stands for every value past a label's budget."""
+
+
+class LabelBudget:
+    """Bounds one label's values: those allowed up front (a registered handler's) and the first
+    ``limit`` others seen by this process; the rest are reported as :data:`OTHER`.
+
+    A label's values are chosen by publishers; each new one is a new series in every process
+    and every scrape, so an unbounded label grows ``/metrics`` (and Prometheus) without end.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self._allowed: set[str] = set()
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def allow(self, value: str) -> None:
+        """Always report ``value`` as itself (outside the budget)."""
+        self._allowed.add(value)
+
+    def __call__(self, value: str) -> str:
+        if value in self._allowed or value in self._seen:
+            return value
+        with self._lock:
+            if self.limit is None:
+                self.limit = _default_limit(self)
+            if len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+        return OTHER
+
+
+EVENT_TYPES = LabelBudget()
+"""``event_type`` values: EVENTBUS_METRICS_MAX_EVENT_TYPES beyond the handled ones."""
+MODULES = LabelBudget()
+"""``target_module`` values: EVENTBUS_METRICS_MAX_MODULES beyond the handled ones."""
+
+
+def _default_limit(budget: LabelBudget) -> int:
+    from bus.settings import get_settings  # read on first use: tests and CLIs set it first
+
+    settings = get_settings()
+    return settings.metrics_max_modules if budget is MODULES else settings.metrics_max_event_types
+
+
+def allow_labels(target_module: str, event_type: str | None = None) -> None:
+    """A handler exists for this module (and event type): its labels are never folded."""
+    MODULES.allow(target_module)
+    if event_type is not None:
+        EVENT_TYPES.allow(event_type)
+
+
+def _labels(target_module: str, event_type: str) -> tuple[str, str]:
+    return MODULES(target_module), EVENT_TYPES(event_type)
+
+
+def count_broker_rejected(queue: str) -> None:
+    """One broker message refused on ``queue`` (one of the worker's own queues, so bounded)."""
+    BROKER_REJECTED.labels(queue).inc()
 
 
 def count_published(target_module: str, event_type: str) -> None:
     """One event published; call it only once the INSERT has committed."""
-    PUBLISHED.labels(target_module, event_type).inc()
+    PUBLISHED.labels(*_labels(target_module, event_type)).inc()
 
 
 def observe_processed(
     target_module: str, event_type: str, handler_seconds: float, lag_seconds: float
 ) -> None:
     """An attempt whose processed status committed: its handler time and the event's lag."""
-    PROCESSED.labels(target_module, event_type).inc()
-    HANDLER_SECONDS.labels(target_module, event_type).observe(handler_seconds)
-    LAG_SECONDS.labels(target_module).observe(max(0.0, lag_seconds))
+    labels = _labels(target_module, event_type)
+    PROCESSED.labels(*labels).inc()
+    HANDLER_SECONDS.labels(*labels).observe(handler_seconds)
+    LAG_SECONDS.labels(labels[0]).observe(max(0.0, lag_seconds))
 
 
 def observe_failed(
@@ -87,11 +161,12 @@ def observe_failed(
 
     ``handler_seconds`` is None when no handler ran to the end (none registered, process lost).
     """
-    FAILED.labels(target_module, event_type).inc()
+    labels = _labels(target_module, event_type)
+    FAILED.labels(*labels).inc()
     if retried:
-        RETRIED.labels(target_module, event_type).inc()
+        RETRIED.labels(*labels).inc()
     if handler_seconds is not None:
-        HANDLER_SECONDS.labels(target_module, event_type).observe(handler_seconds)
+        HANDLER_SECONDS.labels(*labels).observe(handler_seconds)
 
 
 def observe_http(method: str, route: str, status: int, seconds: float) -> None:
@@ -135,7 +210,7 @@ class BacklogCollector(Collector):
         except Exception as exc:
             log.warning("backlog gauges left out of this scrape: %s: %s", type(exc).__name__, exc)
             rows = []
-        for row in rows:
+        for row in _fold(rows):
             if row.queue_depth is not None:
                 depth.add_metric([row.target_module], row.queue_depth)
             age.add_metric([row.target_module], row.oldest_pending_age_seconds)
@@ -143,6 +218,29 @@ class BacklogCollector(Collector):
         yield depth
         yield age
         yield pending
+
+
+def _fold(rows: Iterable[Backlog]) -> list[Backlog]:
+    """Modules past the label budget summed into one ``other`` row (oldest age: the max)."""
+    folded: dict[str, Backlog] = {}
+    for row in rows:
+        label = MODULES(row.target_module)
+        seen = folded.get(label)
+        if seen is None:
+            folded[label] = Backlog(
+                label, row.queue_depth, row.pending, row.oldest_pending_age_seconds
+            )
+            continue
+        depth = None
+        if seen.queue_depth is not None or row.queue_depth is not None:
+            depth = (seen.queue_depth or 0) + (row.queue_depth or 0)
+        folded[label] = Backlog(
+            label,
+            depth,
+            seen.pending + row.pending,
+            max(seen.oldest_pending_age_seconds, row.oldest_pending_age_seconds),
+        )
+    return list(folded.values())
 
 
 def scrape_registry(*extra: Collector) -> CollectorRegistry:

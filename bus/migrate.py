@@ -20,8 +20,3 @@ def alembic_config(database_url: str) -> Config:
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Bring the database to ``revision`` (the newest by default)."""
     command.upgrade(alembic_config(database_url), revision)
-
-
-def revision(database_url: str, message: str) -> None:
-    """Write a new migration from the difference between the models and the database."""
-    command.revision(alembic_config(database_url), message=message, autogenerate=True)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 PROCESS_EVENT_TASK = "eventbus.process_event"
+"""One event: ``args=[event_id]``. What the bus sent before batches; still run (rolling upgrade)."""
+PROCESS_EVENTS_TASK = "eventbus.process_events"
+"""Events committed together for one module: ``args=[[event_id, …]]``, at most
+``EVENTBUS_DISPATCH_BATCH_SIZE`` ids."""
+BUS_TASKS = (PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK)
 
 
 def queue_name(module: str, prefix: str) -> str:

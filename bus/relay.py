@@ -12,11 +12,15 @@ import logging
 import threading
 from datetime import datetime, timedelta
 
-from bus import repository
+from sqlalchemy.orm import Session
+
+from bus import heartbeats, repository
+from bus.broker import BrokerInspector
 from bus.db import transaction
 from bus.dispatch import Dispatch
+from bus.queues import queue_name
+from bus.rules import utcnow
 from bus.runtime import Bus
-from bus.service import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +42,26 @@ def _lost(resent: bool) -> str | None:
     return LEASE_EXPIRED_MESSAGE if resent else None
 
 
-def run_once(bus: Bus, now: datetime | None = None) -> int:
+def run_once(bus: Bus, now: datetime | None = None, broker: BrokerInspector | None = None) -> int:
     """Send one bounded batch of due events; returns how many were sent.
 
     The batch is stamped and committed before anything is sent, so a relay that dies after
     sending leaves stamps, not duplicates, behind; sends that fail are unstamped again.
     """
+    return _run_once(bus, now or utcnow(), broker)[0]
+
+
+def _run_once(bus: Bus, now: datetime, broker: BrokerInspector | None) -> tuple[int, list[str]]:
+    """:func:`run_once`, also returning the modules whose re-sends it held back."""
     settings = bus.settings
+    lease = timedelta(seconds=settings.relay_lease_seconds)
     with transaction(bus.sessions) as session:
+        held = _held_modules(bus, session, now, lease, broker)
         rows = repository.take_due_for_dispatch(
-            session,
-            now or utcnow(),
-            timedelta(seconds=settings.relay_lease_seconds),
-            settings.relay_batch_size,
+            session, now, lease, settings.relay_batch_size, hold=held
         )
     if not rows:
-        return 0
+        return 0, held
     dispatches = [
         Dispatch(row.id, row.target_module, request_id=row.request_id, lost=_lost(row.resent))
         for row in rows
@@ -61,7 +69,59 @@ def run_once(bus: Bus, now: datetime | None = None) -> int:
     failed = bus.dispatcher.send(dispatches)
     if failed:
         log.warning("relay: %d of %d sends failed; trying again later", len(failed), len(rows))
-    return len(rows) - len(failed)
+    return len(rows) - len(failed), held
+
+
+def fold_counts(bus: Bus) -> int:
+    """Fold the count changes the writes appended (``repository.fold_counts``): the relay does
+    it each pass, so the list's exact ``total`` reads a few rows per tenant."""
+    with transaction(bus.sessions) as session:
+        return repository.fold_counts(session)
+
+
+def _held_modules(
+    bus: Bus, session: Session, now: datetime, lease: timedelta, broker: BrokerInspector | None
+) -> list[str]:
+    """Modules whose expired events must not be sent again now: their earlier copy may still
+    be waiting on the queue.
+
+    A lease running out means an outcome is overdue, not that the copy is gone: it may be
+    waiting behind others, or for a worker that does not run (a module nobody consumes), and
+    a re-send per lease would stack copies without end (144 a day at the default lease, on a
+    Redis that cannot evict them). Where queue lengths can be read (Redis), expired events are
+    sent again only when their queue is empty, where no copy can be waiting (the broker lost
+    it, or a worker that died took it): at most one copy waits, whoever consumes. Where they
+    cannot (RabbitMQ), only while a worker of the module heartbeats (:mod:`bus.heartbeats`),
+    which will drain what waits. Events never sent are sent regardless.
+    """
+    settings = bus.settings
+    candidates = heartbeats.modules_with_expired_leases(session, now, lease)
+    if not candidates:
+        return []
+    inspector = broker or BrokerInspector(settings.broker_url)
+    queues = [queue_name(m, settings.queue_prefix) for m in candidates]
+    try:
+        depths = inspector.depths(queues)
+    except Exception as exc:
+        log.warning("relay: queue lengths unknown (%s): re-sending only where workers live", exc)
+        depths = None
+    finally:
+        if broker is None:
+            inspector.close()
+    if depths is not None:
+        return [m for m, q in zip(candidates, queues, strict=True) if depths.get(q, 1) != 0]
+    since = heartbeats.live_since(now, settings.worker_heartbeat_seconds)
+    live = heartbeats.live_modules(session, settings.queue_prefix, since)
+    return [m for m in candidates if m not in live]
+
+
+def _unserved(bus: Bus, modules: list[str]) -> list[str]:
+    """Those of ``modules`` without a live worker, for the relay's log."""
+    settings = bus.settings
+    since = heartbeats.live_since(utcnow(), settings.worker_heartbeat_seconds)
+    with transaction(bus.sessions) as session:
+        live = heartbeats.live_modules(session, settings.queue_prefix, since)
+    return [m for m in modules if m not in live]
 
 
 class Relay:
@@ -74,14 +134,12 @@ class Relay:
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
         self._stop = threading.Event()
+        self._broker = BrokerInspector(bus.settings.broker_url)
+        self._held: list[str] = []
 
     def stop(self) -> None:
         """Ask the loop to end after the batch in progress (safe from a signal handler)."""
         self._stop.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
 
     def run(self) -> None:
         """Loop until :meth:`stop`."""
@@ -95,7 +153,9 @@ class Relay:
         )
         while not self._stop.is_set():
             try:
-                sent = run_once(self._bus)
+                sent, held = _run_once(self._bus, utcnow(), self._broker)
+                self._report_held(held)
+                fold_counts(self._bus)
             except Exception:
                 errors += 1
                 pause = min(_MAX_ERROR_BACKOFF_SECONDS, settings.relay_interval_seconds * 2**errors)
@@ -107,4 +167,20 @@ class Relay:
                 log.info("relay sent %d events", sent)
             if sent < settings.relay_batch_size:
                 self._stop.wait(settings.relay_interval_seconds)
+        self._broker.close()
         log.info("relay stopped")
+
+    def _report_held(self, held: list[str]) -> None:
+        """Say when the set of modules whose re-sends are held changes (not every pass)."""
+        if held == self._held:
+            return
+        self._held = held
+        if not held:
+            log.info("relay: no overdue event is held back")
+            return
+        unserved = _unserved(self._bus, held)
+        log.warning(
+            "relay: overdue events of %s not sent again while a copy may wait on their queue%s",
+            ", ".join(held),
+            f"; no live worker for {', '.join(unserved)}" if unserved else "",
+        )

@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, Table, and_, bindparam, func, insert, or_, select, update
+from psycopg.types.json import Jsonb
+from sqlalchemy import (
+    Select,
+    Table,
+    TextClause,
+    Update,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from bus.models import EventStatus, SystemEvent
+from bus.models import (
+    COUNT_KEY,
+    EventRow,
+    EventStatus,
+    SystemEvent,
+    event_count_changes,
+    event_counts,
+)
 from bus.schemas import ListQuery
 
 _table: Table = SystemEvent.__table__  # type: ignore[assignment]
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 _INSERT = insert(_table)
@@ -26,16 +52,61 @@ def insert_event(session: Session, values: dict[str, Any]) -> None:
     session.connection().execute(_INSERT, values)
 
 
-def get_event(
-    session: Session, event_id: uuid.UUID, tenant_id: uuid.UUID | None, *, lock: bool = False
-) -> SystemEvent | None:
-    """An event in a tenant (any tenant when ``tenant_id`` is None), optionally row-locked."""
-    stmt = select(SystemEvent).where(SystemEvent.id == event_id)
-    if tenant_id is not None:
-        stmt = stmt.where(SystemEvent.tenant_id == tenant_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    return session.scalars(stmt).one_or_none()
+def insert_events(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Many rows (every column given) in ONE statement on PostgreSQL: ``INSERT … SELECT FROM
+    unnest(<one array per column>)``, whose text is the same for any number of rows, so it is
+    parsed and planned once. Elsewhere (SQLite) an executemany of the plain INSERT."""
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        connection.execute(_INSERT, list(rows))
+        return
+    columns = tuple(rows[0])
+    params = {name: [_array_value(name, row[name]) for row in rows] for name in columns}
+    connection.execute(_unnest_insert(columns), params)
+
+
+def _array_value(name: str, value: Any) -> Any:
+    if name == "event_data":
+        return Jsonb(value)
+    if isinstance(value, StrEnum):
+        return str(value)
+    return value
+
+
+def _unnest(columns: tuple[str, ...]) -> str:
+    arrays = ", ".join(
+        f"CAST(:{name} AS {_table.c[name].type.compile(dialect=_PG)}[])" for name in columns
+    )
+    return f"unnest({arrays}) AS v({', '.join(columns)})"
+
+
+# The texts below are built from the table's own column names, never from input (S608).
+
+
+@functools.cache
+def _unnest_insert(columns: tuple[str, ...]) -> TextClause:
+    names = ", ".join(columns)
+    return text(f"INSERT INTO {_table.name} ({names}) SELECT {names} FROM {_unnest(columns)}")  # noqa: S608
+
+
+@functools.cache
+def _unnest_update(columns: tuple[str, ...]) -> TextClause:
+    sets = ", ".join(f"{name} = v.{name}" for name in columns)
+    return text(
+        f"UPDATE {_table.name} AS e SET {sets} "  # noqa: S608
+        f"FROM {_unnest(('id', *columns))} WHERE e.id = v.id"
+    )
+
+
+def read_event(session: Session, event_id: uuid.UUID) -> EventRow | None:
+    """An event of any tenant, unlocked."""
+    row = session.connection().execute(_READ, {"event_id": event_id}).mappings().first()
+    return None if row is None else EventRow(**row)
+
+
+_READ = select(_table).where(_table.c.id == bindparam("event_id"))
 
 
 def _filtered(stmt: Select[Any], tenant_id: uuid.UUID | None, query: ListQuery) -> Select[Any]:
@@ -82,8 +153,29 @@ def list_page(
     rows = session.scalars(list_statement(tenant_id, query)).all()
     if len(rows) < query.limit and (rows or query.page == 1):
         return rows, query.offset + len(rows)  # a short page ends the set: no COUNT needed
-    total = session.scalar(count_statement(tenant_id, query))
-    return rows, int(total or 0)
+    return rows, count_events(session, tenant_id, query)
+
+
+def stream_page(
+    session: Session, tenant_id: uuid.UUID | None, query: ListQuery, batch: int
+) -> Iterator[SystemEvent]:
+    """The rows of :func:`list_statement`, fetched ``batch`` at a time (a server-side cursor on
+    PostgreSQL): a caller that stops early never reads, nor holds, the rest of the page."""
+    stmt = list_statement(tenant_id, query).execution_options(yield_per=batch)
+    result = session.scalars(stmt)
+    try:
+        yield from result
+    finally:
+        result.close()
+
+
+def count_events(session: Session, tenant_id: uuid.UUID | None, query: ListQuery) -> int:
+    """How many events the query's filters match, every page included: from the counts kept
+    as data (:func:`tally`), or a COUNT where none are kept."""
+    tallied = tally(session, tenant_id, query.filters)
+    if tallied is not None:
+        return tallied
+    return int(session.scalar(count_statement(tenant_id, query)) or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +252,7 @@ def ping(session: Session) -> None:
 
 def claim_for_processing(
     session: Session, event_id: uuid.UUID, *, wait_seconds: float | None = None
-) -> SystemEvent | None:
+) -> EventRow | None:
     """Lock the event for one attempt; None if another transaction holds it or it is gone.
 
     The row lock is the claim: it lasts until the attempt's transaction ends, and a crash
@@ -169,9 +261,10 @@ def claim_for_processing(
     follows a crashed one must not mistake the crash's rollback, still on its way, for a
     delivery running elsewhere.
 
-    The row is read through Core into a detached :class:`SystemEvent` (no identity map, no unit
-    of work: a worker pays for one event thousands of times a second); the attempt's outcome
-    goes back with :func:`save_outcome`.
+    The row is read through Core into an :class:`EventRow` (no identity map, no unit of work,
+    no instrumented attributes: a worker pays for one event thousands of times a second); the
+    attempt's outcome
+    goes back with :func:`save_outcomes`.
     """
     if wait_seconds is None:
         stmt = _CLAIM
@@ -179,7 +272,7 @@ def claim_for_processing(
         _limit_lock_wait(session, wait_seconds)
         stmt = _CLAIM_WAITING
     row = session.connection().execute(stmt, {"event_id": event_id}).mappings().first()
-    return None if row is None else SystemEvent(**row)
+    return None if row is None else EventRow(**row)
 
 
 # Built once: a worker runs these for every event, and building a statement (and its cache key)
@@ -188,26 +281,85 @@ _CLAIM = (
     select(_table).where(_table.c.id == bindparam("event_id")).with_for_update(skip_locked=True)
 )
 _CLAIM_WAITING = select(_table).where(_table.c.id == bindparam("event_id")).with_for_update()
-_OUTCOME = (
-    "status",
-    "retry_count",
-    "processed_at",
-    "error_message",
-    "next_attempt_at",
-    "dispatched_at",
-)
-_SAVE_OUTCOME = (
-    update(_table)
-    .where(_table.c.id == bindparam("event_id"))
-    .values({name: bindparam(f"new_{name}") for name in _OUTCOME})
+
+
+@functools.cache
+def _update_statement(columns: tuple[str, ...]) -> Update:
+    """``UPDATE system_events SET <columns> WHERE id = :event_id``, built once per column set."""
+    return (
+        update(_table)
+        .where(_table.c.id == bindparam("event_id"))
+        .values({name: bindparam(f"new_{name}") for name in columns})
+    )
+
+
+def save_outcomes(
+    session: Session, outcomes: Sequence[tuple[uuid.UUID, Mapping[str, Any]]]
+) -> None:
+    """Write status changes (each the same columns, ``bus.rules.OUTCOME_COLUMNS``) in ONE
+    statement on PostgreSQL (``UPDATE … FROM unnest(…)``); one row is one plain UPDATE, and
+    elsewhere an executemany of it."""
+    if not outcomes:
+        return
+    connection = session.connection()
+    columns = tuple(outcomes[0][1])
+    if len(outcomes) > 1 and connection.dialect.name == "postgresql":
+        params = {name: [_array_value(name, v[name]) for _, v in outcomes] for name in columns}
+        params["id"] = [event_id for event_id, _ in outcomes]
+        connection.execute(_unnest_update(columns), params)
+        return
+    rows = [
+        {"event_id": event_id, **{f"new_{name}": v[name] for name in columns}}
+        for event_id, v in outcomes
+    ]
+    connection.execute(_update_statement(columns), rows[0] if len(rows) == 1 else rows)
+
+
+def claim_many(session: Session, event_ids: Sequence[uuid.UUID]) -> list[EventRow]:
+    """Lock every event of a batch that no other transaction holds, in one statement
+    (``FOR UPDATE SKIP LOCKED``), read as :func:`claim_for_processing`'s;
+    the ones missing are locked elsewhere or gone (see :func:`existing`)."""
+    result = session.connection().execute(_CLAIM_MANY, {"ids": list(event_ids)})
+    return [EventRow(**row) for row in result.mappings()]
+
+
+_CLAIM_MANY = (
+    select(_table)
+    .where(_table.c.id.in_(bindparam("ids", expanding=True)))
+    .with_for_update(skip_locked=True)
 )
 
 
-def save_outcome(session: Session, event: SystemEvent) -> None:
-    """Write an attempt's status columns (see :func:`claim_for_processing`) in one UPDATE."""
-    params: dict[str, Any] = {f"new_{name}": getattr(event, name) for name in _OUTCOME}
-    params["event_id"] = event.id
-    session.connection().execute(_SAVE_OUTCOME, params)
+def target_modules(session: Session, event_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The target module of each of these events that exists; reads no lock."""
+    stmt = select(_table.c.id, _table.c.target_module).where(_table.c.id.in_(list(event_ids)))
+    return {event_id: module for event_id, module in session.execute(stmt)}
+
+
+def existing(session: Session, event_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these ids name an event (in any tenant); reads no lock."""
+    if not event_ids:
+        return set()
+    stmt = select(_table.c.id).where(_table.c.id.in_(list(event_ids)))
+    return set(session.scalars(stmt))
+
+
+def lock_event(
+    session: Session, event_id: uuid.UUID, tenant_id: uuid.UUID | None
+) -> EventRow | None:
+    """An event in a tenant (any tenant when None), row-locked until the transaction ends,
+    read as :func:`claim_for_processing`'s."""
+    stmt = _CLAIM_WAITING if tenant_id is None else _LOCK_IN_TENANT
+    params = {"event_id": event_id, "tenant_id": tenant_id}
+    row = session.connection().execute(stmt, params).mappings().first()
+    return None if row is None else EventRow(**row)
+
+
+_LOCK_IN_TENANT = (
+    select(_table)
+    .where(_table.c.id == bindparam("event_id"), _table.c.tenant_id == bindparam("tenant_id"))
+    .with_for_update()
+)
 
 
 def _limit_lock_wait(session: Session, seconds: float) -> None:
@@ -235,16 +387,24 @@ class DueEvent:
 
 
 def take_due_for_dispatch(
-    session: Session, now: datetime, lease: timedelta, limit: int
+    session: Session,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    hold: Collection[str] = (),
 ) -> list[DueEvent]:
     """Lock and stamp events that should be on a queue but may not be.
 
     Pending and never sent (or sent longer than a lease ago), or failed with a due retry and no
     send within the lease. SKIP LOCKED lets several relays share the work and passes over events
-    a worker is processing right now.
+    a worker is processing right now. Events of the ``hold`` modules are sent only if never
+    sent (their earlier copy may still be waiting: see :mod:`bus.relay`).
     """
     stale = now - lease
-    unsent = or_(SystemEvent.dispatched_at.is_(None), SystemEvent.dispatched_at < stale)
+    expired = SystemEvent.dispatched_at < stale
+    if hold:
+        expired = and_(expired, SystemEvent.target_module.not_in(list(hold)))
+    unsent = or_(SystemEvent.dispatched_at.is_(None), expired)
     rows: list[DueEvent] = []
     for due in (
         SystemEvent.status == EventStatus.PENDING,
@@ -293,3 +453,57 @@ def reset_dispatch_of_unfinished(session: Session) -> int:
         .values(dispatched_at=None)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# --- counts kept as data (PostgreSQL; migration 0004) --------------------------------------
+
+
+def tally(session: Session, tenant_id: uuid.UUID | None, filters: Mapping[str, str]) -> int | None:
+    """The exact number of events matching a list's filters, from the counts kept as data:
+    the folded rows plus the changes not folded yet, read in one statement (one snapshot).
+    None where no counts are kept (SQLite): count the events instead."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    parts = []
+    for table in (event_counts, event_count_changes):
+        stmt = select(table.c.n)
+        if tenant_id is not None:
+            stmt = stmt.where(table.c.tenant_id == tenant_id)
+        for name, value in filters.items():
+            stmt = stmt.where(table.c[name] == value)
+        parts.append(stmt)
+    both = union_all(*parts).subquery("counted")
+    total = session.execute(select(func.coalesce(func.sum(both.c.n), 0))).scalar_one()
+    return int(total)
+
+
+def fold_counts(session: Session, limit: int = 10_000) -> int:
+    """Fold up to ``limit`` appended count changes into one row per key; returns how many.
+
+    Several relays may fold at once: each takes changes no other holds (SKIP LOCKED) and adds
+    them to the folded rows in key order, so two folds never wait on each other in a cycle.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return 0
+    result = session.execute(_FOLD, {"limit": limit})
+    return int(result.scalar_one())
+
+
+_KEY_LIST = ", ".join(COUNT_KEY)
+_FOLD = text(
+    f"""
+    WITH taken AS (
+        DELETE FROM event_count_changes
+        WHERE id IN (
+            SELECT id FROM event_count_changes ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
+        )
+        RETURNING {_KEY_LIST}, n
+    ), folded AS (
+        INSERT INTO event_counts ({_KEY_LIST}, n)
+        SELECT {_KEY_LIST}, sum(n) FROM taken GROUP BY {_KEY_LIST} ORDER BY {_KEY_LIST}
+        ON CONFLICT ({_KEY_LIST}) DO UPDATE SET n = event_counts.n + excluded.n
+        RETURNING 1
+    )
+    SELECT count(*) FROM taken
+    """  # noqa: S608 (the table's own column names)
+)

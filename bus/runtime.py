@@ -13,8 +13,9 @@ from bus.auth import TokenVerifier
 from bus.celery_app import make_celery
 from bus.db import make_engine, make_sessionmaker
 from bus.dispatch import Dispatcher
-from bus.service import RetryPolicy
+from bus.retry import RetryPolicy
 from bus.settings import Settings
+from bus.uow import UnitOfWork, guard
 
 
 @dataclass
@@ -29,7 +30,9 @@ class Bus:
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
-        return make_sessionmaker(self.engine)
+        sessions = make_sessionmaker(self.engine)
+        guard(sessions)
+        return sessions
 
     @cached_property
     def celery(self) -> Any:
@@ -37,7 +40,12 @@ class Bus:
 
     @cached_property
     def dispatcher(self) -> Dispatcher:
-        return Dispatcher(self.celery, self.sessions, self.settings.queue_prefix)
+        return Dispatcher(
+            self.celery,
+            self.sessions,
+            self.settings.queue_prefix,
+            max_ids=self.settings.dispatch_batch_size,
+        )
 
     @cached_property
     def verifier(self) -> TokenVerifier:
@@ -46,6 +54,10 @@ class Bus:
     @cached_property
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy.from_settings(self.settings)
+
+    def unit_of_work(self) -> UnitOfWork:
+        """A new unit of work: for the two edges, an API request and a worker delivery."""
+        return UnitOfWork(self.sessions(), self.dispatcher)
 
     def close(self) -> None:
         """Release pooled database connections and let go of the Celery app.

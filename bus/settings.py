@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev", "development", "test"}
 _DEV_SECRET_FILE = ".eventbus-secret"
+LARGEST_EVENT_OVERHEAD = 128 * 1024
+"""An event's encoding past its event_data, at most: five 255-character fields and a
+10,000-character error_message, each character escaped to six bytes, and the envelope."""
 
 
 class Environment(StrEnum):
@@ -54,11 +57,29 @@ class Settings(BaseSettings):
     )
     jwt_issuer: str = Field("", description="required `iss` claim when set")
     jwt_audience: str = Field("", description="required `aud` claim when set")
+    jwt_max_lifetime_seconds: int = Field(
+        0,
+        ge=0,
+        description="refuse tokens whose `exp` is further than this past `iat` (or now); 0: no cap",
+    )
 
     max_event_data_bytes: int = Field(
         256 * 1024, description="cap on serialized event_data (413 above it)"
     )
     max_body_bytes: int = Field(1024 * 1024, description="cap on a request body (413 above it)")
+    max_response_bytes: int = Field(
+        16 * 1024 * 1024,
+        description="cap on a list response: a page that would pass it is cut (smaller `limit`)",
+    )
+    http_max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="cap on a request's line and headers (431 above it)"
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="time a client has to send a request's line and headers (408)"
+    )
+    http_keep_alive_seconds: int = Field(
+        5, ge=1, description="an idle keep-alive connection is closed after this"
+    )
 
     retry_max_attempts: int = Field(
         5, ge=1, description="handler attempts in all, the first included"
@@ -77,6 +98,12 @@ class Settings(BaseSettings):
         600.0, gt=0, description="a sent but unprocessed event is sent again after this"
     )
     relay_batch_size: int = Field(500, ge=1, description="events sent per relay batch")
+    worker_heartbeat_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="how often a worker records that it serves its modules; a module whose "
+        "last heartbeat is older than 3 of these has no live worker",
+    )
 
     log_format: LogFormat = Field(
         LogFormat.AUTO, description="json, text, or auto: JSON unless stderr is a terminal"
@@ -87,10 +114,39 @@ class Settings(BaseSettings):
         le=65535,
         description="port of a worker's Prometheus /metrics (on 0.0.0.0); 0 turns it off",
     )
+    metrics_max_event_types: int = Field(
+        50, ge=0, description="event_type label values per process beyond handled ones; rest: other"
+    )
+    metrics_max_modules: int = Field(
+        50, ge=0, description="target_module label values per process beyond handled ones"
+    )
     task_events: bool = Field(
         True,
         description="Celery task events for Flower (task-sent per publish, more per attempt): "
         "each is one more Redis publish; false saves about a tenth of the CPU per event",
+    )
+    dispatch_batch_size: int = Field(
+        500,
+        ge=1,
+        le=5000,
+        description="event ids per broker message at most: events committed together for one "
+        "module travel in one message, claimed together and committed once by the worker",
+    )
+    publish_batch_size: int = Field(
+        256,
+        ge=1,
+        description="concurrent publishes of one API process gathered into one INSERT and commit",
+    )
+    publish_batch_window_ms: float = Field(
+        1.0,
+        ge=0,
+        le=2.0,
+        description="how long a publish waits for others to share its commit (ms); 0: only "
+        "those already waiting",
+    )
+    max_batch: int = Field(1000, ge=1, description="events per `POST /system/events/batch` at most")
+    max_batch_body_bytes: int = Field(
+        16 * 1024 * 1024, description="cap on a batch request's body (413 above it)"
     )
     api_threads: int = Field(
         8,
@@ -111,6 +167,11 @@ class Settings(BaseSettings):
                 "EVENTBUS_RETRY_MAX_SECONDS + EVENTBUS_TASK_TIME_LIMIT_SECONDS, "
                 "or Redis redelivers messages that are merely waiting"
             )
+        if self.max_response_bytes < self.max_event_data_bytes + LARGEST_EVENT_OVERHEAD:
+            raise ValueError(
+                "EVENTBUS_MAX_RESPONSE_BYTES must exceed EVENTBUS_MAX_EVENT_DATA_BYTES by "
+                f"{LARGEST_EVENT_OVERHEAD} bytes: a list page holds at least one event"
+            )
         weak = self.jwt_secret.strip().lower() in _PLACEHOLDER_SECRETS or len(self.jwt_secret) < 32
         if self.env is Environment.PRODUCTION and not self.jwt_public_key and weak:
             raise ValueError(
@@ -118,10 +179,6 @@ class Settings(BaseSettings):
                 "(or set EVENTBUS_JWT_PUBLIC_KEY) when EVENTBUS_ENV=production"
             )
         return self
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
     def flower_credentials(self) -> list[str]:
         """The ``user:password`` pairs Flower accepts; refuses none and malformed ones (only

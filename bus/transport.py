@@ -9,12 +9,26 @@ one, remade whenever the channel replaces its pool (after a lost connection).
 
 from __future__ import annotations
 
+import json
+from queue import Empty
 from typing import Any
 
+from kombu.exceptions import KombuError
 from kombu.transport import redis as kombu_redis
+from redis.exceptions import RedisError
+
+from bus import deadletter
 
 
 class Channel(kombu_redis.Channel):
+    """Also refuses list items that are not kombu envelopes (:mod:`bus.deadletter`).
+
+    kombu json-decodes each item it pops in the transport, before a ``Message`` exists, so a
+    ``LPUSH eventbus.warehouse garbage`` raised out of the consumer loop and killed the worker
+    ("Unrecoverable error: JSONDecodeError"). Here the item is checked first: a bad one goes,
+    as popped, to ``<queue>.dead``, and the read goes on.
+    """
+
     _shared_client: Any = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:
@@ -24,6 +38,69 @@ class Channel(kombu_redis.Channel):
         if client is None or client.connection_pool is not self.pool:
             client = self._shared_client = super()._create_client()  # type: ignore[no-untyped-call]
         return client
+
+    def _brpop_read(self, **options: Any) -> bool:
+        # kombu 5.7.0's _brpop_read (pinned), with the item checked before it is delivered.
+        try:
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not dest__item:
+                raise Empty()
+            raw_dest, item = dest__item
+            text = raw_dest.decode() if isinstance(raw_dest, bytes) else str(raw_dest)
+            dest = text.rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            envelope = deadletter.decode_envelope(item)
+            if isinstance(envelope, str):
+                self.dead_letter(dest, item, envelope)
+                return True
+            # The list it came from, not what the envelope claims: the consumer files refusals
+            # (and kombu restores unacknowledged messages) under this name.
+            envelope["properties"]["delivery_info"]["routing_key"] = dest
+            self.connection._deliver(envelope, dest)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            flush = getattr(self, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
+
+    def _deliver_fanout_message(self, message: Any, exchange: str) -> bool:
+        # Broadcasts (worker control) arrive by PUBLISH; kombu skips those that are not JSON,
+        # but JSON that is not an envelope would raise in the loop. Nothing is kept of them.
+        why = (
+            deadletter.envelope_problem(message)
+            if isinstance(message, dict)
+            else "broadcast is not an envelope"
+        )
+        if why is not None:
+            deadletter.reject(exchange, _dumps(message), why, None)
+            return True
+        return bool(super()._deliver_fanout_message(message, exchange))  # type: ignore[no-untyped-call]
+
+    def dead_letter(self, queue: str, raw: bytes | str, reason: str) -> None:
+        """Keep ``raw`` on ``<queue>.dead`` (newest first, capped), log it and count it."""
+        dead = deadletter.dead_letter_queue(queue)
+        kept: str | None = dead
+        try:
+            with self.conn_or_acquire() as client:
+                pipe = client.pipeline()
+                pipe.lpush(dead, raw)
+                pipe.ltrim(dead, 0, deadletter.DEAD_LETTER_CAP - 1)
+                pipe.execute()
+        except (RedisError, KombuError, OSError):
+            kept = None
+        deadletter.reject(queue, raw, reason, kept)
+
+
+def _dumps(message: Any) -> str:
+    try:
+        return json.dumps(message)
+    except (TypeError, ValueError):
+        return repr(message)
 
 
 class Transport(kombu_redis.Transport):

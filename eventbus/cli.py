@@ -1,4 +1,4 @@
-"""``eventbus <command>``: migrate, api, worker, relay, dev, flower, token.
+"""``eventbus <command>``: migrate, api, worker, relay, dev, flower, token, dead-letters.
 
 Commands import what they need inside their function: ``PROMETHEUS_MULTIPROC_DIR`` must be set
 (:mod:`bus.multiprocess`) before anything imports prometheus_client, which ``bus.service`` does.
@@ -36,6 +36,8 @@ def cmd_api(args: argparse.Namespace) -> int:
     """Serve the HTTP API under uvicorn."""
     import uvicorn
 
+    from api.server import uvicorn_options
+
     settings = get_settings()
     settings.signing_secret()  # refuse to start without a usable key
     _setup_logging(args.log_level, settings)
@@ -52,6 +54,7 @@ def cmd_api(args: argparse.Namespace) -> int:
                 args.log_level, json_output=logs.wants_json(settings.log_format)
             ),
             access_log=False,
+            **uvicorn_options(settings),
         )
     finally:
         multiprocess.remove(created)
@@ -192,6 +195,26 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    """List (one JSON line each: size, reason, first bytes) or purge the messages a module's
+    workers refused, kept on <queue>.dead."""
+    from bus.broker import BrokerInspector
+    from bus.queues import queue_name
+
+    settings = get_settings()
+    queue = queue_name(args.module, settings.queue_prefix)
+    inspector = BrokerInspector(settings.broker_url, timeout=5.0)
+    try:
+        if args.purge:
+            print(f"purged {inspector.purge_dead_letters(queue)} from {queue}.dead")
+            return 0
+        for item in inspector.dead_letters(queue, args.limit):
+            print(item.line())
+        return 0
+    finally:
+        inspector.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventbus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -243,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     p.add_argument("--sub", default="dev")
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("dead-letters", help=cmd_dead_letters.__doc__)
+    p.add_argument("--module", required=True, help="the module whose refused messages to show")
+    p.add_argument("--purge", action="store_true", help="delete them instead of listing")
+    p.add_argument("--limit", type=int, default=100, help="at most this many (newest first)")
+    p.set_defaults(func=cmd_dead_letters)
     return parser
 
 

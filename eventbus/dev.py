@@ -25,6 +25,7 @@ from types import FrameType
 import uvicorn
 
 from api.app import create_app
+from api.server import uvicorn_options
 from bus.auth import mint_token
 from bus.db import transaction
 from bus.migrate import upgrade
@@ -79,7 +80,12 @@ def _serve(settings: Settings, host: str, port: int, loglevel: str, stop: thread
     relay = Relay(bus)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(bus=bus), host=host, port=port, log_level=loglevel.lower(), lifespan="off"
+            create_app(bus=bus),
+            host=host,
+            port=port,
+            log_level=loglevel.lower(),
+            lifespan="off",
+            **uvicorn_options(settings),
         )
     )
     threads = [

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from api.app import create_app
+from bus import metrics
 from bus.auth import mint_token
 from bus.migrate import upgrade
 from bus.runtime import Bus
@@ -62,6 +63,15 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
 def settings(database_url: str) -> Settings:
     """Settings for one test: its own queue prefix, so queues never mix between tests."""
     return make_settings(database_url)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_label_budgets() -> Iterator[None]:
+    """Each test starts with this process's metric label budgets unspent: earlier tests that
+    publish many event types must not turn a later test's labels into ``other``."""
+    for budget in (metrics.EVENT_TYPES, metrics.MODULES):
+        budget._seen.clear()
+    yield
 
 
 @pytest.fixture

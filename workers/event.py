@@ -9,7 +9,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from bus.models import SystemEvent
+from bus.models import EventRow
 
 
 def freeze(value: Any) -> Any:
@@ -67,7 +67,7 @@ class Event:
         return copied
 
     @classmethod
-    def of(cls, row: SystemEvent, attempt: int) -> Event:
+    def of(cls, row: EventRow, attempt: int) -> Event:
         return cls(
             id=row.id,
             tenant_id=row.tenant_id,

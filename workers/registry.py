@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
+from bus import metrics
 from workers.event import Event
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class Registry:
                 f"refusing {registration.name}"
             )
         self._handlers[(module, event_type)] = registration
+        # Handled labels are never folded into "other" by the metrics' label budgets.
+        metrics.allow_labels(module, None if event_type == ANY_EVENT_TYPE else event_type)
         return registration
 
     def find(self, module: str, event_type: str) -> Registration | None:
@@ -95,9 +98,6 @@ class Registry:
     def modules(self) -> list[str]:
         """Every module with at least one handler, sorted (the default queues of a worker)."""
         return sorted({module for module, _ in self._handlers})
-
-    def __len__(self) -> int:
-        return len(self._handlers)
 
 
 def _wants_session(func: HandlerFunc) -> bool:

@@ -1,9 +1,13 @@
-"""``eventbus.process_event``: run one event's handler and record the outcome.
+"""``eventbus.process_events``: run the handlers of a batch of events and record the outcomes.
 
-One transaction per attempt. The event's row lock (``SELECT … FOR UPDATE SKIP LOCKED``) is the
-claim; the handler runs inside a SAVEPOINT of that transaction, so what it writes through its
-``session`` commits together with the processed status, or rolls back with its failure. A
-duplicate delivery finds the row locked or processed and is acknowledged without running.
+A message carries the ids a publish (or the relay) committed together for one module. One
+delivery is one unit of work: every event's row lock (``SELECT … FOR UPDATE SKIP LOCKED``, one
+statement) is its claim; each handler runs inside a SAVEPOINT of that transaction, so what it
+writes through its ``session`` commits together with its processed status, or rolls back with
+its failure alone; every outcome is written in one statement and the batch commits once. A
+failed event's retry then travels alone, with its delay. A duplicate delivery finds the rows
+locked or processed and is acknowledged without running them. ``eventbus.process_event`` (one
+id, what the bus sent before batches) takes the same path.
 
 How an attempt that never finishes is still counted (``EVENTBUS_RETRY_MAX_ATTEMPTS`` holds for a
 handler that kills its process too). A death rolls the attempt back, its failure included, so
@@ -11,188 +15,214 @@ the delivery that follows one counts its own attempt *before* running the handle
 of its own, and the outcome then replaces that mark. Only such deliveries pay the extra commit:
 
 * a pool child that dies (SIGKILL, out of memory, segfault, the hard time limit) is reported to
-  the worker's main process, whose ``task_failure`` receiver sends the event again at once,
+  the worker's main process, whose ``task_failure`` receiver sends the message again at once,
   marked with the ``eventbus_lost`` header. Celery's own ``retry_on_worker_lost`` stays off: its
   count is not ours and, with ``max_retries=None``, it would never stop;
 * a message the broker redelivers (the whole worker died, or its connection did) carries
   kombu's ``redelivered`` flag and is treated the same way.
 
-A crash loop thus ends failed after ``EVENTBUS_RETRY_MAX_ATTEMPTS`` counted runs plus the first,
+Such a delivery of a batch is split first: each event is sent again alone, marked, so an event
+that kills its process is counted and the others of its batch run without it. A crash loop thus
+ends failed after ``EVENTBUS_RETRY_MAX_ATTEMPTS`` counted runs plus the first,
 uncounted one. Such a delivery waits (up to ``LOCK_WAIT_SECONDS``) for the event's row lock
 rather than skipping it, since the dead attempt's rollback may not have reached PostgreSQL yet.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from billiard.exceptions import WorkerLostError
 from celery import Task, signals
-from celery.exceptions import Reject, TimeLimitExceeded
-from sqlalchemy import event as sa_event
+from celery.exceptions import TimeLimitExceeded
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, SessionTransaction
 
-from bus import metrics, repository, service
-from bus.db import transaction
-from bus.dispatch import take_scheduled
+from bus import attempts, metrics, repository
+from bus.attempts import Attempt, Skip
+from bus.dispatch import LOST_HEADER, REQUEST_ID_HEADER, Dispatch
 from bus.logs import log_context
-from bus.models import EventStatus, SystemEvent
-from bus.queues import PROCESS_EVENT_TASK
+from bus.models import EventRow, EventStatus
+from bus.queues import BUS_TASKS, PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK
+from bus.rules import Change, save_changes
 from bus.runtime import Bus
+from bus.uow import HandlerMisuse, UnitOfWork
 from workers.event import Event
 from workers.registry import Registration, Registry, registry
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "eventbus_request_id"
-LOST_HEADER = "eventbus_lost"
 LOCK_WAIT_SECONDS = 10.0
-_IN_HANDLER = "eventbus.in_handler"
+BATCH_BUDGET_SECONDS = 5.0
+"""A batch that has run this long (or a tenth of the task time limit, if less) sends the rest
+of its events on in a message of their own."""
 _MAX_INFRA_BACKOFF = 60.0
 
-
-class HandlerMisuse(RuntimeError):
-    """A handler committed or rolled back the session it was lent."""
+__all__ = ["EventProcessor", "HandlerMisuse", "install"]
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """How an attempt ended: ``retry_in`` seconds when a retry is due, the handler's error."""
+class HandlerRun:
+    """A handler's run: its exception (its writes rolled back), and whether it ended the
+    attempt's transaction itself, taking the claim with it."""
 
-    retry_in: float | None = None
-    error: BaseException | None = None
+    error: Exception | None = None
+    lost_transaction: bool = False
 
 
 class EventProcessor:
-    """Runs attempts for one bus with one registry; the task and the signals delegate here."""
+    """Runs deliveries for one bus with one registry; the tasks and the signals delegate here."""
 
     def __init__(self, bus: Bus, handlers: Registry) -> None:
         self.bus = bus
         self.handlers = handlers
+        limit = bus.settings.task_time_limit_seconds
+        self._budget = min(BATCH_BUDGET_SECONDS, limit / 10)
 
-    # --- the task --------------------------------------------------------------------------
+    # --- the tasks -------------------------------------------------------------------------
 
-    def process(self, task: Task, event_id: str) -> None:
-        """One delivery of ``event_id``; raises Celery's ``Retry`` when another try is due."""
+    def process(self, task: Task, event_ids: Sequence[str]) -> None:
+        """One delivery: a batch of ids (or the single id of a message sent before batches).
+
+        A delivery that may follow a dead one is run one event at a time: a batch is split
+        into messages of one event each (:meth:`_split`), so an event that kills its process
+        takes down no other; a single one has its attempt counted in advance.
+        """
         request = task.request
         request_id = getattr(request, REQUEST_ID_HEADER, None)
-        try:
-            uid = uuid.UUID(event_id)
-        except (TypeError, ValueError):
-            log.error("event_id=%r is not an event id; message dropped", event_id)
+        uids = _event_ids(event_ids)
+        if not uids:
             return
         lost: str | None = getattr(request, LOST_HEADER, None)
         if lost is None and (request.delivery_info or {}).get("redelivered"):
-            lost = service.INTERRUPTED_MESSAGE
+            lost = attempts.INTERRUPTED_MESSAGE
         try:
-            outcome = self._attempt(uid, request_id, lost=lost)
+            with self.bus.unit_of_work() as uow:
+                if lost is None:
+                    runs, skips = attempts.begin_many(uow, uids)
+                    self._log_skips(skips, request_id)
+                    self._run(uow, runs)
+                elif len(uids) > 1:
+                    self._split(uow, uids, lost)
+                else:
+                    claimed = self._claim_lost(uow, uids[0], lost)
+                    if isinstance(claimed, Skip):
+                        self._log_skips({uids[0]: claimed}, request_id)
+                    else:
+                        self._run(uow, [claimed])
         except SQLAlchemyError as exc:
-            # The database, not the event, failed: try again later without spending a retry.
+            # The database, not the events, failed: try again later without spending a retry.
             countdown = _infra_backoff(request.retries or 0)
             log.warning(
-                "event_id=%s request_id=%s database error, trying again in %.1fs: %s",
-                event_id,
+                "%d events request_id=%s database error, trying again in %.1fs: %s",
+                len(uids),
                 request_id,
                 countdown,
-                service.summarize_error(exc),
+                attempts.summarize_error(exc),
             )
             raise task.retry(countdown=countdown, exc=exc) from exc
-        if outcome.retry_in is not None:
-            headers = {k: v for k, v in (request.headers or {}).items() if k != LOST_HEADER}
-            try:
-                raise task.retry(countdown=outcome.retry_in, exc=outcome.error, headers=headers)
-            except Reject:
-                # The retry could not be sent: unstamp it so the relay sends it when due.
-                self._unstamp(uid)
-                raise
 
-    def _attempt(self, event_id: uuid.UUID, request_id: str | None, *, lost: str | None) -> Outcome:
-        with self.bus.sessions() as session:
-            try:
-                return self._attempt_in(session, event_id, request_id, lost=lost)
-            except BaseException:
-                session.rollback()
-                take_scheduled(session)
-                raise
+    def _run(self, uow: UnitOfWork, runs: Sequence[Attempt]) -> None:
+        """Each claimed event's handler in its own savepoint, every outcome in one statement,
+        one commit; then each failure's retry is sent on its own with its delay.
 
-    def _attempt_in(
-        self, session: Session, event_id: uuid.UUID, request_id: str | None, *, lost: str | None
-    ) -> Outcome:
-        """One attempt; ``lost`` is why the delivery before this one may have died, if it may."""
+        Past the batch's time budget the events not yet run are sent again in a message of
+        their own, so a batch never runs into the task's time limit.
+        """
         policy = self.bus.retry_policy
-        if lost is None:
-            attempt = service.begin_attempt(session, event_id)
-        else:
-            attempt = service.begin_attempt(session, event_id, wait_seconds=LOCK_WAIT_SECONDS)
-            self._count_lost_run(session, event_id, attempt)
-            if attempt is not None:
-                attempt = service.count_in_advance(session, attempt, policy, lost)
-                session.commit()
-                attempt = service.reclaim_attempt(session, attempt)
-        if attempt is None:
-            session.rollback()
-            log.info(
-                "event_id=%s request_id=%s skipped: processed, exhausted or running elsewhere",
-                event_id,
-                request_id,
-            )
-            return Outcome()
+        changes: list[Change] = []
+        reports: list[Callable[[], None]] = []
+        ends = time.monotonic() + self._budget
+        for index, attempt in enumerate(runs):
+            if index and time.monotonic() > ends:
+                for rest in runs[index:]:
+                    uow.send(Dispatch(rest.event.id, rest.event.target_module))
+                log.info("batch past %.1fs: %d events sent on", self._budget, len(runs) - index)
+                break
+            row = attempt.event
+            registration = self.handlers.find(row.target_module, row.event_type)
+            if registration is None:
+                reason = f"No handler for {row.target_module}/{row.event_type}"
+                changes.append(attempts.failed(attempt, reason, None))
+                reports.append(functools.partial(_report_unhandled, attempt))
+                continue
+            started = time.perf_counter()
+            with _logged_as(row):
+                run = self._run_handler(uow, registration, Event.of(row, attempt.number))
+            elapsed = time.perf_counter() - started
+            if run.error is None:
+                changes.append(attempts.processed(attempt))
+                reports.append(functools.partial(_report_processed, attempt, elapsed))
+                continue
+            if run.lost_transaction:
+                self._after_lost_transaction(uow, runs, attempt, run.error)
+                return
+            delay = policy.delay(attempt.number)
+            changes.append(attempts.failed(attempt, attempts.summarize_error(run.error), delay))
+            if delay is not None:
+                uow.send(_retry(row, delay))
+            reports.append(functools.partial(_report_failed, attempt, run.error, elapsed, delay))
+        save_changes(uow, changes)
+        uow.commit()
+        for report in reports:
+            report()
 
-        row = attempt.event
-        where = f"event_id={event_id} request_id={request_id} {row.target_module}/{row.event_type}"
-        registration = self.handlers.find(row.target_module, row.event_type)
-        if registration is None:
-            service.record_unhandled(
-                session, attempt, f"No handler for {row.target_module}/{row.event_type}"
-            )
-            session.commit()
-            metrics.observe_failed(row.target_module, row.event_type, None, retried=False)
-            log.error("%s failed: no handler registered", where)
-            return Outcome()
+    def _after_lost_transaction(
+        self, uow: UnitOfWork, runs: Sequence[Attempt], culprit: Attempt, error: Exception
+    ) -> None:
+        """A handler ended the transaction: every claim and outcome of the batch went with it.
+        Its own event is claimed again and failed; the others are sent again to run anew."""
+        policy = self.bus.retry_policy
+        again = attempts.reclaim(uow, culprit)
+        if again is not None:
+            delay = policy.delay(again.number)
+            save_changes(uow, [attempts.failed(again, attempts.summarize_error(error), delay)])
+            if delay is not None:
+                uow.send(_retry(again.event, delay))
+        for other in runs:
+            if other is not culprit:
+                uow.send(Dispatch(other.event.id, other.event.target_module))
+        uow.commit()
+        if again is not None:
+            _report_failed(again, error, None, delay)
 
-        started = time.perf_counter()
-        error = self._run_handler(session, registration, Event.of(row, attempt.attempt))
-        elapsed = time.perf_counter() - started
-        elapsed_ms = elapsed * 1000
-        if error is None:
-            service.record_success(session, attempt)
-            session.commit()
-            _observe_processed(row, elapsed)
-            self.bus.dispatcher.send_scheduled(session)
-            log.info("%s processed (attempt %d, %.1f ms)", where, attempt.attempt, elapsed_ms)
-            return Outcome()
-
-        if not session.in_transaction() or session.info.pop(_LOST_TRANSACTION, False):
-            # The handler ended our transaction: the claim went with it, so take it again.
-            session.rollback()
-            attempt = service.reclaim_attempt(session, attempt)
-            if attempt is None:
-                session.rollback()
-                return Outcome()
-        delay = service.record_failure(session, attempt, error, policy)
-        session.commit()
-        metrics.observe_failed(
-            row.target_module, row.event_type, elapsed, retried=delay is not None
+    def _split(self, uow: UnitOfWork, event_ids: Sequence[uuid.UUID], lost: str) -> None:
+        """Send each event of a batch that may follow a death again, alone and marked lost."""
+        modules = repository.target_modules(uow.session, event_ids)
+        for event_id, module in modules.items():
+            uow.send(Dispatch(event_id, module, lost=lost))
+        uow.commit()
+        log.warning(
+            "batch of %d events may follow a lost run, sent again one by one: %s",
+            len(modules),
+            lost,
         )
-        summary = service.summarize_error(error)
-        if delay is None:
-            log.error("%s failed for good after attempt %d: %s", where, attempt.attempt, summary)
-        else:
-            log.warning(
-                "%s attempt %d failed, retry in %.2fs: %s", where, attempt.attempt, delay, summary
-            )
-        return Outcome(retry_in=delay, error=error)
+
+    def _claim_lost(self, uow: UnitOfWork, event_id: uuid.UUID, lost: str) -> Attempt | Skip:
+        """The claim of a delivery that may follow a dead one: its attempt counted in advance
+        and committed first (module docstring), then claimed again."""
+        claimed = attempts.begin(uow, event_id, wait_seconds=LOCK_WAIT_SECONDS)
+        self._count_lost_run(uow, event_id, claimed)
+        if isinstance(claimed, Skip):
+            return claimed
+        counted = attempts.count_in_advance(uow, claimed, self.bus.retry_policy, lost)
+        uow.commit()
+        return attempts.reclaim(uow, counted) or Skip.BUSY
+
+    @staticmethod
+    def _log_skips(skips: Mapping[uuid.UUID, Skip], request_id: str | None) -> None:
+        for event_id, why in skips.items():
+            log.info("event_id=%s request_id=%s skipped: %s", event_id, request_id, why)
 
     def _count_lost_run(
-        self, session: Session, event_id: uuid.UUID, attempt: service.Attempt | None
+        self, uow: UnitOfWork, event_id: uuid.UUID, claimed: Attempt | Skip
     ) -> None:
         """Count the run a lost delivery follows: it died, so it failed; and it is retried now,
         unless the event has nothing left to run (then it failed for good).
@@ -201,45 +231,34 @@ class EventProcessor:
         only here is the event's row at hand for the labels; and so ``failed - retried`` still
         counts the events that gave up, crash loops included.
         """
-        row: SystemEvent | None = attempt.event if attempt else None
-        if row is None:
-            row = repository.get_event(session, event_id, None)
+        row: EventRow | None
+        if isinstance(claimed, Attempt):
+            row = claimed.event
+        else:
+            row = repository.read_event(uow.session, event_id)
             if row is None or row.status != EventStatus.FAILED:
                 return  # gone, or processed after all: the run did not fail
-        metrics.observe_failed(row.target_module, row.event_type, None, retried=attempt is not None)
+        metrics.observe_failed(
+            row.target_module, row.event_type, None, retried=isinstance(claimed, Attempt)
+        )
 
-    def _run_handler(
-        self, session: Session, registration: Registration, event: Event
-    ) -> Exception | None:
-        """Run the handler in a SAVEPOINT; its exception, with its writes rolled back."""
+    def _run_handler(self, uow: UnitOfWork, registration: Registration, event: Event) -> HandlerRun:
+        """Run the handler in a savepoint of the attempt's unit of work: on an exception its
+        writes, sends and callbacks are dropped and the exception returned."""
         if not registration.wants_session:
             # It cannot write through the session: spare the two round trips of a SAVEPOINT.
             try:
-                registration(event, session)
+                registration(event, uow.session)
             except Exception as exc:
-                return exc
-            return None
-        take_scheduled(session)  # nothing of ours is pending; keep only what the handler sends
-        savepoint = session.begin_nested()
+                return HandlerRun(exc)
+            return HandlerRun()
+        savepoint = uow.savepoint()
         try:
-            with _lent_to_handler(session):
-                registration(event, session)
-            if not savepoint.is_active:
-                raise HandlerMisuse("a handler must not commit or roll back its session")
-            savepoint.commit()  # flushes: a constraint its writes break fails the handler
+            with savepoint, uow.lent():
+                registration(event, uow.session)
         except Exception as exc:
-            _undo(session, savepoint)
-            return exc
-        return None
-
-    def _unstamp(self, event_id: uuid.UUID) -> None:
-        try:
-            with transaction(self.bus.sessions) as session:
-                repository.mark_unsent(session, [event_id])
-        except SQLAlchemyError:
-            log.exception(
-                "event_id=%s could not be unstamped; the relay's lease covers it", event_id
-            )
+            return HandlerRun(exc, lost_transaction=savepoint.lost)
+        return HandlerRun()
 
     # --- worker signals --------------------------------------------------------------------
 
@@ -252,7 +271,7 @@ class EventProcessor:
     ) -> None:
         """In the worker's main process: a pool child died running a delivery; send it again,
         marked lost, so the next attempt is counted before it runs (module docstring)."""
-        if getattr(sender, "name", None) != PROCESS_EVENT_TASK or sender.app is not self.bus.celery:
+        if getattr(sender, "name", None) not in BUS_TASKS or sender.app is not self.bus.celery:
             return
         if not isinstance(exception, WorkerLostError | TimeLimitExceeded):
             return  # an ordinary failure: the child recorded it itself
@@ -262,17 +281,17 @@ class EventProcessor:
             return
         reason = _why_lost(exception)
         headers = {**(request.headers or {}), LOST_HEADER: reason}
-        event_id = (request.args or ["?"])[0]
+        event_ids = (request.args or ["?"])[0]
         try:
             sender.signature_from_request(request, headers=headers).apply_async()
         except Exception:
             log.exception(
                 "event_id=%s: could not send it again after its process died; the relay will "
                 "after its lease",
-                event_id,
+                event_ids,
             )
             return
-        log.warning("event_id=%s attempt lost, sent again: %s", event_id, reason)
+        log.warning("event_id=%s attempt lost, sent again: %s", event_ids, reason)
 
     def after_fork(self, **_: Any) -> None:
         """In a new pool child: never reuse the parent's pooled database connections."""
@@ -280,43 +299,86 @@ class EventProcessor:
             self.bus.engine.dispose(close=False)
 
 
-_LOST_TRANSACTION = "eventbus.transaction_lost"
+def _event_ids(given: Sequence[str] | str) -> list[uuid.UUID]:
+    """The ids of a delivery (the intake has refused malformed messages already)."""
+    ids: list[uuid.UUID] = []
+    for value in [given] if isinstance(given, str) else given:
+        try:
+            ids.append(uuid.UUID(value))
+        except (TypeError, ValueError, AttributeError):
+            log.error("event_id=%r is not an event id; dropped", value)
+    return ids
+
+
+def _retry(row: EventRow, delay: float) -> Dispatch:
+    return Dispatch(row.id, row.target_module, request_id=row.request_id, countdown=delay)
 
 
 @contextmanager
-def _lent_to_handler(session: Session) -> Iterator[None]:
-    session.info[_IN_HANDLER] = True
-    try:
+def _logged_as(row: EventRow) -> Iterator[None]:
+    """Every record logged inside names the event, its tenant and its publishing request."""
+    with log_context(event_id=row.id, tenant_id=row.tenant_id, request_id=row.request_id):
         yield
-    finally:
-        session.info.pop(_IN_HANDLER, None)
 
 
-def _undo(session: Session, savepoint: SessionTransaction) -> None:
-    """Roll back what the handler did; flag the transaction lost if the handler ended it."""
-    if savepoint.is_active:
-        savepoint.rollback()
-    else:
-        session.info[_LOST_TRANSACTION] = True
-    take_scheduled(session)
+def _ids(attempt: Attempt) -> dict[str, Any]:
+    """The ids a report on an attempt is logged with (as ``extra``: cheaper than a context)."""
+    row = attempt.event
+    return {"event_id": row.id, "tenant_id": row.tenant_id, "request_id": row.request_id}
 
 
-def _observe_processed(row: SystemEvent, handler_seconds: float) -> None:
+def _where(attempt: Attempt) -> str:
+    row = attempt.event
+    return f"event_id={row.id} request_id={row.request_id} {row.target_module}/{row.event_type}"
+
+
+def _report_processed(attempt: Attempt, handler_seconds: float) -> None:
+    row = attempt.event
     lag = (row.processed_at - row.created_at).total_seconds() if row.processed_at else 0.0
     metrics.observe_processed(row.target_module, row.event_type, handler_seconds, lag)
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "%s processed (attempt %d, %.1f ms)",
+            _where(attempt),
+            attempt.number,
+            handler_seconds * 1000,
+            extra=_ids(attempt),
+        )
 
 
-def _forbid_commit_in_handler(session: Session) -> None:
-    # A handler's commit would release the claim and split its writes from the status; only
-    # its own savepoints may be committed.
-    if session.info.get(_IN_HANDLER) and not session.in_nested_transaction():
-        raise HandlerMisuse("a handler must not commit its session: the bus commits it")
+def _report_failed(
+    attempt: Attempt, error: BaseException, handler_seconds: float | None, delay: float | None
+) -> None:
+    row = attempt.event
+    metrics.observe_failed(
+        row.target_module, row.event_type, handler_seconds, retried=delay is not None
+    )
+    where, number, summary = _where(attempt), attempt.number, attempts.summarize_error(error)
+    if delay is None:
+        log.error(
+            "%s failed for good after attempt %d: %s", where, number, summary, extra=_ids(attempt)
+        )
+    else:
+        log.warning(
+            "%s attempt %d failed, retry in %.2fs: %s",
+            where,
+            number,
+            delay,
+            summary,
+            extra=_ids(attempt),
+        )
+
+
+def _report_unhandled(attempt: Attempt) -> None:
+    row = attempt.event
+    metrics.observe_failed(row.target_module, row.event_type, None, retried=False)
+    log.error("%s failed: no handler registered", _where(attempt), extra=_ids(attempt))
 
 
 def _why_lost(exc: BaseException) -> str:
     if isinstance(exc, TimeLimitExceeded) and exc.args:
         return f"TimeLimitExceeded: the attempt ran past the hard time limit ({exc.args[0]} s)"
-    return service.summarize_error(exc)
+    return attempts.summarize_error(exc)
 
 
 def _infra_backoff(retries: int) -> float:
@@ -325,28 +387,34 @@ def _infra_backoff(retries: int) -> float:
 
 
 def install(bus: Bus, handlers: Registry = registry) -> Task:
-    """Register ``eventbus.process_event`` and its signal receivers on the bus's Celery app."""
+    """Register the bus's tasks and their signal receivers on the bus's Celery app; returns
+    ``eventbus.process_events``."""
     processor = EventProcessor(bus, handlers)
     app = bus.celery
+    options: dict[str, Any] = {
+        "bind": True,
+        "max_retries": None,  # the count lives in PostgreSQL (EVENTBUS_RETRY_MAX_ATTEMPTS)
+        "acks_late": True,
+        "retry_on_worker_lost": False,  # counted by on_task_failure instead (module docstring)
+        "reject_on_worker_lost": False,
+        "ignore_result": True,
+    }
 
-    @app.task(
-        name=PROCESS_EVENT_TASK,
-        bind=True,
-        max_retries=None,  # the count lives in PostgreSQL (EVENTBUS_RETRY_MAX_ATTEMPTS)
-        acks_late=True,
-        retry_on_worker_lost=False,  # counted by on_task_failure instead (module docstring)
-        reject_on_worker_lost=False,
-        ignore_result=True,
-    )
+    @app.task(name=PROCESS_EVENTS_TASK, **options)
+    def process_events(self: Task, event_ids: list[str]) -> None:
+        """Run the handlers of a batch; delivery is at least once, so ids may repeat."""
+        request_id = getattr(self.request, REQUEST_ID_HEADER, None)
+        with log_context(request_id=request_id):
+            processor.process(self, event_ids)
+
+    @app.task(name=PROCESS_EVENT_TASK, **options)
     def process_event(self: Task, event_id: str) -> None:
-        """Run the handler of one event; delivery is at least once, so ids may repeat."""
+        """One event, as sent before batches (rolling upgrade)."""
         request_id = getattr(self.request, REQUEST_ID_HEADER, None)
         with log_context(event_id=event_id, request_id=request_id):
-            processor.process(self, event_id)
+            processor.process(self, [event_id])
 
     signals.task_failure.connect(processor.on_task_failure, weak=False)
     signals.worker_process_init.connect(processor.after_fork, weak=False)
-    if not sa_event.contains(bus.sessions, "before_commit", _forbid_commit_in_handler):
-        sa_event.listen(bus.sessions, "before_commit", _forbid_commit_in_handler)
-    task: Task = process_event
+    task: Task = process_events
     return task

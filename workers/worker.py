@@ -15,12 +15,12 @@ from celery.worker import state as worker_state
 from bus import metrics
 from bus.queues import queue_name
 from bus.runtime import Bus
+from workers.heartbeat import Heartbeat
+from workers.intake import CONSUMER
 from workers.registry import Registry, registry
 from workers.tasks import install
 
 log = logging.getLogger(__name__)
-
-POOLS = ("prefork", "threads", "solo")
 
 
 class NoModules(RuntimeError):
@@ -45,6 +45,8 @@ def _options(bus: Bus, modules: Sequence[str]) -> dict[str, Any]:
         # Neither syncs state with other workers: it only delays the start.
         "without_mingle": True,
         "without_gossip": True,
+        # Refuses, before anything runs, every message that is not a well-formed bus task.
+        "consumer_cls": CONSUMER,
     }
 
 
@@ -95,7 +97,12 @@ def run_worker(
         ", ".join(options["queues"]),
         pool,
     )
-    worker.start()
+    heartbeat = Heartbeat(bus, modules, options["hostname"])
+    heartbeat.start()
+    try:
+        worker.start()
+    finally:
+        heartbeat.stop()
     code: int = worker.exitcode or 0
     return code
 
@@ -122,8 +129,10 @@ class EmbeddedWorker:
             **options,
         )
         self._thread = threading.Thread(target=self._worker.start, name="worker", daemon=True)
+        self._heartbeat = Heartbeat(bus, modules, self._hostname)
 
     def start(self, timeout: float = 30.0) -> None:
+        self._heartbeat.start()
         self._thread.start()
         if not self._ready.wait(timeout):
             raise RuntimeError(f"the embedded worker did not start within {timeout:.0f}s")
@@ -138,3 +147,4 @@ class EmbeddedWorker:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("the embedded worker did not stop within %.0fs", timeout)
+        self._heartbeat.stop()

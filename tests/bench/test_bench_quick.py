@@ -1,7 +1,8 @@
 """``python -m bench --quick`` end to end: the harness runs and every section has numbers.
 
 A smoke test for the harness, not for performance: no figure is asserted against a target,
-only that each phase produced one.
+only that each phase produced one. The batch endpoint's phases may say "not available" only
+while the route is absent (404/405); any other answer to the probe fails this test.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 HEADLINE = re.compile(r"^end-to-end: \d+ events/s = \d+\.\d\d x bare Celery$")
+BATCHED = re.compile(r"^end-to-end batched: \d+ events/s = \d+\.\d\d x bare Celery$")
+VS_PGQ = re.compile(r"^vs PgQueuer: \d+\.\d\d x$")
+BATCHED_ABSENT = re.compile(r"^end-to-end batched: not available \(answered 40[45]: .*\)$")
+VS_PGQ_ABSENT = re.compile(r"^vs PgQueuer: not available \(no batched rate; PgQueuer \d+ jobs/s\)$")
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +32,7 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(200)
 def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     # Given a scratch output and a database of this test's own
     out = tmp_path / "results.json"
@@ -41,13 +46,21 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         check=False,
-        timeout=110,
+        timeout=190,
     )  # fmt: skip
 
-    # Then it succeeds, and its last line is the headline
+    # Then it succeeds, and its last three lines are the ratios
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert HEADLINE.match(proc.stdout.strip().splitlines()[-1]), proc.stdout
+    single, batched, vs_pgq = proc.stdout.strip().splitlines()[-3:]
+    assert HEADLINE.match(single), proc.stdout
     results = json.loads(out.read_text())
+    available = results["end_to_end_batched"]["available"]
+    if available:
+        assert BATCHED.match(batched) and VS_PGQ.match(vs_pgq), proc.stdout
+    else:
+        # "not available" only while the route is absent, never for a broken endpoint
+        assert results["end_to_end_batched"]["absent"], results["end_to_end_batched"]
+        assert BATCHED_ABSENT.match(batched) and VS_PGQ_ABSENT.match(vs_pgq), proc.stdout
     assert out.with_suffix(".md").read_text().startswith("# eventbus benchmark")
 
     # and every section holds numbers
@@ -58,6 +71,11 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
             assert all(_number(level[k]) for k in ("rps", "elapsed_s"))
             assert all(_number(level["latency_ms"][p]) for p in ("p50", "p99"))
         assert run["every_201_stored"]
+        assert run["batch_endpoint"]["available"] == available
+        for level in run["batch_levels"].values():
+            assert level["ok"] > 0 and level["errors"] == 0
+            assert _number(level["events_per_s"]) and level["events_per_s"] > 0
+        assert bool(run["batch_levels"]) == available
 
     e2e = results["end_to_end"]["final"]
     assert e2e["processed"] == e2e["events"] and e2e["failed"] == 0
@@ -67,7 +85,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     bare = results["bare_celery"]["final"]
     assert _number(bare["rate"]) and bare["rate"] > 0
 
-    assert _number(results["headline"]["ratio"])
+    _assert_batched_and_peers(results, available, e2e, bare)
 
     cases = results["listing"]["cases"]
     assert len(cases) == 12
@@ -78,7 +96,43 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert any(case["indexes"] for case in cases)
 
     peaks = results["memory"]["peak_rss"]
-    for group in ("api", "bus_workers", "bare_celery_workers"):
+    for group in ("api", "bus_workers", "bare_celery_workers", "pgqueuer_workers"):
         assert _number(peaks[group]["tree_mib"]) and peaks[group]["tree_mib"] > 0
 
-    assert set(results["targets"]) >= {"end_to_end_ratio", "publish_c64"}
+    assert set(results["targets"]) >= {
+        "end_to_end_ratio",
+        "end_to_end_batched_ratio",
+        "vs_pgqueuer_ratio",
+        "fixed_rate_p99",
+        "publish_c64",
+    }
+
+
+def _assert_batched_and_peers(
+    results: dict[str, Any], available: bool, e2e: dict[str, Any], bare: dict[str, Any]
+) -> None:
+    """The batched end to end, PgQueuer, the fixed-rate latency and CPU per event."""
+    if available:
+        batched_run = results["end_to_end_batched"]["final"]
+        assert batched_run["processed"] == batched_run["events"] and batched_run["failed"] == 0
+        assert _number(batched_run["rate"]) and batched_run["rate"] > 0
+        assert batched_run["load"]["batch"] >= 100
+
+    pgq = results["pgqueuer"]["final"]
+    assert _number(pgq["rate"]) and pgq["rate"] > 0 and pgq["not_successful"] == 0
+    assert all(_number(pgq["latency_ms"][p]) for p in ("p50", "p99"))
+
+    fixed = results["fixed_rate"]
+    assert fixed["processed"] == fixed["events"] > 0 and fixed["failed"] == 0
+    assert _number(fixed["offered_rate"]) and fixed["offered_rate"] > 0
+    assert all(_number(fixed["latency_ms"][p]) for p in ("p50", "p99"))
+
+    for run_ in (e2e, bare, pgq, fixed):
+        assert run_["cpu_ms_per_event"] and all(
+            _number(v) for v in run_["cpu_ms_per_event"].values()
+        )
+
+    head = results["headline"]
+    assert _number(head["ratio"]) and _number(head["pgqueuer_rate"])
+    if available:
+        assert _number(head["batched_ratio"]) and _number(head["pgqueuer_ratio"])

@@ -27,7 +27,6 @@ from sqlalchemy import text
 
 from bus import service
 from bus.auth import Principal, mint_token
-from bus.dispatch import take_scheduled
 from bus.queues import queue_name
 from bus.runtime import Bus
 from bus.settings import Environment, Settings
@@ -83,8 +82,10 @@ def plan(
     slow_seconds: float = 2.0,
     sleep_after_effect: float = 0.0,
     slow_effects: int = 0,
+    poison_module: str = POISON_MODULE,
 ) -> list[Planned]:
-    """``count`` events spread over the modules and tenants, and ``poison`` extra poison events.
+    """``count`` events spread over the modules and tenants, and ``poison`` extra poison events
+    (on a module of their own unless ``poison_module`` puts them among the others' batches).
 
     A ``failing`` share always raises (expected to end failed, attempts spent), a ``recovering``
     share raises on its first attempt only; ``effect`` share performs the outside effect;
@@ -109,7 +110,7 @@ def plan(
         planned.append(_planned(rng, MODULES[n % len(MODULES)], n, data))
     for n in range(poison):
         data = {"n": count + n, "expect": "failed", "kill_until": 99}
-        planned.append(_planned(rng, POISON_MODULE, count + n, data))
+        planned.append(_planned(rng, poison_module, count + n, data))
     rng.shuffle(planned)
     return planned
 
@@ -137,6 +138,11 @@ def token_for(tenant: uuid.UUID) -> str:
 # --- the count -----------------------------------------------------------------------------
 
 
+POISON_BATCH_SECONDS = 10.0
+"""How long after an event's start a poison run in the same process may still be in its batch
+(a batch sends its rest on after 5 s: workers.tasks.BATCH_BUDGET_SECONDS)."""
+
+
 @dataclass
 class Counts:
     """What a scenario shows; ``lost`` and ``completed_twice`` must be 0."""
@@ -150,6 +156,9 @@ class Counts:
     lost: int = 0
     completed_twice: int = 0
     cut_short: int = 0
+    cut_by_poison_batchmate: int = 0
+    """Runs cut because a poison event of the same batch killed their process after them (the
+    batch's transaction rolled back with it; they ran again, their completion committed once)."""
     restarted_after_fault: int = 0
     outside_effect_repeated: int = 0
     """Extra runs of the naive outside effect (its ledger rows beyond the first, per event)."""
@@ -397,19 +406,17 @@ class Stack:
                 ahead = started + start / rate - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)
-            with self.publishing, self.bus.sessions() as session:
+            with self.publishing, self.bus.unit_of_work() as uow:
                 for item in planned[start : start + batch]:
                     view = service.publish(
-                        session, self.settings, _principal(item.tenant), None, item.body
+                        uow, self.settings, _principal(item.tenant), None, item.body
                     )
                     ids.append(uuid.UUID(str(view["id"])))
-                session.commit()
-                scheduled = take_scheduled(session)
-            self.bus.dispatcher.send(scheduled)
+                uow.commit()
         return ids
 
     def publish_in_background(
-        self, planned: Sequence[Planned], rate: float | None = 120.0
+        self, planned: Sequence[Planned], rate: float | None = 120.0, batch: int = 50
     ) -> Callable[[], list[uuid.UUID]]:
         """:meth:`publish_inprocess` in a thread; the returned function waits for the ids."""
         ids: list[uuid.UUID] = []
@@ -417,7 +424,7 @@ class Stack:
 
         def run() -> None:
             try:
-                ids.extend(self.publish_inprocess(planned, rate=rate))
+                ids.extend(self.publish_inprocess(planned, batch=batch, rate=rate))
             except BaseException as exc:
                 errors.append(exc)
 
@@ -436,15 +443,13 @@ class Stack:
     def insert_unsent(self, planned: Sequence[Planned]) -> list[uuid.UUID]:
         """Publish as if the broker refused every send: committed, unstamped, no message."""
         ids: list[uuid.UUID] = []
-        with self.bus.sessions() as session:
+        with self.bus.unit_of_work() as uow:
             for item in planned:
-                view = service.publish(
-                    session, self.settings, _principal(item.tenant), None, item.body
-                )
+                view = service.publish(uow, self.settings, _principal(item.tenant), None, item.body)
                 ids.append(uuid.UUID(str(view["id"])))
-            take_scheduled(session)
-            session.execute(text("UPDATE system_events SET dispatched_at = NULL"))
-            session.commit()
+            # Committed by hand, not through the unit of work: its sends must never be made.
+            uow.session.execute(text("UPDATE system_events SET dispatched_at = NULL"))
+            uow.session.commit()
         return ids
 
     def publish_http(
@@ -556,10 +561,13 @@ class Stack:
                     )
                 )
             }
-            marks = conn.execute(text("SELECT event_id, attempt, kind, at FROM chaos_ledger"))
-            for event_id, attempt, kind, at in marks:
+            poison = {event_id for event_id, row in ledger.events.items() if row.poison}
+            marks = conn.execute(text("SELECT event_id, attempt, kind, at, pid FROM chaos_ledger"))
+            for event_id, attempt, kind, at, pid in marks:
                 if kind == "start":
-                    ledger.starts.setdefault(event_id, []).append((attempt, at.timestamp()))
+                    ledger.starts.setdefault(event_id, []).append((attempt, at.timestamp(), pid))
+                    if event_id in poison:
+                        ledger.poison_starts.append((pid, at.timestamp()))
                 elif kind == "scripted":
                     ledger.scripted[event_id] += 1
                 elif kind == "effect":
@@ -610,10 +618,23 @@ class Stack:
         counts.restarted_after_fault += max(cut - (1 if ended_cut else 0), 0)
         if cut <= 0 or row.poison:
             return
+        # A run that shared its process with a poison run started after it was cut by that
+        # poison (its batch rolled back with it): the cut the batch design accepts.
+        by_poison = [
+            t
+            for _, t, pid in runs
+            if any(
+                p == pid and t <= at <= t + POISON_BATCH_SECONDS for p, at in ledger.poison_starts
+            )
+        ]
+        counts.cut_by_poison_batchmate += min(cut, len(by_poison))
+        cut -= len(by_poison)
+        if cut <= 0:
+            return
         if not cuts_expected:
             counts.problems.append(f"{event_id}: started again with no fault to cut it")
         last_fault = max(self.faults, default=None)
-        early = [a for a, t in runs if last_fault is not None and t <= last_fault + 1.0]
+        early = [a for a, t, _ in runs if last_fault is not None and t <= last_fault + 1.0]
         if cut > len(early):
             counts.problems.append(f"{event_id}: cut short after the last fault: {runs}")
 
@@ -623,7 +644,10 @@ class Ledger:
     """The rows the handlers left, by event id."""
 
     events: dict[uuid.UUID, Any] = field(default_factory=dict)
-    starts: dict[uuid.UUID, list[tuple[int, float]]] = field(default_factory=dict)
+    starts: dict[uuid.UUID, list[tuple[int, float, int]]] = field(default_factory=dict)
+    """(attempt, when, pid) of each run's start."""
+    poison_starts: list[tuple[int, float]] = field(default_factory=list)
+    """(pid, when) of each poison run: the process it killed, and when."""
     scripted: Counter[uuid.UUID] = field(default_factory=Counter)
     effects: Counter[uuid.UUID] = field(default_factory=Counter)
     completions: Counter[uuid.UUID] = field(default_factory=Counter)

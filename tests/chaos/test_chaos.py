@@ -351,3 +351,72 @@ def test_poison_event_that_kills_the_whole_worker(stack: StackFactory) -> None:
     assert counts.failed_as_scripted >= 2
     assert counts.cut_short == 2 * (1 + 2), counts
     assert restarts == 2 * (1 + 2)
+
+
+def test_worker_killed_in_the_middle_of_a_batch(stack: StackFactory) -> None:
+    # Given two prefork workers, and events committed 300 at a time, so each message carries
+    # about 100 ids of one module, some of whose handlers pause after an outside effect
+    s = stack(relay_lease_seconds=5.0)
+    s.start_workers("w1", "w2")
+    s.start_relay()
+    planned = plan(EVENTS, seed=11, effect=0.05, slow_effects=30, sleep_after_effect=0.3)
+    published = s.publish_in_background(planned, batch=300, rate=400.0)
+    # When a pool process is SIGKILLed twice, and a whole worker once, each time while a
+    # handler of a batch has made its outside effect and not yet returned
+    for _ in range(2):
+        s.wait_for_effect_in_flight("w2")
+        assert s.kill_pool_child("w2")
+        time.sleep(0.6)
+    s.wait_for_effect_in_flight("w1")
+    s.kill("w1")
+    s.start_workers("w1")
+    ids = published()
+    s.settle(len(ids))
+    # Then nothing is lost or completed twice: the batch the pool process died in came back
+    # marked lost and was split into single messages, each attempt counted before it ran
+    counts = s.count(
+        "worker_killed_mid_batch",
+        "batches of ~100 events: a pool process SIGKILLed twice and a whole worker once, each "
+        "time mid-batch",
+        f"{ACKS_AND_CLAIM}; one commit per batch, so a death rolls the whole batch back; the "
+        "batch returns marked lost (main process, or the relay after its lease) and is split "
+        "into one message per event",
+        answered=ids,
+        cuts_expected=True,
+    )
+    counts.record()
+    counts.check()
+    assert counts.restarted_after_fault >= 3
+    assert any("sent again one by one" in p.output for p in s.every_proc), "no batch was split"
+
+
+def test_poison_event_inside_a_batch(stack: StackFactory) -> None:
+    # Given events committed 200 at a time, two of which, among the others of their module,
+    # kill the pool process that runs them, every time
+    s = stack(retry_max_attempts=3, relay_lease_seconds=30.0)
+    s.start_workers("w1", "w2")
+    s.start_relay()
+    planned = plan(EVENTS, seed=12, poison=2, poison_module="orders")
+    ids = s.publish_inprocess(planned, batch=200, rate=None)
+    # When they are processed
+    s.settle(len(ids), timeout=150)
+    # Then each poison event ended failed after its attempts; the events of its batch that ran
+    # before it in the same process were rolled back with it and ran again once, alone: each
+    # completed exactly once, none failed for it
+    counts = s.count(
+        "poison_in_batch",
+        "2 events among batches of ~67 of their module whose handler SIGKILLs its pool "
+        "process on every attempt",
+        "a lost batch is split into one message per event, each counted before it runs: the "
+        "poison's crash loop ends after EVENTBUS_RETRY_MAX_ATTEMPTS counted runs, its "
+        "batchmates run again alone",
+        answered=ids,
+        cuts_expected=False,
+    )
+    counts.record()
+    counts.check()
+    assert counts.failed_as_scripted >= 2
+    assert counts.cut_by_poison_batchmate >= 1, counts  # the poison did share a batch
+    # 3 counted runs per poison event, each cut short, plus its first, uncounted one unless the
+    # other poison event of its batch killed the batch before its turn
+    assert 2 * 3 <= counts.cut_short - counts.cut_by_poison_batchmate <= 2 * 4, counts

@@ -1,16 +1,39 @@
 """The OpenAPI document tells the truth: the seed's three operations and the stats of issue 5,
-bearer auth, envelopes for errors. Probes and /metrics stay out of it."""
+bearer auth, envelopes for errors. Probes and /metrics stay out of it. Its rules are checked
+against bus/schemas.py's constants, the ones the parsers use (the contract is written once)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+import api
+from bus.schemas import (
+    EVENT_FIELDS,
+    FILTER_PATTERN,
+    IDENTIFIER_PATTERN,
+    LIMIT_PATTERN,
+    LIST_PARAMS,
+    MAX_STRING,
+    MODULE_NAME_PATTERN,
+    OPTIONAL_UUID_PATTERN,
+    PAGE_PATTERN,
+    REQUIRED_FIELDS,
+    STATUSES,
+    TEXT_PATTERN,
+    TIMESTAMP_PATTERN,
+)
+
 OPERATIONS = {
     ("get", "/system/events"): ("List Events", {"200", "400", "401", "403", "500"}),
     ("post", "/system/events"): ("Publish Event", {"201", "400", "401", "403", "413", "500"}),
+    ("post", "/system/events/batch"): (
+        "Publish Events",
+        {"201", "400", "401", "403", "413", "500"},
+    ),
     ("put", "/system/events/{event_id}"): (
         "Update Event Status",
         {"200", "400", "401", "403", "404", "413", "500"},
@@ -101,21 +124,8 @@ def test_the_success_envelopes(document: dict[str, Any]) -> None:
     page = document["components"]["schemas"]["EventsPage"]["properties"]
     assert set(page) == {"success", "message", "events", "page", "limit", "total"}
     event = document["components"]["schemas"]["Event"]["properties"]
-    assert list(event) == [
-        "id",
-        "tenant_id",
-        "event_type",
-        "source_module",
-        "target_module",
-        "entity_type",
-        "entity_id",
-        "event_data",
-        "status",
-        "retry_count",
-        "created_at",
-        "processed_at",
-        "error_message",
-    ]
+    assert list(event) == list(EVENT_FIELDS)
+    assert event["status"]["enum"] == list(STATUSES)
 
 
 def test_the_request_bodies(document: dict[str, Any]) -> None:
@@ -125,38 +135,75 @@ def test_the_request_bodies(document: dict[str, Any]) -> None:
         return body["content"]["application/json"]["schema"]  # type: ignore[no-any-return]
 
     publish = body_of("post", "/system/events")
-    assert publish["required"] == [
-        "event_type",
-        "source_module",
-        "target_module",
-        "entity_type",
-        "entity_id",
-        "event_data",
-    ]
-    assert publish["properties"]["event_data"]["type"] == "object"
+    assert publish["required"] == list(REQUIRED_FIELDS)
+    assert list(publish["properties"]) == list(REQUIRED_FIELDS)
+    for name in ("event_type", "entity_type", "entity_id"):
+        field = publish["properties"][name]
+        assert (field["maxLength"], field["pattern"]) == (MAX_STRING, IDENTIFIER_PATTERN)
+    for name in ("source_module", "target_module"):
+        assert publish["properties"][name]["pattern"] == MODULE_NAME_PATTERN
+    event_data = publish["properties"]["event_data"]
+    assert event_data["type"] == "object"
+    assert event_data["propertyNames"] == {"pattern": TEXT_PATTERN}  # no NUL in a key
+    assert event_data["additionalProperties"] == {"$ref": "#/components/schemas/JsonValue"}
+    assert "JsonValue" in document["components"]["schemas"]
     update = body_of("put", "/system/events/{event_id}")
     assert update["required"] == ["status"]
-    assert update["properties"]["status"]["enum"] == ["pending", "processed", "failed"]
+    assert update["properties"]["status"]["enum"] == list(STATUSES)
+    assert update["properties"]["processed_at"]["pattern"] == TIMESTAMP_PATTERN
+    assert "maxLength" not in update["properties"]["error_message"]  # cut, never refused
     assert "requestBody" not in operation(document, "get", "/system/events")
 
 
 def test_the_list_documents_its_query(document: dict[str, Any]) -> None:
-    names = [p["name"] for p in operation(document, "get", "/system/events")["parameters"]]
+    parameters = operation(document, "get", "/system/events")["parameters"]
+    schemas = {p["name"]: p["schema"] for p in parameters}
 
-    assert names == [
-        "tenant_id",
-        "event_type",
-        "source_module",
-        "target_module",
-        "status",
-        "entity_type",
-        "page",
-        "limit",
+    assert [p["name"] for p in parameters] == list(LIST_PARAMS)
+    assert schemas["tenant_id"]["pattern"] == OPTIONAL_UUID_PATTERN  # "" is no tenant
+    assert schemas["status"]["enum"] == ["", *STATUSES]
+    assert (schemas["page"]["pattern"], schemas["limit"]["pattern"]) == (
+        PAGE_PATTERN,
+        LIMIT_PATTERN,
+    )
+    for name in ("event_type", "source_module", "target_module", "entity_type"):
+        assert schemas[name]["pattern"] == FILTER_PATTERN
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/system/events/stats"),
+        ("post", "/system/events"),
+        ("put", "/system/events/{event_id}"),
+    ],
+)
+def test_the_tenant_parameter(document: dict[str, Any], method: str, path: str) -> None:
+    query = [p for p in operation(document, method, path)["parameters"] if p["in"] == "query"]
+
+    assert [(p["name"], p["schema"]["pattern"]) for p in query] == [
+        ("tenant_id", OPTIONAL_UUID_PATTERN)
     ]
 
 
-def test_the_docs_page(client: TestClient) -> None:
-    response = client.get("/docs")
+@pytest.mark.parametrize(("page", "marker"), [("/docs", "swagger-ui"), ("/redoc", "redoc")])
+def test_the_docs_pages(client: TestClient, page: str, marker: str) -> None:
+    response = client.get(page)
 
     assert response.status_code == 200
-    assert "swagger-ui" in response.text.lower()
+    assert marker in response.text.lower()
+
+
+def test_the_docs_assets_ship_with_their_licences() -> None:
+    static = Path(api.__file__).parent / "static"
+    for name in (
+        "swagger-ui/swagger-ui-bundle.js",
+        "swagger-ui/swagger-ui.css",
+        "swagger-ui/LICENSE",
+        "swagger-ui/NOTICE",
+        "redoc/redoc.standalone.js",
+        "redoc/LICENSE",
+    ):
+        assert (static / name).is_file(), name
+    pyproject = (Path(api.__file__).parents[1] / "pyproject.toml").read_text()
+    assert 'api = ["static/README.md", "static/*/*"]' in pyproject

@@ -12,7 +12,6 @@ from fastapi.testclient import TestClient
 
 from bus import service
 from bus.auth import Principal
-from bus.db import transaction
 from bus.runtime import Bus
 from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
 from tests.contract.factories import event_values, make_events
@@ -61,11 +60,12 @@ def test_events_published_in_the_same_instant_page_by_id(
 ) -> None:
     # Given 30 events published through the service at one fixed instant
     principal = Principal("publisher", TENANT_A, frozenset(), False, "system")
-    with transaction(bus.sessions) as session:
+    with bus.unit_of_work() as uow:
         ids = [
-            service.publish(session, bus.settings, principal, None, SEED_PUBLISH_BODY, now=T0)["id"]
+            service.publish(uow, bus.settings, principal, None, SEED_PUBLISH_BODY, now=T0)["id"]
             for _ in range(30)
         ]
+        uow.commit()
     h = auth(token())
     # When they are read 7 at a time
     seen: list[str] = []

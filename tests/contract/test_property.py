@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from bus.schemas import REQUIRED_FIELDS
+from bus.schemas import REQUIRED_FIELDS, parse_json_body
 from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
 
 EVENTS = "/system/events"
@@ -47,6 +47,17 @@ def mutated_seed(changes: list[tuple[str, Any]]) -> dict[str, Any]:
     return body
 
 
+def typed(value: Any) -> Any:
+    """``value`` with each number tagged by its JSON type: ``1 == 1.0`` in Python, not here."""
+    if isinstance(value, dict):
+        return {k: typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [typed(v) for v in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (type(value).__name__, value)
+    return value
+
+
 def assert_answered(client: TestClient, h: dict[str, str], body: Any) -> None:
     raw = json.dumps(body)  # ASCII only: lone surrogates travel as \\udxxx escapes
     response = client.post(EVENTS, headers=h, content=raw)
@@ -54,8 +65,13 @@ def assert_answered(client: TestClient, h: dict[str, str], body: Any) -> None:
     answer = response.json()
     event(f"{response.status_code} {answer['message']}")
     if response.status_code == 201:
-        sent = json.loads(raw)
-        assert answer["event"]["event_data"] == sent["event_data"]
+        # Numbers as jsonb keeps them: the decimal the text denotes (3.6e+16 is an integer)
+        sent = parse_json_body(raw.encode())
+        assert typed(answer["event"]["event_data"]) == typed(sent["event_data"])
+        # And the list gives back exactly what the publish answered, number types included
+        listed = client.get(EVENTS, headers=h, params={"limit": "1"}).json()["events"][0]
+        assert listed["id"] == answer["event"]["id"]
+        assert typed(listed["event_data"]) == typed(answer["event"]["event_data"])
         assert {k: answer["event"][k] for k in REQUIRED_FIELDS[:-1]} == {
             k: sent[k] for k in REQUIRED_FIELDS[:-1]
         }

@@ -140,10 +140,17 @@ def test_a_repeated_tenant_id(
         json=SEED_PUBLISH_BODY if method == "POST" else None,
     )
 
-    if response.status_code < 400:
-        assert_nothing_of_b(response, b_events)
-    else:
-        assert response.status_code == 403, response.text
+    # A proxy may read the first where the API would read the last: neither is taken (a
+    # system token may not read at all, refused before its query is looked at)
+    refused = (
+        (403, "Insufficient permissions")
+        if method == "GET" and caller == "system token"
+        else (400, "Invalid tenant_id")
+    )
+    assert (response.status_code, response.json()) == (
+        refused[0],
+        {"success": False, "message": refused[1]},
+    )
     assert snapshot(bus) == before
 
 
@@ -178,7 +185,9 @@ def test_reads_of_a_show_nothing_of_b(
         {"status": "failed"},
     ]
     for query in queries:
-        for path in (EVENTS, f"{EVENTS}/stats"):
+        # (stats takes tenant_id only: a list filter there is an unknown parameter, issue 9)
+        paths = (EVENTS, f"{EVENTS}/stats") if set(query) <= {"tenant_id"} else (EVENTS,)
+        for path in paths:
             response = client.get(path, headers=h, params=query)
             assert response.status_code == 200, response.text
             assert_nothing_of_b(response, b_events)

@@ -15,8 +15,8 @@ import pytest
 from bus import repository
 from bus.db import transaction
 from bus.models import EventStatus
+from bus.rules import utcnow
 from bus.runtime import Bus
-from bus.service import utcnow
 from bus.settings import Settings
 from eventbus.dev import DEV_TENANT
 from tests.conftest import SEED_PUBLISH_BODY

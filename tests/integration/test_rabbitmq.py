@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from kombu import Connection
 
+from bus.attempts import INTERRUPTED_MESSAGE
 from bus.queues import queue_name
 from bus.runtime import Bus
-from bus.service import INTERRUPTED_MESSAGE
 from bus.settings import Settings
 from tests.conftest import TokenFactory, auth
 from tests.integration.conftest import (

@@ -12,12 +12,11 @@ import redis
 from bus.dispatch import LOST_HEADER, REQUEST_ID_HEADER
 from bus.queues import queue_name
 from bus.relay import LEASE_EXPIRED_MESSAGE, run_once
+from bus.rules import utcnow
 from bus.runtime import Bus
-from bus.service import utcnow
 from bus.settings import Settings
 from tests.conftest import REDIS_URL
 from tests.integration.test_relay import insert_events
-from workers import tasks
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +48,3 @@ def test_a_resend_after_the_lease_is_marked_lost_and_a_first_send_is_not(
     assert headers[str(stale)][LOST_HEADER] == LEASE_EXPIRED_MESSAGE
     assert LOST_HEADER not in headers[str(never)]
     assert headers[str(never)][REQUEST_ID_HEADER] == "req-never"
-
-
-def test_the_worker_reads_the_header_the_relay_writes() -> None:
-    assert tasks.LOST_HEADER == LOST_HEADER
-    assert tasks.REQUEST_ID_HEADER == REQUEST_ID_HEADER

@@ -74,7 +74,7 @@ def test_flower_shows_the_tasks_a_worker_ran(
         }
 
         def seen() -> bool:
-            params = {"taskname": "eventbus.process_event", "state": "SUCCESS"}
+            params = {"taskname": "eventbus.process_events", "state": "SUCCESS"}
             tasks = httpx.get(
                 f"{flower}/api/tasks", params=params, auth=CREDENTIALS, timeout=5
             ).json()

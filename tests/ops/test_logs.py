@@ -59,7 +59,11 @@ def test_a_publish_is_logged_after_commit_with_its_request_tenant_and_event(
 def test_a_refused_publish_logs_no_publish(
     client: TestClient, token: TokenFactory, logged: Lines
 ) -> None:
-    client.post("/system/events", headers=auth(token()), json={"event_type": "x"})
+    response = client.post("/system/events", headers=auth(token()), json={"event_type": "x"})
+    assert (response.status_code, response.json()["message"]) == (
+        400,
+        "Field required source_module",
+    )
     assert not [line for line in logged() if "published" in line["message"]]
 
 

@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY, generate_latest
 
@@ -97,26 +98,25 @@ def test_a_publish_counts_only_once_its_transaction_commits(bus: Bus) -> None:
 
     writer = Principal("svc", TENANT_A, frozenset({"manage:system"}), False, "user")
     start = published()
-    with bus.sessions() as session:
+    with bus.unit_of_work() as uow:
         # Given a publish whose transaction rolls back: never counted
-        service.publish(session, bus.settings, writer, None, body("rolledback", "t"))
+        service.publish(uow, bus.settings, writer, None, body("rolledback", "t"))
         assert published() == start
-        session.rollback()
+        uow.rollback()
         assert published() == start
 
         # Given a publish inside a SAVEPOINT that rolls back: dropped, even once the outer commits
-        savepoint = session.begin_nested()
-        service.publish(session, bus.settings, writer, None, body("rolledback", "t"))
-        savepoint.rollback()
-        session.commit()
+        with pytest.raises(LookupError), uow.savepoint():
+            service.publish(uow, bus.settings, writer, None, body("rolledback", "t"))
+            raise LookupError("the savepoint's block fails")
+        uow.commit()
         assert published() == start
 
         # Given a publish inside a SAVEPOINT that is released: counted at the outer commit only
-        savepoint = session.begin_nested()
-        service.publish(session, bus.settings, writer, None, body("rolledback", "t"))
-        savepoint.commit()
+        with uow.savepoint():
+            service.publish(uow, bus.settings, writer, None, body("rolledback", "t"))
         assert published() == start
-        session.commit()
+        uow.commit()
         assert published() == start + 1
 
 

@@ -1,16 +1,16 @@
-"""Timestamps in and out, and the retry schedule."""
+"""Timestamps in and out, the patterns of the input rules, and a page cut to its budget."""
 
 from __future__ import annotations
 
-import itertools
-import random
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from bus import schemas
 from bus.errors import InvalidField
+from bus.pages import page_of
 from bus.schemas import format_timestamp, is_text, parse_timestamp
-from bus.service import RetryPolicy
 
 # --- Timestamps ------------------------------------------------------------------------------
 
@@ -42,7 +42,7 @@ def test_format_timestamp_is_rfc3339_in_utc(value: datetime | None, expected: st
         ("2023-04-01t15:05:00z", datetime(2023, 4, 1, 15, 5, tzinfo=UTC)),
         ("2023-04-01T17:05:00+02:00", datetime(2023, 4, 1, 15, 5, tzinfo=UTC)),
         ("2023-04-01T15:05:00.123456Z", datetime(2023, 4, 1, 15, 5, 0, 123456, tzinfo=UTC)),
-        ("2023-04-01T15:05:00", datetime(2023, 4, 1, 15, 5, tzinfo=UTC)),  # no zone: UTC
+        ("2023-04-01T15:05:00.1234567Z", datetime(2023, 4, 1, 15, 5, 0, 123456, tzinfo=UTC)),
     ],
 )
 def test_parse_timestamp_gives_aware_utc(text: str, expected: datetime) -> None:
@@ -59,6 +59,7 @@ def test_parse_timestamp_gives_aware_utc(text: str, expected: datetime) -> None:
         "yesterday",
         "2023-02-30T00:00:00Z",
         "2023-04-01T24:00:01Z",
+        "2023-04-01T15:05:00",  # RFC 3339 needs the zone
         "0001-01-01T00:00:00+01:00",  # before year 1 once in UTC
         "9999-12-31T23:59:59-01:00",  # after year 9999 once in UTC
         None,
@@ -91,87 +92,44 @@ def test_is_text(value: str, storable: bool) -> None:
     assert is_text(value) is storable
 
 
-# --- The retry schedule ----------------------------------------------------------------------
+# --- The patterns: one rule for the parsers and the document ---------------------------------
 
 
-class Extreme(random.Random):
-    """A random source that always draws the lowest (or the highest) value."""
-
-    def __init__(self, *, high: bool) -> None:
-        super().__init__(0)
-        self.high = high
-
-    def uniform(self, a: float, b: float) -> float:
-        return b if self.high else a
+def test_the_blank_class_is_what_strip_removes() -> None:
+    # IDENTIFIER_PATTERN's "not blank" is spelled as a class; it must be str.strip's whitespace
+    spaces = {chr(c) for c in range(0x110000) if chr(c).isspace()}
+    controls = {chr(c) for c in range(0x20)} | {"\x7f"}
+    blank_only = re.compile(f"^[{schemas._SPACE}]+$")
+    assert {c for c in spaces - controls if not blank_only.fullmatch(c)} == set()
+    assert {c for c in map(chr, range(0x3100)) if blank_only.fullmatch(c)} == spaces - controls
 
 
-POLICY = RetryPolicy(max_attempts=10, base_seconds=2.0, max_seconds=60.0)
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [("inventory_updated", True), ("é 𝄞", True), (" a ", True), ("  ", False), ("a\nb", False),
+     ("\x1b[31m", False), ("a\x7f", False), ("", False)],
+    ids=repr,
+)  # fmt: skip
+def test_the_identifier_pattern(value: str, valid: bool) -> None:
+    assert bool(re.fullmatch(schemas.IDENTIFIER_PATTERN, value)) is valid
 
 
-def test_the_first_retry_waits_between_half_the_base_and_the_base() -> None:
-    assert POLICY.delay(1, Extreme(high=False)) == 1.0
-    assert POLICY.delay(1, Extreme(high=True)) == 2.0
+# --- A page cut to the response budget -------------------------------------------------------
 
 
-def windows(policy: RetryPolicy, failures: range) -> list[tuple[float, float]]:
-    """(shortest, longest) possible wait after each number of failures."""
-    return [
-        (policy.delay(n, Extreme(high=False)) or 0.0, policy.delay(n, Extreme(high=True)) or 0.0)
-        for n in failures
-    ]
+@pytest.mark.parametrize(
+    ("page", "limit", "fitted", "expected"),
+    [(1, 100, 37, (1, 37)), (2, 50, 47, (3, 25)), (2, 1000, 63, (21, 50)), (3, 7, 3, (8, 2)),
+     (5, 13, 4, (14, 4)), (2, 7, 3, (8, 1))],
+)  # fmt: skip
+def test_a_cut_page_names_where_it_starts(
+    page: int, limit: int, fitted: int, expected: tuple[int, int]
+) -> None:
+    query = schemas.ListQuery(filters={}, page=page, limit=limit)
+    events = [b"{}"] * fitted
 
+    cut = page_of(query, events, 10_000, cut=True)
 
-def test_delays_grow_whatever_the_jitter_below_the_cap() -> None:
-    # 2·2⁴ = 32 is the last uncapped delay of POLICY (cap 60).
-    spans = windows(POLICY, range(1, 6))
-
-    assert [high for _, high in spans] == [2.0, 4.0, 8.0, 16.0, 32.0]
-    for (_, longest), (shortest_next, _) in itertools.pairwise(spans):
-        assert shortest_next >= longest  # the next wait is never shorter, whatever the draws
-
-
-def test_the_window_never_moves_back() -> None:
-    spans = windows(POLICY, range(1, 10))
-
-    for (low, high), (low_next, high_next) in itertools.pairwise(spans):
-        assert low_next >= low and high_next >= high
-
-
-def test_delays_grow_whatever_the_jitter_across_the_cap() -> None:
-    spans = windows(POLICY, range(1, 10))
-
-    for (_, longest), (shortest_next, _) in itertools.pairwise(spans):
-        assert shortest_next >= longest
-
-
-def test_delays_stop_at_the_cap() -> None:
-    # After 6 failures the window is [32, 64], clamped to [32, 60]; from 7 on it is all 60.
-    assert POLICY.delay(6, Extreme(high=True)) == 60.0
-    assert POLICY.delay(6, Extreme(high=False)) == 32.0
-    for n in range(7, 10):
-        assert POLICY.delay(n, Extreme(high=True)) == 60.0
-        assert POLICY.delay(n, Extreme(high=False)) == 60.0
-
-
-def test_random_delays_stay_in_their_window() -> None:
-    rng = random.Random(1234)
-    for n in range(1, 10):
-        window = 2.0 * 2 ** (n - 1)
-        for _ in range(50):
-            delay = POLICY.delay(n, rng)
-            assert delay is not None and min(60.0, window / 2) <= delay <= min(60.0, window)
-
-
-@pytest.mark.parametrize("failures", [10, 11, 100])
-def test_no_delay_once_the_attempts_are_spent(failures: int) -> None:
-    assert POLICY.delay(failures) is None
-
-
-def test_a_single_attempt_is_never_retried() -> None:
-    assert RetryPolicy(max_attempts=1, base_seconds=1, max_seconds=1).delay(1) is None
-
-
-def test_the_last_retry_is_still_scheduled() -> None:
-    policy = RetryPolicy(max_attempts=3, base_seconds=1, max_seconds=100)
-
-    assert [policy.delay(n, Extreme(high=True)) for n in (1, 2, 3)] == [1.0, 2.0, None]
+    assert (cut.page, cut.limit) == expected
+    assert (cut.page - 1) * cut.limit == query.offset  # the same first event
+    assert len(cut.events) == cut.limit <= fitted

@@ -1,0 +1,47 @@
+"""``/docs`` (Swagger UI) and ``/redoc``, with their scripts served from the package.
+
+FastAPI's own pages load them from a CDN (and ReDoc its fonts from Google): blank on a closed
+network, and a third party sees who reads the API's documentation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+ASSETS_PATH = "/docs-assets"
+ASSETS = StaticFiles(directory=Path(__file__).parent / "static")
+
+router = APIRouter(include_in_schema=False)
+
+
+def _asset(request: Request, name: str) -> str:
+    return f"{request.scope.get('root_path', '')}{ASSETS_PATH}/{name}"
+
+
+@router.get("/docs")
+async def swagger_ui(request: Request) -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url=request.scope.get("root_path", "") + (request.app.openapi_url or ""),
+        title=f"{request.app.title} — Swagger UI",
+        swagger_js_url=_asset(request, "swagger-ui/swagger-ui-bundle.js"),
+        swagger_css_url=_asset(request, "swagger-ui/swagger-ui.css"),
+        swagger_favicon_url=_asset(request, "swagger-ui/favicon-32x32.png"),
+        # No badge asking validator.swagger.io about the document.
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+
+
+@router.get("/redoc")
+async def redoc(request: Request) -> HTMLResponse:
+    return get_redoc_html(
+        openapi_url=request.scope.get("root_path", "") + (request.app.openapi_url or ""),
+        title=f"{request.app.title} — ReDoc",
+        redoc_js_url=_asset(request, "redoc/redoc.standalone.js"),
+        redoc_favicon_url=_asset(request, "swagger-ui/favicon-32x32.png"),
+        with_google_fonts=False,
+    )

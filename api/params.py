@@ -1,0 +1,97 @@
+"""Query parameters, each parsed by one dependency that also documents it.
+
+The parameters stay strings so a bad value is the seed's 400 ``Invalid <name>`` (the rules are
+``bus/schemas.py``'s); their schemas are built from the same patterns, so the document accepts
+exactly what the parsers do. A parameter given twice is ``Invalid <name>``: a proxy or a WAF may
+read the first where the API would read the last; a parameter the document does not list is
+``Unknown query parameter`` (the document lists them all, and a typo'd filter must not widen
+a listing silently).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Query, Request
+
+from bus.errors import InvalidField, UnknownQueryParameter
+from bus.schemas import (
+    FILTER_PATTERN,
+    LIMIT_PATTERN,
+    LIST_PARAMS,
+    OPTIONAL_UUID_PATTERN,
+    PAGE_PATTERN,
+    STATUSES,
+    ListQuery,
+    parse_list_query,
+)
+
+
+def _only_once(request: Request, names: tuple[str, ...]) -> None:
+    """Each of ``names`` at most once, and no other parameter: the document lists every one."""
+    for name, _ in request.query_params.multi_items():
+        if name not in names:
+            raise UnknownQueryParameter()
+    for name in names:
+        if len(request.query_params.getlist(name)) > 1:
+            raise InvalidField(name)
+
+
+def _param(description: str, **schema: Any) -> Any:
+    return Query(description=description, json_schema_extra=schema)
+
+
+def _filter(description: str) -> Any:
+    return _param(f"{description}; empty: no filter", pattern=FILTER_PATTERN)
+
+
+_TENANT = Annotated[
+    str,
+    _param(
+        "UUID of the tenant (optional for system admins and in auth context); empty: none",
+        pattern=OPTIONAL_UUID_PATTERN,
+    ),
+]
+
+
+async def tenant_query(request: Request, tenant_id: _TENANT = "") -> str | None:
+    """The whole query of a call that takes only ``tenant_id``: the tenant asked for, or None
+    (which tenant a call acts in is ``bus.auth``'s)."""
+    _only_once(request, ("tenant_id",))
+    return tenant_id or None
+
+
+async def list_tenant(tenant_id: _TENANT = "") -> str | None:
+    """The list's ``tenant_id`` (checked with the rest of its query by :func:`list_query`)."""
+    return tenant_id or None
+
+
+async def list_query(
+    request: Request,
+    event_type: Annotated[str, _filter("exact event type")] = "",
+    source_module: Annotated[str, _filter("exact source module")] = "",
+    target_module: Annotated[str, _filter("exact target module")] = "",
+    status: Annotated[str, _param("pending, processed or failed", enum=["", *STATUSES])] = "",
+    entity_type: Annotated[str, _filter("exact entity type")] = "",
+    page: Annotated[str, _param("page number, from 1 (default 1)", pattern=PAGE_PATTERN)] = "",
+    limit: Annotated[
+        str, _param("items per page, 1 to 1000 (default 100)", pattern=LIMIT_PATTERN)
+    ] = "",
+) -> ListQuery:
+    """The list's filters and page."""
+    values = {
+        "event_type": event_type,
+        "source_module": source_module,
+        "target_module": target_module,
+        "status": status,
+        "entity_type": entity_type,
+        "page": page,
+        "limit": limit,
+    }
+    _only_once(request, LIST_PARAMS)
+    return parse_list_query(values)
+
+
+TenantQuery = Annotated[str | None, Depends(tenant_query)]
+ListTenant = Annotated[str | None, Depends(list_tenant)]
+ListQueryDep = Annotated[ListQuery, Depends(list_query)]

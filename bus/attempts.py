@@ -1,0 +1,157 @@
+"""The worker's attempt protocol: claim an event, count a run that may die, record its outcome.
+
+An attempt is one handler run inside the worker's unit of work. The event's row lock
+(``FOR UPDATE SKIP LOCKED``) is the claim; it lasts until the unit of work ends. Outcomes are
+saved through :func:`bus.rules.save_changes`, the same write path the ``PUT`` route uses;
+``retry_count`` is derived there from the failures before this attempt
+(:attr:`Attempt.failures_before`).
+
+A run that dies (pool child killed, worker SIGKILLed) rolls back its own failure, so a delivery
+that may follow such a death counts its attempt in advance (:func:`count_in_advance`), commits,
+and claims again (:func:`reclaim`); the outcome then replaces the mark.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from bus import repository
+from bus.models import EventRow, EventStatus
+from bus.retry import RetryPolicy
+from bus.rules import Change, save_changes
+from bus.schemas import StatusChange
+from bus.uow import UnitOfWork
+
+MAX_FAILURE_SUMMARY = 1000
+INTERRUPTED_MESSAGE = "AttemptInterrupted: the worker stopped before this attempt finished"
+
+
+class Skip(StrEnum):
+    """Why a delivery runs no handler; its message is acknowledged."""
+
+    NOT_FOUND = "no such event"
+    PROCESSED = "processed"
+    EXHAUSTED = "retries exhausted"
+    BUSY = "claimed by another delivery"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A claimed event, ready for its handler.
+
+    ``number`` counts runs from 1; ``counted`` says the run was already recorded as failed
+    before its handler ran (:func:`count_in_advance`).
+    """
+
+    event: EventRow
+    number: int
+    counted: bool = False
+
+    @property
+    def failures_before(self) -> int:
+        return self.number - 1
+
+
+def summarize_error(exc: BaseException) -> str:
+    """A one-line ``Type: message`` for error_message, truncated."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if len(text) > MAX_FAILURE_SUMMARY:
+        text = text[: MAX_FAILURE_SUMMARY - 1] + "…"
+    return text
+
+
+def begin(
+    uow: UnitOfWork, event_id: uuid.UUID, *, wait_seconds: float | None = None
+) -> Attempt | Skip:
+    """Claim one event for a handler run, or say why it must not run now.
+
+    With ``wait_seconds`` a lock held elsewhere is waited for (see
+    ``repository.claim_for_processing``) instead of skipped: for a delivery that may follow a
+    dead one, whose rollback may still be on its way.
+    """
+    event = repository.claim_for_processing(uow.session, event_id, wait_seconds=wait_seconds)
+    if event is None:
+        # Only on this rare path: tell a row locked elsewhere from one that does not exist.
+        exists = repository.read_event(uow.session, event_id) is not None
+        return Skip.BUSY if exists else Skip.NOT_FOUND
+    return _runnable(event)
+
+
+def begin_many(
+    uow: UnitOfWork, event_ids: Sequence[uuid.UUID]
+) -> tuple[list[Attempt], dict[uuid.UUID, Skip]]:
+    """Claim a batch in one statement: the attempts to run, in the batch's order, and why the
+    others must not run now."""
+    wanted = list(dict.fromkeys(event_ids))  # a repeated id runs once
+    rows = {row.id: row for row in repository.claim_many(uow.session, wanted)}
+    missing = [event_id for event_id in wanted if event_id not in rows]
+    exist = repository.existing(uow.session, missing) if missing else set()
+    runs: list[Attempt] = []
+    skips: dict[uuid.UUID, Skip] = {}
+    for event_id in wanted:
+        row = rows.get(event_id)
+        claimed = _runnable(row) if row else Skip.BUSY if event_id in exist else Skip.NOT_FOUND
+        if isinstance(claimed, Skip):
+            skips[event_id] = claimed
+        else:
+            runs.append(claimed)
+    return runs, skips
+
+
+def _runnable(event: EventRow) -> Attempt | Skip:
+    if event.status == EventStatus.PROCESSED:
+        return Skip.PROCESSED
+    if event.status == EventStatus.FAILED and event.next_attempt_at is None:
+        return Skip.EXHAUSTED
+    return Attempt(event, event.retry_count + 1)
+
+
+def count_in_advance(
+    uow: UnitOfWork, attempt: Attempt, policy: RetryPolicy, reason: str = INTERRUPTED_MESSAGE
+) -> Attempt:
+    """Record the attempt as failed before its handler runs; the caller commits, then claims
+    it again (:func:`reclaim`).
+
+    The outcome recorded after the handler replaces the mark, so an attempt that finishes is
+    counted once; one that dies again stays counted, and a crash loop ends after
+    ``policy.max_attempts`` counted attempts (plus the first, uncounted one).
+    """
+    save_changes(uow, [failed(attempt, reason, policy.delay(attempt.number))])
+    return Attempt(attempt.event, attempt.number, counted=True)
+
+
+def reclaim(uow: UnitOfWork, attempt: Attempt) -> Attempt | None:
+    """Claim an attempt's event again after its transaction ended (a mark counted in advance
+    was committed, or a handler ended the transaction); None if another delivery moved it."""
+    event = repository.claim_for_processing(uow.session, attempt.event.id)
+    expected = attempt.number if attempt.counted else attempt.failures_before
+    if event is None or event.status == EventStatus.PROCESSED or event.retry_count != expected:
+        return None
+    return Attempt(event, attempt.number, attempt.counted)
+
+
+# The outcomes of attempts, saved together with ``bus.rules.save_changes`` (one statement for a
+# whole batch); retry_count comes from the failures before the attempt, never from the row, so
+# a mark counted in advance is replaced, not added to.
+
+
+def processed(attempt: Attempt) -> Change:
+    """The handler returned: the event is processed (a mark counted in advance is undone)."""
+    return Change(
+        attempt.event, StatusChange(EventStatus.PROCESSED), failures_before=attempt.failures_before
+    )
+
+
+def failed(attempt: Attempt, message: str, delay: float | None) -> Change:
+    """The attempt failed: retry_count = its number; the next try in ``delay`` seconds, or
+    none (exhausted, or no handler: retrying would fail the same way until one is deployed, and
+    a ``PUT`` to ``pending`` replays it then)."""
+    return Change(
+        attempt.event,
+        StatusChange(EventStatus.FAILED, error_message=message),
+        retry_delay=delay,
+        failures_before=attempt.failures_before,
+    )

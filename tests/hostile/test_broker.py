@@ -1,0 +1,273 @@
+"""Hostile broker messages: a real ``eventbus worker`` on the real Redis (and RabbitMQ) is fed
+every malformed item of tests/hostile/broker_payloads.py, then real events.
+
+What must hold: each bad item is refused on one log line, kept on ``<queue>.dead`` and counted;
+every real event is processed; the worker process is the same one throughout (never restarted).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from kombu import Connection, Producer
+
+from bus import deadletter
+from bus.queues import queue_name
+from bus.runtime import Bus
+from bus.settings import Settings
+from tests.conftest import REDIS_URL, TokenFactory
+from tests.hostile.broker_payloads import body_of, redis_payloads, task_headers, valid_item
+from tests.integration import conftest as integration
+from tests.integration.conftest import (
+    BIN,
+    RABBITMQ_URL,
+    WorkerFactory,
+    free_port,
+    publish,
+    settings_env,
+    wait_for,
+    wait_for_status,
+)
+from tests.procs import Proc
+
+pytestmark = pytest.mark.integration
+
+# The integration suite's fixtures: its settings (test handlers, no metrics port) and workers.
+settings = integration.settings
+start_worker = integration.start_worker
+effects = integration.effects
+
+REAL_EVENTS = 20
+REJECTED_LINE = '"message": "rejected a message on '
+
+
+def rejected_lines(worker: Proc) -> list[str]:
+    return [line for line in worker.lines if REJECTED_LINE in line]
+
+
+def assert_same_worker(worker: Proc, pid: int) -> None:
+    assert worker.popen.poll() is None, f"the worker exited:\n{worker.output[-3000:]}"
+    assert worker.popen.pid == pid
+    assert "Unrecoverable error" not in worker.output
+    assert worker.output.count(" ready.") == 1, "the worker restarted its consumer"
+
+
+def rejected_total(port: int, queue: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    needle = f'eventbus_broker_messages_rejected_total{{queue="{queue}"}} '
+    for line in text.splitlines():
+        if line.startswith(needle):
+            return float(line.removeprefix(needle))
+    return 0.0
+
+
+def dead_letters_cli(settings: Settings, module: str, *extra: str) -> list[str]:
+    done = subprocess.run(
+        [str(BIN / "eventbus"), "dead-letters", "--module", module, *extra],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.splitlines()
+
+
+def test_every_hostile_redis_item_is_refused_and_the_worker_goes_on(
+    settings: Settings,
+    bus: Bus,
+    client: TestClient,
+    token: TokenFactory,
+    start_worker: WorkerFactory,
+) -> None:
+    # Given a prefork worker for warehouse, serving its metrics
+    port = free_port()
+    worker = start_worker(
+        "warehouse", worker_settings=settings.model_copy(update={"metrics_port": port})
+    )
+    pid = worker.popen.pid
+    queue = queue_name("warehouse", settings.queue_prefix)
+    dead = deadletter.dead_letter_queue(queue)
+    payloads = redis_payloads(queue)
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        # When every hostile item is pushed raw onto its list, and a hand-made but well-formed
+        # message for a real event among them
+        tok = token()
+        handmade = publish(client, tok, "warehouse")
+        items = list(payloads.values())
+        middle = len(items) // 2
+        for item in [*items[:middle], valid_item(queue, handmade["id"]), *items[middle:]]:
+            r.lpush(queue, item)
+        wait_for(lambda: r.llen(dead) == len(payloads), 60, "not every item was dead-lettered")
+        # Then each was refused on one line, kept as received and counted
+        assert r.llen(queue) == 0
+        assert len(rejected_lines(worker)) == len(payloads)
+        kept = set(r.lrange(dead, 0, -1))
+        transport_level = [p for p in items if isinstance(deadletter.decode_envelope(p), str)]
+        assert set(transport_level) <= kept  # raw bytes, exactly as pushed
+        assert rejected_total(port, queue) == len(payloads)
+        # And real events published afterwards are all processed, by the same worker process
+        wait_for_status(bus, handmade["id"], "processed", 20)
+        real = [publish(client, tok, "warehouse") for _ in range(REAL_EVENTS)]
+        for event in real:
+            wait_for_status(bus, event["id"], "processed", 30)
+        assert_same_worker(worker, pid)
+        # And the dead letters can be listed (one JSON line each) and purged
+        listed = [json.loads(line) for line in dead_letters_cli(settings, "warehouse")]
+        assert len(listed) == len(payloads)
+        assert all(item["reason"] for item in listed)
+        assert dead_letters_cli(settings, "warehouse", "--purge") == [
+            f"purged {len(payloads)} from {dead}"
+        ]
+        assert r.llen(dead) == 0
+    finally:
+        r.close()
+
+
+def test_the_dead_letter_list_is_capped(settings: Settings, bus: Bus) -> None:
+    # Given the bus's Redis channel
+    from kombu import Connection as KombuConnection
+
+    from bus.transport import TRANSPORT
+
+    queue = queue_name("capped", settings.queue_prefix)
+    with KombuConnection(settings.broker_url, transport=TRANSPORT) as conn:
+        channel: Any = conn.default_channel
+        # When more items than the cap are refused
+        r = redis.Redis.from_url(REDIS_URL)
+        try:
+            pipe = r.pipeline()
+            dead = deadletter.dead_letter_queue(queue)
+            for n in range(deadletter.DEAD_LETTER_CAP):
+                pipe.lpush(dead, b"old %d" % n)
+            pipe.execute()
+            channel.dead_letter(queue, b"newest", "test")
+            # Then the list keeps the newest ones only
+            assert r.llen(dead) == deadletter.DEAD_LETTER_CAP
+            assert r.lindex(dead, 0) == b"newest"
+            assert r.lindex(dead, -1) == b"old 1"
+        finally:
+            r.close()
+
+
+# --- RabbitMQ ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rabbit_settings(settings: Settings) -> Iterator[Settings]:
+    on_rabbit = settings.model_copy(update={"broker_url": RABBITMQ_URL})
+    yield on_rabbit
+    with Connection(RABBITMQ_URL, connect_timeout=5) as conn:
+        channel = conn.default_channel
+        for name in ("warehouse",):
+            queue = queue_name(name, on_rabbit.queue_prefix)
+            channel.queue_delete(queue)
+            channel.queue_delete(deadletter.dead_letter_queue(queue))
+
+
+def amqp_payloads() -> dict[str, dict[str, Any]]:
+    """(body, content_type, content_encoding, headers) of each hostile AMQP message."""
+    event_id = str(uuid.uuid4())
+
+    def task(**over: Any) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "body": body_of([event_id]),
+            "content_type": "application/json",
+            "content_encoding": "utf-8",
+            "headers": task_headers(args=[event_id]),
+        }
+        values.update(over)
+        return values
+
+    return {
+        "garbage, no headers": {"body": b"garbage", "content_type": None, "headers": None},
+        "json list": {"body": b"[1,2,3]", "content_type": "application/json", "headers": None},
+        "null": {"body": b"null", "content_type": "application/json", "headers": None},
+        "random bytes": {"body": bytes(range(256)), "content_type": "application/octet-stream"},
+        "celery.backend_cleanup": task(headers=task_headers("celery.backend_cleanup", [])),
+        "celery.chord_unlock": task(headers=task_headers("celery.chord_unlock", [event_id])),
+        "another task": task(headers=task_headers("myapp.tasks.delete_everything")),
+        "args an integer": task(body=body_of([12345])),
+        "args not a uuid": task(body=body_of(["nope"])),
+        "unexpected kwargs": task(body=body_of([event_id], {"x": 1})),
+        "callbacks": task(body=body_of([event_id], embed={"callbacks": [{"task": "x"}]})),
+        "content-type pickle": task(content_type="application/x-python-serialize"),
+        "compression zlib, garbage body": task(
+            headers={**task_headers(args=[event_id]), "compression": "application/x-gzip"}
+        ),
+        "truncated body": task(body=body_of([event_id])[:10]),
+        "body of 1 MB": task(body=body_of([event_id], embed={"pad": "x" * 1_000_000})),
+        "eta not a time": task(headers=task_headers(args=[event_id], eta="soon")),
+        "protocol 1 (no task header)": task(
+            headers={"id": "x"},
+            body=json.dumps({"task": "eventbus.process_event", "args": [event_id]}).encode(),
+        ),
+    }
+
+
+@pytest.mark.rabbitmq
+def test_every_hostile_amqp_message_is_refused_and_the_worker_goes_on(
+    rabbit_settings: Settings,
+    bus: Bus,
+    token: TokenFactory,
+    start_worker: WorkerFactory,
+) -> None:
+    # Given a worker for warehouse on RabbitMQ
+    from api.app import create_app
+
+    worker = start_worker("warehouse", worker_settings=rabbit_settings)
+    pid = worker.popen.pid
+    queue = queue_name("warehouse", rabbit_settings.queue_prefix)
+    dead = deadletter.dead_letter_queue(queue)
+    payloads = amqp_payloads()
+    # When every hostile message is published to the module's queue
+    with Connection(RABBITMQ_URL, connect_timeout=5) as conn:
+        producer = Producer(conn.default_channel)
+        for values in payloads.values():
+            producer.publish(
+                values["body"],
+                exchange="",
+                routing_key=queue,
+                content_type=values.get("content_type") or "application/data",
+                content_encoding=values.get("content_encoding") or "binary",
+                headers=values.get("headers") or {},
+            )
+
+        def dead_count() -> int:
+            channel = conn.channel()
+            try:
+                return int(channel.queue_declare(dead, passive=True).message_count)
+            except conn.channel_errors:  # not declared yet
+                return 0
+            finally:
+                channel.close()
+
+        wait_for(lambda: dead_count() == len(payloads), 60, "not every message was dead-lettered")
+    # Then each was refused on one line, and real events are processed by the same worker
+    assert len(rejected_lines(worker)) == len(payloads)
+    rabbit_bus = Bus(rabbit_settings)
+    try:
+        with TestClient(create_app(bus=rabbit_bus)) as client:
+            tok = token()
+            real = [publish(client, tok, "warehouse") for _ in range(REAL_EVENTS)]
+            for event in real:
+                wait_for_status(bus, event["id"], "processed", 30)
+    finally:
+        rabbit_bus.close()
+    assert_same_worker(worker, pid)
+    # And the CLI lists them (leaving them in place) and purges them
+    listed = dead_letters_cli(rabbit_settings, "warehouse", "--limit", "5")
+    assert len(listed) == 5 and all(json.loads(line)["reason"] != "?" for line in listed)
+    time.sleep(0.5)  # the listing's unacknowledged fetches go back as its channel closes
+    purged = dead_letters_cli(rabbit_settings, "warehouse", "--purge")
+    assert purged == [f"purged {len(payloads)} from {dead}"]

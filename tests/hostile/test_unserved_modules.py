@@ -1,0 +1,196 @@
+"""Events for a module nobody consumes: the relay never stacks copies of them on its queue,
+and once a worker for the module heartbeats they are processed."""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from bus import heartbeats
+from bus.broker import BrokerInspector
+from bus.db import transaction
+from bus.queues import queue_name
+from bus.relay import run_once
+from bus.rules import utcnow
+from bus.runtime import Bus
+from bus.settings import Settings
+from tests.conftest import REDIS_URL, TokenFactory
+from tests.integration import conftest as integration
+from tests.integration.conftest import (
+    BIN,
+    WorkerFactory,
+    load,
+    publish,
+    settings_env,
+    wait_for,
+    wait_for_status,
+)
+from tests.integration.test_relay import insert_events
+from tests.procs import Proc
+
+pytestmark = pytest.mark.integration
+
+LEASE = 1.0
+start_worker = integration.start_worker
+effects = integration.effects
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return integration.make_settings(
+        database_url,
+        handlers=integration.HANDLERS,
+        metrics_port=0,
+        relay_lease_seconds=LEASE,
+        relay_interval_seconds=0.1,
+        worker_heartbeat_seconds=0.5,
+        **integration.FAST_RETRIES,
+    )
+
+
+def watch_depth(r: redis.Redis, queue: str, seconds: float) -> list[int]:
+    """The queue's length, sampled every 50 ms for ``seconds``."""
+    samples = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        samples.append(int(r.llen(queue)))
+        time.sleep(0.05)
+    return samples
+
+
+def unserved(bus: Bus) -> list[tuple[str, int]]:
+    since = heartbeats.live_since(utcnow(), bus.settings.worker_heartbeat_seconds)
+    with transaction(bus.sessions) as session:
+        rows = heartbeats.pending_without_live_worker(session, bus.settings.queue_prefix, since)
+    return [(row.target_module, row.pending) for row in rows]
+
+
+def test_an_event_for_a_module_nobody_consumes_keeps_one_copy_over_many_leases(
+    settings: Settings,
+    bus: Bus,
+    client: TestClient,
+    token: TokenFactory,
+    start_worker: WorkerFactory,
+) -> None:
+    # Given an event for a module no worker serves, and a relay with a 1 s lease
+    queue = queue_name("warehouse", settings.queue_prefix)
+    event = publish(client, token(), "warehouse")
+    relay = Proc([str(BIN / "eventbus"), "relay"], settings_env(settings))
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        # When six leases pass
+        depths = watch_depth(r, queue, 6 * LEASE)
+        # Then its queue never held more than the one copy the publish sent
+        assert max(depths) == 1 and depths[-1] == 1, depths
+        relay.wait_for_output("no live worker for warehouse", 5)
+        assert unserved(bus) == [("warehouse", 1)]
+        # And once a worker for the module starts, the event is processed
+        start_worker("warehouse")
+        wait_for_status(bus, event["id"], "processed", 20)
+        wait_for(lambda: r.llen(queue) == 0, 10, "a copy was left on the queue")
+        assert unserved(bus) == []
+    finally:
+        relay.stop()
+        r.close()
+
+
+def test_an_expired_lease_is_resent_only_when_no_copy_can_be_waiting(
+    settings: Settings, bus: Bus
+) -> None:
+    r = redis.Redis.from_url(REDIS_URL)
+    queue = queue_name("warehouse", settings.queue_prefix)
+    lease = timedelta(seconds=LEASE)
+    try:
+        # Given an event whose send was stamped a lease ago, for a module with no live worker,
+        # whose queue is empty (the broker lost the copy)
+        now = utcnow()
+        insert_events(bus, 1, dispatched_at=now - lease - timedelta(seconds=1))
+        # Then the relay sends it again: no copy can be waiting
+        assert run_once(bus, now=now) == 1
+        assert r.llen(queue) == 1
+        # But a lease later, with that copy waiting and still nobody serving the module, not
+        later = now + 2 * lease
+        assert run_once(bus, now=later) == 0
+        assert r.llen(queue) == 1
+        # Nor when a worker heartbeats for the module: it will drain the copy that waits
+        with transaction(bus.sessions) as session:
+            heartbeats.beat(session, settings.queue_prefix, ["warehouse"], "test-worker", later)
+        assert run_once(bus, now=later) == 0
+        # And once the copy is gone from the queue (a worker took it, then died), it is
+        r.delete(queue)
+        assert run_once(bus, now=later) == 1
+        assert r.llen(queue) == 1
+        # A never-sent event is sent whatever the module's state
+        insert_events(bus, 1, target_module="nosuchmodule")
+        assert run_once(bus, now=later) == 1
+    finally:
+        with transaction(bus.sessions) as session:
+            heartbeats.forget(session, settings.queue_prefix, "test-worker")
+        r.close()
+
+
+def processed(bus: Bus, event: dict[str, str]) -> bool:
+    return load(bus, event["id"]).status == "processed"
+
+
+def test_where_queue_lengths_are_unknown_only_a_live_worker_gets_resends(
+    settings: Settings, bus: Bus
+) -> None:
+    # Given a broker whose queue lengths cannot be read (as RabbitMQ here) and an event whose
+    # send was stamped a lease ago
+    blind = BrokerInspector("memory://")
+    now = utcnow()
+    insert_events(bus, 1, dispatched_at=now - timedelta(seconds=LEASE + 1))
+    try:
+        # Then with no live worker for its module, the relay does not send it again
+        assert run_once(bus, now=now, broker=blind) == 0
+        # And once a worker heartbeats for the module, it does
+        with transaction(bus.sessions) as session:
+            heartbeats.beat(session, settings.queue_prefix, ["warehouse"], "test-worker", now)
+        assert run_once(bus, now=now, broker=blind) == 1
+    finally:
+        with transaction(bus.sessions) as session:
+            heartbeats.forget(session, settings.queue_prefix, "test-worker")
+
+
+def test_a_whole_worker_killed_mid_event_gets_it_back_once_one_runs_again(
+    settings: Settings,
+    bus: Bus,
+    client: TestClient,
+    token: TokenFactory,
+    start_worker: WorkerFactory,
+    tmp_path: Path,
+) -> None:
+    # Given a solo-pool worker whose handler SIGKILLs the whole worker on its first attempt
+    # (run twice: the first run is uncounted, the redelivery counts attempt 1 before it runs,
+    # tests/integration/test_rabbitmq.py), and a relay with a 1 s lease
+    trace = tmp_path / "attempts"
+    queue = queue_name("warehouse", settings.queue_prefix)
+    worker = start_worker("warehouse", pool="solo", concurrency=1)
+    relay = Proc([str(BIN / "eventbus"), "relay"], settings_env(settings))
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        event = publish(client, token(), "warehouse", kill_until=1, trace=str(trace))
+        for death in range(3):
+            wait_for(lambda w=worker: w.popen.poll() is not None or processed(bus, event), 15, "")
+            if worker.popen.poll() is None:
+                break
+            assert worker.popen.returncode == -signal.SIGKILL
+            # When it stays down for four leases
+            depths = watch_depth(r, queue, 4 * LEASE)
+            # Then the relay re-sent the lost delivery once (its queue was empty), never more
+            assert max(depths) == 1 and depths[-1] == 1, (death, depths)
+            # And a supervisor starts a worker again
+            worker = start_worker("warehouse", pool="solo", concurrency=1)
+        # Then it ends processed: the third run, after two deaths
+        wait_for_status(bus, event["id"], "processed", 20)
+        assert [line.split()[0] for line in trace.read_text().splitlines()] == ["1", "1", "2"]
+    finally:
+        relay.stop()
+        r.close()

@@ -1,0 +1,122 @@
+"""The worker's consumer, refusing every message that is not a well-formed bus task.
+
+Celery's consumer runs whatever task a message names (its built-ins too, when a foreign client
+sends them), hands hand-made argument lists to the task, and lets some malformed messages
+raise out of its loop. This consumer checks each delivery first (:func:`bus.deadletter.
+check_task_message`: the task's name, its one event id, no kwargs or callbacks, the headers
+Celery reads); a refused message is kept on ``<queue>.dead``, logged, counted and
+acknowledged, and the worker goes on. The check runs in the worker's main process, before any
+pool process sees the message.
+
+Where a refused message goes: on Redis, pushed as received onto the ``<queue>.dead`` list. On
+RabbitMQ (and any other transport) it is republished, body and headers unchanged, to a durable
+``<queue>.dead`` queue through the default exchange, then acknowledged. Not a dead-letter
+exchange: that needs ``x-dead-letter-exchange`` among the queue's declaration arguments, and the
+module queues already exist without it (declared by Celery, by the API's sends and by every
+worker); RabbitMQ refuses a redeclaration with other arguments (PRECONDITION_FAILED), so
+existing deployments would have to delete their queues first. An operator policy
+(``rabbitmqctl set_policy … dead-letter-exchange``) can still add one; it would only see
+messages this consumer could not store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu.entity import Queue
+from kombu.message import Message
+
+from bus import deadletter
+
+log = logging.getLogger(__name__)
+
+CONSUMER = f"{__name__}:Consumer"
+"""For ``WorkController(consumer_cls=...)``."""
+_UNKNOWN_QUEUE = "unknown"
+
+
+class Consumer(CeleryConsumer):  # type: ignore[misc]
+    """Celery's consumer with :func:`bus.deadletter.check_task_message` in front."""
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        handle = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Message) -> Any:
+            reason = _check(message)
+            if reason is not None:
+                return self.refuse(message, reason)
+            return handle(message)
+
+        return on_task_received
+
+    def on_decode_error(self, message: Message, exc: BaseException) -> None:
+        # A body kombu could not decode (a bad compression header, content kombu refuses):
+        # Celery would log its traceback and drop it; keep it instead.
+        self.refuse(message, f"undecodable: {type(exc).__name__}: {exc}"[:160])
+
+    def refuse(self, message: Message, reason: str) -> None:
+        """Keep ``message`` on its queue's dead-letter queue, then acknowledge it."""
+        queue = self._queue_of(message)
+        channel = message.channel
+        raw = _raw(message)
+        try:
+            if hasattr(channel, "dead_letter"):  # the bus's Redis channel: LPUSH as received
+                channel.dead_letter(queue, raw, reason)
+            else:
+                self._republish(message, queue, reason)
+                deadletter.reject(queue, raw, reason, deadletter.dead_letter_queue(queue))
+        except Exception as exc:  # the store failed: drop it rather than loop on it
+            log.warning("dead-letter store failed: %s: %s", type(exc).__name__, exc)
+            deadletter.reject(queue, raw, reason, None)
+            message.reject_log_error(log, self.connection_errors, requeue=False)  # type: ignore[no-untyped-call]
+            return
+        message.ack_log_error(log, self.connection_errors)  # type: ignore[no-untyped-call]
+
+    def _queue_of(self, message: Message) -> str:
+        """The queue it came from, among this worker's (so the label and list are bounded)."""
+        ours = [q.name for q in getattr(self.task_consumer, "queues", None) or ()]
+        routing_key = (message.delivery_info or {}).get("routing_key")
+        if routing_key in ours:
+            return str(routing_key)
+        return ours[0] if len(ours) == 1 else _UNKNOWN_QUEUE
+
+    def _republish(self, message: Message, queue: str, reason: str) -> None:
+        dead = deadletter.dead_letter_queue(queue)
+        body = message.body
+        headers = dict(message.headers or {})
+        headers[deadletter.REASON_HEADER] = reason
+        with self.app.producer_or_acquire() as producer:
+            producer.publish(
+                body if isinstance(body, bytes | str) else b"",
+                exchange="",
+                routing_key=dead,
+                declare=[Queue(dead, durable=True)],  # type: ignore[no-untyped-call]
+                content_type=message.content_type or "application/octet-stream",
+                content_encoding=message.content_encoding or "binary",
+                headers=headers,
+                retry=True,
+                retry_policy={"max_retries": 2},
+            )
+
+
+def _check(message: Message) -> str | None:
+    try:
+        return deadletter.check_task_message(
+            message.headers, message.content_type, message.content_encoding, message.body
+        )
+    except Exception as exc:  # a check that raises must not take the loop down either
+        return f"unreadable message: {type(exc).__name__}"
+
+
+def _raw(message: Message) -> bytes:
+    """The message as received: kombu's envelope on virtual transports, else its body."""
+    envelope = getattr(message, "_raw", None)
+    if isinstance(envelope, dict):
+        return json.dumps(envelope, separators=(",", ":")).encode()
+    body = message.body
+    if isinstance(body, str):
+        return body.encode("utf-8", "surrogateescape")
+    return body if isinstance(body, bytes) else repr(body).encode()
