@@ -330,9 +330,12 @@ _CLAIM_MANY = (
 )
 
 
-def target_modules(session: Session, event_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, str]:
-    """The target module of each of these events that exists; reads no lock."""
-    stmt = select(_table.c.id, _table.c.target_module).where(_table.c.id.in_(list(event_ids)))
+def unprocessed_targets(session: Session, event_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The target module of each of these events that exists and is not processed; reads no
+    lock."""
+    stmt = select(_table.c.id, _table.c.target_module).where(
+        _table.c.id.in_(list(event_ids)), _table.c.status != EventStatus.PROCESSED
+    )
     return {event_id: module for event_id, module in session.execute(stmt)}
 
 

@@ -195,7 +195,7 @@ class EventProcessor:
 
     def _split(self, uow: UnitOfWork, event_ids: Sequence[uuid.UUID], lost: str) -> None:
         """Send each event of a batch that may follow a death again, alone and marked lost."""
-        modules = repository.target_modules(uow.session, event_ids)
+        modules = repository.unprocessed_targets(uow.session, event_ids)  # done ones stay done
         for event_id, module in modules.items():
             uow.send(Dispatch(event_id, module, lost=lost))
         uow.commit()
