@@ -21,8 +21,9 @@ from bus.settings import Settings, get_settings
 
 
 def _without_validation_errors(app: FastAPI) -> None:
-    """Drop the 422 FastAPI documents for every route with parameters: this API never sends one
-    (its errors are 400s in the envelope), so the document must not promise it."""
+    """Drop the validation 422 FastAPI documents for every route with parameters: this API
+    never sends one (its errors are 400s in the envelope), so the document must not promise
+    it. A 422 a route declares itself (a reused Idempotency-Key, in the envelope) stays."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -30,7 +31,9 @@ def _without_validation_errors(app: FastAPI) -> None:
             schema = build()  # cached on the app: cleaned once
             for operations in schema.get("paths", {}).values():
                 for operation in operations.values():
-                    operation.get("responses", {}).pop("422", None)
+                    responses = operation.get("responses", {})
+                    if "HTTPValidationError" in str(responses.get("422")):
+                        del responses["422"]
             models = schema.get("components", {}).get("schemas", {})
             models.pop("HTTPValidationError", None)
             models.pop("ValidationError", None)

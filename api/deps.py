@@ -73,6 +73,19 @@ class Work:
         """``call(session, *args, **kwargs)`` for a call that only reads."""
         return await to_thread.run_sync(functools.partial(self._read, call, *args, **kwargs))
 
+    async def batches(
+        self,
+        call: Callable[Concatenate[Callable[[], UnitOfWork], P], T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``call(units, *args, **kwargs)`` for a call that commits several units of work, one
+        per batch, each made by ``units()`` (``bus.replay.run``): its commits are its own."""
+        return await to_thread.run_sync(
+            functools.partial(call, self._bus.unit_of_work, *args, **kwargs)
+        )
+
     def _run(
         self, call: Callable[Concatenate[UnitOfWork, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:

@@ -6,8 +6,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field, create_model
 
+from bus.replay import DEFAULT_MAX as REPLAY_DEFAULT_MAX
+from bus.replay import MAX_MAX as REPLAY_MAX
 from bus.schemas import (
     EVENT_FIELDS,
+    FILTER_PATTERN,
     IDENTIFIER_PATTERN,
     MAX_ERROR_MESSAGE,
     MAX_EVENT_DATA_DEPTH,
@@ -48,9 +51,12 @@ class EventsPage(BaseModel):
     success: bool = True
     message: str = Field(examples=["Events retrieved successfully"])
     events: list[Event]
-    page: int
+    page: int | None = Field(description="the page asked for; null on a page read by cursor")
     limit: int
     total: int
+    next_cursor: str | None = Field(
+        description="`cursor` of the page after this one (same filters); null on the last page"
+    )
 
 
 class StatsCounts(BaseModel):
@@ -92,7 +98,9 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "`Authentication required` or `Invalid token`",
         403: "`Insufficient permissions`",
         404: "`Event not found`",
+        409: "`A request with this idempotency key is in progress`: retry later",
         413: "`Event data too large` or `Request body too large`",
+        422: "`Idempotency key reused with a different request`",
         500: "`Internal server error`",
     }
     return {c: {"model": ErrorEnvelope, "description": described[c]} for c in codes}
@@ -189,5 +197,88 @@ BATCH_BODY_SCHEMA: dict[str, Any] = {
             "description": "1 to `EVENTBUS_MAX_BATCH` publish bodies (1000 by default); all "
             "are stored or none",
         }
+    },
+}
+
+
+class AttemptEntry(BaseModel):
+    attempt: int = Field(description="the entry's number in the event's history, from 1")
+    started_at: str | None = Field(
+        examples=["2023-04-01T10:00:00Z"],
+        description="when the handler began; null when the bus did not see it begin (a `lost` "
+        "run, an outcome reported by `PUT`)",
+    )
+    finished_at: str = Field(
+        examples=["2023-04-01T10:00:01Z"],
+        description="when the outcome was recorded (for `lost`: when the next delivery "
+        "counted the dead run)",
+    )
+    outcome: str = Field(json_schema_extra={"enum": ["processed", "failed", "lost"]})
+    error_message: str | None
+    worker: str | None = Field(
+        examples=["worker-1/4242"],
+        description="`hostname/pid` of the process that ran the handler or answered the `PUT`; "
+        "null for a `lost` run",
+    )
+    source: str = Field(json_schema_extra={"enum": ["worker", "api"]})
+
+
+class EventDetailEnvelope(BaseModel):
+    success: bool = True
+    message: str = Field(examples=["Event retrieved successfully"])
+    event: Event
+    attempts: list[AttemptEntry] = Field(description="the event's attempt history, oldest first")
+
+
+class ReplayEnvelope(BaseModel):
+    success: bool = True
+    message: str = Field(examples=["Events replayed successfully", "Replay preview"])
+    matched: int = Field(description="events the filters match (every one, not only `max`)")
+    replayed: int = Field(
+        description="events set pending and sent again: 0 for a dry run, at most `max`"
+    )
+
+
+def _replay_filter(description: str) -> dict[str, Any]:
+    return {
+        "type": ["string", "null"],
+        "pattern": FILTER_PATTERN,
+        "description": f"{description}; null or empty: no filter",
+    }
+
+
+REPLAY_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "status": {"type": ["string", "null"], "enum": [*STATUSES, "", None]},
+        "event_type": _replay_filter("exact event type"),
+        "source_module": _replay_filter("exact source module"),
+        "target_module": _replay_filter("exact target module"),
+        "entity_type": _replay_filter("exact entity type"),
+        "created_after": {
+            "type": ["string", "null"],
+            "format": "date-time",
+            "pattern": TIMESTAMP_PATTERN,
+            "description": "RFC 3339: events created at or after it",
+        },
+        "created_before": {
+            "type": ["string", "null"],
+            "format": "date-time",
+            "pattern": TIMESTAMP_PATTERN,
+            "description": "RFC 3339: events created before it",
+        },
+        "dry_run": {
+            "type": ["boolean", "null"],
+            "default": False,
+            "description": "count the matches, change nothing",
+        },
+        "max": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "maximum": REPLAY_MAX,
+            "default": REPLAY_DEFAULT_MAX,
+            "description": "replay at most this many (oldest first)",
+        },
     },
 }

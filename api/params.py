@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 
+from bus.cursors import CURSOR_PATTERN
 from bus.errors import InvalidField, UnknownQueryParameter
 from bus.schemas import (
     FILTER_PATTERN,
@@ -77,6 +78,14 @@ async def list_query(
     limit: Annotated[
         str, _param("items per page, 1 to 1000 (default 100)", pattern=LIMIT_PATTERN)
     ] = "",
+    cursor: Annotated[
+        str,
+        _param(
+            "the `next_cursor` of the page before, to read the page after it (instead of "
+            "`page`: never both); give the same filters again (`limit` may change)",
+            pattern=CURSOR_PATTERN,
+        ),
+    ] = "",
 ) -> ListQuery:
     """The list's filters and page."""
     values = {
@@ -87,6 +96,7 @@ async def list_query(
         "entity_type": entity_type,
         "page": page,
         "limit": limit,
+        "cursor": cursor,
     }
     _only_once(request, LIST_PARAMS)
     return parse_list_query(values)

@@ -19,15 +19,20 @@ from api.deps import (
 from api.envelopes import (
     BATCH_BODY_SCHEMA,
     PUBLISH_BODY_SCHEMA,
+    REPLAY_BODY_SCHEMA,
     STATUS_BODY_SCHEMA,
+    EventDetailEnvelope,
     EventEnvelope,
     EventsEnvelope,
     EventsPage,
     EventStatsEnvelope,
+    ReplayEnvelope,
     errors,
 )
+from api.idempotency import PARAMETER as IDEMPOTENCY_KEY_PARAMETER
+from api.idempotency import REPLAYED_HEADER, IdempotencyKey, answer, fingerprint, render
 from api.params import ListQueryDep, ListTenant, TenantQuery
-from bus import service
+from bus import replay, service
 from bus.schemas import format_timestamp
 
 router = APIRouter(prefix="/system/events", tags=["System Events"])
@@ -48,6 +53,10 @@ async def list_events(
     A page whose body would pass `EVENTBUS_MAX_RESPONSE_BYTES` is cut: it answers a smaller
     `limit` (and the `page` of that limit where its first event sits); ask for `page + 1` with
     that `limit` to go on.
+
+    Every page carries `next_cursor`, null on the last one: `cursor=<it>` (with the same
+    filters, without `page`) reads the page after it by keyset, so a walk by cursor returns
+    each event once while new ones arrive. A page read by cursor answers `page` null.
     """
     page = await work.read(service.list_events, bus.settings, caller, tenant_id, query)
     # Each event was encoded once, as it was read; response_model stays for the document.
@@ -84,19 +93,22 @@ async def event_stats(caller: SystemReader, work: WorkDep, tenant_id: TenantQuer
     "",
     status_code=201,
     response_model=EventEnvelope,
-    responses=errors(400, 401, 403, 413, 500),
+    responses={201: {"headers": REPLAYED_HEADER}, **errors(400, 401, 403, 409, 413, 422, 500)},
     summary="Publish Event",
     openapi_extra={
+        "parameters": [IDEMPOTENCY_KEY_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": PUBLISH_BODY_SCHEMA}},
-        }
+        },
     },
 )
 async def publish_event(
     request: Request,
     caller: SystemWriter,
+    key: IdempotencyKey,
     body: JsonBody,
+    work: WorkDep,
     bus: BusDep,
     group: GroupCommitDep,
     tenant_id: TenantQuery,
@@ -104,11 +116,26 @@ async def publish_event(
     """Store an event as pending and queue it for its target module's workers.
 
     Needs a system token, `manage:system` or a system admin. Answered once the event is
-    committed; concurrent publishes share that commit (group commit).
+    committed; concurrent publishes share that commit (group commit). With an
+    `Idempotency-Key`, it is stored once per key and tenant: a retry is answered the first
+    response (`Idempotent-Replayed: true`), another body with the key is a 422, a retry while
+    the first is in flight a 409.
     """
     event = service.prepare_publish(
         bus.settings, caller, tenant_id, body, request_id=request.state.request_id
     )
+    if key is not None:  # its own unit of work: the key's row commits with the event
+        envelope = {"success": True, "message": "Event published successfully"}
+        return answer(
+            await work.run(
+                service.publish_once,
+                bus.settings,
+                key,
+                fingerprint(request, body),
+                [event],
+                lambda views: render({**envelope, "event": views[0]}),
+            )
+        )
     view = await group.publish(event)
     # Built here, not re-validated against response_model (which stays for the document):
     # the service returns exactly the seed's event object.
@@ -122,18 +149,20 @@ async def publish_event(
     "/batch",
     status_code=201,
     response_model=EventsEnvelope,
-    responses=errors(400, 401, 403, 413, 500),
+    responses={201: {"headers": REPLAYED_HEADER}, **errors(400, 401, 403, 409, 413, 422, 500)},
     summary="Publish Events",
     openapi_extra={
+        "parameters": [IDEMPOTENCY_KEY_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": BATCH_BODY_SCHEMA}},
-        }
+        },
     },
 )
 async def publish_events(
     request: Request,
     caller: SystemWriter,
+    key: IdempotencyKey,
     body: BatchJsonBody,
     bus: BusDep,
     work: WorkDep,
@@ -143,15 +172,62 @@ async def publish_events(
     commit; each is queued for its target module (one message per module).
 
     Same rights and tenant rules as a publish. An invalid item refuses the whole batch with
-    `events[<index>]: <the publish's message>`.
+    `events[<index>]: <the publish's message>`. An `Idempotency-Key` works as on a publish.
     """
     events = service.prepare_batch(
         bus.settings, caller, tenant_id, body, request_id=request.state.request_id
     )
+    if key is not None:
+        envelope = {"success": True, "message": "Events published successfully"}
+        return answer(
+            await work.run(
+                service.publish_once,
+                bus.settings,
+                key,
+                fingerprint(request, body),
+                events,
+                lambda views: render({**envelope, "events": views}),
+            )
+        )
     views = await work.run(service.store_published, events)
     return JSONResponse(
         {"success": True, "message": "Events published successfully", "events": views},
         status_code=201,
+    )
+
+
+@router.post(
+    "/replay",
+    response_model=ReplayEnvelope,
+    responses=errors(400, 401, 403, 413, 500),
+    summary="Replay Events",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": REPLAY_BODY_SCHEMA}},
+        }
+    },
+)
+async def replay_events(
+    caller: SystemWriter, body: JsonBody, bus: BusDep, work: WorkDep, tenant_id: TenantQuery
+) -> Any:
+    """Set every event the filters match pending again and send it to its module: the
+    `PUT … pending` rule, oldest first, in batches of `EVENTBUS_DISPATCH_BATCH_SIZE` (each
+    committed on its own, one message per module), at most `max` (default 10000).
+
+    Same rights and tenancy as a `PUT` (a system admin naming no tenant replays every
+    tenant's). `dry_run: true` changes nothing and answers `Replay preview` with the count.
+    An unknown body field is `Unknown body field`: a typo'd filter never widens a replay.
+    """
+    result = await work.batches(replay.replay, bus.settings, caller, tenant_id, body)
+    message = "Replay preview" if result.dry_run else "Events replayed successfully"
+    return JSONResponse(
+        {
+            "success": True,
+            "message": message,
+            "matched": result.matched,
+            "replayed": result.replayed,
+        }
     )
 
 
@@ -179,3 +255,31 @@ async def update_event_status(
     or pending (sent to its module again)."""
     event = await work.run(service.update_status, bus.settings, caller, event_id, tenant_id, body)
     return JSONResponse({"success": True, "message": "Event updated successfully", "event": event})
+
+
+@router.get(
+    "/{event_id}",
+    response_model=EventDetailEnvelope,
+    responses=errors(400, 401, 403, 404, 500),
+    summary="Get Event",
+)
+async def get_event(
+    event_id: str, caller: SystemReader, work: WorkDep, tenant_id: TenantQuery
+) -> Any:
+    """One event and its attempt history, oldest first: each handler run a worker recorded
+    (`processed`, `failed`, or `lost` for a run whose process died) and each status change a
+    `PUT` made (`source: "api"`).
+
+    Same rights and tenancy as the list: `manage:system` or a system admin; a system admin
+    naming no tenant reads any tenant's event. An id that is not a UUID, or an event of another
+    tenant, is `404 Event not found`.
+    """
+    event, attempts = await work.read(service.event_detail, caller, event_id, tenant_id)
+    return JSONResponse(
+        {
+            "success": True,
+            "message": "Event retrieved successfully",
+            "event": event,
+            "attempts": attempts,
+        }
+    )

@@ -9,19 +9,25 @@ saved through :func:`bus.rules.save_changes`, the same write path the ``PUT`` ro
 A run that dies (pool child killed, worker SIGKILLed) rolls back its own failure, so a delivery
 that may follow such a death counts its attempt in advance (:func:`count_in_advance`), commits,
 and claims again (:func:`reclaim`); the outcome then replaces the mark.
+
+Each outcome carries its attempt history entry (:mod:`bus.history`), saved with it: ``processed``
+or ``failed`` for a handler run, and ``lost`` for the dead run a count in advance follows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
-from bus import repository
+from bus import history, repository
+from bus.history import Outcome
 from bus.models import EventRow, EventStatus
 from bus.retry import RetryPolicy
-from bus.rules import Change, save_changes
+from bus.rules import Change, save_changes, utcnow
 from bus.schemas import StatusChange
 from bus.uow import UnitOfWork
 
@@ -118,8 +124,13 @@ def count_in_advance(
     The outcome recorded after the handler replaces the mark, so an attempt that finishes is
     counted once; one that dies again stays counted, and a crash loop ends after
     ``policy.max_attempts`` counted attempts (plus the first, uncounted one).
+
+    The run this delivery follows died: it is appended to the history as ``lost`` with
+    ``reason``, in the same commit as the mark.
     """
-    save_changes(uow, [failed(attempt, reason, policy.delay(attempt.number))])
+    lost = history.Entry(attempt.event.id, Outcome.LOST, utcnow(), error_message=reason)
+    mark = dataclasses.replace(failed(attempt, reason, policy.delay(attempt.number)), entry=lost)
+    save_changes(uow, [mark])
     return Attempt(attempt.event, attempt.number, counted=True)
 
 
@@ -138,14 +149,20 @@ def reclaim(uow: UnitOfWork, attempt: Attempt) -> Attempt | None:
 # a mark counted in advance is replaced, not added to.
 
 
-def processed(attempt: Attempt) -> Change:
-    """The handler returned: the event is processed (a mark counted in advance is undone)."""
+def processed(attempt: Attempt, started_at: datetime | None = None) -> Change:
+    """The handler returned: the event is processed (a mark counted in advance is undone).
+    ``started_at``: when the handler began, for the history."""
     return Change(
-        attempt.event, StatusChange(EventStatus.PROCESSED), failures_before=attempt.failures_before
+        attempt.event,
+        StatusChange(EventStatus.PROCESSED),
+        failures_before=attempt.failures_before,
+        entry=_entry(attempt, Outcome.PROCESSED, None, started_at),
     )
 
 
-def failed(attempt: Attempt, message: str, delay: float | None) -> Change:
+def failed(
+    attempt: Attempt, message: str, delay: float | None, started_at: datetime | None = None
+) -> Change:
     """The attempt failed: retry_count = its number; the next try in ``delay`` seconds, or
     none (exhausted, or no handler: retrying would fail the same way until one is deployed, and
     a ``PUT`` to ``pending`` replays it then)."""
@@ -154,4 +171,19 @@ def failed(attempt: Attempt, message: str, delay: float | None) -> Change:
         StatusChange(EventStatus.FAILED, error_message=message),
         retry_delay=delay,
         failures_before=attempt.failures_before,
+        entry=_entry(attempt, Outcome.FAILED, message, started_at),
+    )
+
+
+def _entry(
+    attempt: Attempt, outcome: Outcome, message: str | None, started_at: datetime | None
+) -> history.Entry:
+    finished_at = utcnow()
+    return history.Entry(
+        attempt.event.id,
+        outcome,
+        finished_at,
+        started_at=started_at or finished_at,
+        error_message=message,
+        worker=history.this_process(),
     )

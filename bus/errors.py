@@ -96,3 +96,37 @@ class BatchItemInvalid(BusError):
 
     def __init__(self, index: int, error: BusError) -> None:
         super().__init__(f"events[{index}]: {error.message}")
+
+
+class InvalidIdempotencyKey(BusError):
+    """An ``Idempotency-Key`` header that is not 1 to 255 printable ASCII characters, or two."""
+
+    message = "Invalid Idempotency-Key"
+
+
+class IdempotencyKeyInProgress(BusError):
+    """The first request with this key has not been answered yet: retry later."""
+
+    status_code = 409
+    message = "A request with this idempotency key is in progress"
+
+
+class IdempotencyKeyReused(BusError):
+    """The key was used for another request (another body or path) within its TTL."""
+
+    status_code = 422
+    message = "Idempotency key reused with a different request"
+
+
+class InvalidCursor(BusError):
+    """A list cursor this bus did not make for this tenant and these filters (altered, made
+    up, another list's), or given with ``page``."""
+
+    message = "Invalid cursor"
+
+
+class UnknownBodyField(BusError):
+    """A body field the call does not take (the message does not echo its name): a typo'd
+    replay filter must not widen what is replayed."""
+
+    message = "Unknown body field"

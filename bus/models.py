@@ -218,3 +218,49 @@ event_count_changes = Table(
 )
 """What each statement on ``system_events`` changed in the counts (PostgreSQL triggers),
 appended in the writing transaction until the relay folds it into :data:`event_counts`."""
+
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    Base.metadata,
+    Column("tenant_id", Uuid(), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response", Text, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "key"),
+    Index("ix_idempotency_keys_expires_at", "expires_at"),
+)
+"""A publish's ``Idempotency-Key`` (per tenant) and the response it was answered, stored in
+the publish's own transaction (see :mod:`bus.idempotency`). ``response`` is the body's exact
+text, not jsonb: a replay answers the same bytes (jsonb would reorder keys)."""
+
+
+ATTEMPT_OUTCOMES = ("processed", "failed", "lost")
+ATTEMPT_SOURCES = ("worker", "api")
+
+event_attempts = Table(
+    "event_attempts",
+    Base.metadata,
+    # An INTEGER on SQLite, where only that is the rowid (which numbers itself).
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True),
+    Column("event_id", Uuid(), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("finished_at", UTCDateTime(), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("error_message", Text, nullable=True),
+    Column("worker", String(255), nullable=True),
+    Column("source", String(8), nullable=False),
+    CheckConstraint("outcome IN ('processed', 'failed', 'lost')", name="outcome"),
+    CheckConstraint("source IN ('worker', 'api')", name="source"),
+    # One event's history in order; unique, so two writers can never give one number twice.
+    Index("ix_event_attempts_event_attempt", "event_id", "attempt", unique=True),
+    # The retention purge reads the oldest entries only.
+    Index("ix_event_attempts_finished_at", "finished_at"),
+)
+"""Each event's attempt history (see :mod:`bus.history`): appended in the transaction that
+records the outcome, purged after ``EVENTBUS_ATTEMPTS_RETENTION_DAYS``. No foreign key: the
+history outlives nothing, and ``TRUNCATE system_events`` (tests, benches) stays possible."""

@@ -4,6 +4,9 @@ A page whose events would pass the budget is cut, never streamed past it: the en
 whole and ``total`` exact. A cut page answers a smaller ``limit`` (and, past the first page, the
 ``page`` of that limit where its first event sits), so ``(page - 1) * limit`` is still the
 offset of its first event and ``page + 1`` with the answered ``limit`` continues right after it.
+
+Every page also carries ``next_cursor`` (``bus.cursors``), null on the last page: a page read by
+cursor answers ``page`` null (its place is the cursor's) and, when cut, the ``limit`` it holds.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from bus.schemas import ListQuery, encode, event_view
 
 _ENVELOPE = (
     b'{"success":true,"message":"Events retrieved successfully","events":[',
-    b'],"page":%d,"limit":%d,"total":%d}',
+    b'],"page":%s,"limit":%d,"total":%d,"next_cursor":%s}',
 )
-ENVELOPE_BYTES = len(_ENVELOPE[0]) + len(_ENVELOPE[1]) + 3 * 20
-"""The envelope around the events, its three numbers at their widest."""
+ENVELOPE_BYTES = len(_ENVELOPE[0]) + len(_ENVELOPE[1]) + 3 * 20 + 128
+"""The envelope around the events, its three numbers at their widest and a cursor."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,20 +30,22 @@ class Page:
     """Events already encoded, each once, and the page's numbers as answered."""
 
     events: list[bytes]
-    page: int
+    page: int | None
     limit: int
     total: int
+    next_cursor: str | None = None
 
     def body(self) -> bytes:
-        """The seed's list envelope, compact JSON."""
+        """The seed's list envelope, compact JSON, ``next_cursor`` after its fields."""
         return (
             _ENVELOPE[0]
             + b",".join(self.events)
             + _ENVELOPE[1]
             % (
-                self.page,
+                b"null" if self.page is None else b"%d" % self.page,
                 self.limit,
                 self.total,
+                b"null" if self.next_cursor is None else b'"%s"' % self.next_cursor.encode(),
             )
         )
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from bus import heartbeats, repository
+from bus import heartbeats, history, idempotency, repository
 from bus.broker import BrokerInspector
 from bus.db import transaction
 from bus.dispatch import Dispatch
@@ -77,6 +77,22 @@ def fold_counts(bus: Bus) -> int:
     it each pass, so the list's exact ``total`` reads a few rows per tenant."""
     with transaction(bus.sessions) as session:
         return repository.fold_counts(session)
+
+
+def purge_attempts(bus: Bus, now: datetime | None = None) -> int:
+    """Delete a bounded batch of attempt history entries older than
+    ``EVENTBUS_ATTEMPTS_RETENTION_DAYS`` (``bus.history.purge``): the relay does it each pass,
+    so the table holds about that many days of attempts."""
+    keep = timedelta(days=bus.settings.attempts_retention_days)
+    with transaction(bus.sessions) as session:
+        return history.purge(session, (now or utcnow()) - keep)
+
+
+def purge_idempotency_keys(bus: Bus, now: datetime | None = None) -> int:
+    """Delete a bounded batch of expired idempotency keys (``bus.idempotency.purge_expired``):
+    the relay does it each pass, so the table holds about one TTL of keys."""
+    with transaction(bus.sessions) as session:
+        return idempotency.purge_expired(session, now or utcnow())
 
 
 def _held_modules(
@@ -156,6 +172,8 @@ class Relay:
                 sent, held = _run_once(self._bus, utcnow(), self._broker)
                 self._report_held(held)
                 fold_counts(self._bus)
+                purge_attempts(self._bus)
+                purge_idempotency_keys(self._bus)
             except Exception:
                 errors += 1
                 pause = min(_MAX_ERROR_BACKOFF_SECONDS, settings.relay_interval_seconds * 2**errors)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -20,13 +20,16 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
+    tuple_,
     union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from bus.models import (
@@ -67,6 +70,25 @@ def insert_events(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
     connection.execute(_unnest_insert(columns), params)
 
 
+def insert_events_once(session: Session, rows: Sequence[Mapping[str, Any]]) -> set[uuid.UUID]:
+    """Like :func:`insert_events`, but a row whose id is already stored is left alone
+    (``ON CONFLICT (id) DO NOTHING``): returns the ids that were new. The outbox forwarder's
+    write, so a batch forwarded again after a crash stores and sends nothing twice."""
+    if not rows:
+        return set()
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        new: set[uuid.UUID] = set()
+        for row in rows:
+            stmt = sqlite_insert(_table).values(dict(row)).on_conflict_do_nothing()
+            if connection.execute(stmt).rowcount == 1:
+                new.add(row["id"])
+        return new
+    columns = tuple(rows[0])
+    params = {name: [_array_value(name, row[name]) for row in rows] for name in columns}
+    return set(connection.execute(_unnest_insert_once(columns), params).scalars())
+
+
 def _array_value(name: str, value: Any) -> Any:
     if name == "event_data":
         return Jsonb(value)
@@ -89,6 +111,15 @@ def _unnest(columns: tuple[str, ...]) -> str:
 def _unnest_insert(columns: tuple[str, ...]) -> TextClause:
     names = ", ".join(columns)
     return text(f"INSERT INTO {_table.name} ({names}) SELECT {names} FROM {_unnest(columns)}")  # noqa: S608
+
+
+@functools.cache
+def _unnest_insert_once(columns: tuple[str, ...]) -> TextClause:
+    names = ", ".join(columns)
+    return text(
+        f"INSERT INTO {_table.name} ({names}) SELECT {names} FROM {_unnest(columns)} "  # noqa: S608
+        "ON CONFLICT (id) DO NOTHING RETURNING id"
+    )
 
 
 @functools.cache
@@ -117,21 +148,37 @@ def _filtered(stmt: Select[Any], tenant_id: uuid.UUID | None, query: ListQuery) 
     return stmt
 
 
-def list_statement(tenant_id: uuid.UUID | None, query: ListQuery) -> Select[Any]:
-    """The SELECT of one page: newest first, id breaking ties so pages never overlap.
+def list_statement(
+    tenant_id: uuid.UUID | None,
+    query: ListQuery,
+    *,
+    after: tuple[datetime, uuid.UUID] | None = None,
+    peek: int = 0,
+) -> Select[Any]:
+    """The SELECT of one page: newest first, id breaking ties so pages never overlap; ``peek``
+    rows more than the page, to tell whether another page follows.
 
     Every filter combination the API offers has an ``ix_events_*`` index that serves this order.
-    Past the first page the page's keys are found first, on the index alone, and only its rows
-    are read: an OFFSET over whole rows would read (and throw away) every row before the page.
+    ``after`` (a cursor's position: created_at, id) reads the page below it by keyset, a range
+    on that same index. Past the first page by number the page's keys are found first, on the
+    index alone, and only its rows are read: an OFFSET over whole rows would read (and throw
+    away) every row before the page.
     """
     order = (_table.c.created_at.desc(), _table.c.id.desc())
+    limit = query.limit + peek
+    if after is not None:
+        below = tuple_(_table.c.created_at, _table.c.id) < tuple_(
+            literal(after[0], _table.c.created_at.type), literal(after[1], _table.c.id.type)
+        )
+        stmt = _filtered(select(SystemEvent), tenant_id, query).where(below)
+        return stmt.order_by(*order).limit(limit)
     if query.offset == 0:
-        return _filtered(select(SystemEvent), tenant_id, query).order_by(*order).limit(query.limit)
+        return _filtered(select(SystemEvent), tenant_id, query).order_by(*order).limit(limit)
     keys = (
         _filtered(select(_table.c.id, _table.c.created_at), tenant_id, query)
         .order_by(*order)
         .offset(query.offset)
-        .limit(query.limit)
+        .limit(limit)
         .subquery("page")
     )
     return (
@@ -157,11 +204,18 @@ def list_page(
 
 
 def stream_page(
-    session: Session, tenant_id: uuid.UUID | None, query: ListQuery, batch: int
-) -> Iterator[SystemEvent]:
+    session: Session,
+    tenant_id: uuid.UUID | None,
+    query: ListQuery,
+    batch: int,
+    *,
+    after: tuple[datetime, uuid.UUID] | None = None,
+    peek: int = 0,
+) -> Generator[SystemEvent, None, None]:
     """The rows of :func:`list_statement`, fetched ``batch`` at a time (a server-side cursor on
     PostgreSQL): a caller that stops early never reads, nor holds, the rest of the page."""
-    stmt = list_statement(tenant_id, query).execution_options(yield_per=batch)
+    stmt = list_statement(tenant_id, query, after=after, peek=peek)
+    stmt = stmt.execution_options(yield_per=batch)
     result = session.scalars(stmt)
     try:
         yield from result
@@ -176,6 +230,62 @@ def count_events(session: Session, tenant_id: uuid.UUID | None, query: ListQuery
     if tallied is not None:
         return tallied
     return int(session.scalar(count_statement(tenant_id, query)) or 0)
+
+
+def _created_between(
+    stmt: Select[Any], created_after: datetime | None, created_before: datetime | None
+) -> Select[Any]:
+    if created_after is not None:
+        stmt = stmt.where(_table.c.created_at >= created_after)
+    if created_before is not None:
+        stmt = stmt.where(_table.c.created_at < created_before)
+    return stmt
+
+
+def count_matching(
+    session: Session,
+    tenant_id: uuid.UUID | None,
+    filters: Mapping[str, str],
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> int:
+    """How many events a replay's filters match: the list's count (:func:`count_events`) when
+    no time bounds it, else a COUNT over the filters' index."""
+    query = ListQuery(filters)
+    if created_after is None and created_before is None:
+        return count_events(session, tenant_id, query)
+    stmt = _created_between(count_statement(tenant_id, query), created_after, created_before)
+    return int(session.scalar(stmt) or 0)
+
+
+def lock_for_replay(
+    session: Session,
+    tenant_id: uuid.UUID | None,
+    filters: Mapping[str, str],
+    created_after: datetime | None,
+    created_before: datetime | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[EventRow]:
+    """Up to ``limit`` events matching a replay's filters, oldest first from just past
+    ``after`` (the last of the previous batch: created_at, id), row-locked; events another
+    transaction holds (a worker's attempt right now) are skipped (``SKIP LOCKED``). Read as
+    :func:`claim_for_processing`'s, for ``bus.rules.save_changes``."""
+    stmt = _filtered(select(_table), tenant_id, ListQuery(filters))
+    stmt = _created_between(stmt, created_after, created_before)
+    if after is not None:
+        stmt = stmt.where(
+            tuple_(_table.c.created_at, _table.c.id)
+            > tuple_(
+                literal(after[0], _table.c.created_at.type), literal(after[1], _table.c.id.type)
+            )
+        )
+    stmt = (
+        stmt.order_by(_table.c.created_at, _table.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [EventRow(**row) for row in session.connection().execute(stmt).mappings()]
 
 
 @dataclass(frozen=True, slots=True)

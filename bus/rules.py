@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bus import repository
+from bus import history, repository
 from bus.dispatch import Dispatch
 from bus.models import EventRow, EventStatus
 from bus.schemas import StatusChange
@@ -78,19 +78,21 @@ def apply_change(
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One status change to save: the event, the change, and how the rules apply it (see
-    :func:`apply_change`)."""
+    """One status change to save: the event, the change, how the rules apply it (see
+    :func:`apply_change`), and the attempt history entry it appends, if any."""
 
     event: EventRow
     change: StatusChange
     retry_delay: float | None = None
     failures_before: int | None = None
+    entry: history.Entry | None = None
 
 
 def save_changes(uow: UnitOfWork, changes: Sequence[Change], now: datetime | None = None) -> None:
-    """:func:`apply_change` to each, then every outcome written in one statement and the sends
-    the rules ask for handed to the unit of work: the one write path of a status change, for
-    the ``PUT`` route and the workers' attempts alike."""
+    """:func:`apply_change` to each, then every outcome written in one statement, their history
+    entries appended in one more (``bus.history.record``), and the sends the rules ask for
+    handed to the unit of work: the one write path of a status change, for the ``PUT`` route
+    and the workers' attempts alike."""
     now = now or utcnow()
     outcomes: list[tuple[uuid.UUID, dict[str, Any]]] = []
     for item in changes:
@@ -106,10 +108,16 @@ def save_changes(uow: UnitOfWork, changes: Sequence[Change], now: datetime | Non
         if resend:
             uow.send(Dispatch(event.id, event.target_module, request_id=event.request_id))
     repository.save_outcomes(uow.session, outcomes)
+    history.record(uow.session, [item.entry for item in changes if item.entry is not None])
 
 
 def save_change(
-    uow: UnitOfWork, event: EventRow, change: StatusChange, now: datetime | None = None
+    uow: UnitOfWork,
+    event: EventRow,
+    change: StatusChange,
+    now: datetime | None = None,
+    *,
+    entry: history.Entry | None = None,
 ) -> None:
     """One change reported from outside the bus (``PUT``), with the row's own failure count."""
-    save_changes(uow, [Change(event, change)], now)
+    save_changes(uow, [Change(event, change, entry=entry)], now)

@@ -21,6 +21,7 @@ from bus.errors import (
     EventDataNotObject,
     EventDataTooLarge,
     FieldRequired,
+    InvalidCursor,
     InvalidField,
     InvalidJSONBody,
     InvalidStatus,
@@ -63,8 +64,8 @@ MAX_PAGE = 10**9
 MAX_PAGE_LIMIT = 1000
 DEFAULT_PAGE_LIMIT = 100
 LIST_FILTERS = ("event_type", "source_module", "target_module", "status", "entity_type")
-LIST_PARAMS = ("tenant_id", *LIST_FILTERS, "page", "limit")
-"""The list's query parameters, in the seed's order."""
+LIST_PARAMS = ("tenant_id", *LIST_FILTERS, "page", "limit", "cursor")
+"""The list's query parameters, in the seed's order, then the cursor (issue 12)."""
 STATUSES = tuple(s.value for s in EventStatus)
 
 # Patterns are written in the subset Python's ``re`` and ECMA-262 (JSON Schema) read alike.
@@ -313,6 +314,9 @@ class ListQuery:
     filters: Mapping[str, str]
     page: int = 1
     limit: int = DEFAULT_PAGE_LIMIT
+    cursor: str = ""
+    """A ``next_cursor`` as given (checked against the tenant and filters by ``bus.cursors``);
+    empty: the page is ``page``'s."""
 
     @property
     def offset(self) -> int:
@@ -328,7 +332,11 @@ def _positive_int(raw: str | None, default: int, pattern: str, field: str) -> in
 
 
 def parse_list_query(params: Mapping[str, str | None]) -> ListQuery:
-    """Empty filter values mean no filter, as in the seed's curl."""
+    """Empty filter values mean no filter, as in the seed's curl. A cursor walks on from a
+    page: ``page`` beside it is ``Invalid cursor``."""
+    cursor = params.get("cursor") or ""
+    if cursor and params.get("page"):
+        raise InvalidCursor()
     page = _positive_int(params.get("page"), 1, PAGE_PATTERN, "page")
     limit = _positive_int(params.get("limit"), DEFAULT_PAGE_LIMIT, LIMIT_PATTERN, "limit")
     filters = {name: value for name in LIST_FILTERS if (value := params.get(name))}
@@ -337,7 +345,7 @@ def parse_list_query(params: Mapping[str, str | None]) -> ListQuery:
     for name, value in filters.items():
         if not _FILTER.fullmatch(value) or not is_text(value):  # no identifier holds one
             raise InvalidField(name)
-    return ListQuery(filters=filters, page=page, limit=limit)
+    return ListQuery(filters=filters, page=page, limit=limit, cursor=cursor)
 
 
 def event_view(event: SystemEvent | EventRow) -> dict[str, Any]:

@@ -5,16 +5,18 @@ The ``PUT`` route and the worker tasks both come here; neither re-implements a r
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from bus import logs, metrics, pages, repository
+from bus import cursors, history, idempotency, logs, metrics, pages, repository
 from bus.auth import Principal, require_reader, require_writer, resolve_tenant
 from bus.dispatch import Dispatch
 from bus.errors import (
@@ -23,15 +25,18 @@ from bus.errors import (
     EventNotFound,
     EventsNotArray,
     FieldRequired,
+    IdempotencyKeyInProgress,
+    IdempotencyKeyReused,
     InvalidJSONBody,
     TooManyEvents,
 )
-from bus.models import EventRow, EventStatus
+from bus.models import EventRow, EventStatus, SystemEvent
 from bus.pages import Page
 from bus.rules import save_change, utcnow
 from bus.schemas import (
     ListQuery,
     NewEvent,
+    StatusChange,
     event_view,
     parse_new_event,
     parse_status_change,
@@ -148,6 +153,83 @@ def store_published(uow: UnitOfWork, events: Sequence[EventRow]) -> list[dict[st
     return [event_view(event) for event in events]
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A keyed publish's response: the first one, or the stored one again (``replayed``)."""
+
+    status_code: int
+    body: bytes
+    replayed: bool
+
+
+def publish_once(
+    uow: UnitOfWork,
+    settings: Settings,
+    key: str,
+    request_fingerprint: str,
+    events: Sequence[EventRow],
+    render: Callable[[list[dict[str, Any]]], bytes],
+    *,
+    status_code: int = 201,
+    now: datetime | None = None,
+) -> Answer:
+    """A publish (or batch) carrying an ``Idempotency-Key``, checked already: stored once per
+    (tenant, key) within ``EVENTBUS_IDEMPOTENCY_TTL_SECONDS``.
+
+    ``render`` turns the stored events' views into the response body; that exact body is kept
+    with the key in this unit of work, so a commit holds the events and their answer or
+    neither. The same key again: the same request is answered that body (nothing stored), a
+    different one is ``IdempotencyKeyReused``; a key whose first request is still in flight is
+    ``IdempotencyKeyInProgress`` (see :mod:`bus.idempotency`).
+    """
+    assert events, "a publish stores at least one event"
+    tenant_id = events[0].tenant_id
+    session = uow.session
+    if not idempotency.try_lock(session, tenant_id, key):
+        raise IdempotencyKeyInProgress()
+    now = now or utcnow()
+    stored = idempotency.find(session, tenant_id, key, now)
+    if stored is not None:
+        if stored.fingerprint != request_fingerprint:
+            raise IdempotencyKeyReused()
+        return Answer(stored.status_code, stored.body.encode("utf-8"), replayed=True)
+    body = render(store_published(uow, events))
+    first = idempotency.StoredResponse(request_fingerprint, status_code, body.decode("utf-8"))
+    ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
+    idempotency.store(session, tenant_id, key, first, now, ttl)
+    return Answer(status_code, body, replayed=False)
+
+
+def new_event(
+    body: Any,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    *,
+    event_id: uuid.UUID | None = None,
+    request_id: str | None = None,
+    now: datetime | None = None,
+) -> EventRow:
+    """A publish body checked by the API's rules, as a row to store, with the id given (the
+    outbox forwarder passes its row's id, so a forward repeated stores nothing new)."""
+    new = parse_new_event(body, settings.max_event_data_bytes)
+    row = _new_row(new, tenant_id, request_id, now or utcnow())
+    if event_id is not None:
+        row.id = event_id
+    return row
+
+
+def store_published_once(uow: UnitOfWork, events: Sequence[EventRow]) -> list[uuid.UUID]:
+    """:func:`store_published` for events whose id may already be stored (the outbox
+    forwarder's batch again after a crash): only the new ones are stored, sent and counted.
+    Returns their ids. One already stored was sent when it was stored, or the relay sends it."""
+    new = repository.insert_events_once(uow.session, [event.values() for event in events])
+    fresh = [event for event in events if event.id in new]
+    for event in fresh:
+        uow.send(Dispatch(event.id, event.target_module, request_id=event.request_id))
+    uow.after_commit(lambda: _published(fresh))
+    return [event.id for event in fresh]
+
+
 def _published(events: Sequence[EventRow]) -> None:
     for event in events:
         metrics.count_published(event.target_module, event.event_type)
@@ -181,23 +263,58 @@ def list_events(
 ) -> Page:
     """One page of the caller's events (every tenant's for a system admin naming none), its
     body within ``EVENTBUS_MAX_RESPONSE_BYTES``: a page that would pass it is cut
-    (see :mod:`bus.pages`).
+    (see :mod:`bus.pages`). The page is ``page``'s, or the one after ``cursor``'s position
+    (``Invalid cursor`` unless this bus made it for this tenant and these filters); either way
+    it carries the cursor of the page after it, null when none follows (one more row is read
+    to know).
 
     Rows are read a few at a time, as many as a quarter of the budget holds at the largest
     event's size, so a request holds about the budget whatever the page.
     """
     require_reader(principal)
     tenant_id = _acting_tenant(principal, tenant_param, creating=False)
+    key = cursors.derive_key(settings.signing_secret())
+    after = None
+    if query.cursor:
+        position = cursors.decode(key, query.cursor, tenant_id, query.filters)
+        after = (position.created_at, position.id)
     budget = settings.max_response_bytes
     largest = settings.max_event_data_bytes + LARGEST_EVENT_OVERHEAD
     batch = max(1, min(query.limit, budget // (4 * largest)))
-    rows = repository.stream_page(session, tenant_id, query, batch)
-    events, cut = pages.fit(rows, budget)
-    if not cut and len(events) < query.limit and (events or query.page == 1):
-        total = query.offset + len(events)  # a short page ends the set: no COUNT needed
+    seen: list[cursors.Position] = []
+    rows = _noting(
+        repository.stream_page(session, tenant_id, query, batch, after=after, peek=1), seen
+    )
+    try:
+        events, cut = pages.fit(itertools.islice(rows, query.limit), budget)
+        more = cut or next(rows, None) is not None
+    finally:
+        rows.close()
+    if after is None and not more and (events or query.page == 1):
+        total = query.offset + len(events)  # this page ends the set: no COUNT needed
     else:
         total = repository.count_events(session, tenant_id, query)
-    return pages.page_of(query, events, total, cut=cut)
+    if after is None:
+        page = pages.page_of(query, events, total, cut=cut)
+    else:
+        page = Page(events, None, len(events) if cut else query.limit, total)
+    kept = len(page.events)
+    if not (kept and (more or kept < len(events))):
+        return page
+    next_cursor = cursors.encode(key, seen[kept - 1], tenant_id, query.filters)
+    return dataclasses.replace(page, next_cursor=next_cursor)
+
+
+def _noting(
+    rows: Generator[SystemEvent, None, None], seen: list[cursors.Position]
+) -> Generator[SystemEvent, None, None]:
+    """``rows``, noting the list position of each as it passes."""
+    try:
+        for row in rows:
+            seen.append(cursors.Position(row.created_at, row.id))
+            yield row
+    finally:
+        rows.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +377,8 @@ def update_status(
 
     ``pending`` sends the event again (a manual retry or replay). ``failed`` records the failure
     and schedules no automatic retry: the schedule belongs to attempts the bus made itself.
+    A change of status to processed or failed appends an ``api`` entry to the event's attempt
+    history; to pending none (the replayed run is the worker's to record).
     """
     require_writer(principal)
     tenant_id = _acting_tenant(principal, tenant_param, creating=False)
@@ -271,5 +390,39 @@ def update_status(
     event = repository.lock_event(uow.session, uid, tenant_id)
     if event is None:
         raise EventNotFound()
-    save_change(uow, event, change, now)
+    now = now or utcnow()
+    save_change(uow, event, change, now, entry=_reported(event, change, now))
     return event_view(event)
+
+
+def _reported(event: EventRow, change: StatusChange, now: datetime) -> history.Entry | None:
+    """The history entry of a ``PUT``: one when it changes the status to processed or failed."""
+    if change.status == event.status or change.status is EventStatus.PENDING:
+        return None
+    return history.Entry(
+        event.id,
+        history.Outcome(change.status.value),
+        now,
+        error_message=change.error_message,
+        worker=history.this_process(),
+        source=history.Source.API,
+    )
+
+
+def event_detail(
+    session: Session, principal: Principal, event_id: str, tenant_param: str | None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``GET /system/events/{id}``: the seed's event object and its attempt history, oldest
+    first, with the list's reader rule and tenancy (a system admin naming no tenant reads any
+    tenant's event). An id that is no UUID, or names an event outside the tenant, is not found.
+    """
+    require_reader(principal)
+    tenant_id = _acting_tenant(principal, tenant_param, creating=False)
+    try:
+        uid = uuid.UUID(event_id)
+    except ValueError as exc:
+        raise EventNotFound() from exc
+    event = repository.read_event(session, uid)
+    if event is None or (tenant_id is not None and event.tenant_id != tenant_id):
+        raise EventNotFound()
+    return event_view(event), history.attempts_of(session, uid)

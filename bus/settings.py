@@ -98,6 +98,16 @@ class Settings(BaseSettings):
         600.0, gt=0, description="a sent but unprocessed event is sent again after this"
     )
     relay_batch_size: int = Field(500, ge=1, description="events sent per relay batch")
+    attempts_retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="attempt history entries (`GET /system/events/{id}`) older than this are "
+        "purged by the relay",
+    )
+    outbox_retention_seconds: float = Field(
+        604800.0, ge=0, description="forwarded outbox rows are purged after this (eventbus forward)"
+    )
+    outbox_batch_size: int = Field(500, ge=1, description="outbox rows forwarded per batch")
     worker_heartbeat_seconds: float = Field(
         5.0,
         gt=0,
@@ -156,6 +166,12 @@ class Settings(BaseSettings):
     )
     flower_basic_auth: str = Field(
         "", description="`user:password` (several: comma-separated) that `eventbus flower` requires"
+    )
+    idempotency_ttl_seconds: int = Field(
+        86400,
+        ge=1,
+        description="how long a publish's Idempotency-Key is remembered: the same key and body "
+        "within it is answered the first response again; the relay purges expired keys",
     )
 
     @model_validator(mode="after")

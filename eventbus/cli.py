@@ -1,4 +1,5 @@
-"""``eventbus <command>``: migrate, api, worker, relay, dev, flower, token, dead-letters.
+"""``eventbus <command>``: migrate, api, worker, relay, dev, flower, token, dead-letters,
+outbox init, forward.
 
 Commands import what they need inside their function: ``PROMETHEUS_MULTIPROC_DIR`` must be set
 (:mod:`bus.multiprocess`) before anything imports prometheus_client, which ``bus.service`` does.
@@ -215,6 +216,140 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         inspector.close()
 
 
+def cmd_outbox_init(args: argparse.Namespace) -> int:
+    """Create the eventbus_outbox table in a caller's own database (PostgreSQL)."""
+    from sqlalchemy import create_engine
+
+    from eventbus.outbox import init
+
+    engine = create_engine(_sqlalchemy_url(args.database_url))
+    try:
+        init(engine)
+    finally:
+        engine.dispose()
+    print(f"eventbus_outbox ready in {engine.url.render_as_string(hide_password=True)}")
+    return 0
+
+
+def _sqlalchemy_url(url: str) -> str:
+    """``postgresql://`` as psycopg 3 (the driver the bus ships), not SQLAlchemy's psycopg2."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def cmd_forward(args: argparse.Namespace) -> int:
+    """Drain a caller's eventbus_outbox into the bus (its database and broker, or --api over
+    HTTP); loop until SIGTERM/SIGINT, or one batch with --once."""
+    from datetime import timedelta
+
+    from sqlalchemy import create_engine
+
+    from eventbus.outbox import ApiSink, BusSink, Forwarder, Sink
+
+    settings = get_settings()
+    _setup_logging(args.loglevel, settings)
+    if bool(args.api) != bool(args.token):
+        print("eventbus forward: --api and --token go together", file=sys.stderr)
+        return 2
+    engine = create_engine(_sqlalchemy_url(args.database_url))
+    closers: list[Callable[[], None]] = [engine.dispose]
+    sink: Sink
+    if args.api:
+        from eventbus.client import Client
+
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per forwarded row
+        client = Client(args.api, args.token)
+        closers.append(client.close)
+        sink = ApiSink(client)
+    else:
+        from bus.runtime import Bus
+
+        bus = Bus(settings)
+        closers.append(bus.close)
+        sink = BusSink(bus)
+    retention = (
+        settings.outbox_retention_seconds
+        if args.retention_seconds is None
+        else args.retention_seconds
+    )
+    forwarder = Forwarder(
+        engine,
+        sink,
+        batch_size=args.batch_size or settings.outbox_batch_size,
+        retention=timedelta(seconds=retention),
+        interval=args.interval,
+    )
+    try:
+        if args.once:
+            print(forwarder.run_once())
+            return 0
+
+        def stop(_signum: int, _frame: FrameType | None) -> None:
+            forwarder.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        log.info("forwarding eventbus_outbox")
+        forwarder.run()
+        return 0
+    finally:
+        for close in reversed(closers):
+            close()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Set the events a filter matches pending again and send them (the PUT … pending rule, in
+    batches), straight on the database and broker of the EVENTBUS_* settings; prints
+    matched/replayed. --dry-run only counts."""
+    from bus import replay
+    from bus.errors import BusError
+    from bus.runtime import Bus
+
+    settings = get_settings()
+    _setup_logging(args.loglevel, settings)
+    try:
+        query = replay.parse_replay(
+            {
+                "status": args.status,
+                "target_module": args.module,
+                "source_module": args.source,
+                "event_type": args.type,
+                "entity_type": args.entity_type,
+                "created_after": args.created_after,
+                "created_before": args.created_before,
+                "dry_run": args.dry_run,
+                "max": args.max,
+            }
+        )
+    except BusError as exc:
+        print(f"eventbus replay: {exc.message}", file=sys.stderr)
+        return 2
+    bus = Bus(settings)
+    try:
+        result = replay.run(bus.unit_of_work, settings, args.tenant, query)
+    finally:
+        bus.close()
+    print(f"matched {result.matched}, replayed {result.replayed}" + (" (dry run)" * query.dry_run))
+    return 0
+
+
+def _add_replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("replay", help=cmd_replay.__doc__)
+    p.add_argument("--status", default=None, help="pending, processed or failed")
+    p.add_argument("--module", default=None, help="the target module")
+    p.add_argument("--source", default=None, help="the source module")
+    p.add_argument("--type", default=None, help="the event type")
+    p.add_argument("--entity-type", default=None)
+    p.add_argument("--tenant", type=uuid.UUID, default=None, help="default: every tenant")
+    p.add_argument("--created-after", default=None, help="RFC 3339: created at or after it")
+    p.add_argument("--created-before", default=None, help="RFC 3339: created before it")
+    p.add_argument("--dry-run", action="store_true", help="count the matches, change nothing")
+    p.add_argument("--max", type=int, default=10_000, help="replay at most this many (1..100000)")
+    p.add_argument("--loglevel", default="WARNING")
+    p.set_defaults(func=cmd_replay)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventbus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -267,12 +402,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sub", default="dev")
     p.set_defaults(func=cmd_token)
 
+    _add_replay_parser(sub)
+
     p = sub.add_parser("dead-letters", help=cmd_dead_letters.__doc__)
     p.add_argument("--module", required=True, help="the module whose refused messages to show")
     p.add_argument("--purge", action="store_true", help="delete them instead of listing")
     p.add_argument("--limit", type=int, default=100, help="at most this many (newest first)")
     p.set_defaults(func=cmd_dead_letters)
+    _add_outbox_commands(sub)
     return parser
+
+
+def _add_outbox_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("outbox", help="the transactional outbox in a caller's database")
+    outbox = p.add_subparsers(dest="outbox_command", required=True)
+    q = outbox.add_parser("init", help=cmd_outbox_init.__doc__)
+    q.add_argument("--database-url", required=True, help="the caller's database (PostgreSQL)")
+    q.set_defaults(func=cmd_outbox_init)
+
+    p = sub.add_parser("forward", help=cmd_forward.__doc__)
+    p.add_argument("--database-url", required=True, help="the caller's database (PostgreSQL)")
+    p.add_argument("--api", default=None, help="forward over HTTP to this base URL instead")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="with --api: a token that may publish for every tenant in the outbox",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="default: EVENTBUS_OUTBOX_BATCH_SIZE"
+    )
+    p.add_argument(
+        "--retention-seconds",
+        type=float,
+        default=None,
+        help="purge forwarded rows after this; default: EVENTBUS_OUTBOX_RETENTION_SECONDS",
+    )
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls when idle")
+    p.add_argument("--once", action="store_true", help="forward one batch, print how many, exit")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_forward)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

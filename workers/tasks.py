@@ -51,7 +51,7 @@ from bus.dispatch import LOST_HEADER, REQUEST_ID_HEADER, Dispatch
 from bus.logs import log_context
 from bus.models import EventRow, EventStatus
 from bus.queues import BUS_TASKS, PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK
-from bus.rules import Change, save_changes
+from bus.rules import Change, save_changes, utcnow
 from bus.runtime import Bus
 from bus.uow import HandlerMisuse, UnitOfWork
 from workers.event import Event
@@ -130,8 +130,9 @@ class EventProcessor:
             raise task.retry(countdown=countdown, exc=exc) from exc
 
     def _run(self, uow: UnitOfWork, runs: Sequence[Attempt]) -> None:
-        """Each claimed event's handler in its own savepoint, every outcome in one statement,
-        one commit; then each failure's retry is sent on its own with its delay.
+        """Each claimed event's handler in its own savepoint, every outcome in one statement
+        and their attempt history entries in one more, one commit; then each failure's retry
+        is sent on its own with its delay.
 
         Past the batch's time budget the events not yet run are sent again in a message of
         their own, so a batch never runs into the task's time limit.
@@ -153,19 +154,20 @@ class EventProcessor:
                 changes.append(attempts.failed(attempt, reason, None))
                 reports.append(functools.partial(_report_unhandled, attempt))
                 continue
-            started = time.perf_counter()
+            began, started = utcnow(), time.perf_counter()
             with _logged_as(row):
                 run = self._run_handler(uow, registration, Event.of(row, attempt.number))
             elapsed = time.perf_counter() - started
             if run.error is None:
-                changes.append(attempts.processed(attempt))
+                changes.append(attempts.processed(attempt, began))
                 reports.append(functools.partial(_report_processed, attempt, elapsed))
                 continue
             if run.lost_transaction:
                 self._after_lost_transaction(uow, runs, attempt, run.error)
                 return
             delay = policy.delay(attempt.number)
-            changes.append(attempts.failed(attempt, attempts.summarize_error(run.error), delay))
+            message = attempts.summarize_error(run.error)
+            changes.append(attempts.failed(attempt, message, delay, began))
             if delay is not None:
                 uow.send(_retry(row, delay))
             reports.append(functools.partial(_report_failed, attempt, run.error, elapsed, delay))

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import api
+from bus.cursors import CURSOR_PATTERN
 from bus.schemas import (
     EVENT_FIELDS,
     FILTER_PATTERN,
@@ -29,16 +30,27 @@ from bus.schemas import (
 
 OPERATIONS = {
     ("get", "/system/events"): ("List Events", {"200", "400", "401", "403", "500"}),
-    ("post", "/system/events"): ("Publish Event", {"201", "400", "401", "403", "413", "500"}),
+    ("post", "/system/events"): (
+        "Publish Event",
+        {"201", "400", "401", "403", "409", "413", "422", "500"},
+    ),
     ("post", "/system/events/batch"): (
         "Publish Events",
-        {"201", "400", "401", "403", "413", "500"},
+        {"201", "400", "401", "403", "409", "413", "422", "500"},
     ),
     ("put", "/system/events/{event_id}"): (
         "Update Event Status",
         {"200", "400", "401", "403", "404", "413", "500"},
     ),
     ("get", "/system/events/stats"): ("Event Stats", {"200", "400", "401", "403", "500"}),
+    ("post", "/system/events/replay"): (
+        "Replay Events",
+        {"200", "400", "401", "403", "413", "500"},
+    ),
+    ("get", "/system/events/{event_id}"): (
+        "Get Event",
+        {"200", "400", "401", "403", "404", "500"},
+    ),
 }
 ERROR_ENVELOPE = {"$ref": "#/components/schemas/ErrorEnvelope"}
 
@@ -69,7 +81,7 @@ def test_each_operation_is_described(document: dict[str, Any], method: str, path
 
     assert op["summary"] == summary
     assert op["description"]  # the route's docstring
-    assert set(op["responses"]) == codes  # no 422: the API never answers one
+    assert set(op["responses"]) == codes  # no FastAPI 422: only a reused Idempotency-Key
 
 
 def test_the_bearer_scheme(document: dict[str, Any]) -> None:
@@ -122,7 +134,7 @@ def test_the_success_envelopes(document: dict[str, Any]) -> None:
         "modules",
     }
     page = document["components"]["schemas"]["EventsPage"]["properties"]
-    assert set(page) == {"success", "message", "events", "page", "limit", "total"}
+    assert list(page) == ["success", "message", "events", "page", "limit", "total", "next_cursor"]
     event = document["components"]["schemas"]["Event"]["properties"]
     assert list(event) == list(EVENT_FIELDS)
     assert event["status"]["enum"] == list(STATUSES)
@@ -176,6 +188,7 @@ def test_the_list_documents_its_query(document: dict[str, Any]) -> None:
         ("get", "/system/events/stats"),
         ("post", "/system/events"),
         ("put", "/system/events/{event_id}"),
+        ("post", "/system/events/replay"),
     ],
 )
 def test_the_tenant_parameter(document: dict[str, Any], method: str, path: str) -> None:
@@ -207,3 +220,41 @@ def test_the_docs_assets_ship_with_their_licences() -> None:
         assert (static / name).is_file(), name
     pyproject = (Path(api.__file__).parents[1] / "pyproject.toml").read_text()
     assert 'api = ["static/README.md", "static/*/*"]' in pyproject
+
+
+def test_the_replay_documents_its_body(document: dict[str, Any]) -> None:
+    op = operation(document, "post", "/system/events/replay")
+    body = op["requestBody"]
+    schema = body["content"]["application/json"]["schema"]
+    responses = op["responses"]["200"]["content"]["application/json"]["schema"]
+
+    assert body["required"] is True
+    assert list(schema["properties"]) == [
+        "status",
+        "event_type",
+        "source_module",
+        "target_module",
+        "entity_type",
+        "created_after",
+        "created_before",
+        "dry_run",
+        "max",
+    ]
+    assert schema["additionalProperties"] is False  # a typo'd filter is refused
+    assert schema["properties"]["created_after"]["pattern"] == TIMESTAMP_PATTERN
+    assert (schema["properties"]["max"]["minimum"], schema["properties"]["max"]["maximum"]) == (
+        1,
+        100_000,
+    )
+    assert responses == {"$ref": "#/components/schemas/ReplayEnvelope"}
+    envelope = document["components"]["schemas"]["ReplayEnvelope"]["properties"]
+    assert list(envelope) == ["success", "message", "matched", "replayed"]
+
+
+def test_the_list_documents_its_cursor(document: dict[str, Any]) -> None:
+    parameters = operation(document, "get", "/system/events")["parameters"]
+    cursor = next(p for p in parameters if p["name"] == "cursor")
+
+    assert cursor["schema"]["pattern"] == CURSOR_PATTERN
+    page = document["components"]["schemas"]["EventsPage"]["properties"]
+    assert "null" in {t.get("type") for t in page["next_cursor"]["anyOf"]}

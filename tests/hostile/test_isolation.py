@@ -85,7 +85,13 @@ def assert_nothing_of_b(response: Any, b_events: list[dict[str, Any]]) -> None:
 @pytest.mark.parametrize("caller", CALLERS)
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", EVENTS), ("GET", f"{EVENTS}/stats"), ("POST", EVENTS), ("PUT", "b_event")],
+    [
+        ("GET", EVENTS),
+        ("GET", f"{EVENTS}/stats"),
+        ("POST", EVENTS),
+        ("PUT", "b_event"),
+        ("GET", "b_event"),
+    ],
 )
 def test_naming_tenant_b_in_any_spelling(
     client: TestClient,

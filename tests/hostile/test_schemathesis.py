@@ -32,7 +32,9 @@ OPERATIONS = [
     ("/system/events", "GET"),
     ("/system/events", "POST"),
     ("/system/events/{event_id}", "PUT"),
+    ("/system/events/{event_id}", "GET"),
     ("/system/events/stats", "GET"),
+    ("/system/events/replay", "POST"),
 ]
 CALLERS = ("manager of tenant A", "system admin")
 
@@ -66,6 +68,9 @@ def test_generated_requests(
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
+        if mode is GenerationMode.POSITIVE and case.query:
+            # A cursor is a signed value no schema can generate (tests/contract/test_cursor.py)
+            case.query.pop("cursor", None)
         if method == "PUT" and case.path_parameters and len(outcomes) % 2 == 0:
             case.path_parameters["event_id"] = str(known["id"])  # reach the update itself too
         # When it is sent with the caller's token
@@ -120,6 +125,9 @@ def test_every_check_and_phase_against_a_real_api(
         "--request-timeout",
         "10",
     ]
+    # (a list cursor is a signed value no schema can generate: the CLI sends none, see
+    # tests/contract/test_cursor.py; the config is read from the CLI's cwd)
+    (tmp_path / "schemathesis.toml").write_text('[parameters]\n"query.cursor" = ""\n')
     # When schemathesis runs every check through every phase (its seed is in the output)
     run = subprocess.run(  # in tmp_path: the CLI keeps its .schemathesis/ state in its cwd
         argv,

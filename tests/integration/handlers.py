@@ -6,6 +6,8 @@ own body what the handler should do:
 * ``sleep``: seconds to wait first;
 * ``fail_until``: raise while the attempt number is at most this;
 * ``kill_until``: SIGKILL the running process while the attempt number is at most this;
+* ``kill_once``: a file; SIGKILL the running process if it does not exist yet (creating it), so
+  exactly one run dies whatever its attempt number;
 * ``write``: insert a row into ``handler_effects`` through the handler's session;
 * ``trace``: a file to which each attempt appends ``<attempt> <unix time>``;
 * ``commit``: call ``session.commit()``, which a handler must not do.
@@ -47,6 +49,11 @@ def behave(event: Event, session: Session) -> None:
         )
     if data.get("commit"):
         session.commit()
+    if data.get("kill_once"):
+        marker = Path(data["kill_once"])
+        if not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
     if event.attempt <= int(data.get("kill_until", 0)):
         os.kill(os.getpid(), signal.SIGKILL)
     if event.attempt <= int(data.get("fail_until", 0)):
