@@ -30,8 +30,8 @@ PROFILE_TENANT = uuid.UUID("0f0f0f0f-0000-4000-8000-000000000001")
 API_PARTS = {
     "token verification": "TokenVerifier.verify",
     "body read and JSON parse": "json_body (api/deps.py)",
-    "service.publish (validate, build the row)": "publish (bus/service.py)",
-    "INSERT": "insert_event (bus/repository.py)",
+    "validate, build the row (service.prepare_publish)": "prepare_publish (bus/service.py)",
+    "INSERT (one per group commit)": "insert_events (bus/repository.py)",
     "COMMIT": "Session.commit",
     "send to Redis (all of Dispatcher.send)": "Dispatcher.send",
     "  of it: the task-sent event (task_send_sent_event)": "EventDispatcher.publish",
@@ -44,10 +44,11 @@ WORKER_PARTS = {
     # The solo pool runs the task inside kombu's receive callback, so "receive" would contain
     # everything; these parts are nested as the stack nests them instead.
     "Celery runs the task (trace, request)": "fast_trace_task",
-    "  the bus's task (eventbus.process_event)": "EventProcessor.process",
-    "    claim: SELECT … FOR UPDATE SKIP LOCKED": "begin_attempt",
-    "    handler (no-op) in its SAVEPOINT": "_run_handler",
-    "    status update and COMMIT": "Session.commit",
+    "  the bus's task (eventbus.process_events)": "EventProcessor.process",
+    "    claim of the batch: SELECT … FOR UPDATE SKIP LOCKED": "begin_many",
+    "    handlers (no-op), each in its SAVEPOINT when it takes a session": "_run_handler",
+    "    outcomes (one UPDATE)": "save_changes",
+    "    COMMIT (and the sends of retries)": "UnitOfWork.commit",
     "task events (worker_send_task_events)": "EventDispatcher.send",
     "ack (acks_late)": "Message.ack",
     "logging": "Logger.",
