@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from bus import metrics
+from bus import metrics, tracing
 from bus.queues import PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,15 @@ _HEADER_TYPES: dict[str, tuple[type, ...]] = {
     "stamps": (type(None), dict),
     "eventbus_request_id": _OPTIONAL_TEXT,
     "eventbus_lost": _OPTIONAL_TEXT,
+    # Read by the task with tracing on (bus.tracing), which ignores a malformed value; the
+    # types and sizes are checked here so nothing but the bus's own shape reaches it.
+    tracing.TRACEPARENT: _OPTIONAL_TEXT,
+    tracing.TRACESTATE: _OPTIONAL_TEXT,
+    tracing.EVENT_TRACEPARENTS: (type(None), dict),
+}
+_TRACE_TEXT_CAPS = {
+    tracing.TRACEPARENT: tracing.MAX_TRACEPARENT_CHARS,
+    tracing.TRACESTATE: tracing.MAX_TRACESTATE_CHARS,
 }
 
 
@@ -280,6 +289,25 @@ def _header_values_problem(headers: Mapping[str, Any]) -> str | None:
     retries = headers.get("retries")
     if isinstance(retries, int) and retries < 0:
         return "header retries is negative"
+    return _trace_headers_problem(headers)
+
+
+def _trace_headers_problem(headers: Mapping[str, Any]) -> str | None:
+    for name, cap in _TRACE_TEXT_CAPS.items():
+        value = headers.get(name)
+        if value is not None and len(value) > cap:
+            return f"header {name} is longer than {cap} characters"
+    name = tracing.EVENT_TRACEPARENTS
+    per_event = headers.get(name)
+    if not per_event:
+        return None
+    if len(per_event) > tracing.MAX_EVENT_TRACEPARENTS:
+        return f"header {name} has more than {tracing.MAX_EVENT_TRACEPARENTS} entries"
+    for key, value in per_event.items():
+        if not (isinstance(key, str) and len(key) <= 36):
+            return f"header {name} key {_short(key)} is not an event id"
+        if not (isinstance(value, str) and len(value) <= tracing.MAX_TRACEPARENT_CHARS):
+            return f"header {name} value {_short(value)} is not a traceparent"
     return None
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bus import repository
 from bus.db import transaction
 from bus.queues import PROCESS_EVENTS_TASK, queue_name
+from bus.tracing import Sender
 
 log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "eventbus_request_id"
@@ -35,6 +36,9 @@ class Dispatch:
     """Why the delivery before this one may have died, if it may (sent as ``LOST_HEADER``)."""
     countdown: float | None = None
     """Seconds the message waits before it runs (a retry's delay)."""
+    trace: str | None = None
+    """With tracing on, the ``traceparent`` of the span it was asked for in, when that is not
+    the span the unit of work commits in (a group commit's other requests, a retry)."""
 
     @property
     def alone(self) -> bool:
@@ -87,7 +91,8 @@ class Dispatcher:
     """Hands messages to the broker; a send that fails is unstamped for the relay to retry.
 
     After a failed send the broker is left alone for ``cooldown`` seconds: sends in that time
-    fail at once, so requests do not each wait out a dead broker's timeout.
+    fail at once, so requests do not each wait out a dead broker's timeout. With a ``tracer``
+    (tracing on) each message is sent in a span of its own and carries its trace context.
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class Dispatcher:
         queue_prefix: str,
         max_ids: int = 500,
         cooldown: float = 1.0,
+        tracer: Sender | None = None,
     ) -> None:
         self._app = celery_app
         self._sessions = sessions
@@ -104,6 +110,7 @@ class Dispatcher:
         self._max_ids = max_ids
         self._cooldown = cooldown
         self._down_until = 0.0
+        self._tracer = tracer
 
     def send(self, dispatches: Sequence[Dispatch]) -> list[uuid.UUID]:
         """Send them, grouped (:func:`group`); returns the ids whose send failed (already
@@ -113,9 +120,11 @@ class Dispatcher:
         try could wait out a connect timeout while the relay will send them all anyway.
         """
         messages = group(dispatches, self._max_ids)
+        # Tracing off: one check per call; the dispatches' ``trace`` stays unread.
+        origin = self._tracer.default_origin() if self._tracer is not None else None
         failed: list[uuid.UUID] = []
         for index, message in enumerate(messages):
-            if time.monotonic() < self._down_until or not self._send_one(message):
+            if time.monotonic() < self._down_until or not self._send_one(message, origin):
                 failed = [d.event_id for m in messages[index:] for d in m.dispatches]
                 break
         if failed:
@@ -127,14 +136,27 @@ class Dispatcher:
                 log.exception("could not unstamp %d unsent events", len(failed))
         return failed
 
-    def _send_one(self, message: Message) -> bool:
+    def _send_one(self, message: Message, origin: str | None) -> bool:
+        queue = queue_name(message.target_module, self._prefix)
+        if self._tracer is None:
+            return self._publish(message, queue, message.headers) is None
+        ids = message.event_ids
+        origins = [d.trace or origin for d in message.dispatches]
+        with self._tracer.sending(queue, message.target_module, ids, origins) as span:
+            error = self._publish(message, queue, {**message.headers, **span.headers})
+            if error is not None:
+                span.failed(error)
+        return error is None
+
+    def _publish(self, message: Message, queue: str, headers: dict[str, Any]) -> Exception | None:
+        """Hand one message to the broker; returns why it failed, None once it is sent."""
         try:
             self._app.send_task(
                 PROCESS_EVENTS_TASK,
                 args=[message.event_ids],
-                queue=queue_name(message.target_module, self._prefix),
+                queue=queue,
                 countdown=message.dispatches[0].countdown,
-                headers=message.headers,
+                headers=headers,
                 retry=False,
             )
         except Exception as exc:
@@ -145,5 +167,5 @@ class Dispatcher:
                 message.target_module,
                 exc,
             )
-            return False
-        return True
+            return exc
+        return None

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from bus import heartbeats, history, idempotency, repository
+from bus import heartbeats, history, idempotency, repository, tracing
 from bus.broker import BrokerInspector
 from bus.db import transaction
 from bus.dispatch import Dispatch
@@ -66,7 +66,15 @@ def _run_once(bus: Bus, now: datetime, broker: BrokerInspector | None) -> tuple[
         Dispatch(row.id, row.target_module, request_id=row.request_id, lost=_lost(row.resent))
         for row in rows
     ]
-    failed = bus.dispatcher.send(dispatches)
+    if settings.otel_enabled:
+        # The request a re-sent event came from is not stored: its sends start a trace of
+        # their own, under this span (README, "Tracing").
+        with tracing.tracer().start_as_current_span(
+            "eventbus.relay", attributes={"eventbus.event_count": len(rows)}
+        ):
+            failed = bus.dispatcher.send(dispatches)
+    else:
+        failed = bus.dispatcher.send(dispatches)
     if failed:
         log.warning("relay: %d of %d sends failed; trying again later", len(failed), len(rows))
     return len(rows) - len(failed), held

@@ -15,6 +15,7 @@ from bus.db import make_engine, make_sessionmaker
 from bus.dispatch import Dispatcher
 from bus.retry import RetryPolicy
 from bus.settings import Settings
+from bus.tracing import Sender
 from bus.uow import UnitOfWork, guard
 
 
@@ -45,6 +46,7 @@ class Bus:
             self.sessions,
             self.settings.queue_prefix,
             max_ids=self.settings.dispatch_batch_size,
+            tracer=Sender(self.settings.broker_url) if self.settings.otel_enabled else None,
         )
 
     @cached_property

@@ -138,17 +138,24 @@ def _new_row(
     )
 
 
-def store_published(uow: UnitOfWork, events: Sequence[EventRow]) -> list[dict[str, Any]]:
+def store_published(
+    uow: UnitOfWork, events: Sequence[EventRow], traces: Sequence[str | None] | None = None
+) -> list[dict[str, Any]]:
     """Store checked publishes in one INSERT; their sends (one message per module, see
     ``bus.dispatch.group``) and metrics wait for the unit of work's commit. Returns the seed's
     event objects, in order.
 
     The sends are stamped optimistically in the same INSERT; a failed send unstamps them, and
-    a crash in between is covered by the relay's lease.
+    a crash in between is covered by the relay's lease. ``traces`` (tracing on, the API's
+    group commit): the ``traceparent`` of each event's request, whose commit this one shares.
     """
     repository.insert_events(uow.session, [event.values() for event in events])
-    for event in events:
-        uow.send(Dispatch(event.id, event.target_module, request_id=event.request_id))
+    if traces:
+        for event, trace in zip(events, traces, strict=True):
+            uow.send(Dispatch(event.id, event.target_module, event.request_id, trace=trace))
+    else:
+        for event in events:
+            uow.send(Dispatch(event.id, event.target_module, request_id=event.request_id))
     uow.after_commit(lambda: _published(events))
     return [event_view(event) for event in events]
 

@@ -173,6 +173,11 @@ class Settings(BaseSettings):
         description="how long a publish's Idempotency-Key is remembered: the same key and body "
         "within it is answered the first response again; the relay purges expired keys",
     )
+    otel_enabled: bool = Field(
+        False,
+        description="OpenTelemetry traces: a span per request, per send and per event run, "
+        "exported as the standard OTEL_* variables say (needs the `otel` extra)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
