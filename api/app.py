@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from api import docs, envelopes, errors, ops, routes
 from api.middleware import HttpMetricsMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
 from api.publishing import GroupCommit
-from bus import metrics
+from bus import metrics, tracing
 from bus.broker import BrokerInspector
 from bus.probes import Probes
 from bus.runtime import Bus
@@ -43,9 +43,30 @@ def _without_validation_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _telemetry(traced: bool) -> dict[str, Any]:
+    """FastAPI's own OpenTelemetry (FastAPI >= 0.165, the ``otel`` extra) makes the server span
+    of each request, ``POST /system/events``, continuing a caller's ``traceparent``; the sends
+    of the request are its children. Only spans: the bus's metrics are Prometheus', its logs
+    JSON lines, and per-operation spans (dependencies, endpoint) would double a request's spans.
+    Tracing off: FastAPI is left as it comes."""
+    if not traced:
+        return {}
+    provider = tracing.setup("eventbus-api")  # once per process: each uvicorn worker's own
+    return {
+        "telemetry": {
+            "tracer_provider": provider,
+            "tracing": True,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+        }
+    }
+
+
 def create_app(settings: Settings | None = None, bus: Bus | None = None) -> FastAPI:
     """An app over a bus (built from settings when not given)."""
     bus = bus or Bus(settings or get_settings())
+    traced = bus.settings.otel_enabled
     broker = BrokerInspector(bus.settings.broker_url)
     probes = Probes(bus.sessions, broker, bus.settings.queue_prefix)
 
@@ -58,6 +79,8 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None) -> Fast
         yield
         broker.close()
         metrics.mark_process_dead(os.getpid())
+        if traced:
+            tracing.flush()
 
     app = FastAPI(
         title="eventbus — System Events API",
@@ -68,6 +91,7 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None) -> Fast
         redirect_slashes=False,
         docs_url=None,  # api/docs.py serves both pages with their assets from the package
         redoc_url=None,
+        **_telemetry(traced),
     )
     app.state.bus = bus
     app.state.group_commit = GroupCommit(bus)

@@ -11,6 +11,9 @@ all are, arrivals gather for the next one, so the batches grow with the load by 
 
 If a group's commit fails, each of its publishes is tried again alone, so each request gets its
 own outcome (a database that is down fails them all, each with its own error).
+
+With tracing on, each publish also leaves its request's span context (``traces``): the group's
+commit and sends run in one thread for many requests, whose own context is only the first's.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from anyio import to_thread
 
-from bus import service
+from bus import service, tracing
 from bus.models import EventRow
 from bus.runtime import Bus
 
@@ -32,11 +35,13 @@ log = logging.getLogger(__name__)
 class _Group:
     """Publishes waiting for the same commit, and the futures that answer them."""
 
-    __slots__ = ("events", "futures")
+    __slots__ = ("events", "futures", "traces")
 
     def __init__(self) -> None:
         self.events: list[EventRow] = []
         self.futures: list[asyncio.Future[dict[str, Any]]] = []
+        self.traces: list[str | None] = []
+        """Each event's request span (tracing on), else empty."""
 
 
 class GroupCommit:
@@ -48,6 +53,7 @@ class GroupCommit:
         self._max_size = settings.publish_batch_size
         self._window = settings.publish_batch_window_ms / 1000
         self._max_in_flight = max(1, settings.api_threads)
+        self._traced = settings.otel_enabled
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reset()
 
@@ -66,6 +72,8 @@ class GroupCommit:
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._waiting.events.append(event)
         self._waiting.futures.append(future)
+        if self._traced:
+            self._waiting.traces.append(tracing.current_traceparent())
         if len(self._waiting.events) >= self._max_size or self._window == 0:
             self._flush()
         elif self._timer is None:
@@ -82,7 +90,9 @@ class GroupCommit:
             waiting, group = self._waiting, _Group()
             group.events = waiting.events[: self._max_size]
             group.futures = waiting.futures[: self._max_size]
+            group.traces = waiting.traces[: self._max_size]
             del waiting.events[: self._max_size], waiting.futures[: self._max_size]
+            del waiting.traces[: self._max_size]
             self._in_flight += 1
             task = asyncio.get_running_loop().create_task(self._commit(group))
             self._tasks.add(task)
@@ -91,7 +101,7 @@ class GroupCommit:
     async def _commit(self, group: _Group) -> None:
         try:
             try:
-                views = await to_thread.run_sync(self._store, group.events)
+                views = await to_thread.run_sync(self._store, group.events, group.traces)
             except Exception:
                 if len(group.events) == 1:
                     raise
@@ -113,9 +123,10 @@ class GroupCommit:
                 self._flush()
 
     async def _one_by_one(self, group: _Group) -> None:
-        for event, future in zip(group.events, group.futures, strict=True):
+        traces = group.traces or [None] * len(group.events)
+        for event, future, trace in zip(group.events, group.futures, traces, strict=True):
             try:
-                (view,) = await to_thread.run_sync(self._store, [event])
+                (view,) = await to_thread.run_sync(self._store, [event], [trace])
             except Exception as exc:
                 if not future.done():  # done: its request went away meanwhile
                     future.set_exception(exc)
@@ -123,8 +134,10 @@ class GroupCommit:
                 if not future.done():
                     future.set_result(view)
 
-    def _store(self, events: Sequence[EventRow]) -> list[dict[str, Any]]:
+    def _store(
+        self, events: Sequence[EventRow], traces: Sequence[str | None]
+    ) -> list[dict[str, Any]]:
         with self._bus.unit_of_work() as uow:
-            views = service.store_published(uow, events)
+            views = service.store_published(uow, events, traces)
             uow.commit()
         return views

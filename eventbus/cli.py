@@ -128,6 +128,10 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
     _setup_logging(args.loglevel)
     bus = Bus(get_settings())
+    if bus.settings.otel_enabled:
+        from bus import tracing
+
+        tracing.setup("eventbus-relay")
     try:
         if args.once:
             print(run_once(bus))

@@ -26,6 +26,7 @@ import uvicorn
 
 from api.app import create_app
 from api.server import uvicorn_options
+from bus import tracing
 from bus.auth import mint_token
 from bus.db import transaction
 from bus.migrate import upgrade
@@ -70,6 +71,8 @@ def _serve(settings: Settings, host: str, port: int, loglevel: str, stop: thread
     load_handlers([EXAMPLE_HANDLERS, *settings.handlers.split(",")])
     modules = resolve_modules(None, registry)
     bus = Bus(settings)
+    if settings.otel_enabled:
+        tracing.setup("eventbus-dev")  # one process: the API's, the worker's, the relay's spans
     if settings.broker_url.startswith("memory://"):
         with transaction(bus.sessions) as session:
             resent = reset_dispatch_of_unfinished(session)

@@ -50,9 +50,10 @@ from bus.attempts import Attempt, Skip
 from bus.dispatch import LOST_HEADER, REQUEST_ID_HEADER, Dispatch
 from bus.logs import log_context
 from bus.models import EventRow, EventStatus
-from bus.queues import BUS_TASKS, PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK
+from bus.queues import BUS_TASKS, PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK, queue_name
 from bus.rules import Change, save_changes, utcnow
 from bus.runtime import Bus
+from bus.tracing import Delivery, Receiver
 from bus.uow import HandlerMisuse, UnitOfWork
 from workers.event import Event
 from workers.registry import Registration, Registry, registry
@@ -85,6 +86,8 @@ class EventProcessor:
         self.handlers = handlers
         limit = bus.settings.task_time_limit_seconds
         self._budget = min(BATCH_BUDGET_SECONDS, limit / 10)
+        self._prefix = bus.settings.queue_prefix
+        self._tracing = Receiver(bus.settings.broker_url) if bus.settings.otel_enabled else None
 
     # --- the tasks -------------------------------------------------------------------------
 
@@ -103,20 +106,24 @@ class EventProcessor:
         lost: str | None = getattr(request, LOST_HEADER, None)
         if lost is None and (request.delivery_info or {}).get("redelivered"):
             lost = attempts.INTERRUPTED_MESSAGE
+        # Tracing off: this one check per delivery, and ``trace`` stays None.
+        trace = None
+        if self._tracing is not None:
+            trace = self._tracing.delivery(lambda name: getattr(request, name, None), request.id)
         try:
             with self.bus.unit_of_work() as uow:
                 if lost is None:
                     runs, skips = attempts.begin_many(uow, uids)
                     self._log_skips(skips, request_id)
-                    self._run(uow, runs)
+                    self._run(uow, runs, trace)
                 elif len(uids) > 1:
-                    self._split(uow, uids, lost)
+                    self._split(uow, uids, lost, trace)
                 else:
                     claimed = self._claim_lost(uow, uids[0], lost)
                     if isinstance(claimed, Skip):
                         self._log_skips({uids[0]: claimed}, request_id)
                     else:
-                        self._run(uow, [claimed])
+                        self._run(uow, [claimed], trace)
         except SQLAlchemyError as exc:
             # The database, not the events, failed: try again later without spending a retry.
             countdown = _infra_backoff(request.retries or 0)
@@ -129,22 +136,25 @@ class EventProcessor:
             )
             raise task.retry(countdown=countdown, exc=exc) from exc
 
-    def _run(self, uow: UnitOfWork, runs: Sequence[Attempt]) -> None:
+    def _run(self, uow: UnitOfWork, runs: Sequence[Attempt], trace: Delivery | None = None) -> None:
         """Each claimed event's handler in its own savepoint, every outcome in one statement
         and their attempt history entries in one more, one commit; then each failure's retry
         is sent on its own with its delay.
 
         Past the batch's time budget the events not yet run are sent again in a message of
-        their own, so a batch never runs into the task's time limit.
+        their own, so a batch never runs into the task's time limit. With ``trace`` (tracing
+        on) each handler runs in its event's span, and the sends carry the events' traces on.
         """
         policy = self.bus.retry_policy
         changes: list[Change] = []
         reports: list[Callable[[], None]] = []
         ends = time.monotonic() + self._budget
+        # Chosen once per batch, so tracing off costs the loop nothing.
+        invoke = self._run_handler if trace is None else functools.partial(self._traced, trace)
         for index, attempt in enumerate(runs):
             if index and time.monotonic() > ends:
                 for rest in runs[index:]:
-                    uow.send(Dispatch(rest.event.id, rest.event.target_module))
+                    uow.send(_carried(rest.event, trace))
                 log.info("batch past %.1fs: %d events sent on", self._budget, len(runs) - index)
                 break
             row = attempt.event
@@ -153,23 +163,25 @@ class EventProcessor:
                 reason = f"No handler for {row.target_module}/{row.event_type}"
                 changes.append(attempts.failed(attempt, reason, None))
                 reports.append(functools.partial(_report_unhandled, attempt))
+                if trace is not None:
+                    self._trace_unhandled(trace, Event.of(row, attempt.number), reason)
                 continue
             began, started = utcnow(), time.perf_counter()
             with _logged_as(row):
-                run = self._run_handler(uow, registration, Event.of(row, attempt.number))
+                run = invoke(uow, registration, Event.of(row, attempt.number))
             elapsed = time.perf_counter() - started
             if run.error is None:
                 changes.append(attempts.processed(attempt, began))
                 reports.append(functools.partial(_report_processed, attempt, elapsed))
                 continue
             if run.lost_transaction:
-                self._after_lost_transaction(uow, runs, attempt, run.error)
+                self._after_lost_transaction(uow, runs, attempt, run.error, trace)
                 return
             delay = policy.delay(attempt.number)
             message = attempts.summarize_error(run.error)
             changes.append(attempts.failed(attempt, message, delay, began))
             if delay is not None:
-                uow.send(_retry(row, delay))
+                uow.send(_retry(row, delay, trace.last if trace is not None else None))
             reports.append(functools.partial(_report_failed, attempt, run.error, elapsed, delay))
         save_changes(uow, changes)
         uow.commit()
@@ -177,7 +189,12 @@ class EventProcessor:
             report()
 
     def _after_lost_transaction(
-        self, uow: UnitOfWork, runs: Sequence[Attempt], culprit: Attempt, error: Exception
+        self,
+        uow: UnitOfWork,
+        runs: Sequence[Attempt],
+        culprit: Attempt,
+        error: Exception,
+        trace: Delivery | None,
     ) -> None:
         """A handler ended the transaction: every claim and outcome of the batch went with it.
         Its own event is claimed again and failed; the others are sent again to run anew."""
@@ -187,19 +204,26 @@ class EventProcessor:
             delay = policy.delay(again.number)
             save_changes(uow, [attempts.failed(again, attempts.summarize_error(error), delay)])
             if delay is not None:
-                uow.send(_retry(again.event, delay))
+                uow.send(_retry(again.event, delay, trace.last if trace is not None else None))
         for other in runs:
             if other is not culprit:
-                uow.send(Dispatch(other.event.id, other.event.target_module))
+                uow.send(_carried(other.event, trace))
         uow.commit()
         if again is not None:
             _report_failed(again, error, None, delay)
 
-    def _split(self, uow: UnitOfWork, event_ids: Sequence[uuid.UUID], lost: str) -> None:
+    def _split(
+        self,
+        uow: UnitOfWork,
+        event_ids: Sequence[uuid.UUID],
+        lost: str,
+        trace: Delivery | None,
+    ) -> None:
         """Send each event of a batch that may follow a death again, alone and marked lost."""
         modules = repository.unprocessed_targets(uow.session, event_ids)  # done ones stay done
         for event_id, module in modules.items():
-            uow.send(Dispatch(event_id, module, lost=lost))
+            origin = trace.origin(event_id) if trace is not None else None
+            uow.send(Dispatch(event_id, module, lost=lost, trace=origin))
         uow.commit()
         log.warning(
             "batch of %d events may follow a lost run, sent again one by one: %s",
@@ -243,6 +267,25 @@ class EventProcessor:
         metrics.observe_failed(
             row.target_module, row.event_type, None, retried=isinstance(claimed, Attempt)
         )
+
+    def _traced(
+        self, trace: Delivery, uow: UnitOfWork, registration: Registration, event: Event
+    ) -> HandlerRun:
+        """:meth:`_run_handler` in the event's process span (tracing on)."""
+        queue = queue_name(event.target_module, self._prefix)
+        with trace.processing(
+            event.id, event.target_module, queue, _span_attributes(event)
+        ) as span:
+            run = self._run_handler(uow, registration, event)
+            span.outcome("processed" if run.error is None else "failed", run.error)
+        return run
+
+    def _trace_unhandled(self, trace: Delivery, event: Event, reason: str) -> None:
+        queue = queue_name(event.target_module, self._prefix)
+        with trace.processing(
+            event.id, event.target_module, queue, _span_attributes(event)
+        ) as span:
+            span.outcome("unhandled", reason)
 
     def _run_handler(self, uow: UnitOfWork, registration: Registration, event: Event) -> HandlerRun:
         """Run the handler in a savepoint of the attempt's unit of work: on an exception its
@@ -312,8 +355,28 @@ def _event_ids(given: Sequence[str] | str) -> list[uuid.UUID]:
     return ids
 
 
-def _retry(row: EventRow, delay: float) -> Dispatch:
-    return Dispatch(row.id, row.target_module, request_id=row.request_id, countdown=delay)
+def _retry(row: EventRow, delay: float, trace: str | None) -> Dispatch:
+    """A failed event's next attempt; with tracing on its span follows the failed one's."""
+    return Dispatch(
+        row.id, row.target_module, request_id=row.request_id, countdown=delay, trace=trace
+    )
+
+
+def _carried(row: EventRow, trace: Delivery | None) -> Dispatch:
+    """An event sent on unrun (the rest of a batch), its trace carried on."""
+    origin = trace.origin(row.id) if trace is not None else None
+    return Dispatch(row.id, row.target_module, trace=origin)
+
+
+def _span_attributes(event: Event) -> dict[str, str | int]:
+    attributes: dict[str, str | int] = {
+        "tenant_id": str(event.tenant_id),
+        "event_type": event.event_type,
+        "attempt": event.attempt,
+    }
+    if event.request_id:
+        attributes["request_id"] = event.request_id
+    return attributes
 
 
 @contextmanager

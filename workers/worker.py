@@ -12,7 +12,7 @@ from typing import Any
 from celery import signals
 from celery.worker import state as worker_state
 
-from bus import metrics
+from bus import metrics, tracing
 from bus.queues import queue_name
 from bus.runtime import Bus
 from workers.heartbeat import Heartbeat
@@ -21,6 +21,9 @@ from workers.registry import Registry, registry
 from workers.tasks import install
 
 log = logging.getLogger(__name__)
+
+WORKER_SERVICE = "eventbus-worker"
+"""The service name of a worker's spans unless OTEL_SERVICE_NAME names one."""
 
 
 class NoModules(RuntimeError):
@@ -68,6 +71,26 @@ def _forget_pool_process(pid: int | None = None, **_: Any) -> None:
     metrics.mark_process_dead(pid or os.getpid())
 
 
+def start_tracing(bus: Bus, pool: str) -> None:
+    """With tracing on, a tracer provider in each process that runs handlers. A prefork pool's
+    children build their own as they start (``worker_process_init``: the provider's export
+    thread would not survive the fork) and flush it as they exit (``worker_process_shutdown``:
+    a child ends with ``os._exit``, which skips the SDK's exit hook); the other pools run
+    handlers in this process."""
+    if not bus.settings.otel_enabled:
+        return
+    tracing.require()  # a missing extra fails here, not in every pool child
+    if pool == "prefork":
+        signals.worker_process_init.connect(_start_child_tracing, weak=False)
+        signals.worker_process_shutdown.connect(tracing.shutdown, weak=False)
+    else:
+        tracing.setup(WORKER_SERVICE)
+
+
+def _start_child_tracing(**_: Any) -> None:
+    tracing.setup(WORKER_SERVICE)
+
+
 def run_worker(
     bus: Bus,
     modules: Sequence[str],
@@ -81,6 +104,7 @@ def run_worker(
     SIGTERM is a warm shutdown (running handlers finish), as in ``celery worker``.
     """
     install(bus)
+    start_tracing(bus, pool)
     for module in sorted(set(modules) - set(registry.modules())):
         log.warning("no handler is registered for %s: each of its events will fail", module)
     options = _options(bus, modules)
