@@ -176,6 +176,23 @@ def redis_payloads(queue: str) -> dict[str, bytes]:
             "batch: 5001 ids": raw(envelope(queue, task=batch, args=[[event_id] * 5001])),
         }
     )
+    ids = [[event_id]]
+    items.update(
+        {
+            f"trace: {name}": raw(envelope(queue, headers=task_headers(batch, ids, **bad)))
+            for name, bad in {
+                "traceparent a number": {"traceparent": 7},
+                "traceparent of 10 kB": {"traceparent": "0" * 10_000},
+                "tracestate a list": {"tracestate": ["a=1"]},
+                "map a list": {"eventbus_traceparents": [event_id]},
+                "map value a number": {"eventbus_traceparents": {event_id: 1}},
+                "map value of 10 kB": {"eventbus_traceparents": {event_id: "0" * 10_000}},
+                "map of 1001 entries": {
+                    "eventbus_traceparents": {str(uuid.UUID(int=i)): "" for i in range(1001)}
+                },
+            }.items()
+        }
+    )
     for n in range(5):
         items[f"random bytes #{n}"] = bytes(
             rng.randrange(256) for _ in range(rng.randrange(1, 300))
@@ -186,3 +203,17 @@ def redis_payloads(queue: str) -> dict[str, bytes]:
 def valid_item(queue: str, event_id: str) -> bytes:
     """A hand-made message that is a well-formed bus task: it must be processed."""
     return raw(envelope(queue, args=[event_id]))
+
+
+def valid_traced_item(queue: str, event_id: str) -> bytes:
+    """A well-formed batch carrying trace context as a traced send makes it (a worker with
+    tracing off ignores it; one with tracing on reads a malformed value as no parent)."""
+    traceparent = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    headers = task_headers(
+        "eventbus.process_events",
+        [[event_id]],
+        traceparent=traceparent,
+        tracestate="vendor=1",
+        eventbus_traceparents={event_id: "not-a-traceparent"},
+    )
+    return raw(envelope(queue, task="eventbus.process_events", args=[[event_id]], headers=headers))

@@ -25,7 +25,13 @@ from bus.queues import queue_name
 from bus.runtime import Bus
 from bus.settings import Settings
 from tests.conftest import REDIS_URL, TokenFactory
-from tests.hostile.broker_payloads import body_of, redis_payloads, task_headers, valid_item
+from tests.hostile.broker_payloads import (
+    body_of,
+    redis_payloads,
+    task_headers,
+    valid_item,
+    valid_traced_item,
+)
 from tests.integration import conftest as integration
 from tests.integration.conftest import (
     BIN,
@@ -100,13 +106,14 @@ def test_every_hostile_redis_item_is_refused_and_the_worker_goes_on(
     payloads = redis_payloads(queue)
     r = redis.Redis.from_url(REDIS_URL)
     try:
-        # When every hostile item is pushed raw onto its list, and a hand-made but well-formed
-        # message for a real event among them
+        # When every hostile item is pushed raw onto its list, and hand-made but well-formed
+        # messages for real events among them (one with trace context)
         tok = token()
-        handmade = publish(client, tok, "warehouse")
+        handmade, traced = publish(client, tok, "warehouse"), publish(client, tok, "warehouse")
         items = list(payloads.values())
         middle = len(items) // 2
-        for item in [*items[:middle], valid_item(queue, handmade["id"]), *items[middle:]]:
+        good = [valid_item(queue, handmade["id"]), valid_traced_item(queue, traced["id"])]
+        for item in [*items[:middle], *good, *items[middle:]]:
             r.lpush(queue, item)
         wait_for(lambda: r.llen(dead) == len(payloads), 60, "not every item was dead-lettered")
         # Then each was refused on one line, kept as received and counted
@@ -118,6 +125,7 @@ def test_every_hostile_redis_item_is_refused_and_the_worker_goes_on(
         assert rejected_total(port, queue) == len(payloads)
         # And real events published afterwards are all processed, by the same worker process
         wait_for_status(bus, handmade["id"], "processed", 20)
+        wait_for_status(bus, traced["id"], "processed", 20)
         real = [publish(client, tok, "warehouse") for _ in range(REAL_EVENTS)]
         for event in real:
             wait_for_status(bus, event["id"], "processed", 30)

@@ -1,5 +1,8 @@
 """A fuzz of the broker side: hypothesis writes raw items onto a module's Redis list, read by
-a real ``eventbus worker``; whatever they are, the worker refuses or runs each and goes on."""
+a real ``eventbus worker``; whatever they are, the worker refuses or runs each and goes on.
+
+The worker traces (``EVENTBUS_OTEL_ENABLED``, spans made and dropped: ``OTEL_TRACES_EXPORTER=
+none``), so the trace headers it reads are fuzzed too."""
 
 from __future__ import annotations
 
@@ -54,6 +57,8 @@ ENVELOPE_PATHS = [
     ("headers", "eta"),
     ("headers", "timelimit"),
     ("headers", "retries"),
+    ("headers", "traceparent"),
+    ("headers", "eventbus_traceparents"),
 ]
 
 
@@ -82,8 +87,11 @@ def test_random_raw_items_never_stop_the_worker(
     client: TestClient,
     token: TokenFactory,
     start_worker: WorkerFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    worker = start_worker("warehouse")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    traced = settings.model_copy(update={"otel_enabled": True})
+    worker = start_worker("warehouse", worker_settings=traced)
     pid = worker.popen.pid
     queue = queue_name("warehouse", settings.queue_prefix)
     r = redis.Redis.from_url(REDIS_URL)
