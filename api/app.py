@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -43,11 +43,19 @@ def _without_validation_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+_UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    return scope.get("path") in _UNTRACED
+
+
 def _telemetry(traced: bool) -> dict[str, Any]:
     """FastAPI's own OpenTelemetry (FastAPI >= 0.165, the ``otel`` extra) makes the server span
     of each request, ``POST /system/events``, continuing a caller's ``traceparent``; the sends
     of the request are its children. Only spans: the bus's metrics are Prometheus', its logs
     JSON lines, and per-operation spans (dependencies, endpoint) would double a request's spans.
+    Probes and scrapes are not traced (a span every few seconds per replica, telling nothing).
     Tracing off: FastAPI is left as it comes."""
     if not traced:
         return {}
@@ -59,6 +67,7 @@ def _telemetry(traced: bool) -> dict[str, Any]:
             "metrics": False,
             "logs": False,
             "operation_spans": False,
+            "exclude": _untraced,
         }
     }
 

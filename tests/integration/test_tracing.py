@@ -255,3 +255,11 @@ def test_tracing_off_adds_no_header_to_a_message(
         assert tracing.EVENT_TRACEPARENTS not in newest["headers"]
     finally:
         off.close()
+
+
+def test_probes_and_scrapes_are_not_traced(traced_client: TestClient, api_spans: Any) -> None:
+    for path in ("/healthz", "/readyz", "/metrics"):
+        traced_client.get(path)
+    assert api_spans() == []
+    traced_client.get("/system/events", headers=auth("not a token"))
+    assert [s.name for s in api_spans()] == ["GET /system/events"]
