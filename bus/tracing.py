@@ -66,11 +66,11 @@ _tracer: tuple[TracerProvider, Tracer] | None = None
 
 
 class TracingUnavailable(RuntimeError):
-    """EVENTBUS_OTEL_ENABLED without the OpenTelemetry packages."""
+    """EVENTBUS_OTEL_ENABLED without the OpenTelemetry SDK, or an exporter it names."""
 
 
 def require() -> None:
-    """Raise :class:`TracingUnavailable` unless the SDK and the OTLP exporter can be imported
+    """Raise :class:`TracingUnavailable` unless the OpenTelemetry SDK can be imported
     (called where a process starts, so a missing extra fails there and not in a pool child)."""
     try:
         import opentelemetry.sdk.trace  # noqa: F401

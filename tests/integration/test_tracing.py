@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from kombu import Connection
 
 from api.app import create_app
 from bus import relay, repository, service, tracing
@@ -30,6 +31,7 @@ from tests.conftest import REDIS_URL, SEED_PUBLISH_BODY, TENANT_A, TokenFactory,
 from tests.integration.conftest import (
     FAST_RETRIES,
     HANDLERS,
+    RABBITMQ_URL,
     WorkerFactory,
     publish,
     wait_for_status,
@@ -263,3 +265,45 @@ def test_probes_and_scrapes_are_not_traced(traced_client: TestClient, api_spans:
     assert api_spans() == []
     traced_client.get("/system/events", headers=auth("not a token"))
     assert [s.name for s in api_spans()] == ["GET /system/events"]
+
+
+@pytest.mark.rabbitmq
+def test_the_trace_context_crosses_rabbitmq(
+    settings: Settings,
+    api_spans: Any,
+    worker_spans: SpanStore,
+    start_worker: WorkerFactory,
+) -> None:
+    # Given the bus on RabbitMQ, whose headers table carries the per-event map as a nested table
+    on_rabbit = settings.model_copy(update={"broker_url": RABBITMQ_URL})
+    rabbit = Bus(on_rabbit)
+    try:
+        start_worker("warehouse", worker_settings=on_rabbit)
+        requests = [from_sdk(_ended(tracing.tracer().start_span(f"r{i}"))) for i in range(2)]
+        rows = [
+            service.prepare_publish(on_rabbit, CALLER, None, dict(SEED_PUBLISH_BODY))
+            for _ in requests
+        ]
+        # When two requests' publishes share one message
+        with rabbit.unit_of_work() as uow:
+            service.store_published(uow, rows, [r.traceparent for r in requests])
+            uow.commit()
+        # Then each event's span is in its own request's trace
+        send = one(api_spans(), kind="PRODUCER")
+        assert send.attributes["messaging.system"] == "rabbitmq"
+        first, second = (
+            worker_spans.wait_for(1, SPAN_TIMEOUT, **{"eventbus.event_id": str(row.id)})[0]
+            for row in rows
+        )
+        assert (first.trace_id, first.parent_id) == (send.trace_id, send.span_id)
+        assert (second.trace_id, second.parent_id) == (requests[1].trace_id, requests[1].span_id)
+        assert second.links == ((send.trace_id, send.span_id),)
+    finally:
+        rabbit.close()
+        with Connection(RABBITMQ_URL, connect_timeout=5) as conn:
+            conn.default_channel.queue_delete(queue_name("warehouse", on_rabbit.queue_prefix))
+
+
+def _ended(span: Any) -> Any:
+    span.end()
+    return span
