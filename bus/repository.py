@@ -37,8 +37,10 @@ from bus.models import (
     EventRow,
     EventStatus,
     SystemEvent,
+    event_attempts,
     event_count_changes,
     event_counts,
+    event_outcome_minutes,
 )
 from bus.schemas import ListQuery
 
@@ -330,6 +332,96 @@ def stats_by_module(session: Session, tenant_id: uuid.UUID | None) -> list[Modul
     for module, count in session.execute(retries):
         counts.setdefault(module, {})["retry_scheduled"] = int(count)
     return [ModuleCounts(module, **counts[module]) for module in sorted(counts)]
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeMinute:
+    """Handler attempts of one target module that finished in one minute, by outcome."""
+
+    minute: datetime
+    target_module: str
+    processed: int = 0
+    failed: int = 0
+    lost: int = 0
+
+
+def outcomes_by_minute(
+    session: Session, tenant_id: uuid.UUID | None, since: datetime
+) -> list[OutcomeMinute]:
+    """Attempts finished at or after ``since`` (a whole minute), bucketed by minute and target
+    module, oldest first; only minutes with an attempt.
+
+    PostgreSQL reads the buckets the trigger of migration 0007 keeps (a row or two per minute
+    and key once folded); elsewhere the attempts themselves are bucketed here."""
+    buckets: dict[tuple[datetime, str], dict[str, int]] = {}
+    if session.get_bind().dialect.name == "postgresql":
+        minutes = event_outcome_minutes
+        stmt = (
+            select(
+                minutes.c.minute, minutes.c.target_module, minutes.c.outcome, func.sum(minutes.c.n)
+            )
+            .where(minutes.c.minute >= since)
+            .group_by(minutes.c.minute, minutes.c.target_module, minutes.c.outcome)
+        )
+        if tenant_id is not None:
+            stmt = stmt.where(minutes.c.tenant_id == tenant_id)
+        for minute, module, outcome, n in session.execute(stmt):
+            buckets.setdefault((minute, module), {})[outcome] = int(n)
+    else:
+        attempts = event_attempts
+        runs = (
+            select(attempts.c.finished_at, SystemEvent.target_module, attempts.c.outcome)
+            .join(SystemEvent, SystemEvent.id == attempts.c.event_id)
+            .where(attempts.c.finished_at >= since)
+        )
+        if tenant_id is not None:
+            runs = runs.where(SystemEvent.tenant_id == tenant_id)
+        for finished_at, module, outcome in session.execute(runs):
+            key = (finished_at.replace(second=0, microsecond=0), module)
+            counts = buckets.setdefault(key, {})
+            counts[outcome] = counts.get(outcome, 0) + 1
+    return [
+        OutcomeMinute(minute, module, **buckets[minute, module])
+        for minute, module in sorted(buckets)
+    ]
+
+
+def fold_outcome_minutes(session: Session, closed_before: datetime, keep_after: datetime) -> int:
+    """Fold each closed minute (before ``closed_before``) into one row per key, and delete the
+    minutes before ``keep_after``; returns how many rows were taken. PostgreSQL only.
+
+    Two relays folding at once cannot count a row twice: a row is summed only by the DELETE
+    that removed it."""
+    if session.get_bind().dialect.name != "postgresql":
+        return 0
+    purged = session.execute(_PURGE_MINUTES, {"keep_after": keep_after})
+    folded = session.execute(
+        _FOLD_MINUTES, {"closed_before": closed_before, "keep_after": keep_after}
+    )
+    return int(purged.rowcount or 0) + int(folded.scalar_one())  # type: ignore[attr-defined]
+
+
+_MINUTE_KEY = "tenant_id, target_module, minute, outcome"
+_PURGE_MINUTES = text("DELETE FROM event_outcome_minutes WHERE minute < :keep_after")
+_FOLD_MINUTES = text(
+    f"""
+    WITH taken AS (
+        DELETE FROM event_outcome_minutes
+        WHERE minute >= :keep_after AND minute < :closed_before
+          AND ({_MINUTE_KEY}) IN (
+            SELECT {_MINUTE_KEY} FROM event_outcome_minutes
+            WHERE minute >= :keep_after AND minute < :closed_before
+            GROUP BY {_MINUTE_KEY} HAVING count(*) > 1
+          )
+        RETURNING {_MINUTE_KEY}, n
+    ), folded AS (
+        INSERT INTO event_outcome_minutes ({_MINUTE_KEY}, n)
+        SELECT {_MINUTE_KEY}, sum(n) FROM taken GROUP BY {_MINUTE_KEY}
+        RETURNING 1
+    )
+    SELECT count(*) FROM taken
+    """  # noqa: S608 (the table's own column names)
+)
 
 
 @dataclass(frozen=True, slots=True)
