@@ -188,7 +188,6 @@ def test_the_list_documents_its_query(document: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("get", "/system/events/stats"),
         ("post", "/system/events"),
         ("put", "/system/events/{event_id}"),
         ("post", "/system/events/replay"),
@@ -200,6 +199,14 @@ def test_the_tenant_parameter(document: dict[str, Any], method: str, path: str) 
     assert [(p["name"], p["schema"]["pattern"]) for p in query] == [
         ("tenant_id", OPTIONAL_UUID_PATTERN)
     ]
+
+
+def test_the_stats_parameters(document: dict[str, Any]) -> None:
+    query = operation(document, "get", "/system/events/stats")["parameters"]
+
+    assert [(p["name"], p["in"]) for p in query] == [("tenant_id", "query"), ("series", "query")]
+    assert query[0]["schema"]["pattern"] == OPTIONAL_UUID_PATTERN
+    assert query[1]["schema"]["enum"] == ["", "minute"]
 
 
 @pytest.mark.parametrize(("page", "marker"), [("/docs", "swagger-ui"), ("/redoc", "redoc")])
