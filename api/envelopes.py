@@ -241,6 +241,11 @@ class EventDetailEnvelope(BaseModel):
     message: str = Field(examples=["Event retrieved successfully"])
     event: Event
     attempts: list[AttemptEntry] = Field(description="the event's attempt history, oldest first")
+    next_attempt_at: str | None = Field(
+        examples=["2023-04-01T10:00:30Z"],
+        description="when the automatic retry of a failed event is due; null when none is "
+        "(pending, processed, or failed for good)",
+    )
 
 
 class ReplayEnvelope(BaseModel):

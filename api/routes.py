@@ -279,12 +279,13 @@ async def get_event(
     naming no tenant reads any tenant's event. An id that is not a UUID, or an event of another
     tenant, is `404 Event not found`.
     """
-    event, attempts = await work.read(service.event_detail, caller, event_id, tenant_id)
+    detail = await work.read(service.event_detail, caller, event_id, tenant_id)
     return JSONResponse(
         {
             "success": True,
             "message": "Event retrieved successfully",
-            "event": event,
-            "attempts": attempts,
+            "event": detail.event,
+            "attempts": detail.attempts,
+            "next_attempt_at": detail.next_attempt_at,
         }
     )

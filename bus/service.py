@@ -437,12 +437,22 @@ def _reported(event: EventRow, change: StatusChange, now: datetime) -> history.E
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Detail:
+    """One event as ``GET /system/events/{id}`` shows it."""
+
+    event: dict[str, Any]
+    attempts: list[dict[str, Any]]
+    next_attempt_at: str | None
+
+
 def event_detail(
     session: Session, principal: Principal, event_id: str, tenant_param: str | None
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``GET /system/events/{id}``: the seed's event object and its attempt history, oldest
-    first, with the list's reader rule and tenancy (a system admin naming no tenant reads any
-    tenant's event). An id that is no UUID, or names an event outside the tenant, is not found.
+) -> Detail:
+    """``GET /system/events/{id}``: the seed's event object, its attempt history, oldest
+    first, and when its automatic retry is due (None: none is), with the list's reader rule and
+    tenancy (a system admin naming no tenant reads any tenant's event). An id that is no UUID,
+    or names an event outside the tenant, is not found.
     """
     require_reader(principal)
     tenant_id = _acting_tenant(principal, tenant_param, creating=False)
@@ -453,4 +463,5 @@ def event_detail(
     event = repository.read_event(session, uid)
     if event is None or (tenant_id is not None and event.tenant_id != tenant_id):
         raise EventNotFound()
-    return event_view(event), history.attempts_of(session, uid)
+    due = format_timestamp(event.next_attempt_at) if event.next_attempt_at else None
+    return Detail(event_view(event), history.attempts_of(session, uid), due)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from bus.runtime import Bus
+from tests.contract.factories import make_event
 from tests.ui.conftest import (
     IDLE_MODULE,
     PHONE,
@@ -164,3 +167,31 @@ WIDTHS = (
     "({inner: window.innerWidth, html: document.documentElement.scrollWidth,"
     " body: document.body.scrollWidth})"
 )
+
+
+def test_a_failed_event_with_a_retry_to_come_says_when(
+    page: Page, stack: Stack, mint: Minter, tenant: uuid.UUID
+) -> None:
+    # Given a failed event of a module with no worker, its automatic retry due in an hour
+    due = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    bus = Bus(stack.settings)
+    try:
+        event = make_event(
+            bus,
+            tenant_id=tenant,
+            target_module=IDLE_MODULE,
+            status="failed",
+            retry_count=1,
+            error_message="TimeoutError: upstream",
+            next_attempt_at=due,
+        )
+    finally:
+        bus.close()
+    # When its detail is opened
+    sign_in(page, mint(tenant), f"/ui?view=event&id={event['id']}")
+    # Then it is failed with a retry scheduled, and says when
+    badges = page.locator('[data-field="status"] .badge')
+    expect(badges).to_have_text(["failed", "retry scheduled"])
+    expect(page.locator('[data-field="next_attempt_at"]')).to_contain_text(
+        due.strftime("%Y-%m-%d %H:%M:%S")
+    )

@@ -18,6 +18,7 @@ const FIELDS = [
   ["retry_count", "Retry count"],
   ["created_at", "Created"],
   ["processed_at", "Processed"],
+  ["next_attempt_at", "Next attempt"],
 ];
 const TIMES = new Set(["created_at", "processed_at", "next_attempt_at"]);
 const SHOWN_APART = new Set(["event_data", "error_message"]);
@@ -69,8 +70,9 @@ export function mount(ctx) {
       const text = JSON.stringify(answer);
       if (text === last) return;
       last = text;
-      current = answer.event;
-      replace(content, render(answer.event, answer.attempts));
+      // next_attempt_at sits beside the seed's event object, not in it
+      current = { ...answer.event, next_attempt_at: answer.next_attempt_at };
+      replace(content, render(current, answer.attempts));
     },
   };
 }
