@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Collection, Generator, Mapping, Sequence
+from collections.abc import Collection, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -314,33 +314,34 @@ def stats_by_module(session: Session, tenant_id: uuid.UUID | None) -> list[Modul
     index. The retries to come are the few rows of the partial index ``ix_events_relay_failed``.
     """
     if session.get_bind().dialect.name == "postgresql":
-        return _stats_from_counts(session, tenant_id)
-    by_status = select(
-        SystemEvent.target_module,
-        SystemEvent.status,
-        func.count(),
-        func.min(SystemEvent.created_at),
-    ).group_by(SystemEvent.target_module, SystemEvent.status)
+        rows: Iterable[Any] = (
+            session.execute(_STATS_EVERY_TENANT)
+            if tenant_id is None
+            else session.execute(_STATS_ONE_TENANT, {"tenant_id": tenant_id})
+        )
+    else:
+        by_status = select(
+            SystemEvent.target_module,
+            SystemEvent.status,
+            func.count(),
+            func.min(SystemEvent.created_at),
+        ).group_by(SystemEvent.target_module, SystemEvent.status)
+        if tenant_id is not None:
+            by_status = by_status.where(SystemEvent.tenant_id == tenant_id)
+        rows = session.execute(by_status)
+    counts: dict[str, dict[str, Any]] = {}
+    for module, status, count, oldest in rows:
+        entry = counts.setdefault(module, {})
+        entry[str(status)] = int(count)
+        if status == EventStatus.PENDING:
+            entry["oldest_pending_created_at"] = oldest
     retries = (
         select(SystemEvent.target_module, func.count())
         .where(SystemEvent.status == EventStatus.FAILED, SystemEvent.next_attempt_at.is_not(None))
         .group_by(SystemEvent.target_module)
     )
     if tenant_id is not None:
-        by_status = by_status.where(SystemEvent.tenant_id == tenant_id)
         retries = retries.where(SystemEvent.tenant_id == tenant_id)
-    counts: dict[str, dict[str, Any]] = {}
-    for module, status, count, oldest in session.execute(by_status):
-        entry = counts.setdefault(module, {})
-        entry[str(status)] = int(count)
-        if status == EventStatus.PENDING:
-            entry["oldest_pending_created_at"] = oldest
-    return _with_retries(session, counts, retries)
-
-
-def _with_retries(
-    session: Session, counts: dict[str, dict[str, Any]], retries: Select[str, int]
-) -> list[ModuleCounts]:
     for module, count in session.execute(retries):
         counts.setdefault(module, {})["retry_scheduled"] = int(count)
     return [ModuleCounts(module, **counts[module]) for module in sorted(counts)]
@@ -370,27 +371,7 @@ def _stats_statement(tenant_filter: str) -> TextualSelect:
 
 _STATS_ONE_TENANT = _stats_statement(" WHERE tenant_id = :tenant_id")
 _STATS_EVERY_TENANT = _stats_statement("")
-
-
-def _stats_from_counts(session: Session, tenant_id: uuid.UUID | None) -> list[ModuleCounts]:
-    if tenant_id is None:
-        rows = session.execute(_STATS_EVERY_TENANT)
-    else:
-        rows = session.execute(_STATS_ONE_TENANT, {"tenant_id": tenant_id})
-    counts: dict[str, dict[str, Any]] = {}
-    for module, status, count, oldest in rows:
-        entry = counts.setdefault(module, {})
-        entry[str(status)] = int(count)
-        if status == EventStatus.PENDING:
-            entry["oldest_pending_created_at"] = oldest
-    retries = (
-        select(SystemEvent.target_module, func.count())
-        .where(SystemEvent.status == EventStatus.FAILED, SystemEvent.next_attempt_at.is_not(None))
-        .group_by(SystemEvent.target_module)
-    )
-    if tenant_id is not None:
-        retries = retries.where(SystemEvent.tenant_id == tenant_id)
-    return _with_retries(session, counts, retries)
+"""PostgreSQL: the counts kept as data, and one seek per (tenant, module) for the oldest pending."""
 
 
 @dataclass(frozen=True, slots=True)
