@@ -10,7 +10,7 @@ from typing import Any
 from anyio import to_thread
 from fastapi import FastAPI
 
-from api import docs, envelopes, errors, ops, routes
+from api import docs, envelopes, errors, ops, routes, ui
 from api.middleware import HttpMetricsMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
 from api.publishing import GroupCommit
 from bus import metrics, tracing
@@ -110,7 +110,9 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None) -> Fast
     app.include_router(routes.router)
     app.include_router(ops.router)
     app.include_router(docs.router)
+    app.include_router(ui.router)  # before the docs' assets: it keeps /docs-assets/ui/ out
     app.mount(docs.ASSETS_PATH, docs.ASSETS)
+    app.mount(ui.ASSETS_PATH, ui.ASSETS)
     _without_validation_errors(app)
     app.add_middleware(SecurityHeadersMiddleware, assets_path=docs.ASSETS_PATH)
     app.add_middleware(HttpMetricsMiddleware)

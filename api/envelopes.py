@@ -74,6 +74,14 @@ class ModuleStats(StatsCounts):
     )
 
 
+class MinuteOutcomes(BaseModel):
+    minute: str = Field(examples=["2023-04-01T10:00:00Z"], description="the minute's start")
+    target_module: str = Field(examples=["warehouse"])
+    processed: int = Field(description="handler runs that succeeded in that minute")
+    failed: int = Field(description="handler runs that failed (or failures reported by PUT)")
+    lost: int = Field(description="runs whose worker died (counted when the event came back)")
+
+
 class EventStatsEnvelope(BaseModel):
     success: bool = True
     message: str = Field(examples=["Event stats retrieved successfully"])
@@ -84,6 +92,11 @@ class EventStatsEnvelope(BaseModel):
         description="the oldest pending event's age over every module; null when none is"
     )
     modules: list[ModuleStats] = Field(description="one entry per target module, sorted")
+    series: list[MinuteOutcomes] | None = Field(
+        None,
+        description="with `series=minute` only: the minutes of the last 60 (the current one "
+        "last) that had a handler attempt, oldest first, one entry per minute and target module",
+    )
 
 
 class ErrorEnvelope(BaseModel):
@@ -228,6 +241,11 @@ class EventDetailEnvelope(BaseModel):
     message: str = Field(examples=["Event retrieved successfully"])
     event: Event
     attempts: list[AttemptEntry] = Field(description="the event's attempt history, oldest first")
+    next_attempt_at: str | None = Field(
+        examples=["2023-04-01T10:00:30Z"],
+        description="when the automatic retry of a failed event is due; null when none is "
+        "(pending, processed, or failed for good)",
+    )
 
 
 class ReplayEnvelope(BaseModel):

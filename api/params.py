@@ -10,6 +10,7 @@ a listing silently).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
@@ -26,6 +27,7 @@ from bus.schemas import (
     ListQuery,
     parse_list_query,
 )
+from bus.service import SERIES
 
 
 def _only_once(request: Request, names: tuple[str, ...]) -> None:
@@ -60,6 +62,31 @@ async def tenant_query(request: Request, tenant_id: _TENANT = "") -> str | None:
     (which tenant a call acts in is ``bus.auth``'s)."""
     _only_once(request, ("tenant_id",))
     return tenant_id or None
+
+
+async def stats_query(
+    request: Request,
+    tenant_id: _TENANT = "",
+    series: Annotated[
+        str,
+        _param(
+            "`minute`: add `series`, the handler attempts per minute and target module by "
+            "outcome over the last 60 minutes; empty: none",
+            enum=["", *SERIES],
+        ),
+    ] = "",
+) -> StatsQuery:
+    """The stats' query: the tenant asked for, and the series asked for."""
+    _only_once(request, ("tenant_id", "series"))
+    if series and series not in SERIES:
+        raise InvalidField("series")
+    return StatsQuery(tenant_id or None, series or None)
+
+
+@dataclass(frozen=True, slots=True)
+class StatsQuery:
+    tenant_id: str | None
+    series: str | None
 
 
 async def list_tenant(tenant_id: _TENANT = "") -> str | None:
@@ -103,5 +130,6 @@ async def list_query(
 
 
 TenantQuery = Annotated[str | None, Depends(tenant_query)]
+StatsQueryDep = Annotated[StatsQuery, Depends(stats_query)]
 ListTenant = Annotated[str | None, Depends(list_tenant)]
 ListQueryDep = Annotated[ListQuery, Depends(list_query)]

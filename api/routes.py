@@ -31,7 +31,7 @@ from api.envelopes import (
 )
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY_PARAMETER
 from api.idempotency import REPLAYED_HEADER, IdempotencyKey, answer, fingerprint, render
-from api.params import ListQueryDep, ListTenant, TenantQuery
+from api.params import ListQueryDep, ListTenant, StatsQueryDep, TenantQuery
 from bus import replay, service
 from bus.schemas import format_timestamp
 
@@ -66,19 +66,21 @@ async def list_events(
 @router.get(
     "/stats",
     response_model=EventStatsEnvelope,
+    response_model_exclude_unset=True,  # `series` only when asked for
     responses=errors(400, 401, 403, 500),
     summary="Event Stats",
 )
-async def event_stats(caller: SystemReader, work: WorkDep, tenant_id: TenantQuery) -> Any:
+async def event_stats(caller: SystemReader, work: WorkDep, query: StatsQueryDep) -> Any:
     """What an operator checks first: the caller's events counted by target module and status,
     and how long the oldest pending event has waited.
 
     Same rights and tenancy as the list: `manage:system` or a system admin; a system admin
     naming no tenant counts every tenant. `failed` minus `retry_scheduled` is the events that
-    gave up and need a person.
+    gave up and need a person. `series=minute` adds what the handlers did minute by minute over
+    the last hour (read from buckets a trigger keeps, not from the attempts).
     """
-    stats = await work.read(service.event_stats, caller, tenant_id)
-    return {
+    stats = await work.read(service.event_stats, caller, query.tenant_id, query.series)
+    body = {
         "success": True,
         "message": "Event stats retrieved successfully",
         "tenant_id": str(stats.tenant_id) if stats.tenant_id else None,
@@ -87,6 +89,9 @@ async def event_stats(caller: SystemReader, work: WorkDep, tenant_id: TenantQuer
         "oldest_pending_age_seconds": stats.oldest_pending_age_seconds,
         "modules": stats.modules,
     }
+    if stats.series is not None:
+        body["series"] = stats.series
+    return body
 
 
 @router.post(
@@ -274,12 +279,13 @@ async def get_event(
     naming no tenant reads any tenant's event. An id that is not a UUID, or an event of another
     tenant, is `404 Event not found`.
     """
-    event, attempts = await work.read(service.event_detail, caller, event_id, tenant_id)
+    detail = await work.read(service.event_detail, caller, event_id, tenant_id)
     return JSONResponse(
         {
             "success": True,
             "message": "Event retrieved successfully",
-            "event": event,
-            "attempts": attempts,
+            "event": detail.event,
+            "attempts": detail.attempts,
+            "next_attempt_at": detail.next_attempt_at,
         }
     )

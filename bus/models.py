@@ -264,3 +264,18 @@ event_attempts = Table(
 """Each event's attempt history (see :mod:`bus.history`): appended in the transaction that
 records the outcome, purged after ``EVENTBUS_ATTEMPTS_RETENTION_DAYS``. No foreign key: the
 history outlives nothing, and ``TRUNCATE system_events`` (tests, benches) stays possible."""
+
+event_outcome_minutes = Table(
+    "event_outcome_minutes",
+    Base.metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True),
+    Column("tenant_id", Uuid(), nullable=False),
+    Column("target_module", String(64), nullable=False),
+    Column("minute", UTCDateTime(), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("n", BigInteger, nullable=False),
+    # The chart reads the last hour; the relay folds and purges by minute.
+    Index("ix_event_outcome_minutes_minute", "minute"),
+)
+"""Handler outcomes per (tenant, target module, minute, outcome), appended by a PostgreSQL
+trigger on :data:`event_attempts` (migration 0007), folded per closed minute by the relay."""

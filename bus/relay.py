@@ -87,6 +87,20 @@ def fold_counts(bus: Bus) -> int:
         return repository.fold_counts(session)
 
 
+MINUTES_KEPT = timedelta(hours=2)
+"""The chart shows the last hour; a second one is kept for late writers and clocks."""
+
+
+def fold_outcome_minutes(bus: Bus, now: datetime | None = None) -> int:
+    """Fold each closed minute of handler outcomes into a row per key and purge the minutes
+    the chart no longer shows (``repository.fold_outcome_minutes``): the relay does it each
+    pass, so the stats' series reads about a row per minute and key."""
+    now = now or utcnow()
+    closed = now.replace(second=0, microsecond=0) - timedelta(minutes=1)
+    with transaction(bus.sessions) as session:
+        return repository.fold_outcome_minutes(session, closed, now - MINUTES_KEPT)
+
+
 def purge_attempts(bus: Bus, now: datetime | None = None) -> int:
     """Delete a bounded batch of attempt history entries older than
     ``EVENTBUS_ATTEMPTS_RETENTION_DAYS`` (``bus.history.purge``): the relay does it each pass,
@@ -180,6 +194,7 @@ class Relay:
                 sent, held = _run_once(self._bus, utcnow(), self._broker)
                 self._report_held(held)
                 fold_counts(self._bus)
+                fold_outcome_minutes(self._bus)
                 purge_attempts(self._bus)
                 purge_idempotency_keys(self._bus)
             except Exception:

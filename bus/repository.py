@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Collection, Generator, Mapping, Sequence
+from collections.abc import Collection, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Select,
     Table,
     TextClause,
+    TextualSelect,
     Update,
     and_,
     bindparam,
@@ -37,8 +38,11 @@ from bus.models import (
     EventRow,
     EventStatus,
     SystemEvent,
+    UTCDateTime,
+    event_attempts,
     event_count_changes,
     event_counts,
+    event_outcome_minutes,
 )
 from bus.schemas import ListQuery
 
@@ -304,32 +308,160 @@ class ModuleCounts:
 def stats_by_module(session: Session, tenant_id: uuid.UUID | None) -> list[ModuleCounts]:
     """Counts by target module and status in a tenant (every tenant when None), sorted by module.
 
-    The GROUP BY reads ``ix_events_tenant_target_status_created`` only; the retries to come are
-    the few rows of the partial index ``ix_events_relay_failed``.
+    On PostgreSQL the counts are the counts kept as data (migration 0004) and each module's
+    oldest pending event one seek of ``ix_events_tenant_target_status_created``: a dashboard
+    polling it reads a few rows per key, not every event. Elsewhere one GROUP BY over that
+    index. The retries to come are the few rows of the partial index ``ix_events_relay_failed``.
     """
-    by_status = select(
-        SystemEvent.target_module,
-        SystemEvent.status,
-        func.count(),
-        func.min(SystemEvent.created_at),
-    ).group_by(SystemEvent.target_module, SystemEvent.status)
+    if session.get_bind().dialect.name == "postgresql":
+        rows: Iterable[Any] = (
+            session.execute(_STATS_EVERY_TENANT)
+            if tenant_id is None
+            else session.execute(_STATS_ONE_TENANT, {"tenant_id": tenant_id})
+        )
+    else:
+        by_status = select(
+            SystemEvent.target_module,
+            SystemEvent.status,
+            func.count(),
+            func.min(SystemEvent.created_at),
+        ).group_by(SystemEvent.target_module, SystemEvent.status)
+        if tenant_id is not None:
+            by_status = by_status.where(SystemEvent.tenant_id == tenant_id)
+        rows = session.execute(by_status)
+    counts: dict[str, dict[str, Any]] = {}
+    for module, status, count, oldest in rows:
+        entry = counts.setdefault(module, {})
+        entry[str(status)] = int(count)
+        if status == EventStatus.PENDING:
+            entry["oldest_pending_created_at"] = oldest
     retries = (
         select(SystemEvent.target_module, func.count())
         .where(SystemEvent.status == EventStatus.FAILED, SystemEvent.next_attempt_at.is_not(None))
         .group_by(SystemEvent.target_module)
     )
     if tenant_id is not None:
-        by_status = by_status.where(SystemEvent.tenant_id == tenant_id)
         retries = retries.where(SystemEvent.tenant_id == tenant_id)
-    counts: dict[str, dict[str, Any]] = {}
-    for module, status, count, oldest in session.execute(by_status):
-        entry = counts.setdefault(module, {})
-        entry[str(status)] = int(count)
-        if status == EventStatus.PENDING:
-            entry["oldest_pending_created_at"] = oldest
     for module, count in session.execute(retries):
         counts.setdefault(module, {})["retry_scheduled"] = int(count)
     return [ModuleCounts(module, **counts[module]) for module in sorted(counts)]
+
+
+def _stats_statement(tenant_filter: str) -> TextualSelect:
+    counted = " UNION ALL ".join(
+        f"SELECT tenant_id, target_module, status, n FROM {table}{tenant_filter}"  # noqa: S608
+        for table in ("event_counts", "event_count_changes")
+    )
+    return text(
+        f"""
+        WITH counted AS (
+            SELECT tenant_id, target_module, status, sum(n) AS n FROM ({counted}) c
+            GROUP BY tenant_id, target_module, status HAVING sum(n) <> 0
+        )
+        SELECT c.target_module, c.status, sum(c.n) AS n, min(o.oldest) AS oldest
+        FROM counted c LEFT JOIN LATERAL (
+            SELECT min(e.created_at) AS oldest FROM system_events e
+            WHERE e.tenant_id = c.tenant_id AND e.target_module = c.target_module
+              AND e.status = 'pending'
+        ) o ON c.status = 'pending'
+        GROUP BY c.target_module, c.status
+        """  # noqa: S608 (table and column names only)
+    ).columns(oldest=UTCDateTime())
+
+
+_STATS_ONE_TENANT = _stats_statement(" WHERE tenant_id = :tenant_id")
+_STATS_EVERY_TENANT = _stats_statement("")
+"""PostgreSQL: the counts kept as data, and one seek per (tenant, module) for the oldest pending."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeMinute:
+    """Handler attempts of one target module that finished in one minute, by outcome."""
+
+    minute: datetime
+    target_module: str
+    processed: int = 0
+    failed: int = 0
+    lost: int = 0
+
+
+def outcomes_by_minute(
+    session: Session, tenant_id: uuid.UUID | None, since: datetime
+) -> list[OutcomeMinute]:
+    """Attempts finished at or after ``since`` (a whole minute), bucketed by minute and target
+    module, oldest first; only minutes with an attempt.
+
+    PostgreSQL reads the buckets the trigger of migration 0007 keeps (a row or two per minute
+    and key once folded); elsewhere the attempts themselves are bucketed here."""
+    buckets: dict[tuple[datetime, str], dict[str, int]] = {}
+    if session.get_bind().dialect.name == "postgresql":
+        minutes = event_outcome_minutes
+        stmt = (
+            select(
+                minutes.c.minute, minutes.c.target_module, minutes.c.outcome, func.sum(minutes.c.n)
+            )
+            .where(minutes.c.minute >= since)
+            .group_by(minutes.c.minute, minutes.c.target_module, minutes.c.outcome)
+        )
+        if tenant_id is not None:
+            stmt = stmt.where(minutes.c.tenant_id == tenant_id)
+        for minute, module, outcome, n in session.execute(stmt):
+            buckets.setdefault((minute, module), {})[outcome] = int(n)
+    else:
+        attempts = event_attempts
+        runs = (
+            select(attempts.c.finished_at, SystemEvent.target_module, attempts.c.outcome)
+            .join(SystemEvent, SystemEvent.id == attempts.c.event_id)
+            .where(attempts.c.finished_at >= since)
+        )
+        if tenant_id is not None:
+            runs = runs.where(SystemEvent.tenant_id == tenant_id)
+        for finished_at, module, outcome in session.execute(runs):
+            key = (finished_at.replace(second=0, microsecond=0), module)
+            counts = buckets.setdefault(key, {})
+            counts[outcome] = counts.get(outcome, 0) + 1
+    return [
+        OutcomeMinute(minute, module, **buckets[minute, module])
+        for minute, module in sorted(buckets)
+    ]
+
+
+def fold_outcome_minutes(session: Session, closed_before: datetime, keep_after: datetime) -> int:
+    """Fold each closed minute (before ``closed_before``) into one row per key, and delete the
+    minutes before ``keep_after``; returns how many rows were taken. PostgreSQL only.
+
+    Two relays folding at once cannot count a row twice: a row is summed only by the DELETE
+    that removed it."""
+    if session.get_bind().dialect.name != "postgresql":
+        return 0
+    purged = session.execute(_PURGE_MINUTES, {"keep_after": keep_after})
+    folded = session.execute(
+        _FOLD_MINUTES, {"closed_before": closed_before, "keep_after": keep_after}
+    )
+    return int(purged.rowcount or 0) + int(folded.scalar_one())  # type: ignore[attr-defined]
+
+
+_MINUTE_KEY = "tenant_id, target_module, minute, outcome"
+_PURGE_MINUTES = text("DELETE FROM event_outcome_minutes WHERE minute < :keep_after")
+_FOLD_MINUTES = text(
+    f"""
+    WITH taken AS (
+        DELETE FROM event_outcome_minutes
+        WHERE minute >= :keep_after AND minute < :closed_before
+          AND ({_MINUTE_KEY}) IN (
+            SELECT {_MINUTE_KEY} FROM event_outcome_minutes
+            WHERE minute >= :keep_after AND minute < :closed_before
+            GROUP BY {_MINUTE_KEY} HAVING count(*) > 1
+          )
+        RETURNING {_MINUTE_KEY}, n
+    ), folded AS (
+        INSERT INTO event_outcome_minutes ({_MINUTE_KEY}, n)
+        SELECT {_MINUTE_KEY}, sum(n) FROM taken GROUP BY {_MINUTE_KEY}
+        RETURNING 1
+    )
+    SELECT count(*) FROM taken
+    """  # noqa: S608 (the table's own column names)
+)
 
 
 @dataclass(frozen=True, slots=True)

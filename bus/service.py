@@ -38,6 +38,7 @@ from bus.schemas import (
     NewEvent,
     StatusChange,
     event_view,
+    format_timestamp,
     parse_new_event,
     parse_status_change,
 )
@@ -334,13 +335,23 @@ class Stats:
     modules: list[dict[str, Any]]
     totals: dict[str, int]
     oldest_pending_age_seconds: float | None
+    series: list[dict[str, Any]] | None = None
 
 
 _COUNTS = ("pending", "processed", "failed", "retry_scheduled")
 
 
+SERIES = ("minute",)
+SERIES_MINUTES = 60
+"""``series=minute`` covers the 60 minutes that end with the current one."""
+
+
 def event_stats(
-    session: Session, principal: Principal, tenant_param: str | None, now: datetime | None = None
+    session: Session,
+    principal: Principal,
+    tenant_param: str | None,
+    series: str | None = None,
+    now: datetime | None = None,
 ) -> Stats:
     """``GET /system/events/stats``: counts by target module and status, with the same reader
     rule and tenancy as the list (a system admin naming no tenant sees every tenant's).
@@ -361,7 +372,24 @@ def event_stats(
     totals = {name: sum(m[name] for m in modules) for name in (*_COUNTS, "total")}
     ages = [m["oldest_pending_age_seconds"] for m in modules]
     known = [a for a in ages if a is not None]
-    return Stats(tenant_id, now, modules, totals, max(known) if known else None)
+    points = None if series is None else _minutes(session, tenant_id, now)
+    return Stats(tenant_id, now, modules, totals, max(known) if known else None, points)
+
+
+def _minutes(session: Session, tenant_id: uuid.UUID | None, now: datetime) -> list[dict[str, Any]]:
+    """Handler attempts per minute and target module by outcome, oldest first, only minutes
+    with one: what the operators' chart draws."""
+    since = now.replace(second=0, microsecond=0) - timedelta(minutes=SERIES_MINUTES - 1)
+    return [
+        {
+            "minute": format_timestamp(point.minute),
+            "target_module": point.target_module,
+            "processed": point.processed,
+            "failed": point.failed,
+            "lost": point.lost,
+        }
+        for point in repository.outcomes_by_minute(session, tenant_id, since)
+    ]
 
 
 def _age(since: datetime | None, now: datetime) -> float | None:
@@ -416,12 +444,22 @@ def _reported(event: EventRow, change: StatusChange, now: datetime) -> history.E
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Detail:
+    """One event as ``GET /system/events/{id}`` shows it."""
+
+    event: dict[str, Any]
+    attempts: list[dict[str, Any]]
+    next_attempt_at: str | None
+
+
 def event_detail(
     session: Session, principal: Principal, event_id: str, tenant_param: str | None
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``GET /system/events/{id}``: the seed's event object and its attempt history, oldest
-    first, with the list's reader rule and tenancy (a system admin naming no tenant reads any
-    tenant's event). An id that is no UUID, or names an event outside the tenant, is not found.
+) -> Detail:
+    """``GET /system/events/{id}``: the seed's event object, its attempt history, oldest
+    first, and when its automatic retry is due (None: none is), with the list's reader rule and
+    tenancy (a system admin naming no tenant reads any tenant's event). An id that is no UUID,
+    or names an event outside the tenant, is not found.
     """
     require_reader(principal)
     tenant_id = _acting_tenant(principal, tenant_param, creating=False)
@@ -432,4 +470,5 @@ def event_detail(
     event = repository.read_event(session, uid)
     if event is None or (tenant_id is not None and event.tenant_id != tenant_id):
         raise EventNotFound()
-    return event_view(event), history.attempts_of(session, uid)
+    due = format_timestamp(event.next_attempt_at) if event.next_attempt_at else None
+    return Detail(event_view(event), history.attempts_of(session, uid), due)

@@ -286,7 +286,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
     )
     try:
         if args.once:
-            print(forwarder.run_once())
+            print(f"forwarded {forwarder.run_once()} rows")
             return 0
 
         def stop(_signum: int, _frame: FrameType | None) -> None:

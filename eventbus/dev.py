@@ -139,6 +139,8 @@ Database {settings.database_url}, broker {settings.broker_url}. Ctrl-C stops it.
 
 export EVENTBUS_TOKEN={token}
 
+Dashboard: open {base}/ui and paste the token above (it stays in that tab only).
+
 curl -s -X POST "{base}/system/events" -H "Authorization: Bearer $EVENTBUS_TOKEN" \\
   -H "Content-Type: application/json" -d '{_EXAMPLE_BODY}'
 curl -s "{base}/system/events?limit=5" -H "Authorization: Bearer $EVENTBUS_TOKEN"

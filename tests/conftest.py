@@ -79,7 +79,7 @@ def bus(settings: Settings) -> Iterator[Bus]:
     """A bus over clean tables."""
     instance = Bus(settings)
     with instance.engine.begin() as conn:
-        conn.execute(text("TRUNCATE system_events, event_attempts"))
+        conn.execute(text("TRUNCATE system_events, event_attempts"))  # and their minutes (trigger)
     yield instance
     instance.close()
     _drop_queues(settings.queue_prefix)

@@ -63,6 +63,11 @@ def assert_tallies_exact(bus: Bus) -> None:
             for filters in combos:
                 tally = repository.tally(session, tenant, filters)
                 assert tally == counted(bus, tenant, filters), (tenant, filters)
+            # The stats read the same counts: each module's by status equals its COUNT
+            for stats in repository.stats_by_module(session, tenant):
+                for status in EventStatus:
+                    filters = {"target_module": stats.target_module, "status": str(status)}
+                    assert getattr(stats, status) == counted(bus, tenant, filters), filters
 
 
 def test_every_write_path_keeps_the_counts_exact(bus: Bus) -> None:

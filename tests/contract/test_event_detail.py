@@ -80,8 +80,20 @@ def test_an_event_and_its_empty_history(client: TestClient, token: TokenFactory)
         "message": "Event retrieved successfully",
         "event": published,
         "attempts": [],
+        "next_attempt_at": None,
     }
-    assert list(response.json()) == ["success", "message", "event", "attempts"]
+    assert list(response.json()) == ["success", "message", "event", "attempts", "next_attempt_at"]
+
+
+def test_a_failed_event_says_when_its_retry_is_due(
+    client: TestClient, token: TokenFactory, bus: Bus
+) -> None:
+    due = datetime(2030, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
+    retrying = make_event(bus, status="failed", retry_count=1, next_attempt_at=due)["id"]
+    gave_up = make_event(bus, status="failed", retry_count=5)["id"]
+
+    assert get(client, retrying, token()).json()["next_attempt_at"] == "2030-01-02T03:04:05.600000Z"
+    assert get(client, gave_up, token()).json()["next_attempt_at"] is None
 
 
 def test_a_put_that_changes_the_status_records_an_api_entry(

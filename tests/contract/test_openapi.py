@@ -132,7 +132,10 @@ def test_the_success_envelopes(document: dict[str, Any]) -> None:
         "totals",
         "oldest_pending_age_seconds",
         "modules",
+        "series",
     }
+    required = document["components"]["schemas"]["EventStatsEnvelope"]["required"]
+    assert "series" not in required  # only with ?series=minute
     page = document["components"]["schemas"]["EventsPage"]["properties"]
     assert list(page) == ["success", "message", "events", "page", "limit", "total", "next_cursor"]
     event = document["components"]["schemas"]["Event"]["properties"]
@@ -185,7 +188,6 @@ def test_the_list_documents_its_query(document: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("get", "/system/events/stats"),
         ("post", "/system/events"),
         ("put", "/system/events/{event_id}"),
         ("post", "/system/events/replay"),
@@ -197,6 +199,14 @@ def test_the_tenant_parameter(document: dict[str, Any], method: str, path: str) 
     assert [(p["name"], p["schema"]["pattern"]) for p in query] == [
         ("tenant_id", OPTIONAL_UUID_PATTERN)
     ]
+
+
+def test_the_stats_parameters(document: dict[str, Any]) -> None:
+    query = operation(document, "get", "/system/events/stats")["parameters"]
+
+    assert [(p["name"], p["in"]) for p in query] == [("tenant_id", "query"), ("series", "query")]
+    assert query[0]["schema"]["pattern"] == OPTIONAL_UUID_PATTERN
+    assert query[1]["schema"]["enum"] == ["", "minute"]
 
 
 @pytest.mark.parametrize(("page", "marker"), [("/docs", "swagger-ui"), ("/redoc", "redoc")])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -35,6 +36,8 @@ json_values = st.recursive(
 )
 field_names = st.sampled_from([*REQUIRED_FIELDS, "id", "status", "tenant_id"]) | texts
 mutations = st.lists(st.tuples(field_names, st.just(DELETE) | json_values), min_size=1, max_size=3)
+
+pytestmark = pytest.mark.slow  # generated cases: make test runs them, make check does not
 
 
 def mutated_seed(changes: list[tuple[str, Any]]) -> dict[str, Any]:

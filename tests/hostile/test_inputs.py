@@ -107,22 +107,56 @@ def test_hostile_strings_in_filters_match_nothing(
     assert rows(bus) == 2
 
 
-@pytest.mark.parametrize(
-    "event_id",
-    [
-        "' OR '1'='1",
-        "1 OR 1=1",
-        "..",
-        "..%2F..%2Fetc%2Fpasswd",
-        "%2e%2e%2f",
-        "%00",
-        "%FF%FE",
-        "00000000-0000-0000-0000-000000000000",
-        "x" * 10_000,
-        "{aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa}",
-    ],
-    ids=lambda v: repr(v[:30]),
-)
+@pytest.mark.parametrize("value", HOSTILE, ids=repr)
+@pytest.mark.parametrize("name", FILTERS)
+def test_hostile_strings_in_replay_filters_match_nothing(
+    client: TestClient, h: dict[str, str], bus: Bus, name: str, value: str
+) -> None:
+    make_event(bus, status="failed")
+    for dry_run in (True, False):
+        response = client.post(
+            f"{EVENTS}/replay", headers=h, json={name: value, "dry_run": dry_run}
+        )
+        body = assert_envelope(response, (200, 400))
+        if response.status_code == 200:
+            assert (body["matched"], body["replayed"]) == (0, 0)
+    with bus.engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM system_events")).scalar_one() == "failed"
+
+
+@pytest.mark.parametrize("value", [*HOSTILE, "x" * 5000, "%00", "eyJ9", "a.b.c"], ids=repr)
+def test_hostile_cursors_are_invalid(client: TestClient, h: dict[str, str], value: str) -> None:
+    response = client.get(EVENTS, headers=h, params={"cursor": value})
+
+    assert assert_envelope(response, 400)["message"] == "Invalid cursor"
+
+
+HOSTILE_IDS = [
+    "' OR '1'='1",
+    "1 OR 1=1",
+    "..",
+    "..%2F..%2Fetc%2Fpasswd",
+    "%2e%2e%2f",
+    "%00",
+    "%FF%FE",
+    "00000000-0000-0000-0000-000000000000",
+    "x" * 10_000,
+    "{aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa}",
+]
+
+
+@pytest.mark.parametrize("event_id", HOSTILE_IDS, ids=lambda v: repr(v[:30]))
+def test_hostile_event_ids_read_nothing(
+    client: TestClient, h: dict[str, str], bus: Bus, event_id: str
+) -> None:
+    make_event(bus)
+
+    response = client.get(f"{EVENTS}/{event_id}", headers=h)
+
+    assert_envelope(response, 404)
+
+
+@pytest.mark.parametrize("event_id", HOSTILE_IDS, ids=lambda v: repr(v[:30]))
 def test_hostile_event_ids(client: TestClient, h: dict[str, str], bus: Bus, event_id: str) -> None:
     make_event(bus)
 
@@ -134,7 +168,10 @@ def test_hostile_event_ids(client: TestClient, h: dict[str, str], bus: Bus, even
         assert conn.execute(text("SELECT status FROM system_events")).scalar_one() == "pending"
 
 
-@pytest.mark.parametrize("query", ["event_type=%FF%FE", "status=%C3%28", "tenant_id=%ED%A0%80"])
+@pytest.mark.parametrize(
+    "query",
+    ["event_type=%FF%FE", "status=%C3%28", "tenant_id=%ED%A0%80", "cursor=%FF", "series=%C3%28"],
+)
 def test_invalid_utf8_in_the_query(client: TestClient, h: dict[str, str], query: str) -> None:
     for path in (EVENTS, f"{EVENTS}/stats"):
         assert_envelope(client.get(f"{path}?{query}", headers=h), (200, 400))

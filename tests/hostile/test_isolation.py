@@ -32,6 +32,11 @@ B_SPELLINGS = [
     f"{TENANT_B}\t",
 ]
 CALLERS = ("manage:system", "system token")
+BODIES: dict[str, Any] = {
+    EVENTS: SEED_PUBLISH_BODY,
+    f"{EVENTS}/batch": {"events": [SEED_PUBLISH_BODY]},
+    f"{EVENTS}/replay": {"status": "failed"},
+}
 
 
 @pytest.fixture
@@ -89,6 +94,8 @@ def assert_nothing_of_b(response: Any, b_events: list[dict[str, Any]]) -> None:
         ("GET", EVENTS),
         ("GET", f"{EVENTS}/stats"),
         ("POST", EVENTS),
+        ("POST", f"{EVENTS}/batch"),
+        ("POST", f"{EVENTS}/replay"),
         ("PUT", "b_event"),
         ("GET", "b_event"),
     ],
@@ -105,7 +112,7 @@ def test_naming_tenant_b_in_any_spelling(
 ) -> None:
     before = snapshot(bus)
     target = f"{EVENTS}/{b_events[0]['id']}" if path == "b_event" else path
-    body = SEED_PUBLISH_BODY if method == "POST" else {"status": "processed"}
+    body = BODIES.get(path, {"status": "processed"})
 
     response = client.request(
         method,
@@ -123,7 +130,14 @@ def test_naming_tenant_b_in_any_spelling(
 @pytest.mark.parametrize("order", ["A then B", "B then A"])
 @pytest.mark.parametrize("caller", CALLERS)
 @pytest.mark.parametrize(
-    ("method", "path"), [("GET", EVENTS), ("GET", f"{EVENTS}/stats"), ("POST", EVENTS)]
+    ("method", "path"),
+    [
+        ("GET", EVENTS),
+        ("GET", f"{EVENTS}/stats"),
+        ("POST", EVENTS),
+        ("POST", f"{EVENTS}/batch"),
+        ("POST", f"{EVENTS}/replay"),
+    ],
 )
 def test_a_repeated_tenant_id(
     client: TestClient,
@@ -143,7 +157,7 @@ def test_a_repeated_tenant_id(
         method,
         f"{path}?{query}",
         headers=header(caller, token),
-        json=SEED_PUBLISH_BODY if method == "POST" else None,
+        json=BODIES.get(path) if method == "POST" else None,
     )
 
     # A proxy may read the first where the API would read the last: neither is taken (a
@@ -201,6 +215,63 @@ def test_reads_of_a_show_nothing_of_b(
     assert {e["tenant_id"] for e in listed["events"]} == {str(TENANT_A)}
     stats = client.get(f"{EVENTS}/stats", headers=h).json()
     assert stats["totals"]["total"] == 1
+
+
+def test_cursor_walks_series_and_details_of_a_show_nothing_of_b(
+    client: TestClient, bus: Bus, token: TokenFactory, b_events: list[dict[str, Any]]
+) -> None:
+    h = header("manage:system", token)
+    for event in b_events:  # B's events have attempts too: the series must not count them
+        client.put(
+            f"{EVENTS}/{event['id']}",
+            headers=auth(token(TENANT_B)),
+            json={"status": "failed", "error_message": SECRET_MARK},
+        )
+    for filters in ({}, {"target_module": "b_only_module"}, {"status": "failed"}):
+        seen: list[str] = []
+        response = client.get(EVENTS, headers=h, params={**filters, "limit": "1"})
+        while True:
+            assert response.status_code == 200, response.text
+            assert_nothing_of_b(response, b_events)
+            body = response.json()
+            seen += [e["id"] for e in body["events"]]
+            if body["next_cursor"] is None:
+                break
+            response = client.get(
+                EVENTS, headers=h, params={**filters, "limit": "1", "cursor": body["next_cursor"]}
+            )
+        assert len(seen) == (1 if not filters else 0)
+    series = client.get(f"{EVENTS}/stats", headers=h, params={"series": "minute"})
+    assert series.status_code == 200, series.text
+    assert series.json()["series"] == []
+    assert_nothing_of_b(series, b_events)
+    for event in b_events:
+        detail = client.get(f"{EVENTS}/{event['id']}", headers=h)
+        assert (detail.status_code, detail.json()["message"]) == (404, "Event not found")
+        assert_nothing_of_b(detail, b_events)
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_replay_by_as_filters_touches_nothing_of_b(
+    client: TestClient,
+    bus: Bus,
+    token: TokenFactory,
+    b_events: list[dict[str, Any]],
+    dry_run: bool,
+) -> None:
+    before = snapshot(bus)
+    h = header("manage:system", token)
+    for body in (
+        {},
+        {"status": "failed"},
+        {"target_module": "b_only_module"},
+        {"event_type": "b_failed", "status": "failed"},
+    ):
+        response = client.post(f"{EVENTS}/replay", headers=h, json={**body, "dry_run": dry_run})
+        assert response.status_code == 200, response.text
+        assert response.json()["matched"] == (0 if body else 1)  # A has one pending event
+        assert_nothing_of_b(response, b_events)
+    assert snapshot(bus) == before
 
 
 @pytest.mark.parametrize("caller", CALLERS)

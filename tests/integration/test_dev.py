@@ -60,6 +60,8 @@ def test_dev_runs_the_bus_without_servers_and_survives_a_restart(tmp_path: Path)
     proc, token = start_dev(tmp_path, port)
     try:
         assert f'curl -s -X POST "{base}/system/events"' in proc.output
+        assert f"Dashboard: open {base}/ui" in proc.output
+        assert httpx.get(f"{base}/ui", timeout=5).status_code == 200
         # When the example event is published over HTTP
         published_at = time.monotonic()
         response = httpx.post(

@@ -9,6 +9,7 @@ died).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import uuid
 from collections.abc import Iterator
@@ -122,7 +123,8 @@ def forwarder(settings: Settings, caller_url: str, *args: str) -> Proc:
 
 def printed_count(proc: Proc) -> int:
     """What ``eventbus forward --once`` printed: the rows it took."""
-    return int([line for line in proc.lines if line.isdigit()][-1])
+    counts = [line.split()[1] for line in proc.lines if re.fullmatch(r"forwarded \d+ rows", line)]
+    return int(counts[-1])
 
 
 def bus_ids(bus: Bus) -> list[uuid.UUID]:
