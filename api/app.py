@@ -44,10 +44,12 @@ def _without_validation_errors(app: FastAPI) -> None:
 
 
 _UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
+_UNTRACED_PREFIXES = (docs.ASSETS_PATH, ui.ASSETS_PATH)
 
 
 def _untraced(scope: MutableMapping[str, Any]) -> bool:
-    return scope.get("path") in _UNTRACED
+    path = str(scope.get("path", ""))
+    return path in _UNTRACED or path.startswith(_UNTRACED_PREFIXES)
 
 
 def _telemetry(traced: bool) -> dict[str, Any]:
@@ -55,7 +57,8 @@ def _telemetry(traced: bool) -> dict[str, Any]:
     of each request, ``POST /system/events``, continuing a caller's ``traceparent``; the sends
     of the request are its children. Only spans: the bus's metrics are Prometheus', its logs
     JSON lines, and per-operation spans (dependencies, endpoint) would double a request's spans.
-    Probes and scrapes are not traced (a span every few seconds per replica, telling nothing).
+    Probes, scrapes and static assets are not traced (a span every few seconds per replica,
+    or per file of a page, telling nothing).
     Tracing off: FastAPI is left as it comes."""
     if not traced:
         return {}
