@@ -274,6 +274,12 @@ REPLAY_BODY_SCHEMA: dict[str, Any] = {
         "source_module": _replay_filter("exact source module"),
         "target_module": _replay_filter("exact target module"),
         "entity_type": _replay_filter("exact entity type"),
+        "retry_scheduled": {
+            "type": ["boolean", "string", "null"],
+            "enum": [True, False, "true", "false", "", None],
+            "description": "true: failed events with a retry to come; false: every other "
+            "(with status failed: the events that gave up)",
+        },
         "created_after": {
             "type": ["string", "null"],
             "format": "date-time",

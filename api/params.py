@@ -23,6 +23,7 @@ from bus.schemas import (
     LIST_PARAMS,
     OPTIONAL_UUID_PATTERN,
     PAGE_PATTERN,
+    RETRY_SCHEDULED_VALUES,
     STATUSES,
     ListQuery,
     parse_list_query,
@@ -101,6 +102,14 @@ async def list_query(
     target_module: Annotated[str, _filter("exact target module")] = "",
     status: Annotated[str, _param("pending, processed or failed", enum=["", *STATUSES])] = "",
     entity_type: Annotated[str, _filter("exact entity type")] = "",
+    retry_scheduled: Annotated[
+        str,
+        _param(
+            "`true`: failed events with an automatic retry to come; `false`: every other "
+            "(with `status=failed`: the events that gave up); empty: no filter",
+            enum=["", *RETRY_SCHEDULED_VALUES],
+        ),
+    ] = "",
     page: Annotated[str, _param("page number, from 1 (default 1)", pattern=PAGE_PATTERN)] = "",
     limit: Annotated[
         str, _param("items per page, 1 to 1000 (default 100)", pattern=LIMIT_PATTERN)
@@ -121,6 +130,7 @@ async def list_query(
         "target_module": target_module,
         "status": status,
         "entity_type": entity_type,
+        "retry_scheduled": retry_scheduled,
         "page": page,
         "limit": limit,
         "cursor": cursor,

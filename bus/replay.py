@@ -22,7 +22,13 @@ from bus.auth import Principal, require_writer, resolve_tenant
 from bus.errors import InvalidField, InvalidJSONBody, InvalidStatus, UnknownBodyField
 from bus.models import EventStatus
 from bus.rules import Change, save_changes
-from bus.schemas import LIST_FILTERS, StatusChange, parse_list_query, parse_timestamp
+from bus.schemas import (
+    LIST_FILTERS,
+    RETRY_SCHEDULED,
+    StatusChange,
+    parse_list_query,
+    parse_timestamp,
+)
 from bus.settings import Settings
 from bus.uow import UnitOfWork
 
@@ -77,6 +83,8 @@ def parse_replay(body: Any) -> ReplayQuery:
         value = body.get(name)
         if _absent(value):
             continue
+        if name == RETRY_SCHEDULED and isinstance(value, bool):
+            value = "true" if value else "false"  # JSON's own spelling, beside the query's
         if not isinstance(value, str):
             raise InvalidStatus() if name == "status" else InvalidField(name)
         raw[name] = value

@@ -44,7 +44,7 @@ from bus.models import (
     event_counts,
     event_outcome_minutes,
 )
-from bus.schemas import ListQuery
+from bus.schemas import RETRY_SCHEDULED, ListQuery
 
 _table: Table = SystemEvent.__table__  # type: ignore[assignment]
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
@@ -148,7 +148,15 @@ def _filtered(stmt: Select[Any], tenant_id: uuid.UUID | None, query: ListQuery) 
     if tenant_id is not None:
         stmt = stmt.where(SystemEvent.tenant_id == tenant_id)
     for name, value in query.filters.items():
-        stmt = stmt.where(getattr(SystemEvent, name) == value)
+        if name != RETRY_SCHEDULED:
+            stmt = stmt.where(getattr(SystemEvent, name) == value)
+        elif value == "true":
+            # Spelled as the partial index ix_events_relay_failed is, so it can serve it.
+            stmt = stmt.where(
+                SystemEvent.status == EventStatus.FAILED, SystemEvent.next_attempt_at.is_not(None)
+            )
+        else:
+            stmt = stmt.where(SystemEvent.next_attempt_at.is_(None))
     return stmt
 
 
@@ -229,7 +237,19 @@ def stream_page(
 
 def count_events(session: Session, tenant_id: uuid.UUID | None, query: ListQuery) -> int:
     """How many events the query's filters match, every page included: from the counts kept
-    as data (:func:`tally`), or a COUNT where none are kept."""
+    as data (:func:`tally`), or a COUNT where none are kept.
+
+    ``retry_scheduled`` is no key of the counts: ``true`` is a COUNT of the few events with a
+    retry to come (the partial index ``ix_events_relay_failed``), ``false`` the tally of the
+    other filters less that COUNT."""
+    flag = query.filters.get(RETRY_SCHEDULED)
+    if flag is not None:
+        rest = {name: value for name, value in query.filters.items() if name != RETRY_SCHEDULED}
+        scheduled = ListQuery({**rest, RETRY_SCHEDULED: "true"})
+        due = int(session.scalar(count_statement(tenant_id, scheduled)) or 0)
+        if flag == "true":
+            return due
+        return count_events(session, tenant_id, ListQuery(rest)) - due
     tallied = tally(session, tenant_id, query.filters)
     if tallied is not None:
         return tallied

@@ -63,9 +63,20 @@ MAX_EVENT_DATA_DEPTH = 64
 MAX_PAGE = 10**9
 MAX_PAGE_LIMIT = 1000
 DEFAULT_PAGE_LIMIT = 100
-LIST_FILTERS = ("event_type", "source_module", "target_module", "status", "entity_type")
+LIST_FILTERS = (
+    "event_type",
+    "source_module",
+    "target_module",
+    "status",
+    "entity_type",
+    "retry_scheduled",
+)
 LIST_PARAMS = ("tenant_id", *LIST_FILTERS, "page", "limit", "cursor")
-"""The list's query parameters, in the seed's order, then the cursor (issue 12)."""
+"""The list's query parameters, in the seed's order, then the retry filter and the cursor."""
+RETRY_SCHEDULED = "retry_scheduled"
+"""Not a column: ``true`` is a failed event with an automatic retry to come, ``false`` every
+other (with ``status=failed``: the events that gave up and need a person)."""
+RETRY_SCHEDULED_VALUES = ("true", "false")
 STATUSES = tuple(s.value for s in EventStatus)
 
 # Patterns are written in the subset Python's ``re`` and ECMA-262 (JSON Schema) read alike.
@@ -342,6 +353,8 @@ def parse_list_query(params: Mapping[str, str | None]) -> ListQuery:
     filters = {name: value for name in LIST_FILTERS if (value := params.get(name))}
     if "status" in filters:
         parse_status(filters["status"])
+    if filters.get(RETRY_SCHEDULED, "true") not in RETRY_SCHEDULED_VALUES:
+        raise InvalidField(RETRY_SCHEDULED)
     for name, value in filters.items():
         if not _FILTER.fullmatch(value) or not is_text(value):  # no identifier holds one
             raise InvalidField(name)

@@ -183,6 +183,7 @@ def test_the_list_documents_its_query(document: dict[str, Any]) -> None:
     )
     for name in ("event_type", "source_module", "target_module", "entity_type"):
         assert schemas[name]["pattern"] == FILTER_PATTERN
+    assert schemas["retry_scheduled"]["enum"] == ["", "true", "false"]
 
 
 @pytest.mark.parametrize(
@@ -245,6 +246,7 @@ def test_the_replay_documents_its_body(document: dict[str, Any]) -> None:
         "source_module",
         "target_module",
         "entity_type",
+        "retry_scheduled",
         "created_after",
         "created_before",
         "dry_run",

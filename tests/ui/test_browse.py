@@ -81,12 +81,15 @@ def test_each_count_links_to_its_filtered_list_and_the_chart_draws_the_hour(
     screenshot(page, "overview")
     # When the "gave up" count is followed, the list holds the failed event of that module only
     flaky.locator('[data-count="gave_up"] a').click()
-    expect(page).to_have_url(re.compile(r"view=events&status=failed&target_module=flaky$"))
+    expect(page).to_have_url(
+        re.compile(r"view=events&status=failed&target_module=flaky&retry_scheduled=false$")
+    )
     rows = page.locator("tbody tr")
     expect(rows).to_have_count(1)
     expect(rows.first).to_have_attribute("data-event-id", failing["id"])
     expect(page.get_by_label("Status")).to_have_value("failed")
     expect(page.get_by_label("Target module")).to_have_value("flaky")
+    expect(page.get_by_label("Retry scheduled")).to_have_value("false")
 
 
 def test_filters_live_in_the_url_and_the_cursor_pages_through(

@@ -10,7 +10,16 @@ export const FILTERS = [
   ["source_module", "Source module"],
   ["target_module", "Target module"],
   ["entity_type", "Entity type"],
+  ["retry_scheduled", "Retry scheduled"],
 ];
+// Filters chosen from a list: the value sent, and what the control shows.
+const CHOICES = {
+  status: STATUSES.map((status) => [status, status]),
+  retry_scheduled: [
+    ["true", "yes: a retry is to come"],
+    ["false", "no (failed: gave up)"],
+  ],
+};
 
 /** The filters a query string holds, empty ones left out. */
 export function filtersOf(params) {
@@ -31,12 +40,12 @@ export function describe(filters) {
 
 function control(prefix, name, label, value) {
   const id = `${prefix}-${name}`;
-  if (name === "status") {
+  if (Object.hasOwn(CHOICES, name)) {
     const select = h(
       "select",
       { id, name },
       h("option", { value: "" }, "any"),
-      STATUSES.map((status) => h("option", { value: status }, status)),
+      CHOICES[name].map(([choice, text]) => h("option", { value: choice }, text)),
     );
     select.value = value || "";
     return field(label, select);

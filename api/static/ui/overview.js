@@ -7,14 +7,14 @@ import { h, replace } from "./dom.js";
 import { age, count } from "./format.js";
 import { heading } from "./parts.js";
 
-// Counts and the list each links to: "retry scheduled" and "gave up" are failed events (the
-// list cannot tell them apart; the stats can).
+// Counts and the list each links to: "retry scheduled" and "gave up" are the failed events
+// with and without an automatic retry to come (the list's retry_scheduled filter).
 const COLUMNS = [
-  ["pending", "Pending", "pending"],
-  ["processed", "Processed", "processed"],
-  ["failed", "Failed", "failed"],
-  ["retry_scheduled", "Retry scheduled", "failed"],
-  ["gave_up", "Gave up", "failed"],
+  ["pending", "Pending", { status: "pending" }],
+  ["processed", "Processed", { status: "processed" }],
+  ["failed", "Failed", { status: "failed" }],
+  ["retry_scheduled", "Retry scheduled", { status: "failed", retry_scheduled: "true" }],
+  ["gave_up", "Gave up", { status: "failed", retry_scheduled: "false" }],
 ];
 
 let seriesServed = true; // until the API says it does not know ?series
@@ -75,14 +75,14 @@ function row(ctx, module, counts, isTotal) {
     "tr",
     { class: isTotal ? "total" : null, "data-module": isTotal ? "" : module },
     h("th", { scope: "row" }, name),
-    COLUMNS.map(([key, label, status]) =>
+    COLUMNS.map(([key, label, filters]) =>
       h(
         "td",
         { class: "num", "data-count": key },
         link(
           ctx,
           values[key],
-          { ...moduleFilter, status },
+          { ...moduleFilter, ...filters },
           `${name}-${key}`,
           `${label} in ${name}: ${values[key]}`,
         ),
