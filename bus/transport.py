@@ -15,6 +15,7 @@ from typing import Any
 
 from kombu.exceptions import KombuError
 from kombu.transport import redis as kombu_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from bus import deadletter
@@ -35,6 +36,18 @@ class Channel(kombu_redis.Channel):
         if asynchronous:
             return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
         client = self._shared_client
+        if self._pool is None and getattr(self.connection, "client", None) is None:
+            # Closed after a lost connection: the channel's pools are disconnected and the
+            # transport has let go of its connection when kombu restores the unacknowledged
+            # messages. Rebuilding a pool then raises AttributeError, which the consumer's
+            # ignore_errors does not swallow: the worker died ("Unrecoverable error") when Redis
+            # died while it held a message (celery/kombu#970, #582). The last client's pool was
+            # disconnected, not destroyed: it reconnects on use, or raises the connection error
+            # the consumer expects and recovers from (the message then comes back by the
+            # visibility timeout, and the relay re-sends its event in any case).
+            if client is None:
+                raise RedisConnectionError("the channel is closed")
+            return client
         if client is None or client.connection_pool is not self.pool:
             client = self._shared_client = super()._create_client()  # type: ignore[no-untyped-call]
         return client

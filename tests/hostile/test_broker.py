@@ -168,6 +168,35 @@ def test_the_dead_letter_list_is_capped(settings: Settings, bus: Bus) -> None:
             r.close()
 
 
+def test_a_channel_closed_after_its_connection_went_restores_what_it_held(
+    settings: Settings,
+) -> None:
+    """A worker holding an unacknowledged message when Redis died closed its channel with the
+    transport's connection already gone: kombu rebuilt a pool from nothing, raised
+    AttributeError, and the worker died ("Unrecoverable error", seen in the chaos suite)."""
+    from kombu import Connection as KombuConnection
+
+    from bus.transport import TRANSPORT
+
+    queue = queue_name("held", settings.queue_prefix)
+    r = redis.Redis.from_url(REDIS_URL)
+    conn = KombuConnection(settings.broker_url, transport=TRANSPORT)
+    try:
+        held = conn.SimpleQueue(queue)
+        held.put({"n": 1})
+        message = held.get(timeout=2)  # delivered, not acknowledged
+        assert message.payload == {"n": 1} and r.llen(queue) == 0
+        channel: Any = held.channel
+        # When the channel is closed as the consumer closes it after a lost connection
+        channel.connection.client = None
+        channel.close()  # no AttributeError
+        # Then the message it held is back on its queue
+        assert r.llen(queue) == 1
+    finally:
+        r.delete(queue)
+        r.close()
+
+
 # --- RabbitMQ ---------------------------------------------------------------------------------
 
 
