@@ -24,8 +24,8 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix bus api workers eventbus tests
 	$(BIN)/ruff format bus api workers eventbus tests
 
-check: lint  ## the fast loop (< 1 min): lint, types, unit and contract tests but the property ones
-	$(BIN)/pytest -q -x -m "not slow" tests/unit tests/contract
+check: lint  ## the fast loop (< 50 s): lint, types, unit and contract tests but the property ones, in 2 processes
+	$(BIN)/pytest -q -x -n 2 -m "not slow" tests/unit tests/contract
 
 test: lint  ## needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1 (.ci/run starts them)
 	$(BIN)/pytest -m "not soak and not load"

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from bus.runtime import Bus
 from tests.conftest import (
+    NO_SUCH_EVENT,
     SEED_PUBLISH_BODY,
     TENANT_A,
     TENANT_B,
@@ -217,7 +218,7 @@ def test_a_caller_without_a_tenant_and_not_admin_acts_nowhere(
 
 
 @pytest.mark.parametrize(
-    ("method", "path"), [("POST", EVENTS), ("PUT", f"{EVENTS}/{uuid.uuid4()}")]
+    ("method", "path"), [("POST", EVENTS), ("PUT", f"{EVENTS}/{NO_SUCH_EVENT}")]
 )
 def test_permission_is_checked_before_the_body_is_read(
     client: TestClient, token: TokenFactory, method: str, path: str

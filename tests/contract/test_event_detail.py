@@ -22,7 +22,7 @@ from bus.relay import purge_attempts
 from bus.rules import save_changes
 from bus.runtime import Bus
 from bus.uow import UnitOfWork
-from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
+from tests.conftest import NO_SUCH_EVENT, SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
 from tests.contract.factories import RFC3339_UTC, make_event
 from workers.event import Event
 from workers.registry import Registry
@@ -127,7 +127,7 @@ def test_a_put_that_changes_the_status_records_an_api_entry(
     [
         "not-a-uuid",
         "123",
-        str(uuid.uuid4()),
+        NO_SUCH_EVENT,
         "00000000-0000-0000-0000-000000000000",
         "x" * 2000,
         "%00",

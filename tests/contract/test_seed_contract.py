@@ -20,7 +20,7 @@ from bus import service
 from bus.runtime import Bus
 from bus.schemas import MAX_EVENT_DATA_DEPTH, REQUIRED_FIELDS, parse_timestamp
 from bus.settings import Settings
-from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
+from tests.conftest import NO_SUCH_EVENT, SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
 from tests.contract.factories import (
     RFC3339_UTC,
     as_seed,
@@ -501,7 +501,7 @@ def test_update_body_that_is_not_a_json_object(
         assert_error(response, 400, "Invalid JSON body")
 
 
-@pytest.mark.parametrize("event_id", ["not-a-uuid", "event-uuid-2", "1", "%00", str(uuid.uuid4())])
+@pytest.mark.parametrize("event_id", ["not-a-uuid", "event-uuid-2", "1", "%00", NO_SUCH_EVENT])
 def test_update_of_an_event_that_does_not_exist(
     client: TestClient, h: dict[str, str], seed_pending: dict[str, Any], event_id: str
 ) -> None:
@@ -698,7 +698,7 @@ def test_an_unexpected_error_in_a_tiny_app_is_a_bare_500() -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "path"), [("GET", EVENTS), ("POST", EVENTS), ("PUT", f"{EVENTS}/{uuid.uuid4()}")]
+    ("method", "path"), [("GET", EVENTS), ("POST", EVENTS), ("PUT", f"{EVENTS}/{NO_SUCH_EVENT}")]
 )
 @pytest.mark.parametrize(
     ("authorization", "message"),
