@@ -24,11 +24,11 @@ from bus.schemas import (
     OPTIONAL_UUID_PATTERN,
     PAGE_PATTERN,
     RETRY_SCHEDULED_VALUES,
+    SERIES,
     STATUSES,
     ListQuery,
     parse_list_query,
 )
-from bus.service import SERIES
 
 
 def _only_once(request: Request, names: tuple[str, ...]) -> None:

@@ -77,6 +77,8 @@ RETRY_SCHEDULED = "retry_scheduled"
 """Not a column: ``true`` is a failed event with an automatic retry to come, ``false`` every
 other (with ``status=failed``: the events that gave up and need a person)."""
 RETRY_SCHEDULED_VALUES = ("true", "false")
+SERIES = ("minute",)
+"""What the stats' ``series`` may ask for."""
 STATUSES = tuple(s.value for s in EventStatus)
 
 # Patterns are written in the subset Python's ``re`` and ECMA-262 (JSON Schema) read alike.

@@ -341,7 +341,6 @@ class Stats:
 _COUNTS = ("pending", "processed", "failed", "retry_scheduled")
 
 
-SERIES = ("minute",)
 SERIES_MINUTES = 60
 """``series=minute`` covers the 60 minutes that end with the current one."""
 
@@ -417,10 +416,7 @@ def update_status(
     """
     require_writer(principal)
     tenant_id = _acting_tenant(principal, tenant_param, creating=False)
-    try:
-        uid = uuid.UUID(event_id)
-    except ValueError as exc:
-        raise EventNotFound() from exc
+    uid = _event_uuid(event_id)
     change = parse_status_change(body)
     event = repository.lock_event(uow.session, uid, tenant_id)
     if event is None:
@@ -428,6 +424,14 @@ def update_status(
     now = now or utcnow()
     save_change(uow, event, change, now, entry=_reported(event, change, now))
     return event_view(event)
+
+
+def _event_uuid(event_id: str) -> uuid.UUID:
+    """The id of a path: one that is no UUID names no event (404, as an unknown one)."""
+    try:
+        return uuid.UUID(event_id)
+    except ValueError as exc:
+        raise EventNotFound() from exc
 
 
 def _reported(event: EventRow, change: StatusChange, now: datetime) -> history.Entry | None:
@@ -463,10 +467,7 @@ def event_detail(
     """
     require_reader(principal)
     tenant_id = _acting_tenant(principal, tenant_param, creating=False)
-    try:
-        uid = uuid.UUID(event_id)
-    except ValueError as exc:
-        raise EventNotFound() from exc
+    uid = _event_uuid(event_id)
     event = repository.read_event(session, uid)
     if event is None or (tenant_id is not None and event.tenant_id != tenant_id):
         raise EventNotFound()
