@@ -93,8 +93,8 @@ MINUTES_KEPT = timedelta(hours=2)
 
 def fold_outcome_minutes(bus: Bus, now: datetime | None = None) -> int:
     """Fold each closed minute of handler outcomes into a row per key and purge the minutes
-    the chart no longer shows (``repository.fold_outcome_minutes``): the relay does it each
-    pass, so the stats' series reads about a row per minute and key."""
+    the chart no longer shows (``repository.fold_outcome_minutes``): the relay does it once a
+    minute, when a minute closes, so the stats' series reads about a row per minute and key."""
     now = now or utcnow()
     closed = now.replace(second=0, microsecond=0) - timedelta(minutes=1)
     with transaction(bus.sessions) as session:
@@ -174,6 +174,15 @@ class Relay:
         self._stop = threading.Event()
         self._broker = BrokerInspector(bus.settings.broker_url)
         self._held: list[str] = []
+        self._minute_folded: datetime | None = None
+
+    def _fold_minutes(self) -> None:
+        """Fold the outcome buckets once per minute: only a closed minute has anything to fold,
+        and a pass runs several times a second."""
+        minute = utcnow().replace(second=0, microsecond=0)
+        if minute != self._minute_folded:
+            fold_outcome_minutes(self._bus)
+            self._minute_folded = minute
 
     def stop(self) -> None:
         """Ask the loop to end after the batch in progress (safe from a signal handler)."""
@@ -194,7 +203,7 @@ class Relay:
                 sent, held = _run_once(self._bus, utcnow(), self._broker)
                 self._report_held(held)
                 fold_counts(self._bus)
-                fold_outcome_minutes(self._bus)
+                self._fold_minutes()
                 purge_attempts(self._bus)
                 purge_idempotency_keys(self._bus)
             except Exception:
