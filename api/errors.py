@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
+from api.middleware import UnexpectedErrorMiddleware
 from bus.errors import BusError
 
 log = logging.getLogger("eventbus.api")
@@ -92,8 +93,11 @@ def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
+    """The error handlers, and the innermost middleware that answers what none of them takes
+    (installed before ``create_app`` adds the others, so theirs wrap its 500)."""
     app.add_exception_handler(BusError, _bus_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(Exception, _unexpected)  # what a middleware itself raises
+    app.add_middleware(UnexpectedErrorMiddleware, answer=_unexpected)

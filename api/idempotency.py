@@ -6,12 +6,14 @@ its key's lock, lookup and row share the transaction of its event (``bus.service
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from bus import idempotency
+from bus.models import EventRow
 from bus.service import Answer
 
 HEADER = "Idempotency-Key"
@@ -49,8 +51,11 @@ async def idempotency_key(request: Request) -> str | None:
     return idempotency.parse_key(request.headers.getlist(HEADER))
 
 
-def fingerprint(request: Request, body: Any) -> str:
-    """What a key's later requests must match: method, path and the body's canonical JSON."""
+def fingerprint(request: Request, events: Sequence[EventRow], *, batch: bool = False) -> str:
+    """What a key's later requests must match: method, path and what the publish accepted of
+    the body (``bus.idempotency.accepted``), never the raw body: the keyed path answers
+    whatever the key-less one does."""
+    body = idempotency.accepted(events, batch=batch)
     return idempotency.fingerprint(request.method, request.url.path, body)
 
 

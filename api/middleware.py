@@ -1,10 +1,14 @@
-"""ASGI middleware: the request id (response header and log context) and request latency."""
+"""ASGI middleware: the request id (response header and log context), request latency, the
+security headers, and the answer to an error no handler took."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bus import metrics
@@ -93,3 +97,38 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class UnexpectedErrorMiddleware:
+    """Answers an exception that no handler took (a bug, a database fault) with ``answer``'s
+    response, from inside the other middlewares, so a 500 carries ``X-Request-ID`` and the
+    security headers like any other answer, and the connection stays open.
+
+    Starlette's own catch-all (``ServerErrorMiddleware``) sits outside every middleware: its
+    500 went out without their headers, and it raised again, so the server also closed the
+    connection. Added first, this one is the innermost; once a response has started, only
+    closing the connection can tell the client, so the exception goes on.
+    """
+
+    def __init__(self, app: ASGIApp, answer: Callable[[Request, Exception], Response]) -> None:
+        self.app = app
+        self.answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            if started:
+                raise
+            await self.answer(Request(scope), exc)(scope, receive, send)

@@ -136,7 +136,7 @@ async def publish_event(
                 service.publish_once,
                 bus.settings,
                 key,
-                fingerprint(request, body),
+                fingerprint(request, [event]),
                 [event],
                 lambda views: render({**envelope, "event": views[0]}),
             )
@@ -189,7 +189,7 @@ async def publish_events(
                 service.publish_once,
                 bus.settings,
                 key,
-                fingerprint(request, body),
+                fingerprint(request, events, batch=True),
                 events,
                 lambda views: render({**envelope, "events": views}),
             )

@@ -23,6 +23,7 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,7 +32,7 @@ from sqlalchemy import Table, delete, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from bus.errors import InvalidIdempotencyKey
-from bus.models import idempotency_keys
+from bus.models import EventRow, idempotency_keys
 
 _table: Table = idempotency_keys
 
@@ -58,9 +59,34 @@ def parse_key(values: list[str]) -> str | None:
     return values[0]
 
 
+ACCEPTED_FIELDS = (
+    "event_type",
+    "source_module",
+    "target_module",
+    "entity_type",
+    "entity_id",
+    "event_data",
+)
+"""What a publish takes from its body; every other field of it is ignored."""
+
+
+def accepted(events: Sequence[EventRow], *, batch: bool) -> Any:
+    """The body as the publish understood it: each event's :data:`ACCEPTED_FIELDS`, as one
+    object (a publish) or under ``events`` (a batch); the fields it ignores are left out.
+
+    Built from events that passed the publish's rules, it always has a canonical JSON (text
+    UTF-8 can encode, finite numbers, bounded nesting), whatever else the raw body held: a
+    ``1e999`` or a lone surrogate in an ignored field is answered 201 with a key as without
+    one, and a retry that changes only an ignored field is the same request.
+    """
+    bodies = [{name: getattr(event, name) for name in ACCEPTED_FIELDS} for event in events]
+    return {"events": bodies} if batch else bodies[0]
+
+
 def fingerprint(method: str, path: str, body: Any) -> str:
-    """sha256 over the method, the path and the body's canonical JSON (keys sorted, no
-    whitespace): the same request sent again, whatever its key order or spacing."""
+    """sha256 over the method, the path and the canonical JSON (keys sorted, no whitespace)
+    of the :func:`accepted` body: the same request sent again, whatever its key order or
+    spacing."""
     canonical = json.dumps(
         body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )

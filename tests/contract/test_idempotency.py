@@ -374,3 +374,78 @@ def test_the_openapi_document_describes_the_header(client: TestClient, path: str
     assert REUSED in operation["responses"]["422"]["description"]
     assert "Idempotent-Replayed" in operation["responses"]["201"]["headers"]
     assert operation["responses"]["201"]["content"]  # the envelope is still documented
+
+
+SEED_JSON = json.dumps(SEED_PUBLISH_BODY)
+"""The seed's body as text: a case below adds to it what ``json.dumps`` cannot write."""
+
+
+def with_field(raw_field: str) -> str:
+    return SEED_JSON[:-1] + "," + raw_field + "}"
+
+
+# Bodies whose raw JSON holds what a canonical encoding cannot write again: the key-less path
+# answers them (201, or a 400 where the publish's rules refuse them); the keyed one was a 500.
+RAW_BODIES = {
+    "1e999 in an ignored field": with_field('"note":1e999'),
+    "-1e999 in an ignored field": with_field('"note":[-1e999]'),
+    "lone surrogate in an ignored field": with_field('"note":"\\ud800"'),
+    "lone surrogate as an ignored key": with_field('"\\udfff":1'),
+    "deeply nested ignored field": with_field('"note":' + "[" * 400 + "]" * 400),
+    "too deep to parse": with_field('"note":' + "[" * 5000 + "]" * 5000),
+    "NaN": with_field('"note":NaN'),
+    "1e999 in event_data": SEED_JSON.replace('"new_quantity": 95', '"new_quantity": 1e999'),
+    "lone surrogate in event_data": SEED_JSON.replace('"warehouse-uuid-1"', '"\\ud800"'),
+    "lone surrogate in entity_id": SEED_JSON.replace('"item-uuid-1"', '"\\ud800"'),
+}
+
+
+def as_batch(raw: str) -> str:
+    return '{"events":[' + raw + "]}"
+
+
+def outcome(response: httpx.Response) -> tuple[int, str]:
+    return response.status_code, response.json()["message"]
+
+
+@pytest.mark.parametrize("path", [PUBLISH, BATCH])
+@pytest.mark.parametrize("raw", list(RAW_BODIES.values()), ids=list(RAW_BODIES))
+def test_a_keyed_publish_answers_what_the_key_less_one_does(
+    client: TestClient, token: TokenFactory, bus: Bus, path: str, raw: str
+) -> None:
+    content = (raw if path == PUBLISH else as_batch(raw)).encode()
+    plain = {**auth(token()), "Content-Type": "application/json"}
+    # Given the answer without a key
+    without = client.post(path, headers=plain, content=content)
+    assert without.status_code in (201, 400), without.text
+    # When the same body is sent with a key, then again
+    first = client.post(path, headers={**plain, "Idempotency-Key": "odd-body"}, content=content)
+    again = client.post(path, headers={**plain, "Idempotency-Key": "odd-body"}, content=content)
+    # Then the keyed answer is the key-less one (never a 500), and a retry replays a 201
+    assert outcome(first) == outcome(without), first.text
+    assert first.headers["x-content-type-options"] == "nosniff"
+    assert first.headers["x-request-id"]
+    if first.status_code == 201:
+        assert again.content == first.content
+        assert again.headers["idempotent-replayed"] == "true"
+        assert keys_stored(bus) == 1
+    else:
+        assert outcome(again) == outcome(without)
+        assert keys_stored(bus) == 0
+
+
+def test_a_retry_that_changes_only_an_ignored_field_is_the_same_request(
+    client: TestClient, token: TokenFactory, bus: Bus
+) -> None:
+    # The fingerprint is what the publish accepted: a field it ignores is not part of it
+    first = client.post(PUBLISH, headers=keyed(token(), "ignored"), json=SEED_PUBLISH_BODY)
+    again = client.post(
+        PUBLISH,
+        headers=keyed(token(), "ignored"),
+        json={**SEED_PUBLISH_BODY, "status": "processed", "id": "anything"},
+    )
+
+    assert first.status_code == 201
+    assert again.content == first.content
+    assert again.headers["idempotent-replayed"] == "true"
+    assert events_stored(bus) == 1
