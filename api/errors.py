@@ -9,12 +9,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import ProgrammingError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from api.middleware import UnexpectedErrorMiddleware
-from bus.errors import BusError
+from bus.errors import BusError, SchemaNotCurrent
+from bus.migrate import schema_missing
 
 log = logging.getLogger("eventbus.api")
 
@@ -92,6 +94,20 @@ def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return envelope(500, "Internal server error")
 
 
+def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    # A table or column missing is a schema behind this code (`eventbus migrate` not run yet):
+    # a 503 to retry, as /readyz says; logged, as a wrong statement would raise the same.
+    if not schema_missing(exc):
+        return _unexpected(request, exc)
+    log.error(
+        "%s (%s)",
+        SchemaNotCurrent.message,
+        str(getattr(exc, "orig", exc)).splitlines()[0],
+        extra={"request_id": getattr(request.state, "request_id", None)},
+    )
+    return envelope(SchemaNotCurrent.status_code, SchemaNotCurrent.message)
+
+
 def install(app: FastAPI) -> None:
     """The error handlers, and the innermost middleware that answers what none of them takes
     (installed before ``create_app`` adds the others, so theirs wrap its 500)."""
@@ -99,5 +115,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(ProgrammingError, _database_error)
     app.add_exception_handler(Exception, _unexpected)  # what a middleware itself raises
     app.add_middleware(UnexpectedErrorMiddleware, answer=_unexpected)

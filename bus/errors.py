@@ -130,3 +130,11 @@ class UnknownBodyField(BusError):
     replay filter must not widen what is replayed."""
 
     message = "Unknown body field"
+
+
+class SchemaNotCurrent(BusError):
+    """The database lacks migrations this code needs (``eventbus migrate`` has not run): the
+    request is not one to fix, only to retry once it has."""
+
+    status_code = 503
+    message = "Database schema is not up to date"

@@ -22,7 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bus import repository
 from bus.broker import BrokerInspector
+from bus.errors import SchemaNotCurrent
 from bus.metrics import Backlog
+from bus.migrate import SchemaCheck
 from bus.queues import queue_name
 from bus.schemas import MODULE_NAME
 
@@ -79,16 +81,21 @@ class Probes:
         self._timeout = timeout
         self._up: dict[str, bool] = {}
         self._lock = threading.Lock()
+        self._schema = SchemaCheck()
 
     def readiness(self) -> Readiness:
-        """Both dependencies asked at once; each is up if it answered within the timeout."""
+        """Both dependencies asked at once; each is up if it answered within the timeout.
+        A database that answers without this code's migrations is ``SchemaNotCurrent``."""
         deadline = _Deadline(self._timeout)
         database = _pool.submit(self._ping_database)
         broker = _pool.submit(self._broker.ping)
-        return Readiness(
+        readiness = Readiness(
             database=self._answered("database", database, deadline),
             broker=self._answered("broker", broker, deadline),
         )
+        if readiness.database and not database.result():
+            raise SchemaNotCurrent()
+        return readiness
 
     def backlog(self, now: datetime | None = None) -> list[Backlog]:
         """Per module: messages on its queue, pending events, the oldest one's age in seconds.
@@ -125,15 +132,17 @@ class Probes:
             log.warning("backlog: queue depths unknown: %s: %s", type(exc).__name__, exc)
             return None
 
-    def _ping_database(self) -> None:
+    def _ping_database(self) -> bool:
+        """Whether the schema is current, once the database answered (asked until it is)."""
         with self._sessions() as session:
             repository.ping(session)
+            return self._schema.current(session.connection())
 
     def _pending(self) -> list[repository.PendingModule]:
         with self._sessions() as session:
             return repository.pending_backlog(session)
 
-    def _answered(self, name: str, future: Future[None], deadline: _Deadline) -> bool:
+    def _answered(self, name: str, future: Future[T], deadline: _Deadline) -> bool:
         try:
             deadline.result(future)
         except Exception as exc:

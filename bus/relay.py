@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from bus import heartbeats, history, idempotency, repository, tracing
+from bus import heartbeats, history, idempotency, migrate, repository, tracing
 from bus.broker import BrokerInspector
 from bus.db import transaction
 from bus.dispatch import Dispatch
@@ -198,6 +198,8 @@ class Relay:
             settings.relay_lease_seconds,
             settings.relay_batch_size,
         )
+        # Before `eventbus migrate` has run, every pass would fail the same way: say it once.
+        migrate.wait_until_current(self._bus.engine, self._stop)
         while not self._stop.is_set():
             try:
                 sent, held = _run_once(self._bus, utcnow(), self._broker)

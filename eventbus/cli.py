@@ -16,9 +16,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from bus import logs, multiprocess
 from bus.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from bus.runtime import Bus
 
 log = logging.getLogger("eventbus.cli")
 
@@ -113,12 +117,34 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     bus = Bus(settings)
     try:
+        if not _wait_for_schema(bus):
+            return 0
         return run_worker(
             bus, modules, concurrency=args.concurrency, pool=args.pool, loglevel=args.loglevel
         )
     finally:
         bus.close()
         stop_metrics()
+
+
+def _wait_for_schema(bus: Bus) -> bool:
+    """Wait, before consuming anything, until ``eventbus migrate`` has run (one line says so);
+    ``False`` if SIGTERM/SIGINT came first. /metrics answers meanwhile: a liveness probe must
+    not restart a worker that only waits."""
+    import threading
+
+    from bus.migrate import wait_until_current
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
+    try:
+        return wait_until_current(bus.engine, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def cmd_relay(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """/healthz answers while the process lives; /readyz is 200 only with the database and the
-broker reachable, else 503 naming what is down. The broker here is a redis-server of the test's
+broker reachable, else 503 naming what is down, or saying the schema is behind (then every
+route that needs a table is that 503 too). The broker here is a redis-server of the test's
 own (the machine's Redis is never stopped)."""
 
 from __future__ import annotations
@@ -7,13 +8,23 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from bus.migrate import upgrade
 from bus.runtime import Bus
 from tests.chaos.services import RedisServer, free_port
-from tests.conftest import make_settings
+from tests.conftest import (
+    NO_SUCH_EVENT,
+    REDIS_URL,
+    SEED_PUBLISH_BODY,
+    TokenFactory,
+    auth,
+    make_settings,
+)
+from tests.databases import empty_database
 from tests.ops.support import wait_for
 
 NOT_LISTENING = f"127.0.0.1:{free_port()}"
@@ -86,3 +97,68 @@ def test_readyz_names_both_when_both_are_down() -> None:
 def test_probes_stay_out_of_the_openapi_document(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert not {"/healthz", "/readyz", "/metrics"} & set(paths)
+
+
+NOT_CURRENT = {"success": False, "message": "Database schema is not up to date"}
+
+
+@pytest.fixture
+def empty_db() -> Iterator[str]:
+    with empty_database() as url:
+        yield url
+
+
+def test_before_migrations_readyz_and_every_table_route_are_503(
+    empty_db: str, token: TokenFactory
+) -> None:
+    # Given an API on a database `eventbus migrate` has not run on
+    client, bus = client_for(empty_db, REDIS_URL)
+    writer = auth(token(system=True))
+    with client:
+        # Then it is alive but not ready, saying why
+        assert client.get("/healthz").status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json() == NOT_CURRENT
+        # and a request that needs a table is that 503 too, never a 500
+        calls = [
+            ("POST", "/system/events", writer, SEED_PUBLISH_BODY),
+            ("POST", "/system/events", {**writer, "Idempotency-Key": "k"}, SEED_PUBLISH_BODY),
+            ("POST", "/system/events/batch", writer, {"events": [SEED_PUBLISH_BODY]}),
+            ("GET", "/system/events", writer, None),
+            ("GET", f"/system/events/{NO_SUCH_EVENT}", writer, None),
+            ("GET", "/system/events/stats", writer, None),
+        ]
+        for method, path, headers, body in calls:
+            response = client.request(method, path, headers=headers, json=body)
+            assert (response.status_code, response.json()) == (503, NOT_CURRENT), path
+            assert response.headers["x-request-id"]
+
+        # When the migrations run, the same app is ready and publishes
+        upgrade(empty_db)
+        assert client.get("/readyz").status_code == 200
+        assert (
+            client.post("/system/events", headers=writer, json=SEED_PUBLISH_BODY).status_code == 201
+        )
+    bus.close()
+
+
+def test_a_database_a_migration_behind_is_not_ready(empty_db: str) -> None:
+    upgrade(empty_db, "0006")
+    client, bus = client_for(empty_db, REDIS_URL)
+    with client:
+        response = client.get("/readyz")
+    bus.close()
+    assert (response.status_code, response.json()) == (503, NOT_CURRENT)
+
+
+def test_a_database_a_newer_release_migrated_is_ready(empty_db: str) -> None:
+    # A rolling upgrade migrates first: the release before must stay ready meanwhile
+    upgrade(empty_db)
+    with psycopg.connect(empty_db.replace("+psycopg", "")) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999_from_a_newer_release'")
+    client, bus = client_for(empty_db, REDIS_URL)
+    with client:
+        response = client.get("/readyz")
+    bus.close()
+    assert response.status_code == 200, response.text
