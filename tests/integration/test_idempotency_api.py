@@ -1,11 +1,13 @@
 """``Idempotency-Key`` through a real ``eventbus api`` (two uvicorn worker processes): one key
-sent at once over many connections stores one event, and the answer outlives an API killed
-with SIGKILL and started again."""
+sent at once over many connections stores one event, the answer outlives an API killed with
+SIGKILL and started again, and neither an odd body nor a server fault costs the connection."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -81,3 +83,72 @@ def test_one_key_sent_at_once_by_many_stores_one_event_and_outlives_the_api(
     assert retried.headers["idempotent-replayed"] == "true"
     assert retried.content == first
     assert events_stored(bus) == 1
+
+
+def exchange(sock: socket.socket, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send one request on a kept-alive connection and read its whole response (status,
+    headers, body by Content-Length); a connection the server closed reads as status 0."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return 0, {}, data
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    while len(body) < int(headers.get("content-length", 0)):
+        body += sock.recv(65536)
+    return int(status_line.split()[1]), headers, body
+
+
+def post(tok: str, path: str, body: bytes, key: str) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {tok}\r\n"
+        f"Idempotency-Key: {key}\r\nX-Request-ID: req-{key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def test_odd_keyed_bodies_and_a_500_keep_the_connection_and_the_headers(
+    bus: Bus, settings: Settings, port: int, token: TokenFactory
+) -> None:
+    seed = json.dumps(SEED_PUBLISH_BODY)
+    odd = (seed[:-1] + ',"note":1e999,"\\ud800":"\\udfff"}').encode()
+    refused = json.dumps({**SEED_PUBLISH_BODY, "entity_id": "db-refuses"}).encode()
+    tok = token(system=True)
+    # Given a fault only the database knows of (a constraint the API has no rule for)
+    with bus.engine.begin() as conn:
+        conn.execute(
+            text(
+                "ALTER TABLE system_events ADD CONSTRAINT ck_test_refuses "
+                "CHECK (entity_id <> 'db-refuses')"
+            )
+        )
+    proc = start_api(settings, port)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            # When keyed publishes whose bodies hold what JSON cannot write again, and one the
+            # database refuses, are sent one after another on one connection
+            answers = [
+                exchange(sock, post(tok, "/system/events", odd, "odd-1")),
+                exchange(
+                    sock, post(tok, "/system/events/batch", b'{"events":[%s]}' % odd, "odd-2")
+                ),
+                exchange(sock, post(tok, "/system/events", refused, "fault")),
+                exchange(sock, post(tok, "/system/events", odd, "odd-1")),
+            ]
+    finally:
+        proc.stop()
+        with bus.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE system_events DROP CONSTRAINT ck_test_refuses"))
+    # Then each is answered on that connection, with its request id and nosniff: the odd
+    # bodies as without a key (201, the retry a replay), the fault a 500 in the envelope
+    assert [status for status, _, _ in answers] == [201, 201, 500, 201]
+    for (_, headers, _), key in zip(answers, ["odd-1", "odd-2", "fault", "odd-1"], strict=True):
+        assert headers["x-request-id"] == f"req-{key}"
+        assert headers["x-content-type-options"] == "nosniff"
+    assert json.loads(answers[2][2]) == {"success": False, "message": "Internal server error"}
+    assert answers[3][1]["idempotent-replayed"] == "true"
+    assert answers[3][2] == answers[0][2]
