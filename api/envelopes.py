@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, create_model
 
+from bus.history import SHOWN_ATTEMPTS, SHOWN_ERROR
 from bus.replay import DEFAULT_MAX as REPLAY_DEFAULT_MAX
 from bus.replay import MAX_MAX as REPLAY_MAX
 from bus.schemas import (
@@ -113,10 +114,32 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         404: "`Event not found`",
         409: "`A request with this idempotency key is in progress`: retry later",
         413: "`Event data too large` or `Request body too large`",
-        422: "`Idempotency key reused with a different request`",
+        422: "`Idempotency key reused with a different request`: the `Idempotency-Key` was "
+        "used within its TTL for another body or path (a retry sends the same request)",
         500: "`Internal server error`",
     }
-    return {c: {"model": ErrorEnvelope, "description": described[c]} for c in codes}
+    return {
+        c: {"model": ErrorEnvelope, "description": described[c], **_example(_ONLY_MESSAGE.get(c))}
+        for c in codes
+    }
+
+
+_ONLY_MESSAGE = {
+    403: "Insufficient permissions",
+    404: "Event not found",
+    409: "A request with this idempotency key is in progress",
+    422: "Idempotency key reused with a different request",
+    500: "Internal server error",
+}
+"""The codes that carry one message whatever the cause: the document shows it as the example
+(a client or a fuzzer told a 422 is possible also sees which one)."""
+
+
+def _example(message: str | None) -> dict[str, Any]:
+    if message is None:
+        return {}
+    example = {"success": False, "message": message}
+    return {"content": {"application/json": {"example": example}}}
 
 
 # What bus/schemas.py accepts, from its own constants.
@@ -240,7 +263,14 @@ class EventDetailEnvelope(BaseModel):
     success: bool = True
     message: str = Field(examples=["Event retrieved successfully"])
     event: Event
-    attempts: list[AttemptEntry] = Field(description="the event's attempt history, oldest first")
+    attempts: list[AttemptEntry] = Field(
+        description=f"the last {SHOWN_ATTEMPTS} entries of the event's attempt history, oldest "
+        f"first, each `error_message` cut to {SHOWN_ERROR} characters (the last `…`)"
+    )
+    attempts_total: int = Field(
+        description="entries in the history (since `EVENTBUS_ATTEMPTS_RETENTION_DAYS`): more "
+        "than `attempts` holds when it is long"
+    )
     next_attempt_at: str | None = Field(
         examples=["2023-04-01T10:00:30Z"],
         description="when the automatic retry of a failed event is due; null when none is "

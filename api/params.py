@@ -1,4 +1,4 @@
-"""Query parameters, each parsed by one dependency that also documents it.
+"""Query and path parameters, each parsed by one dependency that also documents it.
 
 The parameters stay strings so a bad value is the seed's 400 ``Invalid <name>`` (the rules are
 ``bus/schemas.py``'s); their schemas are built from the same patterns, so the document accepts
@@ -13,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
+from starlette.exceptions import HTTPException
 
+from api.errors import allowed_methods
 from bus.cursors import CURSOR_PATTERN
 from bus.errors import InvalidField, UnknownQueryParameter
 from bus.schemas import (
@@ -26,6 +28,7 @@ from bus.schemas import (
     RETRY_SCHEDULED_VALUES,
     SERIES,
     STATUSES,
+    UUID_PATTERN,
     ListQuery,
     parse_list_query,
 )
@@ -139,7 +142,26 @@ async def list_query(
     return parse_list_query(values)
 
 
+async def event_id_path(
+    request: Request,
+    event_id: Annotated[
+        str,
+        Path(
+            description="the event's UUID, 8-4-4-4-12 (any case); any other id is not found",
+            json_schema_extra={"pattern": UUID_PATTERN},
+        ),
+    ],
+) -> str:
+    """The path's event id as given (``bus.service`` answers 404 for one that is no canonical
+    UUID). A method a concrete path does not take is 405 with its ``Allow``: ``GET …/replay``
+    or ``PUT …/batch`` names an operation that exists, not an event called ``replay``."""
+    if request.method not in allowed_methods(request):
+        raise HTTPException(405)
+    return event_id
+
+
 TenantQuery = Annotated[str | None, Depends(tenant_query)]
+EventIdPath = Annotated[str, Depends(event_id_path)]
 StatsQueryDep = Annotated[StatsQuery, Depends(stats_query)]
 ListTenant = Annotated[str | None, Depends(list_tenant)]
 ListQueryDep = Annotated[ListQuery, Depends(list_query)]

@@ -31,7 +31,7 @@ from api.envelopes import (
 )
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY_PARAMETER
 from api.idempotency import REPLAYED_HEADER, IdempotencyKey, answer, fingerprint, render
-from api.params import ListQueryDep, ListTenant, StatsQueryDep, TenantQuery
+from api.params import EventIdPath, ListQueryDep, ListTenant, StatsQueryDep, TenantQuery
 from bus import replay, service
 from bus.schemas import format_timestamp
 
@@ -249,7 +249,7 @@ async def replay_events(
     },
 )
 async def update_event_status(
-    event_id: str,
+    event_id: EventIdPath,
     caller: SystemWriter,
     body: JsonBody,
     bus: BusDep,
@@ -269,11 +269,12 @@ async def update_event_status(
     summary="Get Event",
 )
 async def get_event(
-    event_id: str, caller: SystemReader, work: WorkDep, tenant_id: TenantQuery
+    event_id: EventIdPath, caller: SystemReader, work: WorkDep, tenant_id: TenantQuery
 ) -> Any:
     """One event and its attempt history, oldest first: each handler run a worker recorded
     (`processed`, `failed`, or `lost` for a run whose process died) and each status change a
-    `PUT` made (`source: "api"`).
+    `PUT` made (`source: "api"`). A long history shows its last entries, each error cut;
+    `attempts_total` counts them all.
 
     Same rights and tenancy as the list: `manage:system` or a system admin; a system admin
     naming no tenant reads any tenant's event. An id that is not a UUID, or an event of another
@@ -286,6 +287,7 @@ async def get_event(
             "message": "Event retrieved successfully",
             "event": detail.event,
             "attempts": detail.attempts,
+            "attempts_total": detail.attempts_total,
             "next_attempt_at": detail.next_attempt_at,
         }
     )

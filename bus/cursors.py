@@ -30,15 +30,23 @@ from datetime import UTC, datetime, timedelta
 from bus.errors import InvalidCursor
 from bus.schemas import LIST_FILTERS
 
-CURSOR_PATTERN = "^[A-Za-z0-9_-]*$"
-"""What a cursor is made of (base64url, no padding); empty means none."""
-_CURSOR = re.compile(CURSOR_PATTERN)
 _VERSION = 1
 _POSITION = struct.Struct(">Bq16s")
 """version, created_at in microseconds since the epoch (signed), id."""
 _TAG_BYTES = 16
 _LENGTH = _POSITION.size + _TAG_BYTES
 _ENCODED_LENGTH = len(base64.urlsafe_b64encode(bytes(_LENGTH)).rstrip(b"="))
+_SPARE_BITS = _ENCODED_LENGTH * 6 - _LENGTH * 8
+_LAST = "".join(
+    c
+    for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    if i % (1 << _SPARE_BITS) == 0
+)
+CURSOR_PATTERN = f"^([A-Za-z0-9_-]{{{_ENCODED_LENGTH - 1}}}[{_LAST}])?$"
+"""What a cursor can be (base64url of its bytes, no padding: 55 characters, the last one's
+spare bits zero); empty means none. The document says so, so a schema-valid cursor is at least
+one this bus could have written."""
+_CURSOR = re.compile(CURSOR_PATTERN)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _KEY_LABEL = b"eventbus list cursor v1"
 

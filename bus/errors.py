@@ -53,6 +53,12 @@ class InvalidJSONBody(BusError):
     message = "Invalid JSON body"
 
 
+class DuplicateKey(BusError):
+    """A JSON object of the body names a key twice (the message does not echo it)."""
+
+    message = "Duplicate key in JSON body"
+
+
 class EventNotFound(BusError):
     status_code = 404
     message = "Event not found"

@@ -27,7 +27,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Table, TextClause, Uuid, bindparam, delete, select, text
+from sqlalchemy import Table, TextClause, Uuid, bindparam, delete, func, select, text
 from sqlalchemy.orm import Session
 
 from bus.models import UTCDateTime, event_attempts
@@ -128,36 +128,68 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, StrEnum) else value
 
 
+SHOWN_ATTEMPTS = 100
+"""The entries ``GET /system/events/{id}`` shows, the last ones: a history has no length cap
+(3,600 ``PUT``s of one event made a 21 MB answer, which /ui polls), its retention is in days."""
+SHOWN_ERROR = 1000
+"""Characters of an entry's error_message shown (as a worker's summary is cut): a ``PUT`` may
+store 10,000, and the event object still carries its last error whole."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """The end of an event's history, as the API shows it, and how long the history is."""
+
+    entries: list[dict[str, Any]]
+    total: int
+
+
 _READ = (
     select(
         _table.c.attempt,
         _table.c.started_at,
         _table.c.finished_at,
         _table.c.outcome,
-        _table.c.error_message,
+        # One character more than is shown, to know it was cut; the rest is never read.
+        func.substr(_table.c.error_message, 1, SHOWN_ERROR + 1).label("error_message"),
         _table.c.worker,
         _table.c.source,
+        func.count().over().label("total"),  # before the LIMIT: every entry of the event
     )
     .where(_table.c.event_id == bindparam("event_id"))
-    .order_by(_table.c.attempt)
+    .order_by(_table.c.attempt.desc())
+    .limit(SHOWN_ATTEMPTS)
 )
 
 
 def attempts_of(session: Session, event_id: uuid.UUID) -> list[dict[str, Any]]:
-    """An event's history, oldest first, as the API shows it."""
-    rows = session.connection().execute(_READ, {"event_id": event_id}).mappings()
-    return [
+    """An event's history as the API shows it, oldest first (its last entries: :func:`last`)."""
+    return last(session, event_id).entries
+
+
+def last(session: Session, event_id: uuid.UUID) -> Shown:
+    """An event's last ``SHOWN_ATTEMPTS`` entries, oldest first, each error cut to
+    ``SHOWN_ERROR`` characters (the last one ``…``), and how many entries it has."""
+    rows = list(session.connection().execute(_READ, {"event_id": event_id}).mappings())
+    entries = [
         {
             "attempt": row["attempt"],
             "started_at": format_timestamp(row["started_at"]),
             "finished_at": format_timestamp(row["finished_at"]),
             "outcome": row["outcome"],
-            "error_message": row["error_message"],
+            "error_message": _cut(row["error_message"]),
             "worker": row["worker"],
             "source": row["source"],
         }
-        for row in rows
+        for row in reversed(rows)
     ]
+    return Shown(entries, int(rows[0]["total"]) if rows else 0)
+
+
+def _cut(text: str | None) -> str | None:
+    if text is None or len(text) <= SHOWN_ERROR:
+        return text
+    return text[: SHOWN_ERROR - 1] + "…"
 
 
 def purge(session: Session, before: datetime, limit: int = 10_000) -> int:

@@ -135,13 +135,20 @@ def _unnest_update(columns: tuple[str, ...]) -> TextClause:
     )
 
 
-def read_event(session: Session, event_id: uuid.UUID) -> EventRow | None:
-    """An event of any tenant, unlocked."""
-    row = session.connection().execute(_READ, {"event_id": event_id}).mappings().first()
+def read_event(
+    session: Session, event_id: uuid.UUID, tenant_id: uuid.UUID | None = None
+) -> EventRow | None:
+    """An event, unlocked: in ``tenant_id`` (any tenant when None). The tenant is in the WHERE,
+    so another tenant's event is never fetched."""
+    stmt, params = _READ, {"event_id": event_id}
+    if tenant_id is not None:
+        stmt, params = _READ_IN_TENANT, {**params, "tenant_id": tenant_id}
+    row = session.connection().execute(stmt, params).mappings().first()
     return None if row is None else EventRow(**row)
 
 
 _READ = select(_table).where(_table.c.id == bindparam("event_id"))
+_READ_IN_TENANT = _READ.where(_table.c.tenant_id == bindparam("tenant_id"))
 
 
 def _filtered(stmt: Select[Any], tenant_id: uuid.UUID | None, query: ListQuery) -> Select[Any]:

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from bus.errors import (
+    DuplicateKey,
     EventDataNotObject,
     EventDataTooLarge,
     FieldRequired,
@@ -84,13 +85,18 @@ STATUSES = tuple(s.value for s in EventStatus)
 # Patterns are written in the subset Python's ``re`` and ECMA-262 (JSON Schema) read alike.
 _CONTROL = "\\x00-\\x1f\\x7f"
 """C0 controls and DEL: a CR, LF or ESC in an identifier would forge lines in text logs."""
+_BIDI = "\\u061c\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069"
+"""Bidirectional controls (marks, embeddings, overrides, isolates): after U+202E an identifier
+shows reversed in /ui and in a terminal (``invoice`` U+202E ``fdp.exe`` reads
+``invoiceexe.pdf``)."""
 _SPACE = " \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
 """What ``str.strip`` removes, C0 controls aside (tests/unit/test_schemas.py checks it)."""
 MODULE_NAME_PATTERN = "^[a-z0-9_.\\-]{1,64}$"
 """A module names a queue: lowercase ASCII, digits, ``_.-``."""
-IDENTIFIER_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
-"""event_type, entity_type, entity_id: no control character, not blank."""
-FILTER_PATTERN = f"^[^{_CONTROL}]*$"
+IDENTIFIER_PATTERN = f"^[^{_CONTROL}{_BIDI}]*[^{_CONTROL}{_BIDI}{_SPACE}][^{_CONTROL}{_BIDI}]*$"
+"""event_type, entity_type, entity_id: no control character (bidirectional ones included), not
+blank."""
+FILTER_PATTERN = f"^[^{_CONTROL}{_BIDI}]*$"
 """A list filter: what an identifier may hold; empty means no filter."""
 TEXT_PATTERN = "^[^\\x00]*$"
 """Free text (error_message): anything PostgreSQL can store, newlines included.
@@ -137,10 +143,25 @@ def _number(text: str) -> float | int:
     return 0.0 if value == 0 else value
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object, unless it names a key twice: parsers disagree on which one counts (first,
+    last, an error), so a proxy or a signature check may read the value this API would not."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise DuplicateKey()
+    return value
+
+
 def parse_json_body(raw: bytes) -> Any:
-    """Decode a request body; NaN/Infinity, bad UTF-8 and runaway nesting are not JSON."""
+    """Decode a request body; NaN/Infinity, bad UTF-8 and runaway nesting are not JSON, and an
+    object naming a key twice is refused (``DuplicateKey``)."""
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_number)
+        return json.loads(
+            raw.decode("utf-8"),
+            parse_constant=_reject_constant,
+            parse_float=_number,
+            object_pairs_hook=_unique_keys,
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidJSONBody() from exc
 

@@ -27,6 +27,7 @@ from bus.errors import (
     FieldRequired,
     IdempotencyKeyInProgress,
     IdempotencyKeyReused,
+    InvalidField,
     InvalidJSONBody,
     TooManyEvents,
 )
@@ -41,6 +42,7 @@ from bus.schemas import (
     format_timestamp,
     parse_new_event,
     parse_status_change,
+    parse_uuid,
 )
 from bus.settings import LARGEST_EVENT_OVERHEAD, Settings
 from bus.uow import UnitOfWork
@@ -427,10 +429,13 @@ def update_status(
 
 
 def _event_uuid(event_id: str) -> uuid.UUID:
-    """The id of a path: one that is no UUID names no event (404, as an unknown one)."""
+    """The id of a path: one that is no UUID in its canonical 8-4-4-4-12 form (any case) names
+    no event (404, as an unknown one). ``uuid.UUID`` alone would also take ``urn:uuid:…``,
+    ``{…}`` and 32 bare hex digits: several spellings of one event, which a cache or a WAF
+    rule keyed on the path would count apart."""
     try:
-        return uuid.UUID(event_id)
-    except ValueError as exc:
+        return parse_uuid(event_id, "event_id")
+    except InvalidField as exc:
         raise EventNotFound() from exc
 
 
@@ -454,22 +459,28 @@ class Detail:
 
     event: dict[str, Any]
     attempts: list[dict[str, Any]]
+    attempts_total: int
+    """Entries in the history; ``attempts`` holds the last ``history.SHOWN_ATTEMPTS`` of them."""
     next_attempt_at: str | None
 
 
 def event_detail(
     session: Session, principal: Principal, event_id: str, tenant_param: str | None
 ) -> Detail:
-    """``GET /system/events/{id}``: the seed's event object, its attempt history, oldest
-    first, and when its automatic retry is due (None: none is), with the list's reader rule and
-    tenancy (a system admin naming no tenant reads any tenant's event). An id that is no UUID,
-    or names an event outside the tenant, is not found.
+    """``GET /system/events/{id}``: the seed's event object, the last entries of its attempt
+    history (oldest first, bounded: :func:`bus.history.last`), and when its automatic retry is
+    due (None: none is), with the list's reader rule and tenancy (a system admin naming no
+    tenant reads any tenant's event). An id that is no UUID, or names an event outside the
+    tenant, is not found.
     """
     require_reader(principal)
     tenant_id = _acting_tenant(principal, tenant_param, creating=False)
     uid = _event_uuid(event_id)
-    event = repository.read_event(session, uid)
-    if event is None or (tenant_id is not None and event.tenant_id != tenant_id):
+    # The tenant is in the lookup: another tenant's event is never read, so its 404 costs what
+    # an unknown id's does, whatever the event's size.
+    event = repository.read_event(session, uid, tenant_id)
+    if event is None:
         raise EventNotFound()
     due = format_timestamp(event.next_attempt_at) if event.next_attempt_at else None
-    return Detail(event_view(event), history.attempts_of(session, uid), due)
+    shown = history.last(session, uid)
+    return Detail(event_view(event), shown.entries, shown.total, due)

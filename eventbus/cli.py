@@ -419,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("flower", help=cmd_flower.__doc__)
     p.add_argument("--port", type=int, default=5555)
-    p.add_argument("--address", default="0.0.0.0", help="default: every interface")
+    p.add_argument(
+        "--address", default="127.0.0.1", help="default: loopback only (it can stop workers)"
+    )
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_flower)
 

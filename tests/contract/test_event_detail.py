@@ -80,9 +80,17 @@ def test_an_event_and_its_empty_history(client: TestClient, token: TokenFactory)
         "message": "Event retrieved successfully",
         "event": published,
         "attempts": [],
+        "attempts_total": 0,
         "next_attempt_at": None,
     }
-    assert list(response.json()) == ["success", "message", "event", "attempts", "next_attempt_at"]
+    assert list(response.json()) == [
+        "success",
+        "message",
+        "event",
+        "attempts",
+        "attempts_total",
+        "next_attempt_at",
+    ]
 
 
 def test_a_failed_event_says_when_its_retry_is_due(
@@ -120,6 +128,97 @@ def test_a_put_that_changes_the_status_records_an_api_entry(
     assert all(RFC3339_UTC.fullmatch(e["finished_at"]) for e in entries)
     assert all(e["worker"].startswith(f"{socket.gethostname()}/") for e in entries)
     assert body["event"]["status"] == "failed" and body["event"]["retry_count"] == 2
+
+
+def test_a_long_history_shows_its_last_entries_each_error_cut(
+    client: TestClient, token: TokenFactory, bus: Bus
+) -> None:
+    # Given an event with 150 entries of 10,000-character errors (3,600 PUTs made 21 MB before)
+    event_id = make_event(bus)["id"]
+    now = datetime.now(UTC)
+    total = history.SHOWN_ATTEMPTS + 50
+    entries = [
+        history.Entry(
+            event_id,
+            history.Outcome.FAILED,
+            now,
+            error_message=f"{n}:" + "e" * 9_990,
+            source=history.Source.API,
+        )
+        for n in range(1, total + 1)
+    ]
+    with transaction(bus.sessions) as session:
+        history.record(session, entries)
+    # When it is read
+    response = get(client, event_id, token())
+    # Then it shows the last SHOWN_ATTEMPTS, oldest first, says how many there are, and each
+    # error is cut to SHOWN_ERROR characters ending in …
+    body = response.json()
+    shown = body["attempts"]
+    assert [e["attempt"] for e in shown] == list(range(51, total + 1))
+    assert body["attempts_total"] == total
+    assert {len(e["error_message"]) for e in shown} == {history.SHOWN_ERROR}
+    assert all(e["error_message"].endswith("e…") for e in shown)
+    assert shown[0]["error_message"].startswith("51:")
+    assert len(response.content) < 200_000  # 1.5 MB of errors before
+
+
+def test_another_tenants_event_is_never_read(
+    client: TestClient, token: TokenFactory, bus: Bus
+) -> None:
+    # Given tenant B's event, and every statement the detail runs recorded
+    theirs = str(make_event(bus, tenant_id=TENANT_B, event_data={"mark": "b-secret"})["id"])
+    seen: list[tuple[str, Any]] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        seen.append((statement, params))
+
+    sa_event.listen(bus.engine, "before_cursor_execute", note)
+    try:
+        # When tenant A's manager asks for it
+        response = get(client, theirs, token(TENANT_A))
+    finally:
+        sa_event.remove(bus.engine, "before_cursor_execute", note)
+    # Then it is not found, and the statement that looked for it named A's tenant in its
+    # WHERE: B's row was never fetched (its 404 costs what an unknown id's does)
+    assert response.json() == {"success": False, "message": "Event not found"}
+    reads = [(sql, params) for sql, params in seen if "FROM system_events" in sql]
+    assert reads, seen
+    for sql, params in reads:
+        assert "tenant_id =" in sql.split("WHERE", 1)[1], sql
+        assert str(TENANT_A) in str(params) and theirs in str(params), params
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        lambda u: f"urn:uuid:{u}",
+        lambda u: f"{{{u}}}",
+        lambda u: u.hex,
+        lambda u: str(u).upper(),  # any case is canonical: found
+    ],
+    ids=["urn", "braces", "bare hex", "upper case"],
+)
+def test_only_the_canonical_spelling_of_an_id_names_it(
+    client: TestClient, token: TokenFactory, bus: Bus, spelling: Any
+) -> None:
+    # Given an event, named in another spelling of its UUID
+    event_id = make_event(bus)["id"]
+    path = spelling(uuid.UUID(str(event_id)))
+    tok = token()
+    # When it is read and updated by that spelling
+    read = get(client, path, tok)
+    updated = client.put(f"{EVENTS}/{path}", headers=auth(tok), json={"status": "processed"})
+    # Then only the 8-4-4-4-12 form (any case) finds it; the others are any unknown id's 404
+    if path == str(event_id).upper():
+        assert (read.status_code, updated.status_code) == (200, 200)
+        return
+    for response in (read, updated):
+        assert (response.status_code, response.json()) == (
+            404,
+            {"success": False, "message": "Event not found"},
+        )
+    assert get(client, event_id, tok).json()["event"]["status"] == "pending"
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ against bus/schemas.py's constants, the ones the parsers use (the contract is wr
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ from bus.schemas import (
     STATUSES,
     TEXT_PATTERN,
     TIMESTAMP_PATTERN,
+    UUID_PATTERN,
 )
+from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
 
 OPERATIONS = {
     ("get", "/system/events"): ("List Events", {"200", "400", "401", "403", "500"}),
@@ -270,3 +273,56 @@ def test_the_list_documents_its_cursor(document: dict[str, Any]) -> None:
     assert cursor["schema"]["pattern"] == CURSOR_PATTERN
     page = document["components"]["schemas"]["EventsPage"]["properties"]
     assert "null" in {t.get("type") for t in page["next_cursor"]["anyOf"]}
+
+
+def test_the_cursor_schema_says_its_length(client: TestClient, token: TokenFactory) -> None:
+    # Given a real cursor, from a list of two events read one at a time
+    h = auth(token())
+    for _ in range(2):
+        client.post("/system/events", headers=h, json=SEED_PUBLISH_BODY)
+    real = client.get("/system/events", headers=h, params={"limit": "1"}).json()["next_cursor"]
+    parameters = client.get("/openapi.json").json()["paths"]["/system/events"]["get"]["parameters"]
+    pattern = next(p for p in parameters if p["name"] == "cursor")["schema"]["pattern"]
+    # Then the document takes it and no cursor: a one-letter `cursor=l`, which the API refuses,
+    # is no schema-valid value any more (before: any run of base64url characters)
+    assert re.fullmatch(pattern, real) and re.fullmatch(pattern, "")
+    for refused in ("l", real[:-1], real + "A", real[:-1] + "B"):
+        assert re.fullmatch(pattern, refused) is None, refused
+        answer = client.get("/system/events", headers=h, params={"cursor": refused})
+        assert answer.json() == {"success": False, "message": "Invalid cursor"}
+
+
+@pytest.mark.parametrize("path", ["/system/events", "/system/events/batch"])
+def test_the_reused_key_422_is_in_the_publishes_responses(
+    document: dict[str, Any], path: str
+) -> None:
+    op = operation(document, "post", path)
+    unprocessable = op["responses"]["422"]["content"]["application/json"]
+    assert unprocessable["schema"] == ERROR_ENVELOPE
+    assert unprocessable["example"] == {
+        "success": False,
+        "message": "Idempotency key reused with a different request",
+    }
+
+
+@pytest.mark.parametrize("method", ["get", "put"])
+def test_the_event_id_is_a_canonical_uuid(document: dict[str, Any], method: str) -> None:
+    path = next(
+        p
+        for p in operation(document, method, "/system/events/{event_id}")["parameters"]
+        if p["in"] == "path"
+    )
+    assert path["schema"]["pattern"] == UUID_PATTERN
+
+
+def test_the_detail_documents_its_bounded_history(document: dict[str, Any]) -> None:
+    detail = document["components"]["schemas"]["EventDetailEnvelope"]
+    assert list(detail["properties"]) == [
+        "success",
+        "message",
+        "event",
+        "attempts",
+        "attempts_total",
+        "next_attempt_at",
+    ]
+    assert "last 100" in detail["properties"]["attempts"]["description"]

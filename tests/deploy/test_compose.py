@@ -94,7 +94,9 @@ def test_app_commands_parse_with_the_real_cli(name: str) -> None:
     if name.startswith("worker-"):
         assert name.removeprefix("worker-") in str(args.modules)
     if name == "flower":
-        assert args.port == 5555
+        # every interface inside the container (its default is loopback), published on the
+        # host's loopback only (test_flower_has_basic_auth_and_stays_on_loopback)
+        assert (args.port, args.address) == (5555, "0.0.0.0")
 
 
 @pytest.mark.parametrize("module", MODULES)

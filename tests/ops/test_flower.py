@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 
 import httpx
+import psutil
 import pytest
 from fastapi.testclient import TestClient
 
@@ -91,3 +92,28 @@ def test_flower_refuses_to_start_without_credentials(settings: Settings) -> None
     assert proc.popen.wait(30) == 2
     proc.stop()
     assert "EVENTBUS_FLOWER_BASIC_AUTH" in proc.output
+
+
+def test_flower_listens_on_loopback_unless_told_otherwise(settings: Settings) -> None:
+    # Given flower started with no --address (it can shut workers down)
+    port = free_port()
+    env = eventbus_env(settings, EVENTBUS_FLOWER_BASIC_AUTH=":".join(CREDENTIALS))
+    proc = Proc(eventbus("flower", "--port", str(port)), env)
+    try:
+
+        def listening() -> set[str]:
+            if proc.popen.poll() is not None:
+                raise AssertionError(f"flower exited:\n{proc.output[-3000:]}")
+            family = psutil.Process(proc.popen.pid)
+            return {
+                c.laddr.ip
+                for p in (family, *family.children(recursive=True))
+                for c in p.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+            }
+
+        wait_for(lambda: bool(listening()), 30, "flower never listened", interval=0.2)
+        # Then it listens on loopback only, as the README says (before: 0.0.0.0)
+        assert listening() <= {"127.0.0.1"}, listening()
+    finally:
+        proc.stop()

@@ -72,7 +72,7 @@ export function mount(ctx) {
       last = text;
       // next_attempt_at sits beside the seed's event object, not in it
       current = { ...answer.event, next_attempt_at: answer.next_attempt_at };
-      replace(content, render(current, answer.attempts));
+      replace(content, render(current, answer.attempts, answer.attempts_total));
     },
   };
 }
@@ -85,7 +85,7 @@ function value(name, event) {
   return typeof v === "object" ? JSON.stringify(v) : String(v);
 }
 
-function render(event, attempts) {
+function render(event, attempts, total = attempts.length) {
   const known = new Set([...FIELDS.map(([n]) => n), ...SHOWN_APART]);
   // A field the API adds later is shown too: "every field".
   const more = Object.keys(event)
@@ -127,7 +127,11 @@ function render(event, attempts) {
     h(
       "section",
       { "aria-labelledby": "attempts-title" },
-      h("h2", { id: "attempts-title" }, `Attempts (${attempts.length})`),
+      h("h2", { id: "attempts-title" }, `Attempts (${total})`),
+      // A long history comes cut to its last entries (attempts_total counts them all)
+      total > attempts.length
+        ? h("p", { class: "summary" }, `The last ${attempts.length} are shown.`)
+        : null,
       timeline(attempts),
     ),
   ];
