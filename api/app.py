@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from api import docs, envelopes, errors, ops, routes, ui
 from api.middleware import HttpMetricsMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
 from api.publishing import GroupCommit
-from bus import metrics, tracing
-from bus.broker import BrokerInspector
-from bus.probes import Probes
+from bus.broker.inspector import BrokerInspector
+from bus.observability import metrics, tracing
+from bus.observability.probes import Probes
 from bus.runtime import Bus
 from bus.settings import Settings, get_settings
 

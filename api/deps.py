@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 from api.publishing import GroupCommit
 from bus.auth import Principal, require_reader, require_writer
 from bus.errors import BodyTooLarge, InvalidToken
-from bus.probes import Probes
+from bus.events.schemas import parse_json_body
+from bus.observability.probes import Probes
 from bus.runtime import Bus
-from bus.schemas import parse_json_body
 from bus.uow import UnitOfWork
 
 P = ParamSpec("P")
@@ -81,7 +81,8 @@ class Work:
         **kwargs: P.kwargs,
     ) -> T:
         """``call(units, *args, **kwargs)`` for a call that commits several units of work, one
-        per batch, each made by ``units()`` (``bus.replay.run``): its commits are its own."""
+        per batch, each made by ``units()`` (``bus.publish.replay.run``): its commits are its
+        own."""
         return await to_thread.run_sync(
             functools.partial(call, self._bus.unit_of_work, *args, **kwargs)
         )

@@ -6,10 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, create_model
 
-from bus.history import SHOWN_ATTEMPTS, SHOWN_ERROR
-from bus.replay import DEFAULT_MAX as REPLAY_DEFAULT_MAX
-from bus.replay import MAX_MAX as REPLAY_MAX
-from bus.schemas import (
+from bus.events.schemas import (
     EVENT_FIELDS,
     FILTER_PATTERN,
     IDENTIFIER_PATTERN,
@@ -22,6 +19,9 @@ from bus.schemas import (
     TEXT_PATTERN,
     TIMESTAMP_PATTERN,
 )
+from bus.publish.replay import DEFAULT_MAX as REPLAY_DEFAULT_MAX
+from bus.publish.replay import MAX_MAX as REPLAY_MAX
+from bus.storage.attempt_store import SHOWN_ATTEMPTS, SHOWN_ERROR
 
 _EVENT_FIELD_TYPES: dict[str, Any] = {
     "id": (str, Field(examples=["0b7a3c1e-8d0e-4f6c-9a55-2f1d3c4b5a69"])),
@@ -38,7 +38,7 @@ _EVENT_FIELD_TYPES: dict[str, Any] = {
     "processed_at": (str | None, ...),
     "error_message": (str | None, ...),
 }
-# The seed's event object, its fields in bus.schemas.EVENT_FIELDS's order.
+# The seed's event object, its fields in bus.events.schemas.EVENT_FIELDS's order.
 Event = create_model("Event", **{name: _EVENT_FIELD_TYPES[name] for name in EVENT_FIELDS})
 
 
@@ -142,7 +142,7 @@ def _example(message: str | None) -> dict[str, Any]:
     return {"content": {"application/json": {"example": example}}}
 
 
-# What bus/schemas.py accepts, from its own constants.
+# What bus/events/schemas.py accepts, from its own constants.
 JSON_VALUE = "JsonValue"
 _JSON_VALUE_REF = {"$ref": f"#/components/schemas/{JSON_VALUE}"}
 _JSON_OBJECT: dict[str, Any] = {

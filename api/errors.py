@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from api.middleware import UnexpectedErrorMiddleware
 from bus.errors import BusError, SchemaNotCurrent
-from bus.migrate import schema_missing
+from bus.storage.migrate import schema_missing
 
 log = logging.getLogger("eventbus.api")
 

@@ -1,7 +1,8 @@
 """The ``Idempotency-Key`` header of the publishes: reading it, and answering a keyed publish.
 
 A publish with a key runs in its own unit of work (``api.deps.Work``), not in the group commit:
-its key's lock, lookup and row share the transaction of its event (``bus.service.publish_once``).
+its key's lock, lookup and row share the transaction of its event
+(``bus.publish.service.publish_once``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from bus import idempotency
-from bus.models import EventRow
-from bus.service import Answer
+from bus.publish import idempotency
+from bus.publish.service import Answer
+from bus.storage.models import EventRow
 
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
@@ -53,7 +54,7 @@ async def idempotency_key(request: Request) -> str | None:
 
 def fingerprint(request: Request, events: Sequence[EventRow], *, batch: bool = False) -> str:
     """What a key's later requests must match: method, path and what the publish accepted of
-    the body (``bus.idempotency.accepted``), never the raw body: the keyed path answers
+    the body (``bus.publish.idempotency.accepted``), never the raw body: the keyed path answers
     whatever the key-less one does."""
     body = idempotency.accepted(events, batch=batch)
     return idempotency.fingerprint(request.method, request.url.path, body)

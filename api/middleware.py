@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bus import metrics
-from bus.logs import log_context
+from bus.observability import metrics
+from bus.observability.logs import log_context
 
 _REQUEST_ID = b"x-request-id"
 UNMATCHED_ROUTE = "unmatched"

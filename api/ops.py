@@ -11,8 +11,8 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from api.deps import MetricsRegistry, ProbesDep
-from bus import metrics
 from bus.errors import NotReady
+from bus.observability import metrics
 
 router = APIRouter(include_in_schema=False)
 

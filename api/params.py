@@ -1,7 +1,8 @@
 """Query and path parameters, each parsed by one dependency that also documents it.
 
 The parameters stay strings so a bad value is the seed's 400 ``Invalid <name>`` (the rules are
-``bus/schemas.py``'s); their schemas are built from the same patterns, so the document accepts
+``bus/events/schemas.py``'s); their schemas are built from the same patterns, so the document
+accepts
 exactly what the parsers do. A parameter given twice is ``Invalid <name>``: a proxy or a WAF may
 read the first where the API would read the last; a parameter the document does not list is
 ``Unknown query parameter`` (the document lists them all, and a typo'd filter must not widen
@@ -17,9 +18,8 @@ from fastapi import Depends, Path, Query, Request
 from starlette.exceptions import HTTPException
 
 from api.errors import allowed_methods
-from bus.cursors import CURSOR_PATTERN
 from bus.errors import InvalidField, UnknownQueryParameter
-from bus.schemas import (
+from bus.events.schemas import (
     FILTER_PATTERN,
     LIMIT_PATTERN,
     LIST_PARAMS,
@@ -32,6 +32,7 @@ from bus.schemas import (
     ListQuery,
     parse_list_query,
 )
+from bus.read.cursors import CURSOR_PATTERN
 
 
 def _only_once(request: Request, names: tuple[str, ...]) -> None:

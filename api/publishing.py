@@ -25,9 +25,10 @@ from typing import Any
 
 from anyio import to_thread
 
-from bus import service, tracing
-from bus.models import EventRow
+from bus.observability import tracing
+from bus.publish import service
 from bus.runtime import Bus
+from bus.storage.models import EventRow
 
 log = logging.getLogger(__name__)
 

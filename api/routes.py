@@ -32,8 +32,10 @@ from api.envelopes import (
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY_PARAMETER
 from api.idempotency import REPLAYED_HEADER, IdempotencyKey, answer, fingerprint, render
 from api.params import EventIdPath, ListQueryDep, ListTenant, StatsQueryDep, TenantQuery
-from bus import replay, service
-from bus.schemas import format_timestamp
+from bus.delivery import status
+from bus.events.schemas import format_timestamp
+from bus.publish import replay, service
+from bus.read import detail, listing, stats
 
 router = APIRouter(prefix="/system/events", tags=["System Events"])
 
@@ -58,7 +60,7 @@ async def list_events(
     filters, without `page`) reads the page after it by keyset, so a walk by cursor returns
     each event once while new ones arrive. A page read by cursor answers `page` null.
     """
-    page = await work.read(service.list_events, bus.settings, caller, tenant_id, query)
+    page = await work.read(listing.list_events, bus.settings, caller, tenant_id, query)
     # Each event was encoded once, as it was read; response_model stays for the document.
     return Response(page.body(), media_type="application/json")
 
@@ -79,18 +81,18 @@ async def event_stats(caller: SystemReader, work: WorkDep, query: StatsQueryDep)
     gave up and need a person. `series=minute` adds what the handlers did minute by minute over
     the last hour (read from buckets a trigger keeps, not from the attempts).
     """
-    stats = await work.read(service.event_stats, caller, query.tenant_id, query.series)
+    report = await work.read(stats.event_stats, caller, query.tenant_id, query.series)
     body = {
         "success": True,
         "message": "Event stats retrieved successfully",
-        "tenant_id": str(stats.tenant_id) if stats.tenant_id else None,
-        "generated_at": format_timestamp(stats.generated_at),
-        "totals": stats.totals,
-        "oldest_pending_age_seconds": stats.oldest_pending_age_seconds,
-        "modules": stats.modules,
+        "tenant_id": str(report.tenant_id) if report.tenant_id else None,
+        "generated_at": format_timestamp(report.generated_at),
+        "totals": report.totals,
+        "oldest_pending_age_seconds": report.oldest_pending_age_seconds,
+        "modules": report.modules,
     }
-    if stats.series is not None:
-        body["series"] = stats.series
+    if report.series is not None:
+        body["series"] = report.series
     return body
 
 
@@ -258,7 +260,7 @@ async def update_event_status(
 ) -> Any:
     """Set an event's status: processed (processed_at defaults to now), failed (retry_count + 1)
     or pending (sent to its module again)."""
-    event = await work.run(service.update_status, bus.settings, caller, event_id, tenant_id, body)
+    event = await work.run(status.update_status, bus.settings, caller, event_id, tenant_id, body)
     return JSONResponse({"success": True, "message": "Event updated successfully", "event": event})
 
 
@@ -280,14 +282,14 @@ async def get_event(
     naming no tenant reads any tenant's event. An id that is not a UUID, or an event of another
     tenant, is `404 Event not found`.
     """
-    detail = await work.read(service.event_detail, caller, event_id, tenant_id)
+    found = await work.read(detail.event_detail, caller, event_id, tenant_id)
     return JSONResponse(
         {
             "success": True,
             "message": "Event retrieved successfully",
-            "event": detail.event,
-            "attempts": detail.attempts,
+            "event": found.event,
+            "attempts": found.attempts,
             "attempts_total": detail.attempts_total,
-            "next_attempt_at": detail.next_attempt_at,
+            "next_attempt_at": found.next_attempt_at,
         }
     )

@@ -28,7 +28,7 @@ from bench.monitor import Monitor
 from bench.names import E2E_EVENT_TYPE, E2E_MODULE, WARM_MODULE
 from bench.procs import BIN, BenchError, Proc, Stack, wait_until
 from bench.stack import BusConfig, Database, flush_queues, start_api
-from bus.queues import queue_name
+from bus.broker.queues import queue_name
 
 E2E_TENANT = uuid.UUID("0e2e0e2e-0000-4000-8000-000000000001")
 

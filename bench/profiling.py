@@ -21,7 +21,7 @@ from bench.names import E2E_EVENT_TYPE, E2E_MODULE, PUBLISH_MODULE
 from bench.procs import BIN, Proc, Stack
 from bench.profiles import shares, summarize
 from bench.stack import BusConfig, Database, flush_queues, start_api
-from bus import service
+from bus.publish import service
 from bus.runtime import Bus
 from bus.settings import Environment, Settings
 
@@ -30,8 +30,8 @@ PROFILE_TENANT = uuid.UUID("0f0f0f0f-0000-4000-8000-000000000001")
 API_PARTS = {
     "token verification": "TokenVerifier.verify",
     "body read and JSON parse": "json_body (api/deps.py)",
-    "validate, build the row (service.prepare_publish)": "prepare_publish (bus/service.py)",
-    "INSERT (one per group commit)": "insert_events (bus/repository.py)",
+    "validate, build the row (service.prepare_publish)": "prepare_publish (bus/publish/service.py)",
+    "INSERT (one per group commit)": "insert_events (bus/storage/event_store.py)",
     "COMMIT": "Session.commit",
     "send to Redis (all of Dispatcher.send)": "Dispatcher.send",
     "  of it: the task-sent event (task_send_sent_event)": "EventDispatcher.publish",

@@ -3,7 +3,7 @@
 Redis is a ``redis-server`` started here on a free port with the broker settings production
 uses (AOF ``everysec``, ``noeviction``), so the fsync cost is in the numbers and the machine's
 shared Redis is never touched. PostgreSQL is the machine's server, but a database of the
-bench's own, created and migrated with ``bus.migrate.upgrade`` and dropped at the end.
+bench's own, created and migrated with ``bus.storage.migrate.upgrade`` and dropped at the end.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class Database:
 
     def create(self) -> None:
         """Drop any leftover of an earlier run, create it, migrate it to head."""
-        from bus.migrate import upgrade
+        from bus.storage.migrate import upgrade
 
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')

@@ -66,7 +66,7 @@ def _tracing_on() -> Callable[[str], Any]:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-    from bus import tracing
+    from bus.observability import tracing
 
     class Drop(SpanExporter):
         def export(self, spans: Sequence[Any]) -> SpanExportResult:
@@ -106,10 +106,10 @@ def _deliveries(client: redis.Redis, queue: str) -> list[tuple[dict[str, Any], l
 
 
 def run(events: int, group: int, traced: bool) -> dict[str, Any]:
-    from bus import service
     from bus.auth import Principal
-    from bus.migrate import upgrade
+    from bus.publish import service
     from bus.runtime import Bus
+    from bus.storage.migrate import upgrade
     from workers.registry import Registry
     from workers.tasks import EventProcessor
 
@@ -173,7 +173,7 @@ def run(events: int, group: int, traced: bool) -> dict[str, Any]:
 
 
 def _current() -> str | None:
-    from bus import tracing
+    from bus.observability import tracing
 
     return tracing.current_traceparent()
 

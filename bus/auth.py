@@ -18,7 +18,10 @@ from bus.errors import (
     InsufficientPermissions,
     InvalidToken,
 )
-from bus.schemas import parse_uuid
+from bus.events.schemas import (
+    parse_uuid,
+)
+from bus.observability import logs
 from bus.settings import Settings
 
 MANAGE_SYSTEM = "manage:system"
@@ -209,3 +212,12 @@ def mint_token(
     if audience:
         claims["aud"] = audience
     return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def acting_tenant(
+    principal: Principal, requested: str | None, *, creating: bool
+) -> uuid.UUID | None:
+    """:func:`bus.auth.resolve_tenant`, and the tenant named in the logs of the call from here."""
+    tenant_id = resolve_tenant(principal, requested, creating=creating)
+    logs.bind(tenant_id=tenant_id)
+    return tenant_id

@@ -10,12 +10,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from bus.auth import TokenVerifier
-from bus.celery_app import make_celery
-from bus.db import make_engine, make_sessionmaker
-from bus.dispatch import Dispatcher
-from bus.retry import RetryPolicy
+from bus.broker.celery_app import make_celery
+from bus.broker.dispatch import Dispatcher
+from bus.delivery.retry import RetryPolicy
+from bus.observability.tracing import Sender
 from bus.settings import Settings
-from bus.tracing import Sender
+from bus.storage.db import make_engine, make_sessionmaker
 from bus.uow import UnitOfWork, guard
 
 

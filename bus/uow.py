@@ -26,7 +26,7 @@ from types import TracebackType
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from bus.dispatch import Dispatch, Dispatcher
+from bus.broker.dispatch import Dispatch, Dispatcher
 
 log = logging.getLogger(__name__)
 

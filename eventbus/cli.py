@@ -2,7 +2,8 @@
 outbox init, forward.
 
 Commands import what they need inside their function: ``PROMETHEUS_MULTIPROC_DIR`` must be set
-(:mod:`bus.multiprocess`) before anything imports prometheus_client, which ``bus.service`` does.
+(:mod:`bus.observability.multiprocess`) before anything imports prometheus_client, which
+``bus.service`` does.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from bus import logs, multiprocess
+from bus.observability import logs, multiprocess
 from bus.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ Command = Callable[[argparse.Namespace], int]
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Bring the database schema to the newest revision."""
-    from bus.migrate import upgrade
+    from bus.storage.migrate import upgrade
 
     upgrade(args.database_url or get_settings().database_url, args.revision)
     return 0
@@ -133,7 +134,7 @@ def _wait_for_schema(bus: Bus) -> bool:
     not restart a worker that only waits."""
     import threading
 
-    from bus.migrate import wait_until_current
+    from bus.storage.migrate import wait_until_current
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
@@ -149,13 +150,14 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 def cmd_relay(args: argparse.Namespace) -> int:
     """Send events that should be queued but may not be; loop until SIGTERM/SIGINT."""
-    from bus.relay import Relay, run_once
+    from bus.maintenance.resend import run_once
+    from bus.maintenance.runner import Relay
     from bus.runtime import Bus
 
     _setup_logging(args.loglevel)
     bus = Bus(get_settings())
     if bus.settings.otel_enabled:
-        from bus import tracing
+        from bus.observability import tracing
 
         tracing.setup("eventbus-relay")
     try:
@@ -194,7 +196,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
         print(f"eventbus flower: {exc}", file=sys.stderr)
         return 2
     _setup_logging(args.loglevel, settings)
-    from bus.celery_app import make_celery
+    from bus.broker.celery_app import make_celery
 
     # Handed over in Flower's environment, not on its command line, which `ps` shows anyone.
     os.environ["FLOWER_BASIC_AUTH"] = ",".join(credentials)
@@ -229,8 +231,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """List (one JSON line each: size, reason, first bytes) or purge the messages a module's
     workers refused, kept on <queue>.dead."""
-    from bus.broker import BrokerInspector
-    from bus.queues import queue_name
+    from bus.broker.inspector import BrokerInspector
+    from bus.broker.queues import queue_name
 
     settings = get_settings()
     queue = queue_name(args.module, settings.queue_prefix)
@@ -332,8 +334,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """Set the events a filter matches pending again and send them (the PUT … pending rule, in
     batches), straight on the database and broker of the EVENTBUS_* settings; prints
     matched/replayed. --dry-run only counts."""
-    from bus import replay
     from bus.errors import BusError
+    from bus.publish import replay
     from bus.runtime import Bus
 
     settings = get_settings()

@@ -26,14 +26,14 @@ import uvicorn
 
 from api.app import create_app
 from api.server import uvicorn_options
-from bus import tracing
 from bus.auth import mint_token
-from bus.db import transaction
-from bus.migrate import upgrade
-from bus.relay import Relay
-from bus.repository import reset_dispatch_of_unfinished
+from bus.maintenance.runner import Relay
+from bus.observability import tracing
 from bus.runtime import Bus
 from bus.settings import Settings
+from bus.storage.db import transaction
+from bus.storage.event_store import reset_dispatch_of_unfinished
+from bus.storage.migrate import upgrade
 from workers.registry import load_handlers, registry
 from workers.worker import EmbeddedWorker, resolve_modules
 

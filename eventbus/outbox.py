@@ -139,7 +139,7 @@ def publish(
     (``Field required entity_id``, ``Invalid target_module``, ``Event data too large``…).
     """
     from bus.errors import BusError
-    from bus.schemas import parse_new_event
+    from bus.events.schemas import parse_new_event
 
     try:
         tenant = tenant_id if isinstance(tenant_id, uuid.UUID) else uuid.UUID(str(tenant_id))
@@ -250,8 +250,8 @@ class BusSink:
         self.bus = bus
 
     def forward(self, rows: Sequence[OutboxRow]) -> Outcome:
-        from bus import service
         from bus.errors import BusError
+        from bus.publish import service
 
         outcome = Outcome()
         events = []

@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from api.app import create_app
-from bus import metrics
 from bus.auth import mint_token
-from bus.migrate import upgrade
+from bus.observability import metrics
 from bus.runtime import Bus
 from bus.settings import Environment, Settings
+from bus.storage.migrate import upgrade
 
 PG_ADMIN_URL = os.environ.get("EVENTBUS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("EVENTBUS_TEST_REDIS", "redis://127.0.0.1:6379/0")

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bus import tracing
+from bus.observability import tracing
 from tests.procs import wait_for
 
 # OTLP's SpanKind numbers, as the SDK's names them.
@@ -99,7 +99,8 @@ def from_sdk(span: ReadableSpan) -> SpanRecord:
 
 @contextmanager
 def in_memory() -> Iterator[Callable[[], list[SpanRecord]]]:
-    """This process's provider exports to memory for the block (``bus.tracing.use``); yields
+    """This process's provider exports to memory for the block (``bus.observability.tracing.use``);
+    yields
     how to read what it exported."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

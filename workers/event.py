@@ -9,7 +9,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from bus.models import EventRow
+from bus.storage.models import EventRow
 
 
 def freeze(value: Any) -> Any:

@@ -1,5 +1,6 @@
 """A worker's heartbeat: its main process records, every EVENTBUS_WORKER_HEARTBEAT_SECONDS,
-which modules it serves (:mod:`bus.heartbeats`), so the relay knows whose queues are read."""
+which modules it serves (:mod:`bus.storage.heartbeat_store`), so the relay knows whose queues are
+read."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from bus import heartbeats
-from bus.db import transaction
 from bus.runtime import Bus
+from bus.storage import heartbeat_store
+from bus.storage.db import transaction
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class Heartbeat:
         settings = self._bus.settings
         try:
             with transaction(self._bus.sessions) as session:
-                heartbeats.beat(
+                heartbeat_store.beat(
                     session, settings.queue_prefix, self._modules, self._worker, datetime.now(UTC)
                 )
         except Exception as exc:
@@ -61,6 +62,6 @@ class Heartbeat:
             self._thread.join(5)
         try:
             with transaction(self._bus.sessions) as session:
-                heartbeats.forget(session, self._bus.settings.queue_prefix, self._worker)
+                heartbeat_store.forget(session, self._bus.settings.queue_prefix, self._worker)
         except Exception as exc:
             log.warning("heartbeat rows not removed: %s: %s", type(exc).__name__, exc)

@@ -2,7 +2,7 @@
 
 Celery's consumer runs whatever task a message names (its built-ins too, when a foreign client
 sends them), hands hand-made argument lists to the task, and lets some malformed messages
-raise out of its loop. This consumer checks each delivery first (:func:`bus.deadletter.
+raise out of its loop. This consumer checks each delivery first (:func:`bus.broker.deadletter.
 check_task_message`: the task's name, its one event id, no kwargs or callbacks, the headers
 Celery reads); a refused message is kept on ``<queue>.dead``, logged, counted and
 acknowledged, and the worker goes on. The check runs in the worker's main process, before any
@@ -29,7 +29,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.entity import Queue
 from kombu.message import Message
 
-from bus import deadletter
+from bus.broker import deadletter
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ _UNKNOWN_QUEUE = "unknown"
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
-    """Celery's consumer with :func:`bus.deadletter.check_task_message` in front."""
+    """Celery's consumer with :func:`bus.broker.deadletter.check_task_message` in front."""
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handle = super().create_task_handler(*args, **kwargs)

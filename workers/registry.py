@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from bus import metrics
+from bus.observability import metrics
 from workers.event import Event
 
 log = logging.getLogger(__name__)

@@ -45,15 +45,17 @@ from celery import Task, signals
 from celery.exceptions import TimeLimitExceeded
 from sqlalchemy.exc import SQLAlchemyError
 
-from bus import attempts, metrics, repository
-from bus.attempts import Attempt, Skip
-from bus.dispatch import LOST_HEADER, REQUEST_ID_HEADER, Dispatch
-from bus.logs import log_context
-from bus.models import EventRow, EventStatus
-from bus.queues import BUS_TASKS, PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK, queue_name
-from bus.rules import Change, save_changes, utcnow
+from bus.broker.dispatch import LOST_HEADER, REQUEST_ID_HEADER, Dispatch
+from bus.broker.queues import BUS_TASKS, PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK, queue_name
+from bus.delivery import attempts
+from bus.delivery.attempts import Attempt, Skip
+from bus.events.rules import Change, save_changes, utcnow
+from bus.observability import metrics
+from bus.observability.logs import log_context
+from bus.observability.tracing import Delivery, Receiver
 from bus.runtime import Bus
-from bus.tracing import Delivery, Receiver
+from bus.storage import event_store
+from bus.storage.models import EventRow, EventStatus
 from bus.uow import HandlerMisuse, UnitOfWork
 from workers.event import Event
 from workers.registry import Registration, Registry, registry
@@ -220,7 +222,7 @@ class EventProcessor:
         trace: Delivery | None,
     ) -> None:
         """Send each event of a batch that may follow a death again, alone and marked lost."""
-        modules = repository.unprocessed_targets(uow.session, event_ids)  # done ones stay done
+        modules = event_store.unprocessed_targets(uow.session, event_ids)  # done ones stay done
         for event_id, module in modules.items():
             origin = trace.origin(event_id) if trace is not None else None
             uow.send(Dispatch(event_id, module, lost=lost, trace=origin))
@@ -261,7 +263,7 @@ class EventProcessor:
         if isinstance(claimed, Attempt):
             row = claimed.event
         else:
-            row = repository.read_event(uow.session, event_id)
+            row = event_store.read_event(uow.session, event_id)
             if row is None or row.status != EventStatus.FAILED:
                 return  # gone, or processed after all: the run did not fail
         metrics.observe_failed(

@@ -12,8 +12,8 @@ from typing import Any
 from celery import signals
 from celery.worker import state as worker_state
 
-from bus import metrics, tracing
-from bus.queues import queue_name
+from bus.broker.queues import queue_name
+from bus.observability import metrics, tracing
 from bus.runtime import Bus
 from workers.heartbeat import Heartbeat
 from workers.intake import CONSUMER

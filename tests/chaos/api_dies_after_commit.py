@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bus.dispatch import Dispatch, Dispatcher
+from bus.broker.dispatch import Dispatch, Dispatcher
 
 _die_after = int(os.environ.get("CHAOS_DIE_AFTER_SENDS", "0"))
 _send = Dispatcher.send

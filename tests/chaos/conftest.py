@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, text
 
-from bus.migrate import upgrade
+from bus.storage.migrate import upgrade
 from tests.chaos.harness import Stack
 from tests.chaos.ledger import LEDGER_TABLES
 from tests.chaos.services import PostgresCluster

@@ -25,9 +25,9 @@ import httpx
 import redis
 from sqlalchemy import text
 
-from bus import service
 from bus.auth import Principal, mint_token
-from bus.queues import queue_name
+from bus.broker.queues import queue_name
+from bus.publish import service
 from bus.runtime import Bus
 from bus.settings import Environment, Settings
 from tests.chaos.ledger import LEDGER_TRUNCATE, MODULES, POISON_MODULE

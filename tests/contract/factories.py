@@ -10,11 +10,11 @@ from typing import Any
 
 from httpx import Response
 
-from bus import repository
-from bus.db import transaction
-from bus.models import EventStatus
+from bus.events.schemas import parse_timestamp
 from bus.runtime import Bus
-from bus.schemas import parse_timestamp
+from bus.storage import event_store
+from bus.storage.db import transaction
+from bus.storage.models import EventStatus
 from tests.conftest import TENANT_A
 
 RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
@@ -49,7 +49,7 @@ def make_events(bus: Bus, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]
     made = list(rows)
     with transaction(bus.sessions) as session:
         for values in made:
-            repository.insert_event(session, values)
+            event_store.insert_event(session, values)
     return made
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import text
 
 from api.app import create_app
-from bus.queues import PROCESS_EVENTS_TASK, queue_name
+from bus.broker.queues import PROCESS_EVENTS_TASK, queue_name
 from bus.runtime import Bus
 from bus.settings import Settings
 from tests.conftest import REDIS_URL, SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth

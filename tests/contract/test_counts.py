@@ -12,14 +12,15 @@ from typing import Any
 
 from sqlalchemy import text
 
-from bus import repository, service
 from bus.auth import Principal
-from bus.db import transaction
-from bus.models import EventStatus
-from bus.relay import fold_counts
-from bus.rules import Change, save_changes
+from bus.events.rules import Change, save_changes
+from bus.events.schemas import StatusChange
+from bus.maintenance.counts import fold_counts
+from bus.publish import service
 from bus.runtime import Bus
-from bus.schemas import StatusChange
+from bus.storage import count_store, event_store
+from bus.storage.db import transaction
+from bus.storage.models import EventStatus
 from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B
 from tests.contract.factories import event_values
 
@@ -61,10 +62,10 @@ def assert_tallies_exact(bus: Bus) -> None:
     with bus.sessions() as session:
         for tenant in (TENANT_A, TENANT_B, None):
             for filters in combos:
-                tally = repository.tally(session, tenant, filters)
+                tally = count_store.tally(session, tenant, filters)
                 assert tally == counted(bus, tenant, filters), (tenant, filters)
             # The stats read the same counts: each module's by status equals its COUNT
-            for stats in repository.stats_by_module(session, tenant):
+            for stats in count_store.stats_by_module(session, tenant):
                 for status in EventStatus:
                     filters = {"target_module": stats.target_module, "status": str(status)}
                     assert getattr(stats, status) == counted(bus, tenant, filters), filters
@@ -86,14 +87,14 @@ def test_every_write_path_keeps_the_counts_exact(bus: Bus) -> None:
         service.store_published(uow, batch)
         uow.commit()
     with transaction(bus.sessions) as session:
-        repository.insert_events(
+        event_store.insert_events(
             session, [event_values(tenant_id=TENANT_A, status=EventStatus.FAILED) for _ in range(5)]
         )
     assert_tallies_exact(bus)
     # When statuses move (the workers' batched outcomes and PUTs), some rows are deleted, and
     # half of the changes are folded
     with bus.unit_of_work() as uow:
-        rows = [r for r in repository.claim_many(uow.session, [e.id for e in batch])]
+        rows = [r for r in event_store.claim_many(uow.session, [e.id for e in batch])]
         changes = [
             Change(r, StatusChange(rng.choice(list(EventStatus))), failures_before=0) for r in rows
         ]
@@ -102,7 +103,7 @@ def test_every_write_path_keeps_the_counts_exact(bus: Bus) -> None:
     fold_counts(bus)
     with bus.unit_of_work() as uow:
         for event in batch[:10]:
-            row = repository.lock_event(uow.session, event.id, None)
+            row = event_store.lock_event(uow.session, event.id, None)
             assert row is not None
             save_changes(uow, [Change(row, StatusChange(EventStatus.PROCESSED))])
         uow.commit()
@@ -120,7 +121,7 @@ def test_every_write_path_keeps_the_counts_exact(bus: Bus) -> None:
     with bus.engine.begin() as conn:
         conn.execute(text("TRUNCATE system_events"))
     with bus.sessions() as session:
-        assert repository.tally(session, None, {}) == 0
+        assert count_store.tally(session, None, {}) == 0
 
 
 def test_counts_stay_exact_under_concurrent_writers_and_folds(bus: Bus) -> None:
@@ -140,7 +141,7 @@ def test_counts_stay_exact_under_concurrent_writers_and_folds(bus: Bus) -> None:
                     service.store_published(uow, events)
                     uow.commit()
                 with bus.unit_of_work() as uow:
-                    rows = repository.claim_many(uow.session, [e.id for e in events])
+                    rows = event_store.claim_many(uow.session, [e.id for e in events])
                     save_changes(
                         uow, [Change(r, StatusChange(EventStatus.PROCESSED)) for r in rows]
                     )
@@ -165,4 +166,4 @@ def test_counts_stay_exact_under_concurrent_writers_and_folds(bus: Bus) -> None:
     # Then the counts are exact
     assert_tallies_exact(bus)
     with bus.sessions() as session:
-        assert repository.tally(session, TENANT_A, {"status": "processed"}) == 4 * 15 * 5
+        assert count_store.tally(session, TENANT_A, {"status": "processed"}) == 4 * 15 * 5

@@ -14,13 +14,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event as sa_event
 
-from bus import attempts, history
-from bus.attempts import Attempt
-from bus.db import transaction
-from bus.dispatch import Dispatch
-from bus.relay import purge_attempts
-from bus.rules import save_changes
+from bus.broker.dispatch import Dispatch
+from bus.delivery import attempts
+from bus.delivery.attempts import Attempt
+from bus.events.rules import save_changes
+from bus.maintenance.purges import purge_attempts
 from bus.runtime import Bus
+from bus.storage import attempt_store
+from bus.storage.db import transaction
 from bus.uow import UnitOfWork
 from tests.conftest import NO_SUCH_EVENT, SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
 from tests.contract.factories import RFC3339_UTC, make_event
@@ -136,19 +137,19 @@ def test_a_long_history_shows_its_last_entries_each_error_cut(
     # Given an event with 150 entries of 10,000-character errors (3,600 PUTs made 21 MB before)
     event_id = make_event(bus)["id"]
     now = datetime.now(UTC)
-    total = history.SHOWN_ATTEMPTS + 50
+    total = attempt_store.SHOWN_ATTEMPTS + 50
     entries = [
-        history.Entry(
+        attempt_store.Entry(
             event_id,
-            history.Outcome.FAILED,
+            attempt_store.Outcome.FAILED,
             now,
             error_message=f"{n}:" + "e" * 9_990,
-            source=history.Source.API,
+            source=attempt_store.Source.API,
         )
         for n in range(1, total + 1)
     ]
     with transaction(bus.sessions) as session:
-        history.record(session, entries)
+        attempt_store.record(session, entries)
     # When it is read
     response = get(client, event_id, token())
     # Then it shows the last SHOWN_ATTEMPTS, oldest first, says how many there are, and each
@@ -157,7 +158,7 @@ def test_a_long_history_shows_its_last_entries_each_error_cut(
     shown = body["attempts"]
     assert [e["attempt"] for e in shown] == list(range(51, total + 1))
     assert body["attempts_total"] == total
-    assert {len(e["error_message"]) for e in shown} == {history.SHOWN_ERROR}
+    assert {len(e["error_message"]) for e in shown} == {attempt_store.SHOWN_ERROR}
     assert all(e["error_message"].endswith("e…") for e in shown)
     assert shown[0]["error_message"].startswith("51:")
     assert len(response.content) < 200_000  # 1.5 MB of errors before
@@ -356,7 +357,7 @@ def test_a_batch_records_every_attempt_in_one_insert(bus: Bus) -> None:
     ]
     assert [many for _, many in inserts] == [False], inserts
     with bus.sessions() as session:
-        entries = {event_id: history.attempts_of(session, event_id) for event_id in ids}
+        entries = {event_id: attempt_store.attempts_of(session, event_id) for event_id in ids}
     assert all(len(e) == 1 and e[0]["attempt"] == 1 for e in entries.values())
     for n, event_id in enumerate(ids):
         (entry,) = entries[event_id]
@@ -383,7 +384,7 @@ def test_a_run_counted_in_advance_is_recorded_lost_then_its_outcome(bus: Bus) ->
         counted = attempts.count_in_advance(uow, claimed, policy, "WorkerLostError: signal 9")
         uow.commit()
         with bus.sessions() as session:
-            after_mark = history.attempts_of(session, event_id)
+            after_mark = attempt_store.attempts_of(session, event_id)
         again = attempts.reclaim(uow, counted)
         assert again is not None
         save_changes(uow, [attempts.processed(again)])
@@ -394,7 +395,7 @@ def test_a_run_counted_in_advance_is_recorded_lost_then_its_outcome(bus: Bus) ->
     ]
     assert after_mark[0]["started_at"] is None and after_mark[0]["worker"] is None
     with bus.sessions() as session:
-        entries = history.attempts_of(session, event_id)
+        entries = attempt_store.attempts_of(session, event_id)
     assert [(e["attempt"], e["outcome"]) for e in entries] == [(1, "lost"), (2, "processed")]
 
 
@@ -404,11 +405,15 @@ def test_the_relay_purges_entries_past_their_retention(bus: Bus) -> None:
     now = datetime.now(UTC)
     old = now - timedelta(days=bus.settings.attempts_retention_days, minutes=1)
     with transaction(bus.sessions) as session:
-        history.record(session, [history.Entry(event_id, history.Outcome.FAILED, old)])
-        history.record(session, [history.Entry(event_id, history.Outcome.PROCESSED, now)])
+        attempt_store.record(
+            session, [attempt_store.Entry(event_id, attempt_store.Outcome.FAILED, old)]
+        )
+        attempt_store.record(
+            session, [attempt_store.Entry(event_id, attempt_store.Outcome.PROCESSED, now)]
+        )
     # When the relay purges
     purged = purge_attempts(bus)
     # Then only the old one is gone
     assert purged == 1
     with bus.sessions() as session:
-        assert [e["outcome"] for e in history.attempts_of(session, event_id)] == ["processed"]
+        assert [e["outcome"] for e in attempt_store.attempts_of(session, event_id)] == ["processed"]

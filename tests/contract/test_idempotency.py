@@ -20,11 +20,13 @@ from sqlalchemy import text
 
 from api.app import create_app
 from api.idempotency import render
-from bus import idempotency, relay, service
 from bus.auth import Principal
-from bus.rules import utcnow
+from bus.events.rules import utcnow
+from bus.maintenance import purges
+from bus.publish import idempotency, service
 from bus.runtime import Bus
 from bus.settings import Settings
+from bus.storage import idempotency_store
 from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
 
 PUBLISH = "/system/events"
@@ -134,7 +136,7 @@ def test_a_key_held_by_a_request_in_flight_is_409(
     client: TestClient, token: TokenFactory, bus: Bus, database_url: str
 ) -> None:
     # Given another transaction holding the key's lock, as a request in flight does
-    lock = idempotency.lock_id(TENANT_A, "busy")
+    lock = idempotency_store.lock_id(TENANT_A, "busy")
     conninfo = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
     with psycopg.connect(conninfo, autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", (lock,))
@@ -291,9 +293,9 @@ def test_an_expired_key_is_a_new_request_and_is_purged(
     assert again.json()["event"]["id"] != first.json()["event"]["id"]
     assert events_stored(bus) == 2
     # and the relay's purge leaves it until its new TTL runs out
-    assert relay.purge_idempotency_keys(bus) == 0
+    assert purges.purge_idempotency_keys(bus) == 0
     later = utcnow() + timedelta(seconds=bus.settings.idempotency_ttl_seconds + 1)
-    assert relay.purge_idempotency_keys(bus, later) == 1
+    assert purges.purge_idempotency_keys(bus, later) == 1
     assert keys_stored(bus) == 0
 
 
@@ -313,14 +315,14 @@ def test_the_purge_is_bounded_and_spares_live_keys(bus: Bus) -> None:
     now = utcnow()
     with bus.sessions() as session:
         for n in range(5):
-            response = idempotency.StoredResponse("f", 201, "{}")
+            response = idempotency_store.StoredResponse("f", 201, "{}")
             ttl = timedelta(seconds=1 if n < 3 else 3600)
-            idempotency.store(session, TENANT_A, f"k{n}", response, now, ttl)
+            idempotency_store.store(session, TENANT_A, f"k{n}", response, now, ttl)
         session.commit()
         later = now + timedelta(seconds=2)
-        assert idempotency.purge_expired(session, later, limit=2) == 2
-        assert idempotency.purge_expired(session, later, limit=2) == 1
-        assert idempotency.purge_expired(session, later, limit=2) == 0
+        assert idempotency_store.purge_expired(session, later, limit=2) == 2
+        assert idempotency_store.purge_expired(session, later, limit=2) == 1
+        assert idempotency_store.purge_expired(session, later, limit=2) == 0
         session.commit()
     assert keys_stored(bus) == 2
 

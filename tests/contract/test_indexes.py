@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import Engine, Select, text
 from sqlalchemy.dialects import postgresql
 
-from bus.db import make_engine
-from bus.repository import count_statement, list_statement
-from bus.schemas import ListQuery
+from bus.events.schemas import ListQuery
+from bus.storage.db import make_engine
+from bus.storage.event_queries import count_statement, list_statement
 
 ROWS = 40_000
 TENANTS = 17

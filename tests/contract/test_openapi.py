@@ -1,6 +1,7 @@
 """The OpenAPI document tells the truth: the seed's three operations and the stats of issue 5,
 bearer auth, envelopes for errors. Probes and /metrics stay out of it. Its rules are checked
-against bus/schemas.py's constants, the ones the parsers use (the contract is written once)."""
+against bus/events/schemas.py's constants, the ones the parsers use (the contract is written
+once)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import api
-from bus.cursors import CURSOR_PATTERN
-from bus.schemas import (
+from bus.events.schemas import (
     EVENT_FIELDS,
     FILTER_PATTERN,
     IDENTIFIER_PATTERN,
@@ -29,6 +29,7 @@ from bus.schemas import (
     TIMESTAMP_PATTERN,
     UUID_PATTERN,
 )
+from bus.read.cursors import CURSOR_PATTERN
 from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
 
 OPERATIONS = {

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from bus import service
 from bus.auth import Principal
+from bus.publish import service
 from bus.runtime import Bus
 from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
 from tests.contract.factories import event_values, make_events

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from bus.schemas import REQUIRED_FIELDS, parse_json_body
+from bus.events.schemas import REQUIRED_FIELDS, parse_json_body
 from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
 
 EVENTS = "/system/events"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from bus.relay import fold_counts
+from bus.maintenance.counts import fold_counts
 from bus.runtime import Bus
 from tests.conftest import TENANT_B, TokenFactory, auth
 from tests.contract.factories import event_values, make_events

@@ -1,4 +1,5 @@
-"""One write path: what ``bus.rules.save_change`` writes is exactly what the rules set, for the
+"""One write path: what ``bus.events.rules.save_change`` writes is exactly what the rules set, for
+the
 PUT route's changes and the worker's attempts alike, and a unit of work keeps or drops the sends
 and callbacks of a savepoint with its writes."""
 
@@ -9,15 +10,16 @@ from typing import Any
 
 import pytest
 
-from bus import attempts, repository
-from bus.attempts import Attempt, Skip
-from bus.db import transaction
-from bus.dispatch import Dispatch
-from bus.models import EventStatus
-from bus.retry import RetryPolicy
-from bus.rules import OUTCOME_COLUMNS, save_change, save_changes
+from bus.broker.dispatch import Dispatch
+from bus.delivery import attempts
+from bus.delivery.attempts import Attempt, Skip
+from bus.delivery.retry import RetryPolicy
+from bus.events.rules import OUTCOME_COLUMNS, save_change, save_changes
+from bus.events.schemas import StatusChange
 from bus.runtime import Bus
-from bus.schemas import StatusChange
+from bus.storage import event_store
+from bus.storage.db import transaction
+from bus.storage.models import EventStatus
 from bus.uow import HandlerMisuse, UnitOfWork
 from tests.contract.factories import event_values
 
@@ -39,7 +41,7 @@ def unit(bus: Bus, recorder: Recorder) -> UnitOfWork:
 
 def stored(bus: Bus, event_id: uuid.UUID) -> dict[str, Any]:
     with bus.sessions() as session:
-        row = repository.read_event(session, event_id)
+        row = event_store.read_event(session, event_id)
         assert row is not None
         return {name: getattr(row, name) for name in OUTCOME_COLUMNS}
 
@@ -47,7 +49,7 @@ def stored(bus: Bus, event_id: uuid.UUID) -> dict[str, Any]:
 def insert(bus: Bus, **overrides: Any) -> uuid.UUID:
     values = event_values(**overrides)
     with transaction(bus.sessions) as session:
-        repository.insert_event(session, values)
+        event_store.insert_event(session, values)
     event_id: uuid.UUID = values["id"]
     return event_id
 
@@ -64,7 +66,7 @@ def test_a_put_change_is_stored_as_the_rules_set_it(bus: Bus, change: StatusChan
     event_id = insert(bus, status=EventStatus.FAILED, retry_count=2, error_message="Boom")
     recorder = Recorder()
     with unit(bus, recorder) as uow:
-        row = repository.lock_event(uow.session, event_id, None)
+        row = event_store.lock_event(uow.session, event_id, None)
         assert row is not None
         save_change(uow, row, change)
         expected = {name: getattr(row, name) for name in OUTCOME_COLUMNS}
@@ -145,7 +147,7 @@ def test_skips_say_why(bus: Bus) -> None:
         assert attempts.begin(uow, processed) is Skip.PROCESSED
     locked = insert(bus)
     with bus.sessions() as holder:
-        assert repository.lock_event(holder, locked, None) is not None
+        assert event_store.lock_event(holder, locked, None) is not None
         with unit(bus, Recorder()) as uow:
             assert attempts.begin(uow, locked) is Skip.BUSY
             assert attempts.begin_many(uow, [locked]) == ([], {locked: Skip.BUSY})
@@ -196,6 +198,6 @@ def test_a_block_that_commits_the_session_is_refused_and_loses_the_transaction(b
 
 
 def _pend(uow: UnitOfWork, event_id: uuid.UUID, status: EventStatus = EventStatus.PENDING) -> None:
-    row = repository.lock_event(uow.session, event_id, None)
+    row = event_store.lock_event(uow.session, event_id, None)
     assert row is not None
     save_change(uow, row, StatusChange(status))

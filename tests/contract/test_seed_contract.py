@@ -16,9 +16,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api import errors as api_errors
-from bus import service
+from bus.events.schemas import MAX_EVENT_DATA_DEPTH, REQUIRED_FIELDS, parse_timestamp
+from bus.read import listing
 from bus.runtime import Bus
-from bus.schemas import MAX_EVENT_DATA_DEPTH, REQUIRED_FIELDS, parse_timestamp
 from bus.settings import Settings
 from tests.conftest import NO_SUCH_EVENT, SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
 from tests.contract.factories import (
@@ -675,7 +675,7 @@ def test_an_unexpected_error_is_a_bare_500(
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("password=hunter2 at /srv/eventbus/secret.py line 7")
 
-    monkeypatch.setattr(service, "list_events", broken)
+    monkeypatch.setattr(listing, "list_events", broken)
     # When it is called through the API
     response = client.get(EVENTS, headers=h)
     # Then the client sees the seed's 500 and nothing of the failure

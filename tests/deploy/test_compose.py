@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from bus.queues import queue_name
+from bus.broker.queues import queue_name
 from tests.deploy.support import (
     COMPOSE,
     CONTRACT_VARIABLES,

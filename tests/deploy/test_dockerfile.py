@@ -141,8 +141,8 @@ def test_every_package_is_copied_into_the_builder() -> None:
     "path",
     [
         "bus/settings.py",
-        "bus/migrations/versions/0001_system_events.py",
-        "bus/migrations/script.py.mako",
+        "bus/storage/migrations/versions/0001_system_events.py",
+        "bus/storage/migrations/script.py.mako",
         "api/app.py",
         "eventbus/cli.py",
         "pyproject.toml",

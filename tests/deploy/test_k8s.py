@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from bus.queues import queue_name
+from bus.broker.queues import queue_name
 from tests.deploy.support import (
     CONTRACT_VARIABLES,
     DUMMY_SECRET,
@@ -338,8 +338,8 @@ def test_kombu_puts_a_modules_messages_on_the_list_keda_watches() -> None:
     import redis
     from fakeredis import TcpFakeServer
 
-    from bus.celery_app import make_celery
-    from bus.queues import PROCESS_EVENT_TASK
+    from bus.broker.celery_app import make_celery
+    from bus.broker.queues import PROCESS_EVENT_TASK
 
     server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
     thread = threading.Thread(target=server.serve_forever, daemon=True)

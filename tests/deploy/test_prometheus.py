@@ -1,5 +1,6 @@
 """deploy/prometheus: the scrape config finds the Services deploy/k8s defines; alert rules use
-only the bus's metric names (checked against bus.metrics), with the right suffixes and labels;
+only the bus's metric names (checked against bus.observability.metrics), with the right suffixes
+and labels;
 promtool checks and unit-tests the rules when it is installed."""
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def test_metric_contract_matches_bus_metrics() -> None:
     """The names and labels the rules rely on are the ones the code defines."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from bus import metrics
+    from bus.observability import metrics
 
     defined: dict[str, tuple[str, set[str]]] = {}
     for value in vars(metrics).values():
@@ -63,7 +64,7 @@ def test_metric_contract_matches_bus_metrics() -> None:
     for family in backlog.collect():
         defined[family.name] = (family.type, {k for s in family.samples for k in s.labels})
     for name, contract in METRICS.items():
-        assert name in defined, f"{name} is not defined in bus/metrics.py"
+        assert name in defined, f"{name} is not defined in bus/observability/metrics.py"
         assert defined[name] == contract, (
             f"{name}: code has {defined[name]}, rules assume {contract}"
         )

@@ -13,7 +13,7 @@ import random
 import uuid
 from typing import Any
 
-from bus.queues import PROCESS_EVENT_TASK
+from bus.broker.queues import PROCESS_EVENT_TASK
 
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 

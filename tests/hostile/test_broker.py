@@ -20,8 +20,8 @@ import redis
 from fastapi.testclient import TestClient
 from kombu import Connection, Producer
 
-from bus import deadletter
-from bus.queues import queue_name
+from bus.broker import deadletter
+from bus.broker.queues import queue_name
 from bus.runtime import Bus
 from bus.settings import Settings
 from tests.conftest import REDIS_URL, TokenFactory
@@ -146,7 +146,7 @@ def test_the_dead_letter_list_is_capped(settings: Settings, bus: Bus) -> None:
     # Given the bus's Redis channel
     from kombu import Connection as KombuConnection
 
-    from bus.transport import TRANSPORT
+    from bus.broker.transport import TRANSPORT
 
     queue = queue_name("capped", settings.queue_prefix)
     with KombuConnection(settings.broker_url, transport=TRANSPORT) as conn:
@@ -176,7 +176,7 @@ def test_a_channel_closed_after_its_connection_went_restores_what_it_held(
     AttributeError, and the worker died ("Unrecoverable error", seen in the chaos suite)."""
     from kombu import Connection as KombuConnection
 
-    from bus.transport import TRANSPORT
+    from bus.broker.transport import TRANSPORT
 
     queue = queue_name("held", settings.queue_prefix)
     r = redis.Redis.from_url(REDIS_URL)

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from bus import deadletter
-from bus.queues import queue_name
+from bus.broker import deadletter
+from bus.broker.queues import queue_name
 from bus.runtime import Bus
 from bus.settings import Settings
 from tests.conftest import REDIS_URL, TokenFactory

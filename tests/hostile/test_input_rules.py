@@ -15,10 +15,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from bus import service
 from bus.auth import Principal
+from bus.events.schemas import (
+    LIST_PARAMS,
+    MAX_ERROR_MESSAGE,
+    STRING_FIELDS,
+    ListQuery,
+    parse_json_body,
+)
+from bus.read import listing
 from bus.runtime import Bus
-from bus.schemas import LIST_PARAMS, MAX_ERROR_MESSAGE, STRING_FIELDS, ListQuery, parse_json_body
 from bus.settings import Settings
 from tests.conftest import (
     SEED_PUBLISH_BODY,
@@ -527,7 +533,7 @@ def test_memory_per_list_request_stays_bounded(bus: Bus, small_cap: Settings) ->
     tracemalloc.start()
     try:
         with bus.sessions() as session:
-            page = service.list_events(session, small_cap, principal, None, query)
+            page = listing.list_events(session, small_cap, principal, None, query)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

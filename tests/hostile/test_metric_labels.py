@@ -9,7 +9,7 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from bus import metrics
+from bus.observability import metrics
 from bus.runtime import Bus
 from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
 

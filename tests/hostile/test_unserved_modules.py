@@ -12,14 +12,14 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from bus import heartbeats
-from bus.broker import BrokerInspector
-from bus.db import transaction
-from bus.queues import queue_name
-from bus.relay import run_once
-from bus.rules import utcnow
+from bus.broker.inspector import BrokerInspector
+from bus.broker.queues import queue_name
+from bus.events.rules import utcnow
+from bus.maintenance.resend import run_once
 from bus.runtime import Bus
 from bus.settings import Settings
+from bus.storage import heartbeat_store
+from bus.storage.db import transaction
 from tests.conftest import REDIS_URL, TokenFactory
 from tests.integration import conftest as integration
 from tests.integration.conftest import (
@@ -65,9 +65,11 @@ def watch_depth(r: redis.Redis, queue: str, seconds: float) -> list[int]:
 
 
 def unserved(bus: Bus) -> list[tuple[str, int]]:
-    since = heartbeats.live_since(utcnow(), bus.settings.worker_heartbeat_seconds)
+    since = heartbeat_store.live_since(utcnow(), bus.settings.worker_heartbeat_seconds)
     with transaction(bus.sessions) as session:
-        rows = heartbeats.pending_without_live_worker(session, bus.settings.queue_prefix, since)
+        rows = heartbeat_store.pending_without_live_worker(
+            session, bus.settings.queue_prefix, since
+        )
     return [(row.target_module, row.pending) for row in rows]
 
 
@@ -120,7 +122,9 @@ def test_an_expired_lease_is_resent_only_when_no_copy_can_be_waiting(
         assert r.llen(queue) == 1
         # Nor when a worker heartbeats for the module: it will drain the copy that waits
         with transaction(bus.sessions) as session:
-            heartbeats.beat(session, settings.queue_prefix, ["warehouse"], "test-worker", later)
+            heartbeat_store.beat(
+                session, settings.queue_prefix, ["warehouse"], "test-worker", later
+            )
         assert run_once(bus, now=later) == 0
         # And once the copy is gone from the queue (a worker took it, then died), it is
         r.delete(queue)
@@ -131,7 +135,7 @@ def test_an_expired_lease_is_resent_only_when_no_copy_can_be_waiting(
         assert run_once(bus, now=later) == 1
     finally:
         with transaction(bus.sessions) as session:
-            heartbeats.forget(session, settings.queue_prefix, "test-worker")
+            heartbeat_store.forget(session, settings.queue_prefix, "test-worker")
         r.close()
 
 
@@ -152,11 +156,11 @@ def test_where_queue_lengths_are_unknown_only_a_live_worker_gets_resends(
         assert run_once(bus, now=now, broker=blind) == 0
         # And once a worker heartbeats for the module, it does
         with transaction(bus.sessions) as session:
-            heartbeats.beat(session, settings.queue_prefix, ["warehouse"], "test-worker", now)
+            heartbeat_store.beat(session, settings.queue_prefix, ["warehouse"], "test-worker", now)
         assert run_once(bus, now=now, broker=blind) == 1
     finally:
         with transaction(bus.sessions) as session:
-            heartbeats.forget(session, settings.queue_prefix, "test-worker")
+            heartbeat_store.forget(session, settings.queue_prefix, "test-worker")
 
 
 def test_a_whole_worker_killed_mid_event_gets_it_back_once_one_runs_again(

@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from bus.models import SystemEvent
 from bus.runtime import Bus
 from bus.settings import Settings
+from bus.storage.models import SystemEvent
 from tests.conftest import SEED_PUBLISH_BODY, auth, make_settings
 from tests.integration.handlers import EFFECTS_TABLE
 from tests.procs import Proc, wait_for

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from bus.models import SystemEvent
 from bus.runtime import Bus
 from bus.settings import Settings
+from bus.storage.models import SystemEvent
 from eventbus.client import (
     AsyncClient,
     AuthError,

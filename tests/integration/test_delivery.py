@@ -10,8 +10,8 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from bus.dispatch import Dispatch
-from bus.queues import queue_name
+from bus.broker.dispatch import Dispatch
+from bus.broker.queues import queue_name
 from bus.runtime import Bus
 from bus.settings import Settings
 from tests.conftest import REDIS_URL, TokenFactory, auth

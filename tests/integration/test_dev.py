@@ -12,12 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from bus import repository
-from bus.db import transaction
-from bus.models import EventStatus
-from bus.rules import utcnow
+from bus.events.rules import utcnow
 from bus.runtime import Bus
 from bus.settings import Settings
+from bus.storage import event_store
+from bus.storage.db import transaction
+from bus.storage.models import EventStatus
 from eventbus.dev import DEV_TENANT
 from tests.conftest import SEED_PUBLISH_BODY
 from tests.integration.conftest import BIN, Proc, free_port, wait_for
@@ -90,7 +90,7 @@ def test_dev_runs_the_bus_without_servers_and_survives_a_restart(tmp_path: Path)
     database = Bus(Settings(database_url=f"sqlite:///{tmp_path / 'eventbus.db'}"))
     stranded = uuid.uuid4()
     with transaction(database.sessions) as session:
-        repository.insert_event(
+        event_store.insert_event(
             session,
             {
                 **{k: v for k, v in SEED_PUBLISH_BODY.items()},

@@ -24,9 +24,9 @@ from alembic.operations import Operations
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.orm import Session
 
-from bus.models import SystemEvent
 from bus.runtime import Bus
 from bus.settings import Settings
+from bus.storage.models import SystemEvent
 from eventbus import outbox
 from eventbus.errors import InvalidRequest
 from tests.conftest import (

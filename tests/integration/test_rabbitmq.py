@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from kombu import Connection
 
-from bus.attempts import INTERRUPTED_MESSAGE
-from bus.queues import queue_name
+from bus.broker.queues import queue_name
+from bus.delivery.attempts import INTERRUPTED_MESSAGE
 from bus.runtime import Bus
 from bus.settings import Settings
 from tests.conftest import TokenFactory, auth

@@ -18,14 +18,14 @@ import redis
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from bus import repository
-from bus.db import transaction
-from bus.models import EventStatus
-from bus.queues import queue_name
-from bus.relay import run_once
-from bus.rules import utcnow
+from bus.broker.queues import queue_name
+from bus.events.rules import utcnow
+from bus.maintenance.resend import run_once
 from bus.runtime import Bus
 from bus.settings import Settings
+from bus.storage import event_store
+from bus.storage.db import transaction
+from bus.storage.models import EventStatus
 from tests.conftest import REDIS_URL, TENANT_A, TokenFactory
 from tests.integration.conftest import (
     BIN,
@@ -67,7 +67,7 @@ def insert_events(bus: Bus, count: int, **overrides: Any) -> list[uuid.UUID]:
                 "request_id": None,
             }
             values.update(overrides)
-            repository.insert_event(session, values)
+            event_store.insert_event(session, values)
     return ids
 
 

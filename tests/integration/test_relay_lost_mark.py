@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 import redis
 
-from bus.dispatch import LOST_HEADER, REQUEST_ID_HEADER
-from bus.queues import queue_name
-from bus.relay import LEASE_EXPIRED_MESSAGE, run_once
-from bus.rules import utcnow
+from bus.broker.dispatch import LOST_HEADER, REQUEST_ID_HEADER
+from bus.broker.queues import queue_name
+from bus.events.rules import utcnow
+from bus.maintenance.resend import LEASE_EXPIRED_MESSAGE, run_once
 from bus.runtime import Bus
 from bus.settings import Settings
 from tests.conftest import REDIS_URL

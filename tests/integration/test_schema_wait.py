@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from bus.migrate import NOT_CURRENT, upgrade
 from bus.runtime import Bus
+from bus.storage.migrate import NOT_CURRENT, upgrade
 from tests.conftest import TokenFactory, make_settings
 from tests.databases import empty_database
 from tests.integration.conftest import (

@@ -1,7 +1,8 @@
 """One trace from a publish, through Redis, to the handler, with a real ``eventbus worker``.
 
 The API runs in this process (its spans go to the SDK's in-memory exporter, through
-``bus.tracing.use``); the worker is a subprocess, so its spans cannot reach that exporter: it
+``bus.observability.tracing.use``); the worker is a subprocess, so its spans cannot reach that
+exporter: it
 exports them with the SDK's own OTLP/HTTP exporter, configured only by the standard ``OTEL_*``
 variables, to a tiny receiver in this process (``tests/spans.py``). The test then joins the two
 sets by trace and span ids, as a tracing backend would.
@@ -21,12 +22,15 @@ from fastapi.testclient import TestClient
 from kombu import Connection
 
 from api.app import create_app
-from bus import relay, repository, service, tracing
 from bus.auth import Principal
-from bus.db import transaction
-from bus.queues import queue_name
+from bus.broker.queues import queue_name
+from bus.maintenance import resend
+from bus.observability import tracing
+from bus.publish import service
 from bus.runtime import Bus
 from bus.settings import Settings
+from bus.storage import event_store
+from bus.storage.db import transaction
 from tests.conftest import REDIS_URL, SEED_PUBLISH_BODY, TENANT_A, TokenFactory, auth, make_settings
 from tests.integration.conftest import (
     FAST_RETRIES,
@@ -211,11 +215,11 @@ def test_the_relay_starts_a_trace_of_its_own(
     # Given an event stored but never sent (its send failed: unstamped for the relay)
     row = service.prepare_publish(settings, CALLER, None, dict(SEED_PUBLISH_BODY))
     with transaction(bus.sessions) as session:
-        repository.insert_events(session, [row.values()])
-        repository.mark_unsent(session, [row.id])
+        event_store.insert_events(session, [row.values()])
+        event_store.mark_unsent(session, [row.id])
     start_worker("warehouse", pool="solo")
     # When the relay sends it
-    assert relay.run_once(bus) == 1
+    assert resend.run_once(bus) == 1
     (span,) = worker_spans.wait_for(1, SPAN_TIMEOUT, **{"eventbus.event_id": str(row.id)})
     # Then its spans are the relay's pass, its send, the worker's run: one trace, no request
     spans = api_spans()

@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from bus.migrate import upgrade
 from bus.runtime import Bus
+from bus.storage.migrate import upgrade
 from tests.chaos.services import RedisServer, free_port
 from tests.conftest import (
     NO_SUCH_EVENT,

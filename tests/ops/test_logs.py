@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from bus import logs
+from bus.observability import logs
 from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TokenFactory, auth
 
 Lines = Callable[[], list[dict[str, Any]]]
@@ -98,6 +98,6 @@ def test_the_formatter_takes_ids_from_extra_too() -> None:
 
 def test_dict_config_routes_uvicorn_through_the_json_formatter() -> None:
     config = logs.dict_config("info", json_output=True)
-    assert config["formatters"]["eventbus"] == {"()": "bus.logs.JsonFormatter"}
+    assert config["formatters"]["eventbus"] == {"()": "bus.observability.logs.JsonFormatter"}
     assert config["root"]["level"] == "INFO"
     assert config["loggers"]["uvicorn.access"]["propagate"] is True

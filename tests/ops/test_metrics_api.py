@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY, generate_latest
 
-from bus import service
 from bus.auth import Principal
+from bus.publish import service
 from bus.runtime import Bus
 from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TokenFactory, auth
 from tests.contract.factories import event_values, make_events

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bus import multiprocess
+from bus.observability import multiprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 

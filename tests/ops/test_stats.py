@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from bus.models import EventStatus
 from bus.runtime import Bus
+from bus.storage.models import EventStatus
 from tests.conftest import TENANT_A, TENANT_B, TokenFactory, auth
 from tests.contract.factories import event_values, make_events
 

@@ -13,15 +13,16 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from bus import history, relay
 from bus.auth import Principal
-from bus.db import transaction
-from bus.history import Entry, Outcome
-from bus.migrate import upgrade
-from bus.models import event_outcome_minutes
+from bus.maintenance import outcomes
+from bus.read.stats import event_stats
 from bus.runtime import Bus
-from bus.service import event_stats
 from bus.settings import Settings
+from bus.storage import attempt_store
+from bus.storage.attempt_store import Entry, Outcome
+from bus.storage.db import transaction
+from bus.storage.migrate import upgrade
+from bus.storage.models import event_outcome_minutes
 from tests.conftest import TENANT_A, TENANT_B, TokenFactory, auth
 from tests.contract.factories import event_values, make_events
 
@@ -35,7 +36,7 @@ def minute(at: datetime) -> str:
 def record(bus: Bus, entries: list[Entry]) -> None:
     """Entries appended as the workers append them: one statement, one transaction."""
     with transaction(bus.sessions) as session:
-        history.record(session, entries)
+        attempt_store.record(session, entries)
 
 
 def series(client: TestClient, tok: str, **params: str) -> list[dict[str, Any]]:
@@ -189,12 +190,12 @@ def test_the_relay_folds_closed_minutes_and_purges_old_ones(
             )
 
     assert rows() == 7
-    relay.fold_outcome_minutes(bus, now)
+    outcomes.fold_outcome_minutes(bus, now)
     # The 3-hour-old row is purged, the closed minute's five rows are one, the open one stays.
     assert rows() == 2
     assert series(client, token()) == before
     assert before[0]["processed"] == 5
-    relay.fold_outcome_minutes(bus, now)  # folding again changes nothing
+    outcomes.fold_outcome_minutes(bus, now)  # folding again changes nothing
     assert rows() == 2
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bus.celery_app import make_celery
+from bus.broker.celery_app import make_celery
 from bus.settings import Settings
 
 

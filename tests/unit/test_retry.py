@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from bus.retry import RetryPolicy
+from bus.delivery.retry import RetryPolicy
 
 
 class Extreme(random.Random):

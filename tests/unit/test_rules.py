@@ -1,4 +1,5 @@
-"""The status-rule table (bus/rules.py): every starting status by every change a PUT or a worker
+"""The status-rule table (bus/events/rules.py): every starting status by every change a PUT or a
+worker
 makes, and what it leaves in processed_at, retry_count, error_message, next_attempt_at,
 dispatched_at, and whether the event is sent again."""
 
@@ -11,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from bus.models import EVENT_COLUMNS, EventRow, EventStatus, SystemEvent
-from bus.rules import OUTCOME_COLUMNS, apply_change
-from bus.schemas import StatusChange
+from bus.events.rules import OUTCOME_COLUMNS, apply_change
+from bus.events.schemas import StatusChange
+from bus.storage.models import EVENT_COLUMNS, EventRow, EventStatus, SystemEvent
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 EARLIER = NOW - timedelta(minutes=5)

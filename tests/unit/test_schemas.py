@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from bus import schemas
 from bus.errors import InvalidField
-from bus.pages import page_of
-from bus.schemas import format_timestamp, is_text, parse_timestamp
+from bus.events import schemas
+from bus.events.schemas import format_timestamp, is_text, parse_timestamp
+from bus.read.pages import page_of
 
 # --- Timestamps ------------------------------------------------------------------------------
 

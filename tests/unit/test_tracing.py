@@ -1,4 +1,5 @@
-"""``bus.tracing`` on its own: the headers a send carries, the parents a worker's spans take,
+"""``bus.observability.tracing`` on its own: the headers a send carries, the parents a worker's
+spans take,
 what the intake lets through, the provider built from ``OTEL_*``; spans in memory, no server."""
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from bus import deadletter, tracing
-from bus.dispatch import Dispatch, Dispatcher
-from bus.queues import PROCESS_EVENTS_TASK
+from bus.broker import deadletter
+from bus.broker.dispatch import Dispatch, Dispatcher
+from bus.broker.queues import PROCESS_EVENTS_TASK
+from bus.observability import tracing
 from tests.hostile.broker_payloads import task_headers
 from tests.procs import ROOT
 from tests.spans import SpanRecord, from_sdk, in_memory

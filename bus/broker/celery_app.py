@@ -1,0 +1,80 @@
+"""Builds the Celery app from settings; tasks live in ``workers``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from bus.broker import transport
+from bus.broker.queues import queue_name
+from bus.settings import Settings
+
+# A send that cannot reach the broker gives up after one quick reconnect (which refreshes a
+# pooled connection the broker dropped) instead of kombu's seconds of retries: the event is
+# already safe in the database, unstamped, and the relay sends it once the broker is back.
+_FAIL_FAST = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    """Transport options that keep Redis from redelivering waiting work or hanging on dead TCP."""
+    url = settings.broker_url
+    if url.startswith(("redis://", "rediss://", "sentinel://")):
+        return {
+            **_FAIL_FAST,
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            "socket_timeout": 30,
+            "socket_connect_timeout": 3,
+            "socket_keepalive": True,
+            "health_check_interval": 25,
+        }
+    if url.startswith(("amqp://", "amqps://", "pyamqp://")):
+        # Wait for RabbitMQ to confirm each publish: an unconfirmed one can vanish in a crash
+        # while the bus believes it sent, and only the relay's lease would notice.
+        return {**_FAIL_FAST, "confirm_publish": True}
+    if url.startswith("memory://"):
+        # Virtual transports poll; the embedded broker should feel instant.
+        return {"polling_interval": 0.02}
+    if url.startswith(("sqla+", "sqlalchemy+")):
+        return {"polling_interval": 0.1}
+    return {}
+
+
+def make_celery(settings: Settings) -> Celery:
+    """The Celery app of the bus, with the settings that make delivery at least once."""
+    app = Celery("eventbus", broker=settings.broker_url, set_as_current=False)
+    options = broker_options(settings)
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        app.conf.broker_transport = transport.TRANSPORT  # one Redis client per channel
+    app.conf.update(
+        broker_transport_options=options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        visibility_timeout=settings.visibility_timeout_seconds,
+        task_acks_late=True,
+        # A lost pool child is counted in PostgreSQL by the worker (workers/tasks.py) rather
+        # than retried by Celery, whose count would not be ours and, with no max_retries,
+        # would loop on a handler that kills its process. Neither requeue: that loops too.
+        task_retry_on_worker_lost=False,
+        task_reject_on_worker_lost=False,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_soft_shutdown_timeout=30,
+        task_time_limit=settings.task_time_limit_seconds,
+        # The soft limit warns the handler (SoftTimeLimitExceeded) before the hard kill: 10 s
+        # early, or a tenth early for short limits (a fixed "- 10" left 1 s of an 11 s limit).
+        task_soft_time_limit=settings.task_time_limit_seconds
+        - min(10.0, settings.task_time_limit_seconds / 10),
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=queue_name("default", settings.queue_prefix),
+        task_create_missing_queues=True,
+        # Flower's view of each task; each event is one more Redis publish (EVENTBUS_TASK_EVENTS).
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    return app

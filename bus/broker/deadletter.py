@@ -1,0 +1,329 @@
+"""Broker messages the bus refuses: what a well-formed one is, and where refused ones go.
+
+Anyone who can write to the broker can put anything on a module's queue. Whatever it is, the
+worker must go on consuming: a message that is not a kombu envelope (checked in the Redis
+channel, :mod:`bus.broker.transport`) or not a well-formed ``eventbus.process_event`` call (checked
+by
+the worker's consumer, ``workers/intake.py``, before anything runs) is logged on one line,
+counted in ``eventbus_broker_messages_rejected_total{queue}`` and kept, as received, on the
+queue's dead-letter queue ``<queue>.dead`` (on Redis a list capped at :data:`DEAD_LETTER_CAP`
+items: the newest are kept). ``eventbus dead-letters`` lists and purges them.
+
+The checks are pure functions of what arrived, so a listing recomputes each item's reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from bus.broker.queues import PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK
+from bus.observability import metrics, tracing
+
+log = logging.getLogger(__name__)
+
+DEAD_SUFFIX = ".dead"
+DEAD_LETTER_CAP = 10_000
+"""Items kept per dead-letter list (LTRIM after each push): bounded memory on a broker that
+runs with ``noeviction``, enough to study a flood."""
+MAX_BODY_BYTES = 256 * 1024
+"""A batch of MAX_BATCH_IDS ids is ~200 KB; larger bodies are refused undecoded."""
+MAX_ENVELOPE_BYTES = 2 * MAX_BODY_BYTES
+"""The body base64-encoded (4/3 of it) and the headers."""
+PREVIEW_BYTES = 200
+REASON_HEADER = "x-eventbus-rejected"
+"""On brokers without raw lists the refused message is republished with its reason here."""
+REASON_CHARS = 160
+
+_JSON = "application/json"
+_EMBED_EMPTY = ("callbacks", "errbacks", "chain", "chord")
+_OPTIONAL_TEXT = (type(None), str)
+# Celery headers the worker's main process reads before the task runs, and the types it can
+# digest; a wrong type there would raise inside Celery's consumer loop, not the task.
+_HEADER_TYPES: dict[str, tuple[type, ...]] = {
+    "lang": _OPTIONAL_TEXT,
+    "root_id": _OPTIONAL_TEXT,
+    "parent_id": _OPTIONAL_TEXT,
+    "group": _OPTIONAL_TEXT,
+    "shadow": _OPTIONAL_TEXT,
+    "origin": _OPTIONAL_TEXT,
+    "argsrepr": _OPTIONAL_TEXT,
+    "kwargsrepr": _OPTIONAL_TEXT,
+    "eta": _OPTIONAL_TEXT,
+    "expires": _OPTIONAL_TEXT,
+    "retries": (type(None), int),
+    "group_index": (type(None), int),
+    "ignore_result": (type(None), bool),
+    "timelimit": (type(None), list, tuple),
+    "stamped_headers": (type(None), list),
+    "stamps": (type(None), dict),
+    "eventbus_request_id": _OPTIONAL_TEXT,
+    "eventbus_lost": _OPTIONAL_TEXT,
+    # Read by the task with tracing on (bus.observability.tracing), which ignores a malformed
+    # value; the
+    # types and sizes are checked here so nothing but the bus's own shape reaches it.
+    tracing.TRACEPARENT: _OPTIONAL_TEXT,
+    tracing.TRACESTATE: _OPTIONAL_TEXT,
+    tracing.EVENT_TRACEPARENTS: (type(None), dict),
+}
+_TRACE_TEXT_CAPS = {
+    tracing.TRACEPARENT: tracing.MAX_TRACEPARENT_CHARS,
+    tracing.TRACESTATE: tracing.MAX_TRACESTATE_CHARS,
+}
+
+
+def dead_letter_queue(queue: str) -> str:
+    """The queue (on Redis: the list) that keeps what was refused on ``queue``."""
+    return f"{queue}{DEAD_SUFFIX}"
+
+
+def preview(raw: bytes | str) -> str:
+    """The first bytes of a payload as a one-line, escaped ``repr``: safe in any log line."""
+    data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
+    return repr(data[:PREVIEW_BYTES]) + ("…" if len(data) > PREVIEW_BYTES else "")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:60]}…"
+
+
+def reject(queue: str, raw: bytes | str, reason: str, kept: str | None) -> None:
+    """Log and count one refused message; ``kept`` names where it was stored, None if nowhere."""
+    metrics.count_broker_rejected(queue)
+    where = f"kept on {kept}" if kept else "NOT kept (dead-letter store failed)"
+    log.warning(
+        "rejected a message on %s: %s; %s; %d bytes: %s",
+        queue,
+        reason[:REASON_CHARS],
+        where,
+        len(raw),
+        preview(raw),
+    )
+
+
+# --- the kombu envelope (Redis and the other virtual transports) ----------------------------
+
+
+def decode_envelope(item: bytes | str) -> dict[str, Any] | str:
+    """A list item as kombu's virtual ``Message`` will read it, or why it cannot be one.
+
+    Checks every field ``Message()`` and the consumer touch before a task exists, so a hostile
+    item is refused here instead of raising in the transport (which kills the worker).
+    """
+    if isinstance(item, bytes):
+        if len(item) > MAX_ENVELOPE_BYTES:
+            return f"envelope of {len(item)} bytes is larger than {MAX_ENVELOPE_BYTES}"
+        try:
+            text = item.decode("utf-8")
+        except UnicodeDecodeError:
+            return "envelope is not UTF-8"
+    else:
+        text = item
+    try:
+        payload = json.loads(text)
+    except (ValueError, RecursionError):
+        return "envelope is not JSON"
+    if not isinstance(payload, dict):
+        return f"envelope is a JSON {type(payload).__name__}, not an object"
+    why = envelope_problem(payload)
+    return payload if why is None else why
+
+
+def envelope_problem(payload: dict[str, Any]) -> str | None:
+    """Why a decoded object is not a kombu virtual-transport envelope, or None."""
+    properties = payload.get("properties")
+    if not isinstance(properties, dict):
+        return "envelope has no properties object"
+    tag = properties.get("delivery_tag")
+    if not isinstance(tag, str) or not tag or len(tag) > 128:
+        return f"delivery_tag {_short(tag)} is not a short string"
+    info = properties.get("delivery_info")
+    if not isinstance(info, dict):
+        return "envelope has no delivery_info object"
+    for key in ("exchange", "routing_key"):
+        if not isinstance(info.get(key, ""), str):
+            return f"delivery_info {key} is not a string"
+    if not isinstance(properties.get("priority", 0), int | None):
+        return "priority is not an integer"
+    headers = payload.get("headers")
+    if not isinstance(headers, dict | None):
+        return "headers are not an object"
+    if headers and headers.get("compression"):
+        return "compressed bodies are refused"
+    for key in ("content-type", "content-encoding"):
+        if not isinstance(payload.get(key), str | None):
+            return f"{key} is not a string"
+    body = payload.get("body")
+    if not isinstance(body, str | None):
+        return "body is not a string"
+    encoding = properties.get("body_encoding")
+    if encoding == "base64":
+        try:
+            base64.b64decode(body or "", validate=True)
+        except (binascii.Error, ValueError):
+            return "body is not valid base64"
+    elif encoding not in (None, "utf-8"):
+        return f"body_encoding {_short(encoding)} is not base64"
+    return None
+
+
+# --- the task message (any broker) ----------------------------------------------------------
+
+ArgsCheck = Callable[[Any], str | None]
+
+
+def one_event_id(args: Any) -> str | None:
+    """``[event_id]``: what ``bus.broker.dispatch`` sends today."""
+    if not (isinstance(args, list) and len(args) == 1):
+        return f"args {_short(args)} are not exactly one event id"
+    return _event_id_problem(args[0])
+
+
+def _event_id_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or len(value) != 36:
+        return f"event id {_short(value)} is not a UUID string"
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return f"event id {_short(value)} is not a UUID string"
+    return None
+
+
+MAX_BATCH_IDS = 5000
+"""The most ids a batch may carry (``EVENTBUS_DISPATCH_BATCH_SIZE`` is capped at it)."""
+
+
+def event_id_batch(args: Any) -> str | None:
+    """``[[event_id, …]]``: what ``bus.broker.dispatch`` sends since batches, 1 to 5000 ids."""
+    if not (isinstance(args, list) and len(args) == 1 and isinstance(args[0], list)):
+        return f"args {_short(args)} are not one list of event ids"
+    ids = args[0]
+    if not 1 <= len(ids) <= MAX_BATCH_IDS:
+        return f"a batch of {len(ids)} event ids is not 1 to {MAX_BATCH_IDS}"
+    for value in ids:
+        why = _event_id_problem(value)
+        if why:
+            return why
+    return None
+
+
+ARGS_SHAPES: dict[str, ArgsCheck] = {
+    PROCESS_EVENT_TASK: one_event_id,
+    PROCESS_EVENTS_TASK: event_id_batch,
+}
+"""The bus's tasks and the shape of each one's args; only these run on the bus's queues."""
+
+
+def check_args(args: Any, kwargs: Any, task: str = PROCESS_EVENT_TASK) -> str | None:
+    """Why a call's arguments are not those of the bus's ``task``, or None."""
+    if kwargs not in ({}, None):
+        return f"unexpected kwargs {_short(kwargs)}"
+    return ARGS_SHAPES[task](args)
+
+
+def check_task_message(
+    headers: Mapping[str, Any] | None,
+    content_type: str | None,
+    content_encoding: str | None,
+    body: bytes | str | None,
+) -> str | None:
+    """Why a delivered message is not a well-formed ``eventbus.process_event`` call, or None.
+
+    Only the bus's own task runs on its queues: Celery's built-ins (``celery.backend_cleanup``,
+    ``celery.chord_unlock``…) and any other name are refused, as are callbacks in the body.
+    """
+    if not isinstance(headers, Mapping):
+        return "no headers: not a Celery task message"
+    task = headers.get("task")
+    if not isinstance(task, str) or task not in ARGS_SHAPES:  # a dict would not hash
+        if task is None:
+            return "no task header: not a Celery protocol 2 task message"
+        return f"task {_short(task)} is not a bus task ({', '.join(ARGS_SHAPES)})"
+    task_id = headers.get("id")
+    if not isinstance(task_id, str) or not task_id or len(task_id) > 255:
+        return f"task id {_short(task_id)} is not a short string"
+    for name, types in _HEADER_TYPES.items():
+        if not isinstance(headers.get(name), types):
+            return f"header {name} {_short(headers.get(name))} has the wrong type"
+    why = _header_values_problem(headers)
+    if why:
+        return why
+    if content_type != _JSON:
+        return f"content type {_short(content_type)} is not {_JSON}"
+    if content_encoding not in (None, "utf-8"):
+        return f"content encoding {_short(content_encoding)} is not utf-8"
+    data = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else body or b""
+    if len(data) > MAX_BODY_BYTES:
+        return f"body of {len(data)} bytes is larger than {MAX_BODY_BYTES}"
+    try:
+        decoded = json.loads(data)
+    except (ValueError, RecursionError):
+        return "body is not JSON"
+    if not (isinstance(decoded, list) and len(decoded) == 3 and isinstance(decoded[2], dict)):
+        return "body is not [args, kwargs, embed]"
+    args, kwargs, embed = decoded
+    if any(embed.get(key) for key in _EMBED_EMPTY):
+        return "body carries callbacks, a chain or a chord"
+    return check_args(args, kwargs, task)
+
+
+def _header_values_problem(headers: Mapping[str, Any]) -> str | None:
+    for name in ("eta", "expires"):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                return f"header {name} {_short(value)} is not an ISO 8601 time"
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+        len(limits) == 2
+        and all(v is None or (isinstance(v, int | float) and v >= 0) for v in limits)
+    ):
+        return f"header timelimit {_short(limits)} is not [soft, hard]"
+    retries = headers.get("retries")
+    if isinstance(retries, int) and retries < 0:
+        return "header retries is negative"
+    return _trace_headers_problem(headers)
+
+
+def _trace_headers_problem(headers: Mapping[str, Any]) -> str | None:
+    for name, cap in _TRACE_TEXT_CAPS.items():
+        value = headers.get(name)
+        if value is not None and len(value) > cap:
+            return f"header {name} is longer than {cap} characters"
+    name = tracing.EVENT_TRACEPARENTS
+    per_event = headers.get(name)
+    if not per_event:
+        return None
+    if len(per_event) > tracing.MAX_EVENT_TRACEPARENTS:
+        return f"header {name} has more than {tracing.MAX_EVENT_TRACEPARENTS} entries"
+    for key, value in per_event.items():
+        if not (isinstance(key, str) and len(key) <= 36):
+            return f"header {name} key {_short(key)} is not an event id"
+        if not (isinstance(value, str) and len(value) <= tracing.MAX_TRACEPARENT_CHARS):
+            return f"header {name} value {_short(value)} is not a traceparent"
+    return None
+
+
+def check_raw(item: bytes) -> str | None:
+    """Why a raw Redis list item would be refused, or None (for listings and tests)."""
+    envelope = decode_envelope(item)
+    if isinstance(envelope, str):
+        return envelope
+    body = envelope.get("body")
+    if envelope["properties"].get("body_encoding") == "base64":
+        body = base64.b64decode(body or "")
+    return check_task_message(
+        envelope.get("headers"),
+        envelope.get("content-type"),
+        envelope.get("content-encoding"),
+        body,
+    )

@@ -1,0 +1,3 @@
+"""What operators see: JSON logs (``logs``), Prometheus metrics (``metrics``,
+``multiprocess``), OpenTelemetry tracing (``tracing``), readiness and backlog (``probes``).
+"""

@@ -1,0 +1,3 @@
+"""An event's first life: a publish (``service``), its ``Idempotency-Key`` (``idempotency``),
+and a replay that publishes matching events again (``replay``).
+"""

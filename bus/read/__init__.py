@@ -1,0 +1,3 @@
+"""What callers read: the list (``listing``, ``pages``, ``cursors``), one event with its
+attempts (``detail``), the counts (``stats``).
+"""

@@ -1,0 +1,356 @@
+"""The SQL of single events in ``system_events``: insert, read, claim, lock, save an
+outcome, and the dispatch marks the relay reads (named for their intent).
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from sqlalchemy import (
+    Table,
+    TextClause,
+    Update,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from bus.storage.models import (
+    EventRow,
+    EventStatus,
+    SystemEvent,
+)
+
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+_table: Table = SystemEvent.__table__  # type: ignore[assignment]
+
+
+_INSERT = insert(_table)
+
+
+def insert_event(session: Session, values: dict[str, Any]) -> None:
+    """One INSERT through Core, on the session's connection: the ORM's unit of work (and its
+    execution layer) costs more than the row."""
+    session.connection().execute(_INSERT, values)
+
+
+def insert_events(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Many rows (every column given) in ONE statement on PostgreSQL: ``INSERT … SELECT FROM
+    unnest(<one array per column>)``, whose text is the same for any number of rows, so it is
+    parsed and planned once. Elsewhere (SQLite) an executemany of the plain INSERT."""
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        connection.execute(_INSERT, list(rows))
+        return
+    columns = tuple(rows[0])
+    params = {name: [_array_value(name, row[name]) for row in rows] for name in columns}
+    connection.execute(_unnest_insert(columns), params)
+
+
+def insert_events_once(session: Session, rows: Sequence[Mapping[str, Any]]) -> set[uuid.UUID]:
+    """Like :func:`insert_events`, but a row whose id is already stored is left alone
+    (``ON CONFLICT (id) DO NOTHING``): returns the ids that were new. The outbox forwarder's
+    write, so a batch forwarded again after a crash stores and sends nothing twice."""
+    if not rows:
+        return set()
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        new: set[uuid.UUID] = set()
+        for row in rows:
+            stmt = sqlite_insert(_table).values(dict(row)).on_conflict_do_nothing()
+            if connection.execute(stmt).rowcount == 1:
+                new.add(row["id"])
+        return new
+    columns = tuple(rows[0])
+    params = {name: [_array_value(name, row[name]) for row in rows] for name in columns}
+    return set(connection.execute(_unnest_insert_once(columns), params).scalars())
+
+
+def _array_value(name: str, value: Any) -> Any:
+    if name == "event_data":
+        return Jsonb(value)
+    if isinstance(value, StrEnum):
+        return str(value)
+    return value
+
+
+def _unnest(columns: tuple[str, ...]) -> str:
+    arrays = ", ".join(
+        f"CAST(:{name} AS {_table.c[name].type.compile(dialect=_PG)}[])" for name in columns
+    )
+    return f"unnest({arrays}) AS v({', '.join(columns)})"
+
+
+# The texts below are built from the table's own column names, never from input (S608).
+
+
+@functools.cache
+def _unnest_insert(columns: tuple[str, ...]) -> TextClause:
+    names = ", ".join(columns)
+    return text(f"INSERT INTO {_table.name} ({names}) SELECT {names} FROM {_unnest(columns)}")  # noqa: S608
+
+
+@functools.cache
+def _unnest_insert_once(columns: tuple[str, ...]) -> TextClause:
+    names = ", ".join(columns)
+    return text(
+        f"INSERT INTO {_table.name} ({names}) SELECT {names} FROM {_unnest(columns)} "  # noqa: S608
+        "ON CONFLICT (id) DO NOTHING RETURNING id"
+    )
+
+
+@functools.cache
+def _unnest_update(columns: tuple[str, ...]) -> TextClause:
+    sets = ", ".join(f"{name} = v.{name}" for name in columns)
+    return text(
+        f"UPDATE {_table.name} AS e SET {sets} "  # noqa: S608
+        f"FROM {_unnest(('id', *columns))} WHERE e.id = v.id"
+    )
+
+
+def read_event(
+    session: Session, event_id: uuid.UUID, tenant_id: uuid.UUID | None = None
+) -> EventRow | None:
+    """An event, unlocked: in ``tenant_id`` (any tenant when None). The tenant is in the WHERE,
+    so another tenant's event is never fetched."""
+    stmt, params = _READ, {"event_id": event_id}
+    if tenant_id is not None:
+        stmt, params = _READ_IN_TENANT, {**params, "tenant_id": tenant_id}
+    row = session.connection().execute(stmt, params).mappings().first()
+    return None if row is None else EventRow(**row)
+
+
+_READ = select(_table).where(_table.c.id == bindparam("event_id"))
+_READ_IN_TENANT = _READ.where(_table.c.tenant_id == bindparam("tenant_id"))
+
+
+def ping(session: Session) -> None:
+    """A round trip to the database (readiness)."""
+    session.execute(select(1))
+
+
+def claim_for_processing(
+    session: Session, event_id: uuid.UUID, *, wait_seconds: float | None = None
+) -> EventRow | None:
+    """Lock the event for one attempt; None if another transaction holds it or it is gone.
+
+    The row lock is the claim: it lasts until the attempt's transaction ends, and a crash
+    releases it by rolling everything back. With ``wait_seconds`` the lock is waited for
+    instead of skipped (raising ``OperationalError`` when the wait runs out): a delivery that
+    follows a crashed one must not mistake the crash's rollback, still on its way, for a
+    delivery running elsewhere.
+
+    The row is read through Core into an :class:`EventRow` (no identity map, no unit of work,
+    no instrumented attributes: a worker pays for one event thousands of times a second); the
+    attempt's outcome
+    goes back with :func:`save_outcomes`.
+    """
+    if wait_seconds is None:
+        stmt = _CLAIM
+    else:
+        _limit_lock_wait(session, wait_seconds)
+        stmt = _CLAIM_WAITING
+    row = session.connection().execute(stmt, {"event_id": event_id}).mappings().first()
+    return None if row is None else EventRow(**row)
+
+
+# Built once: a worker runs these for every event, and building a statement (and its cache key)
+# costs more CPU than sending it. Executed on the session's connection, past the ORM.
+_CLAIM = (
+    select(_table).where(_table.c.id == bindparam("event_id")).with_for_update(skip_locked=True)
+)
+_CLAIM_WAITING = select(_table).where(_table.c.id == bindparam("event_id")).with_for_update()
+
+
+@functools.cache
+def _update_statement(columns: tuple[str, ...]) -> Update:
+    """``UPDATE system_events SET <columns> WHERE id = :event_id``, built once per column set."""
+    return (
+        update(_table)
+        .where(_table.c.id == bindparam("event_id"))
+        .values({name: bindparam(f"new_{name}") for name in columns})
+    )
+
+
+def save_outcomes(
+    session: Session, outcomes: Sequence[tuple[uuid.UUID, Mapping[str, Any]]]
+) -> None:
+    """Write status changes (each the same columns, ``bus.events.rules.OUTCOME_COLUMNS``) in ONE
+    statement on PostgreSQL (``UPDATE … FROM unnest(…)``); one row is one plain UPDATE, and
+    elsewhere an executemany of it."""
+    if not outcomes:
+        return
+    connection = session.connection()
+    columns = tuple(outcomes[0][1])
+    if len(outcomes) > 1 and connection.dialect.name == "postgresql":
+        params = {name: [_array_value(name, v[name]) for _, v in outcomes] for name in columns}
+        params["id"] = [event_id for event_id, _ in outcomes]
+        connection.execute(_unnest_update(columns), params)
+        return
+    rows = [
+        {"event_id": event_id, **{f"new_{name}": v[name] for name in columns}}
+        for event_id, v in outcomes
+    ]
+    connection.execute(_update_statement(columns), rows[0] if len(rows) == 1 else rows)
+
+
+def claim_many(session: Session, event_ids: Sequence[uuid.UUID]) -> list[EventRow]:
+    """Lock every event of a batch that no other transaction holds, in one statement
+    (``FOR UPDATE SKIP LOCKED``), read as :func:`claim_for_processing`'s;
+    the ones missing are locked elsewhere or gone (see :func:`existing`)."""
+    result = session.connection().execute(_CLAIM_MANY, {"ids": list(event_ids)})
+    return [EventRow(**row) for row in result.mappings()]
+
+
+_CLAIM_MANY = (
+    select(_table)
+    .where(_table.c.id.in_(bindparam("ids", expanding=True)))
+    .with_for_update(skip_locked=True)
+)
+
+
+def unprocessed_targets(session: Session, event_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The target module of each of these events that exists and is not processed; reads no
+    lock."""
+    stmt = select(_table.c.id, _table.c.target_module).where(
+        _table.c.id.in_(list(event_ids)), _table.c.status != EventStatus.PROCESSED
+    )
+    return {event_id: module for event_id, module in session.execute(stmt)}
+
+
+def existing(session: Session, event_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these ids name an event (in any tenant); reads no lock."""
+    if not event_ids:
+        return set()
+    stmt = select(_table.c.id).where(_table.c.id.in_(list(event_ids)))
+    return set(session.scalars(stmt))
+
+
+def lock_event(
+    session: Session, event_id: uuid.UUID, tenant_id: uuid.UUID | None
+) -> EventRow | None:
+    """An event in a tenant (any tenant when None), row-locked until the transaction ends,
+    read as :func:`claim_for_processing`'s."""
+    stmt = _CLAIM_WAITING if tenant_id is None else _LOCK_IN_TENANT
+    params = {"event_id": event_id, "tenant_id": tenant_id}
+    row = session.connection().execute(stmt, params).mappings().first()
+    return None if row is None else EventRow(**row)
+
+
+_LOCK_IN_TENANT = (
+    select(_table)
+    .where(_table.c.id == bindparam("event_id"), _table.c.tenant_id == bindparam("tenant_id"))
+    .with_for_update()
+)
+
+
+def _limit_lock_wait(session: Session, seconds: float) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            select(func.set_config("lock_timeout", f"{max(1, round(seconds * 1000))}ms", True))
+        )
+
+
+def mark_unsent(session: Session, event_ids: Sequence[uuid.UUID]) -> None:
+    """Undo an optimistic send stamp so the relay picks the events up at once."""
+    if event_ids:
+        session.execute(update(_table).where(_table.c.id.in_(event_ids)).values(dispatched_at=None))
+
+
+@dataclass(frozen=True, slots=True)
+class DueEvent:
+    """An event the relay must send; ``resent`` when a send of it had been stamped before (its
+    lease ran out with no outcome), rather than never made or undone after failing."""
+
+    id: uuid.UUID
+    target_module: str
+    request_id: str | None
+    resent: bool
+
+
+def take_due_for_dispatch(
+    session: Session,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    hold: Collection[str] = (),
+) -> list[DueEvent]:
+    """Lock and stamp events that should be on a queue but may not be.
+
+    Pending and never sent (or sent longer than a lease ago), or failed with a due retry and no
+    send within the lease. SKIP LOCKED lets several relays share the work and passes over events
+    a worker is processing right now. Events of the ``hold`` modules are sent only if never
+    sent (their earlier copy may still be waiting: see :mod:`bus.relay`).
+    """
+    stale = now - lease
+    expired = SystemEvent.dispatched_at < stale
+    if hold:
+        expired = and_(expired, SystemEvent.target_module.not_in(list(hold)))
+    unsent = or_(SystemEvent.dispatched_at.is_(None), expired)
+    rows: list[DueEvent] = []
+    for due in (
+        SystemEvent.status == EventStatus.PENDING,
+        and_(
+            SystemEvent.status == EventStatus.FAILED,
+            SystemEvent.next_attempt_at.is_not(None),
+            SystemEvent.next_attempt_at <= now,
+        ),
+    ):
+        if len(rows) >= limit:
+            break
+        stmt = (
+            select(
+                SystemEvent.id,
+                SystemEvent.target_module,
+                SystemEvent.request_id,
+                SystemEvent.dispatched_at.is_not(None).label("resent"),
+            )
+            .where(due, unsent)
+            .order_by(SystemEvent.created_at)
+            .limit(limit - len(rows))
+            .with_for_update(skip_locked=True)
+        )
+        rows.extend(
+            DueEvent(r.id, r.target_module, r.request_id, bool(r.resent))
+            for r in session.execute(stmt)
+        )
+    if rows:
+        session.execute(
+            update(_table).where(_table.c.id.in_([r.id for r in rows])).values(dispatched_at=now)
+        )
+    return rows
+
+
+def reset_dispatch_of_unfinished(session: Session) -> int:
+    """Forget the send stamps of events still to run: pending ones and failed ones with a retry
+    scheduled. For a broker that keeps messages in memory: after a restart it holds none, so
+    the relay must send them all again at once rather than after its lease."""
+    unfinished = or_(
+        _table.c.status == EventStatus.PENDING,
+        and_(_table.c.status == EventStatus.FAILED, _table.c.next_attempt_at.is_not(None)),
+    )
+    result = session.execute(
+        update(_table)
+        .where(unfinished, _table.c.dispatched_at.is_not(None))
+        .values(dispatched_at=None)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

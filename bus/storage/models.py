@@ -1,0 +1,283 @@
+"""The event table: the seed's fields plus the bus's dispatch bookkeeping."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class EventStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSED = "processed"
+    FAILED = "failed"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONObject = JSON().with_variant(JSONB(), "postgresql")
+
+NAMING = {
+    "ix": "ix_%(column_0_N_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class SystemEvent(Base):
+    """One published event and where it stands."""
+
+    __tablename__ = "system_events"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid())
+    event_type: Mapped[str] = mapped_column(String(255))
+    source_module: Mapped[str] = mapped_column(String(64))
+    target_module: Mapped[str] = mapped_column(String(64))
+    entity_type: Mapped[str] = mapped_column(String(255))
+    entity_id: Mapped[str] = mapped_column(String(255))
+    event_data: Mapped[dict[str, Any]] = mapped_column(JSONObject)
+    status: Mapped[str] = mapped_column(String(16), default=EventStatus.PENDING)
+    retry_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    # Bus bookkeeping, never shown in the seed's envelopes.
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    """When a message was last handed to the broker; null: never sent, or the send failed."""
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    """When the next retry is due after a failure; null when none is scheduled."""
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The publishing request's id, carried into worker logs."""
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'processed', 'failed')", name="status"),
+        # Tenant-scoped pages, newest first; the trailing id makes the order total.
+        Index("ix_events_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_events_tenant_status_created", "tenant_id", "status", "created_at", "id"),
+        Index(
+            "ix_events_tenant_target_status_created",
+            "tenant_id",
+            "target_module",
+            "status",
+            "created_at",
+            "id",
+        ),
+        Index("ix_events_tenant_type_created", "tenant_id", "event_type", "created_at", "id"),
+        Index("ix_events_tenant_source_created", "tenant_id", "source_module", "created_at"),
+        Index("ix_events_tenant_entity_created", "tenant_id", "entity_type", "created_at"),
+        # The list's exact ``total``: a COUNT reads every matching entry, so it reads the
+        # narrowest index that has them; repeated keys are deduplicated, so it stays small
+        # (a tenant's, or a tenant's events of one status, are one run of it).
+        Index("ix_events_tenant_status", "tenant_id", "status"),
+        # A system admin's all-tenant listing.
+        Index("ix_events_created", "created_at", "id"),
+        # The relay's two scans stay small: only rows that may need a send.
+        Index(
+            "ix_events_relay_pending",
+            "dispatched_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        Index(
+            "ix_events_relay_failed",
+            "next_attempt_at",
+            postgresql_where=text("status = 'failed' AND next_attempt_at IS NOT NULL"),
+            sqlite_where=text("status = 'failed' AND next_attempt_at IS NOT NULL"),
+        ),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class EventRow:
+    """One row of ``system_events`` read through Core, or one about to be written: the
+    columns of :class:`SystemEvent` and nothing else.
+
+    The hot paths (a publish's new rows, a worker's claims, a ``PUT``'s locked row) use it
+    instead of the mapped class, whose instrumented attributes cost more to build and to set
+    than the statement that reads the row. ``tests/unit`` checks the two keep the same fields.
+    """
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    event_type: str
+    source_module: str
+    target_module: str
+    entity_type: str
+    entity_id: str
+    event_data: dict[str, Any]
+    status: str
+    retry_count: int
+    created_at: datetime
+    processed_at: datetime | None
+    error_message: str | None
+    dispatched_at: datetime | None
+    next_attempt_at: datetime | None
+    request_id: str | None
+
+    def values(self) -> dict[str, Any]:
+        """Every column's value, for an INSERT."""
+        return {name: getattr(self, name) for name in EVENT_COLUMNS}
+
+
+EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EventRow))
+
+
+class WorkerHeartbeat(Base):
+    """A worker's last sign of life for one module it serves (see
+    :mod:`bus.storage.heartbeat_store`)."""
+
+    __tablename__ = "worker_heartbeats"
+
+    queue_prefix: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """EVENTBUS_QUEUE_PREFIX of the worker: buses sharing a database do not vouch for each
+    other's queues."""
+    module: Mapped[str] = mapped_column(String(64), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(255), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+COUNT_KEY = ("tenant_id", "event_type", "source_module", "target_module", "entity_type", "status")
+"""What the list filters on: the key of the counts kept as data (migration 0004)."""
+
+
+def _count_key() -> list[Column[Any]]:
+    return [
+        Column("tenant_id", Uuid(), nullable=False),
+        Column("event_type", String(255), nullable=False),
+        Column("source_module", String(64), nullable=False),
+        Column("target_module", String(64), nullable=False),
+        Column("entity_type", String(255), nullable=False),
+        Column("status", String(16), nullable=False),
+    ]
+
+
+event_counts = Table(
+    "event_counts",
+    Base.metadata,
+    *_count_key(),
+    Column("n", BigInteger, nullable=False),
+    PrimaryKeyConstraint(*COUNT_KEY),
+)
+"""Events per key, folded (one row per key); with :data:`event_count_changes`, exact."""
+
+event_count_changes = Table(
+    "event_count_changes",
+    Base.metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    *_count_key(),
+    Column("n", BigInteger, nullable=False),
+    Index("ix_event_count_changes_tenant", "tenant_id"),
+)
+"""What each statement on ``system_events`` changed in the counts (PostgreSQL triggers),
+appended in the writing transaction until the relay folds it into :data:`event_counts`."""
+
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    Base.metadata,
+    Column("tenant_id", Uuid(), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response", Text, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "key"),
+    Index("ix_idempotency_keys_expires_at", "expires_at"),
+)
+"""A publish's ``Idempotency-Key`` (per tenant) and the response it was answered, stored in
+the publish's own transaction (see :mod:`bus.idempotency`). ``response`` is the body's exact
+text, not jsonb: a replay answers the same bytes (jsonb would reorder keys)."""
+
+
+ATTEMPT_OUTCOMES = ("processed", "failed", "lost")
+ATTEMPT_SOURCES = ("worker", "api")
+
+event_attempts = Table(
+    "event_attempts",
+    Base.metadata,
+    # An INTEGER on SQLite, where only that is the rowid (which numbers itself).
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True),
+    Column("event_id", Uuid(), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("finished_at", UTCDateTime(), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("error_message", Text, nullable=True),
+    Column("worker", String(255), nullable=True),
+    Column("source", String(8), nullable=False),
+    CheckConstraint("outcome IN ('processed', 'failed', 'lost')", name="outcome"),
+    CheckConstraint("source IN ('worker', 'api')", name="source"),
+    # One event's history in order; unique, so two writers can never give one number twice.
+    Index("ix_event_attempts_event_attempt", "event_id", "attempt", unique=True),
+    # The retention purge reads the oldest entries only.
+    Index("ix_event_attempts_finished_at", "finished_at"),
+)
+"""Each event's attempt history (see :mod:`bus.storage.attempt_store`): appended in the transaction
+that
+records the outcome, purged after ``EVENTBUS_ATTEMPTS_RETENTION_DAYS``. No foreign key: the
+history outlives nothing, and ``TRUNCATE system_events`` (tests, benches) stays possible."""
+
+event_outcome_minutes = Table(
+    "event_outcome_minutes",
+    Base.metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True),
+    Column("tenant_id", Uuid(), nullable=False),
+    Column("target_module", String(64), nullable=False),
+    Column("minute", UTCDateTime(), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("n", BigInteger, nullable=False),
+    # The chart reads the last hour; the relay folds and purges by minute.
+    Index("ix_event_outcome_minutes_minute", "minute"),
+)
+"""Handler outcomes per (tenant, target module, minute, outcome), appended by a PostgreSQL
+trigger on :data:`event_attempts` (migration 0007), folded per closed minute by the relay."""
