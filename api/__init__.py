@@ -1,1 +1,1 @@
-"""The HTTP face of the bus: thin FastAPI routes over ``bus.service``."""
+"""The HTTP face of the bus: thin FastAPI routes over the services of ``bus``."""

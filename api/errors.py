@@ -9,14 +9,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import ProgrammingError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from api.middleware import UnexpectedErrorMiddleware
 from bus.errors import BusError, SchemaNotCurrent
-from bus.storage.migrate import schema_missing
+from bus.storage.migrate import STATEMENT_REFUSED, schema_missing
 
 log = logging.getLogger("eventbus.api")
 
@@ -115,6 +114,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
-    app.add_exception_handler(ProgrammingError, _database_error)
+    app.add_exception_handler(STATEMENT_REFUSED, _database_error)
     app.add_exception_handler(Exception, _unexpected)  # what a middleware itself raises
     app.add_middleware(UnexpectedErrorMiddleware, answer=_unexpected)

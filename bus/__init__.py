@@ -1,1 +1,38 @@
-"""The core of eventbus: settings, storage, status rules, auth, dispatch. No HTTP here."""
+"""The core of eventbus, laid out in the order of an event's life. No HTTP here.
+
+An event is published, sent to its module's queue, delivered to a handler (perhaps more than
+once), read by callers and operators, and looked after in the background. Each stage is a
+package; the tables and every SQL statement sit beneath them in ``storage``:
+
+``settings``        every setting (``EVENTBUS_*``), one typed object.
+``runtime``         :class:`bus.runtime.Bus`: a process's long-lived parts, built once from
+                    settings (engine, sessions, Celery app, dispatcher, token verifier).
+``auth``            bearer tokens, the caller (:class:`bus.auth.Principal`), who may act in
+                    which tenant (:func:`bus.auth.resolve_tenant`, :func:`bus.auth.acting_tenant`).
+``errors``          domain errors, each with its HTTP status and the seed's exact message.
+``uow``             :class:`bus.uow.UnitOfWork`: one transaction, committed by whoever made it
+                    at an edge (a request, a task, a CLI command), with the messages it sends
+                    after the commit.
+``events/``         what an event is: input rules and the seed's output shape (``schemas``);
+                    the status rules every change goes through (``rules``).
+``publish/``        1. publish: a body becomes a stored event and a message
+                    (``service``), once per ``Idempotency-Key`` (``idempotency``); a replay
+                    publishes matching events again (``replay``).
+``broker/``         2. the way to the workers: Celery app, Redis transport, messages and their
+                    sender (``dispatch``), queue names, dead letters, the broker for operators.
+``delivery/``       3. an attempt: claim, run, record the outcome, retry (``attempts``,
+                    ``retry``); the same outcome reported over HTTP (``status``).
+``read/``           4. what callers read: the list (``listing``, ``pages``, ``cursors``), one
+                    event with its attempts (``detail``), the counts (``stats``).
+``maintenance/``    5. background chores, one module each (``resend``, ``counts``,
+                    ``outcomes``, ``purges``), run by :class:`bus.maintenance.runner.Maintenance`.
+``storage/``        PostgreSQL (SQLite for ``eventbus dev``): engines and sessions, tables,
+                    migrations, and every SQL statement, one module per table or concern.
+``observability/``  logs, Prometheus metrics, tracing, readiness and backlog probes.
+
+Rules the layout keeps (``[tool.importlinter]`` in ``pyproject.toml``, run by ``make check``):
+``bus`` imports none of ``api``, ``workers``, ``eventbus``; SQLAlchemy and psycopg are
+imported outside ``bus.storage`` (and the unit of work) only as types; ``publish``,
+``delivery`` and ``read`` never import each other; ``storage`` and ``events`` import no later
+stage; nothing in the bus, the API or the workers imports ``maintenance``.
+"""

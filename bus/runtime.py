@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
-
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from typing import TYPE_CHECKING, Any
 
 from bus.auth import TokenVerifier
 from bus.broker.celery_app import make_celery
@@ -17,6 +14,10 @@ from bus.observability.tracing import Sender
 from bus.settings import Settings
 from bus.storage.db import make_engine, make_sessionmaker
 from bus.uow import UnitOfWork, guard
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
 
 
 @dataclass

@@ -22,11 +22,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from sqlalchemy import event
-from sqlalchemy.orm import Session, sessionmaker
 
 from bus.broker.dispatch import Dispatch, Dispatcher
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 

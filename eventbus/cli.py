@@ -1,9 +1,9 @@
-"""``eventbus <command>``: migrate, api, worker, relay, dev, flower, token, dead-letters,
-outbox init, forward.
+"""``eventbus <command>``: migrate, api, worker, maintenance (``relay``, its old name), dev,
+flower, token, dead-letters, outbox init, forward.
 
 Commands import what they need inside their function: ``PROMETHEUS_MULTIPROC_DIR`` must be set
 (:mod:`bus.observability.multiprocess`) before anything imports prometheus_client, which
-``bus.service`` does.
+``bus.observability.metrics`` does (and most of the bus imports it).
 """
 
 from __future__ import annotations
@@ -148,10 +148,10 @@ def _wait_for_schema(bus: Bus) -> bool:
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def cmd_relay(args: argparse.Namespace) -> int:
-    """Send events that should be queued but may not be; loop until SIGTERM/SIGINT."""
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    """The bus's background chores (re-send, count folds, purges); loop until SIGTERM/SIGINT."""
     from bus.maintenance.resend import run_once
-    from bus.maintenance.runner import Relay
+    from bus.maintenance.runner import Maintenance
     from bus.runtime import Bus
 
     _setup_logging(args.loglevel)
@@ -164,14 +164,14 @@ def cmd_relay(args: argparse.Namespace) -> int:
         if args.once:
             print(run_once(bus))
             return 0
-        relay = Relay(bus)
+        maintenance = Maintenance(bus)
 
         def stop(_signum: int, _frame: FrameType | None) -> None:
-            relay.stop()
+            maintenance.stop()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        relay.run()
+        maintenance.run()
         return 0
     finally:
         bus.close()
@@ -405,10 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("relay", help=cmd_relay.__doc__)
-    p.add_argument("--once", action="store_true", help="send one batch, print how many, exit")
+    # "relay" is the name of releases before 0.2; it stays an alias for one release.
+    p = sub.add_parser("maintenance", aliases=["relay"], help=cmd_maintenance.__doc__)
+    p.add_argument("--once", action="store_true", help="re-send one batch, print how many, exit")
     p.add_argument("--loglevel", default="INFO")
-    p.set_defaults(func=cmd_relay)
+    p.set_defaults(func=cmd_maintenance)
 
     p = sub.add_parser("dev", help=cmd_dev.__doc__)
     p.add_argument("--host", default="127.0.0.1")

@@ -27,7 +27,7 @@ import uvicorn
 from api.app import create_app
 from api.server import uvicorn_options
 from bus.auth import mint_token
-from bus.maintenance.runner import Relay
+from bus.maintenance.runner import Maintenance
 from bus.observability import tracing
 from bus.runtime import Bus
 from bus.settings import Settings
@@ -80,7 +80,7 @@ def _serve(settings: Settings, host: str, port: int, loglevel: str, stop: thread
             log.info("%d unfinished events will be sent again", resent)
 
     worker = EmbeddedWorker(bus, modules, loglevel=loglevel)
-    relay = Relay(bus)
+    maintenance = Maintenance(bus)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(bus=bus),
@@ -92,7 +92,7 @@ def _serve(settings: Settings, host: str, port: int, loglevel: str, stop: thread
         )
     )
     threads = [
-        threading.Thread(target=relay.run, name="relay", daemon=True),
+        threading.Thread(target=maintenance.run, name="maintenance", daemon=True),
         threading.Thread(target=server.run, name="api", daemon=True),
     ]
     try:
@@ -111,10 +111,10 @@ def _serve(settings: Settings, host: str, port: int, loglevel: str, stop: thread
         return 0
     finally:
         server.should_exit = True
-        relay.stop()
+        maintenance.stop()
         for thread in threads:
             thread.join(10)
-        log.info("api and relay stopped")
+        log.info("api and maintenance stopped")
         worker.stop()
         log.info("worker stopped")
         bus.close()

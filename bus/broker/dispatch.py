@@ -9,14 +9,15 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy.orm import Session, sessionmaker
+from typing import TYPE_CHECKING, Any
 
 from bus.broker.queues import PROCESS_EVENTS_TASK, queue_name
 from bus.observability.tracing import Sender
 from bus.storage import event_store
 from bus.storage.db import transaction
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "eventbus_request_id"

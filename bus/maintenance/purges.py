@@ -1,30 +1,48 @@
 """Retention of the bus's side tables: attempt history older than
-``EVENTBUS_ATTEMPTS_RETENTION_DAYS`` and expired idempotency keys, a bounded batch a pass.
-"""
+``EVENTBUS_ATTEMPTS_RETENTION_DAYS`` and expired idempotency keys, a bounded batch a pass."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
 from bus.events.rules import utcnow
+from bus.maintenance.chore import Chore
 from bus.runtime import Bus
 from bus.storage import attempt_store, idempotency_store
 from bus.storage.db import transaction
 
+INTERVAL_SECONDS = 5.0
+"""Between passes that found less than a batch; a full batch is followed at once."""
+
 
 def purge_attempts(bus: Bus, now: datetime | None = None) -> int:
     """Delete a bounded batch of attempt history entries older than
-    ``EVENTBUS_ATTEMPTS_RETENTION_DAYS`` (``bus.storage.attempt_store.purge``): the relay does it
-    each pass,
-    so the table holds about that many days of attempts."""
+    ``EVENTBUS_ATTEMPTS_RETENTION_DAYS`` (``attempt_store.purge``)."""
     keep = timedelta(days=bus.settings.attempts_retention_days)
     with transaction(bus.sessions) as session:
         return attempt_store.purge(session, (now or utcnow()) - keep)
 
 
 def purge_idempotency_keys(bus: Bus, now: datetime | None = None) -> int:
-    """Delete a bounded batch of expired idempotency keys
-    (``bus.storage.idempotency_store.purge_expired``):
-    the relay does it each pass, so the table holds about one TTL of keys."""
+    """Delete a bounded batch of expired idempotency keys (``idempotency_store.purge_expired``),
+    so the table holds about one TTL of keys."""
     with transaction(bus.sessions) as session:
         return idempotency_store.purge_expired(session, now or utcnow())
+
+
+def chores(bus: Bus) -> list[Chore]:
+    """One chore per table, so a failure in one never stops the other."""
+    return [
+        Chore(
+            "purge_attempts",
+            INTERVAL_SECONDS,
+            lambda: purge_attempts(bus),
+            batch=attempt_store.PURGE_BATCH,
+        ),
+        Chore(
+            "purge_idempotency_keys",
+            INTERVAL_SECONDS,
+            lambda: purge_idempotency_keys(bus),
+            batch=idempotency_store.PURGE_BATCH,
+        ),
+    ]

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING
 
 from bus.broker.dispatch import Dispatch
 from bus.broker.inspector import BrokerInspector
 from bus.broker.queues import queue_name
 from bus.events.rules import utcnow
+from bus.maintenance.chore import Chore
 from bus.observability import tracing
 from bus.runtime import Bus
 from bus.storage import event_store, heartbeat_store
 from bus.storage.db import transaction
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +96,8 @@ def _held_modules(
     sent again only when their queue is empty, where no copy can be waiting (the broker lost
     it, or a worker that died took it): at most one copy waits, whoever consumes. Where they
     cannot (RabbitMQ), only while a worker of the module heartbeats
-    (:mod:`bus.storage.heartbeat_store`),
-    which will drain what waits. Events never sent are sent regardless.
+    (:mod:`bus.storage.heartbeat_store`), which will drain what waits. Events never sent are
+    sent regardless.
     """
     settings = bus.settings
     candidates = heartbeat_store.modules_with_expired_leases(session, now, lease)
@@ -118,9 +121,55 @@ def _held_modules(
 
 
 def _unserved(bus: Bus, modules: list[str]) -> list[str]:
-    """Those of ``modules`` without a live worker, for the relay's log."""
+    """Those of ``modules`` without a live worker, for the log."""
     settings = bus.settings
     since = heartbeat_store.live_since(utcnow(), settings.worker_heartbeat_seconds)
     with transaction(bus.sessions) as session:
         live = heartbeat_store.live_modules(session, settings.queue_prefix, since)
     return [m for m in modules if m not in live]
+
+
+class _Resender:
+    """The re-send chore's state: one broker connection for queue lengths, and the modules
+    held back last time (said in the log when they change, not every pass)."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self._broker = BrokerInspector(bus.settings.broker_url)
+        self._held: list[str] = []
+
+    def run(self) -> int:
+        sent, held = _run_once(self._bus, utcnow(), self._broker)
+        self._report_held(held)
+        if sent:
+            log.info("relay sent %d events", sent)
+        return sent
+
+    def close(self) -> None:
+        self._broker.close()
+
+    def _report_held(self, held: list[str]) -> None:
+        if held == self._held:
+            return
+        self._held = held
+        if not held:
+            log.info("relay: no overdue event is held back")
+            return
+        unserved = _unserved(self._bus, held)
+        log.warning(
+            "relay: overdue events of %s not sent again while a copy may wait on their queue%s",
+            ", ".join(held),
+            f"; no live worker for {', '.join(unserved)}" if unserved else "",
+        )
+
+
+def chore(bus: Bus) -> Chore:
+    """Re-send every ``EVENTBUS_RELAY_INTERVAL_SECONDS``; a full batch is followed at once."""
+    resender = _Resender(bus)
+    return Chore(
+        "resend",
+        bus.settings.relay_interval_seconds,
+        resender.run,
+        batch=bus.settings.relay_batch_size,
+        close=resender.close,
+    )

@@ -1,98 +1,79 @@
-"""The maintenance process: runs each chore on its own interval, so one failing chore
-never stops another (its failure is logged and counted per chore, and it alone backs off).
-"""
+"""The maintenance process: runs each chore on its own interval, so one failing chore never
+stops another (its failure is logged and counted per chore, and it alone backs off)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime
+import time
+from collections.abc import Sequence
 
-from bus.broker.inspector import BrokerInspector
-from bus.events.rules import utcnow
-from bus.maintenance.purges import purge_attempts, purge_idempotency_keys
-from bus.maintenance.resend import _run_once, _unserved
+from bus.maintenance import counts, outcomes, purges, resend
+from bus.maintenance.chore import Chore
+from bus.observability import metrics
 from bus.runtime import Bus
 from bus.storage import migrate
-from bus.storage.count_store import fold_counts, fold_outcome_minutes
 
 log = logging.getLogger(__name__)
 
+MAX_ERROR_BACKOFF_SECONDS = 30.0
+"""A failing chore tries again after its interval doubled per failure in a row, up to this:
+an outage is logged, not flooded."""
 
-_MAX_ERROR_BACKOFF_SECONDS = 30.0
+
+def default_chores(bus: Bus) -> list[Chore]:
+    """Every chore of the bus, in the order one pass runs them."""
+    return [resend.chore(bus), counts.chore(bus), outcomes.chore(bus), *purges.chores(bus)]
 
 
-class Relay:
-    """Runs :func:`run_once` every ``EVENTBUS_RELAY_INTERVAL_SECONDS`` until stopped.
+class Maintenance:
+    """Runs its chores until stopped: each when it is due, in one thread."""
 
-    A full batch is followed at once by the next; errors (database or broker down) back off
-    up to 30 s so an outage is logged, not flooded.
-    """
-
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, chores: Sequence[Chore] | None = None) -> None:
         self._bus = bus
+        self._chores = list(chores) if chores is not None else default_chores(bus)
         self._stop = threading.Event()
-        self._broker = BrokerInspector(bus.settings.broker_url)
-        self._held: list[str] = []
-        self._minute_folded: datetime | None = None
-
-    def _fold_minutes(self) -> None:
-        """Fold the outcome buckets once per minute: only a closed minute has anything to fold,
-        and a pass runs several times a second."""
-        minute = utcnow().replace(second=0, microsecond=0)
-        if minute != self._minute_folded:
-            fold_outcome_minutes(self._bus)
-            self._minute_folded = minute
+        self._due = {chore.name: 0.0 for chore in self._chores}
+        self._failures = {chore.name: 0 for chore in self._chores}
 
     def stop(self) -> None:
-        """Ask the loop to end after the batch in progress (safe from a signal handler)."""
+        """Ask the loop to end after the chore in progress (safe from a signal handler)."""
         self._stop.set()
 
     def run(self) -> None:
         """Loop until :meth:`stop`."""
         settings = self._bus.settings
-        errors = 0
         log.info(
-            "relay started: every %.2fs, lease %.0fs, batches of %d",
+            "relay started: every %.2fs, lease %.0fs, batches of %d; chores: %s",
             settings.relay_interval_seconds,
             settings.relay_lease_seconds,
             settings.relay_batch_size,
+            ", ".join(chore.name for chore in self._chores),
         )
-        # Before `eventbus migrate` has run, every pass would fail the same way: say it once.
-        migrate.wait_until_current(self._bus.engine, self._stop)
-        while not self._stop.is_set():
-            try:
-                sent, held = _run_once(self._bus, utcnow(), self._broker)
-                self._report_held(held)
-                fold_counts(self._bus)
-                self._fold_minutes()
-                purge_attempts(self._bus)
-                purge_idempotency_keys(self._bus)
-            except Exception:
-                errors += 1
-                pause = min(_MAX_ERROR_BACKOFF_SECONDS, settings.relay_interval_seconds * 2**errors)
-                log.exception("relay pass failed; next in %.1fs", pause)
-                self._stop.wait(pause)
-                continue
-            errors = 0
-            if sent:
-                log.info("relay sent %d events", sent)
-            if sent < settings.relay_batch_size:
-                self._stop.wait(settings.relay_interval_seconds)
-        self._broker.close()
+        try:
+            # Before `eventbus migrate` has run, every pass would fail the same way: say it once.
+            migrate.wait_until_current(self._bus.engine, self._stop)
+            while not self._stop.is_set():
+                for chore in self._chores:
+                    if self._due[chore.name] <= time.monotonic() and not self._stop.is_set():
+                        self._run(chore)
+                self._stop.wait(max(0.0, min(self._due.values()) - time.monotonic()))
+        finally:
+            for chore in self._chores:
+                chore.close()
         log.info("relay stopped")
 
-    def _report_held(self, held: list[str]) -> None:
-        """Say when the set of modules whose re-sends are held changes (not every pass)."""
-        if held == self._held:
+    def _run(self, chore: Chore) -> None:
+        """One pass of ``chore``; whatever it raises stays with it."""
+        try:
+            done = chore.run()
+        except Exception:
+            failures = self._failures[chore.name] = self._failures[chore.name] + 1
+            metrics.count_maintenance_failure(chore.name)
+            pause = min(MAX_ERROR_BACKOFF_SECONDS, chore.interval * 2**failures)
+            log.exception("maintenance: %s failed; next try in %.1fs", chore.name, pause)
+            self._due[chore.name] = time.monotonic() + pause
             return
-        self._held = held
-        if not held:
-            log.info("relay: no overdue event is held back")
-            return
-        unserved = _unserved(self._bus, held)
-        log.warning(
-            "relay: overdue events of %s not sent again while a copy may wait on their queue%s",
-            ", ".join(held),
-            f"; no live worker for {', '.join(unserved)}" if unserved else "",
-        )
+        self._failures[chore.name] = 0
+        again = chore.batch is not None and done >= chore.batch
+        self._due[chore.name] = time.monotonic() + (0.0 if again else chore.interval)

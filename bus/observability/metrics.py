@@ -76,6 +76,11 @@ BROKER_REJECTED = Counter(
     "Broker messages refused as not a well-formed bus task (kept on <queue>.dead)",
     ("queue",),
 )
+MAINTENANCE_FAILURES = Counter(
+    "eventbus_maintenance_failures",
+    "Maintenance chore passes that raised (each chore backs off alone)",
+    ("chore",),
+)
 
 OTHER = "other"
 """The label value that stands for every value past a label's budget."""
@@ -138,6 +143,11 @@ def _labels(target_module: str, event_type: str) -> tuple[str, str]:
 def count_broker_rejected(queue: str) -> None:
     """One broker message refused on ``queue`` (one of the worker's own queues, so bounded)."""
     BROKER_REJECTED.labels(queue).inc()
+
+
+def count_maintenance_failure(chore: str) -> None:
+    """One pass of a maintenance chore failed (the chore names are the bus's own: bounded)."""
+    MAINTENANCE_FAILURES.labels(chore).inc()
 
 
 def count_published(target_module: str, event_type: str) -> None:

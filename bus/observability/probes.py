@@ -16,9 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
-
-from sqlalchemy.orm import Session, sessionmaker
+from typing import TYPE_CHECKING, TypeVar
 
 from bus.broker.inspector import BrokerInspector
 from bus.broker.queues import queue_name
@@ -27,6 +25,9 @@ from bus.events.schemas import MODULE_NAME
 from bus.observability.metrics import Backlog
 from bus.storage import count_store, event_store
 from bus.storage.migrate import SchemaCheck
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 

@@ -184,7 +184,7 @@ def publish_once(
     with the key in this unit of work, so a commit holds the events and their answer or
     neither. The same key again: the same request is answered that body (nothing stored), a
     different one is ``IdempotencyKeyReused``; a key whose first request is still in flight is
-    ``IdempotencyKeyInProgress`` (see :mod:`bus.idempotency`).
+    ``IdempotencyKeyInProgress`` (see :mod:`bus.storage.idempotency_store`).
     """
     assert events, "a publish stores at least one event"
     tenant_id = events[0].tenant_id

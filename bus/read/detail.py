@@ -5,9 +5,7 @@ and when a failed event's retry is due.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any
 
 from bus.auth import Principal, acting_tenant, require_reader
 from bus.errors import (
@@ -19,6 +17,9 @@ from bus.events.schemas import (
     format_timestamp,
 )
 from bus.storage import attempt_store, event_store
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 @dataclass(frozen=True, slots=True)

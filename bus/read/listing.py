@@ -7,8 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Generator
-
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING
 
 from bus.auth import Principal, acting_tenant, require_reader
 from bus.events.schemas import (
@@ -19,6 +18,9 @@ from bus.read.pages import Page
 from bus.settings import LARGEST_EVENT_OVERHEAD, Settings
 from bus.storage import event_queries
 from bus.storage.models import SystemEvent
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def list_events(

@@ -7,9 +7,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
-
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any
 
 from bus.auth import Principal, acting_tenant, require_reader
 from bus.events.rules import utcnow
@@ -17,6 +15,9 @@ from bus.events.schemas import (
     format_timestamp,
 )
 from bus.storage import count_store
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,13 +25,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table, TextClause, Uuid, bindparam, delete, func, select, text
-from sqlalchemy.orm import Session
 
 from bus.events.schemas import format_timestamp
 from bus.storage.models import UTCDateTime, event_attempts
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 _table: Table = event_attempts
 
@@ -192,7 +194,11 @@ def _cut(text: str | None) -> str | None:
     return text[: SHOWN_ERROR - 1] + "…"
 
 
-def purge(session: Session, before: datetime, limit: int = 10_000) -> int:
+PURGE_BATCH = 10_000
+"""Entries deleted per maintenance pass at most: a pass stays short whatever piled up."""
+
+
+def purge(session: Session, before: datetime, limit: int = PURGE_BATCH) -> int:
     """Delete up to ``limit`` entries finished before ``before``; returns how many.
 
     Oldest first, on ``ix_event_attempts_finished_at``; several relays may purge at once (SKIP

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     TextualSelect,
@@ -17,7 +17,6 @@ from sqlalchemy import (
     text,
     union_all,
 )
-from sqlalchemy.orm import Session
 
 from bus.storage.models import (
     COUNT_KEY,
@@ -29,6 +28,9 @@ from bus.storage.models import (
     event_counts,
     event_outcome_minutes,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Generator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Select,
@@ -17,7 +17,6 @@ from sqlalchemy import (
     select,
     tuple_,
 )
-from sqlalchemy.orm import Session
 
 from bus.events.schemas import RETRY_SCHEDULED, ListQuery
 from bus.storage.count_store import tally
@@ -26,6 +25,9 @@ from bus.storage.models import (
     EventStatus,
     SystemEvent,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 _table: Table = SystemEvent.__table__  # type: ignore[assignment]
 

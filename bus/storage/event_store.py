@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg.types.json import Jsonb
 from sqlalchemy import (
@@ -28,13 +28,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
 
 from bus.storage.models import (
     EventRow,
     EventStatus,
     SystemEvent,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
@@ -299,7 +301,7 @@ def take_due_for_dispatch(
     Pending and never sent (or sent longer than a lease ago), or failed with a due retry and no
     send within the lease. SKIP LOCKED lets several relays share the work and passes over events
     a worker is processing right now. Events of the ``hold`` modules are sent only if never
-    sent (their earlier copy may still be waiting: see :mod:`bus.relay`).
+    sent (their earlier copy may still be waiting: see :mod:`bus.maintenance.resend`).
     """
     stale = now - lease
     expired = SystemEvent.dispatched_at < stale

@@ -4,7 +4,8 @@ Each worker's main process records, every EVENTBUS_WORKER_HEARTBEAT_SECONDS, one
 it serves (a few upserts per interval, never per event). A module is *served* while one of its
 rows is younger than :data:`LIVE_BEATS` intervals. Where queue lengths cannot be read
 (RabbitMQ), the relay re-sends an event whose lease ran out only to a served module
-(:mod:`bus.relay`); everywhere, :func:`pending_without_live_worker` says which modules have
+(:mod:`bus.maintenance.resend`); everywhere, :func:`pending_without_live_worker` says which modules
+have
 events waiting for a worker that does not run.
 
 Kept apart from ``bus/storage/event_store.py``: it is a table of workers, not of events, with its
@@ -17,12 +18,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Select, Table, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from bus.storage.models import EventStatus, SystemEvent, WorkerHeartbeat
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 _table: Table = WorkerHeartbeat.__table__  # type: ignore[assignment]
 _events: Table = SystemEvent.__table__  # type: ignore[assignment]

@@ -23,11 +23,14 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Table, delete, select, text, tuple_
-from sqlalchemy.orm import Session
 
 from bus.storage.models import idempotency_keys
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 _table: Table = idempotency_keys
 

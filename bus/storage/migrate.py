@@ -19,6 +19,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import ProgrammingError
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,11 @@ def wait_until_current(
             return True
         stop.wait(interval)
     return False
+
+
+STATEMENT_REFUSED = ProgrammingError
+"""What a statement on a table or column the database lacks raises, for a caller's exception
+handler (the API's), which asks :func:`schema_missing` whether the schema is the cause."""
 
 
 def schema_missing(exc: BaseException) -> bool:

@@ -235,7 +235,8 @@ idempotency_keys = Table(
     Index("ix_idempotency_keys_expires_at", "expires_at"),
 )
 """A publish's ``Idempotency-Key`` (per tenant) and the response it was answered, stored in
-the publish's own transaction (see :mod:`bus.idempotency`). ``response`` is the body's exact
+the publish's own transaction (see :mod:`bus.storage.idempotency_store`). ``response`` is the
+body's exact
 text, not jsonb: a replay answers the same bytes (jsonb would reorder keys)."""
 
 

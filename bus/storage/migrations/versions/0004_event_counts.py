@@ -8,7 +8,8 @@ PostgreSQL only (SQLite, for `eventbus dev`, counts its few rows). Statement-lev
 ``system_events`` append, in the writing transaction, one row per (tenant, event_type,
 source_module, target_module, entity_type, status) the statement changed, with the change in
 ``n``: a batch INSERT of 500 events of one kind is one row. The relay folds them
-(``repository.fold_counts``) into ``event_counts``, one row per such key; a reader sums both
+(``bus.storage.count_store.fold_counts``) into ``event_counts``, one row per such key; a reader
+sums both
 tables, so any snapshot sees each change exactly once, folded or not.
 """
 

@@ -6,7 +6,8 @@ Create Date: 2026-12-01 23:00:00
 
 One row per (tenant, key), written in the same transaction as the event(s) it answered, so a
 client retrying after the API died between commit and answer is answered the first response
-(see ``bus.idempotency``). ``response`` is the exact text sent; ``expires_at`` drives the
+(see ``bus.storage.idempotency_store``). ``response`` is the exact text sent; ``expires_at`` drives
+the
 relay's purge.
 """
 

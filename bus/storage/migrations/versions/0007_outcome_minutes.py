@@ -9,7 +9,8 @@ statement-level trigger on ``event_attempts`` appends, in the writing transactio
 (tenant, target module, minute, outcome) the statement added, with the number in ``n``: a
 worker's batch of 500 outcomes is a row or two, never a row per event, and never an UPDATE of
 a shared row (concurrent workers would queue on it). The relay folds each closed minute into
-one row per key and purges what the chart no longer shows (``repository.fold_outcome_minutes``).
+one row per key and purges what the chart no longer shows
+(``bus.storage.count_store.fold_outcome_minutes``).
 """
 
 from __future__ import annotations
