@@ -16,7 +16,7 @@ from api.publishing import GroupCommit
 from bus.broker.inspector import BrokerInspector
 from bus.observability import metrics, tracing
 from bus.observability.probes import Probes
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings, get_settings
 
 
@@ -75,19 +75,19 @@ def _telemetry(traced: bool) -> dict[str, Any]:
     }
 
 
-def create_app(settings: Settings | None = None, bus: Bus | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """An app over a bus (built from settings when not given)."""
-    bus = bus or Bus(settings or get_settings())
-    traced = bus.settings.otel_enabled
-    broker = BrokerInspector(bus.settings.broker_url)
-    probes = Probes(bus.sessions, broker, bus.settings.queue_prefix)
+    runtime = runtime or Runtime(settings or get_settings())
+    traced = runtime.settings.otel_enabled
+    broker = BrokerInspector(runtime.settings.broker_url)
+    probes = Probes(runtime.sessions, broker, runtime.settings.queue_prefix)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Each request's unit of work runs in anyio's thread pool (40 threads by default); under
         # load that many threads mostly trade the GIL. Fewer keep the CPU on requests, and as a
         # unit of work takes and returns its connection in one trip, they never wait on the pool.
-        to_thread.current_default_thread_limiter().total_tokens = bus.settings.api_threads
+        to_thread.current_default_thread_limiter().total_tokens = runtime.settings.api_threads
         yield
         broker.close()
         metrics.mark_process_dead(os.getpid())
@@ -105,8 +105,8 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None) -> Fast
         redoc_url=None,
         **_telemetry(traced),
     )
-    app.state.bus = bus
-    app.state.group_commit = GroupCommit(bus)
+    app.state.runtime = runtime
+    app.state.group_commit = GroupCommit(runtime)
     app.state.probes = probes
     app.state.metrics_registry = metrics.scrape_registry(metrics.BacklogCollector(probes.backlog))
     errors.install(app)

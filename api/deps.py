@@ -17,7 +17,7 @@ from bus.auth import Principal, require_reader, require_writer
 from bus.errors import BodyTooLarge, InvalidToken
 from bus.events.schemas import parse_json_body
 from bus.observability.probes import Probes
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.uow import UnitOfWork
 
 P = ParamSpec("P")
@@ -31,9 +31,9 @@ _bearer = HTTPBearer(auto_error=False, description="A JWT signed with the bus's 
 # A request crosses to a thread once: its unit of work (see Work).
 
 
-async def get_bus(request: Request) -> Bus:
-    bus: Bus = request.app.state.bus
-    return bus
+async def get_bus(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
 async def get_probes(request: Request) -> Probes:
@@ -58,8 +58,8 @@ class Work:
     threads waiting for a connection, would stall each other until the pool timed out).
     """
 
-    def __init__(self, bus: Bus) -> None:
-        self._bus = bus
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
 
     async def run(
         self, call: Callable[Concatenate[UnitOfWork, P], T], /, *args: P.args, **kwargs: P.kwargs
@@ -84,13 +84,13 @@ class Work:
         per batch, each made by ``units()`` (``bus.publish.replay.run``): its commits are its
         own."""
         return await to_thread.run_sync(
-            functools.partial(call, self._bus.unit_of_work, *args, **kwargs)
+            functools.partial(call, self._runtime.unit_of_work, *args, **kwargs)
         )
 
     def _run(
         self, call: Callable[Concatenate[UnitOfWork, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        with self._bus.unit_of_work() as uow:
+        with self._runtime.unit_of_work() as uow:
             result = call(uow, *args, **kwargs)
             uow.commit()
         return result
@@ -98,21 +98,21 @@ class Work:
     def _read(
         self, call: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        with self._bus.sessions() as session:
+        with self._runtime.sessions() as session:
             return call(session, *args, **kwargs)
 
 
 async def work(request: Request) -> Work:
-    return Work(request.app.state.bus)
+    return Work(request.app.state.runtime)
 
 
 async def current_principal(request: Request, _: Annotated[Any, Depends(_bearer)]) -> Principal:
     """The verified caller (401 without a valid bearer token; two Authorization headers are
     ``Invalid token``: a proxy may check one while the API reads the other)."""
-    bus: Bus = request.app.state.bus
+    runtime: Runtime = request.app.state.runtime
     if len(request.headers.getlist("authorization")) > 1:
         raise InvalidToken()
-    return bus.verifier.verify(request.headers.get("authorization"))
+    return runtime.verifier.verify(request.headers.get("authorization"))
 
 
 async def system_reader(caller: Annotated[Principal, Depends(current_principal)]) -> Principal:
@@ -131,14 +131,14 @@ async def system_writer(caller: Annotated[Principal, Depends(current_principal)]
 async def json_body(request: Request) -> Any:
     """The request body as JSON, capped in size (``EVENTBUS_MAX_BODY_BYTES``) before it is read
     whole."""
-    bus: Bus = request.app.state.bus
-    return await _read_json(request, bus.settings.max_body_bytes)
+    runtime: Runtime = request.app.state.runtime
+    return await _read_json(request, runtime.settings.max_body_bytes)
 
 
 async def batch_json_body(request: Request) -> Any:
     """A batch's body as JSON, capped by ``EVENTBUS_MAX_BATCH_BODY_BYTES``."""
-    bus: Bus = request.app.state.bus
-    return await _read_json(request, bus.settings.max_batch_body_bytes)
+    runtime: Runtime = request.app.state.runtime
+    return await _read_json(request, runtime.settings.max_batch_body_bytes)
 
 
 async def get_group_commit(request: Request) -> GroupCommit:
@@ -160,7 +160,7 @@ async def _read_json(request: Request, cap: int) -> Any:
     return parse_json_body(b"".join(chunks))
 
 
-BusDep = Annotated[Bus, Depends(get_bus)]
+BusDep = Annotated[Runtime, Depends(get_bus)]
 ProbesDep = Annotated[Probes, Depends(get_probes)]
 MetricsRegistry = Annotated[CollectorRegistry, Depends(metrics_registry)]
 WorkDep = Annotated[Work, Depends(work)]

@@ -153,9 +153,10 @@ async def event_id_path(
         ),
     ],
 ) -> str:
-    """The path's event id as given (``bus.service`` answers 404 for one that is no canonical
-    UUID). A method a concrete path does not take is 405 with its ``Allow``: ``GET …/replay``
-    or ``PUT …/batch`` names an operation that exists, not an event called ``replay``."""
+    """The path's event id as given (``bus.events.schemas.event_uuid`` answers 404 for one that
+    is no canonical UUID). A method a concrete path does not take is 405 with its ``Allow``:
+    ``GET …/replay`` or ``PUT …/batch`` names an operation that exists, not an event called
+    ``replay``."""
     if request.method not in allowed_methods(request):
         raise HTTPException(405)
     return event_id

@@ -27,7 +27,7 @@ from anyio import to_thread
 
 from bus.observability import tracing
 from bus.publish import service
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.storage.models import EventRow
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,9 @@ class _Group:
 class GroupCommit:
     """Gathers publishes into groups; :meth:`publish` answers once the event is committed."""
 
-    def __init__(self, bus: Bus) -> None:
-        settings = bus.settings
-        self._bus = bus
+    def __init__(self, runtime: Runtime) -> None:
+        settings = runtime.settings
+        self._runtime = runtime
         self._max_size = settings.publish_batch_size
         self._window = settings.publish_batch_window_ms / 1000
         self._max_in_flight = max(1, settings.api_threads)
@@ -138,7 +138,7 @@ class GroupCommit:
     def _store(
         self, events: Sequence[EventRow], traces: Sequence[str | None]
     ) -> list[dict[str, Any]]:
-        with self._bus.unit_of_work() as uow:
+        with self._runtime.unit_of_work() as uow:
             views = service.store_published(uow, events, traces)
             uow.commit()
         return views

@@ -47,7 +47,7 @@ router = APIRouter(prefix="/system/events", tags=["System Events"])
     summary="List Events",
 )
 async def list_events(
-    caller: SystemReader, work: WorkDep, bus: BusDep, tenant_id: ListTenant, query: ListQueryDep
+    caller: SystemReader, work: WorkDep, runtime: BusDep, tenant_id: ListTenant, query: ListQueryDep
 ) -> Any:
     """Events of the caller's tenant, newest first, filtered by exact matches (AND).
 
@@ -60,7 +60,7 @@ async def list_events(
     filters, without `page`) reads the page after it by keyset, so a walk by cursor returns
     each event once while new ones arrive. A page read by cursor answers `page` null.
     """
-    page = await work.read(listing.list_events, bus.settings, caller, tenant_id, query)
+    page = await work.read(listing.list_events, runtime.settings, caller, tenant_id, query)
     # Each event was encoded once, as it was read; response_model stays for the document.
     return Response(page.body(), media_type="application/json")
 
@@ -116,7 +116,7 @@ async def publish_event(
     key: IdempotencyKey,
     body: JsonBody,
     work: WorkDep,
-    bus: BusDep,
+    runtime: BusDep,
     group: GroupCommitDep,
     tenant_id: TenantQuery,
 ) -> Any:
@@ -129,14 +129,14 @@ async def publish_event(
     the first is in flight a 409.
     """
     event = service.prepare_publish(
-        bus.settings, caller, tenant_id, body, request_id=request.state.request_id
+        runtime.settings, caller, tenant_id, body, request_id=request.state.request_id
     )
     if key is not None:  # its own unit of work: the key's row commits with the event
         envelope = {"success": True, "message": "Event published successfully"}
         return answer(
             await work.run(
                 service.publish_once,
-                bus.settings,
+                runtime.settings,
                 key,
                 fingerprint(request, [event]),
                 [event],
@@ -171,7 +171,7 @@ async def publish_events(
     caller: SystemWriter,
     key: IdempotencyKey,
     body: BatchJsonBody,
-    bus: BusDep,
+    runtime: BusDep,
     work: WorkDep,
     tenant_id: TenantQuery,
 ) -> Any:
@@ -182,14 +182,14 @@ async def publish_events(
     `events[<index>]: <the publish's message>`. An `Idempotency-Key` works as on a publish.
     """
     events = service.prepare_batch(
-        bus.settings, caller, tenant_id, body, request_id=request.state.request_id
+        runtime.settings, caller, tenant_id, body, request_id=request.state.request_id
     )
     if key is not None:
         envelope = {"success": True, "message": "Events published successfully"}
         return answer(
             await work.run(
                 service.publish_once,
-                bus.settings,
+                runtime.settings,
                 key,
                 fingerprint(request, events, batch=True),
                 events,
@@ -216,7 +216,7 @@ async def publish_events(
     },
 )
 async def replay_events(
-    caller: SystemWriter, body: JsonBody, bus: BusDep, work: WorkDep, tenant_id: TenantQuery
+    caller: SystemWriter, body: JsonBody, runtime: BusDep, work: WorkDep, tenant_id: TenantQuery
 ) -> Any:
     """Set every event the filters match pending again and send it to its module: the
     `PUT … pending` rule, oldest first, in batches of `EVENTBUS_DISPATCH_BATCH_SIZE` (each
@@ -226,7 +226,7 @@ async def replay_events(
     tenant's). `dry_run: true` changes nothing and answers `Replay preview` with the count.
     An unknown body field is `Unknown body field`: a typo'd filter never widens a replay.
     """
-    result = await work.batches(replay.replay, bus.settings, caller, tenant_id, body)
+    result = await work.batches(replay.replay, runtime.settings, caller, tenant_id, body)
     message = "Replay preview" if result.dry_run else "Events replayed successfully"
     return JSONResponse(
         {
@@ -254,13 +254,15 @@ async def update_event_status(
     event_id: EventIdPath,
     caller: SystemWriter,
     body: JsonBody,
-    bus: BusDep,
+    runtime: BusDep,
     work: WorkDep,
     tenant_id: TenantQuery,
 ) -> Any:
     """Set an event's status: processed (processed_at defaults to now), failed (retry_count + 1)
     or pending (sent to its module again)."""
-    event = await work.run(status.update_status, bus.settings, caller, event_id, tenant_id, body)
+    event = await work.run(
+        status.update_status, runtime.settings, caller, event_id, tenant_id, body
+    )
     return JSONResponse({"success": True, "message": "Event updated successfully", "event": event})
 
 
@@ -289,7 +291,7 @@ async def get_event(
             "message": "Event retrieved successfully",
             "event": found.event,
             "attempts": found.attempts,
-            "attempts_total": detail.attempts_total,
+            "attempts_total": found.attempts_total,
             "next_attempt_at": found.next_attempt_at,
         }
     )

@@ -22,7 +22,7 @@ from bench.procs import BIN, Proc, Stack
 from bench.profiles import shares, summarize
 from bench.stack import BusConfig, Database, flush_queues, start_api
 from bus.publish import service
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Environment, Settings
 
 PROFILE_TENANT = uuid.UUID("0f0f0f0f-0000-4000-8000-000000000001")
@@ -167,13 +167,13 @@ def profile_publish_in_process(
         queue_prefix=config.queue_prefix,
         task_events=config.task_events,
     )
-    bus = Bus(settings)
+    runtime = Runtime(settings)
     header = "Bearer " + system_token(config.jwt_secret, PROFILE_TENANT)
     body = json.loads(publish_body(PUBLISH_MODULE, "inventory_updated").replace(SEQ, "1"))
 
     def publish_one() -> None:
-        principal = bus.verifier.verify(header)
-        with bus.unit_of_work() as uow:
+        principal = runtime.verifier.verify(header)
+        with runtime.unit_of_work() as uow:
             service.publish(uow, settings, principal, None, body)
             uow.commit()
 
@@ -193,7 +193,7 @@ def profile_publish_in_process(
             publish_one()
         profiler.stop()
     finally:
-        bus.close()
+        runtime.close()
         db.truncate()
         flush_queues(config.broker_url, config.queue_prefix)
     text = profiler.output_text(unicode=False, color=False)

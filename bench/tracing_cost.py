@@ -108,7 +108,7 @@ def _deliveries(client: redis.Redis, queue: str) -> list[tuple[dict[str, Any], l
 def run(events: int, group: int, traced: bool) -> dict[str, Any]:
     from bus.auth import Principal
     from bus.publish import service
-    from bus.runtime import Bus
+    from bus.runtime import Runtime
     from bus.storage.migrate import upgrade
     from workers.registry import Registry
     from workers.tasks import EventProcessor
@@ -119,10 +119,10 @@ def run(events: int, group: int, traced: bool) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     queue = f"{prefix}{MODULE}"
     settings = _settings(url, prefix, traced)
-    bus = Bus(settings)
+    runtime = Runtime(settings)
     handlers = Registry()
     handlers.add(MODULE, "*", lambda event: None)
-    processor = EventProcessor(bus, handlers)
+    processor = EventProcessor(runtime, handlers)
     caller = Principal("bench", uuid.uuid4(), frozenset({"manage:system"}), False, "system")
     try:
         upgrade(url)
@@ -138,7 +138,7 @@ def run(events: int, group: int, traced: bool) -> dict[str, Any]:
                     with request_span("POST /system/events"):
                         rows.append(service.prepare_publish(settings, caller, None, dict(BODY)))
                         traces.append(_current())
-                with bus.unit_of_work() as uow:
+                with runtime.unit_of_work() as uow:
                     if traced:
                         service.store_published(uow, rows, traces)
                     else:
@@ -166,7 +166,7 @@ def run(events: int, group: int, traced: bool) -> dict[str, Any]:
             "process_us_per_event": round(processed / events * 1e6, 1),
         }
     finally:
-        bus.close()
+        runtime.close()
         client.delete(queue)
         client.close()
         drop()

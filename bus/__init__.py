@@ -5,7 +5,7 @@ once), read by callers and operators, and looked after in the background. Each s
 package; the tables and every SQL statement sit beneath them in ``storage``:
 
 ``settings``        every setting (``EVENTBUS_*``), one typed object.
-``runtime``         :class:`bus.runtime.Bus`: a process's long-lived parts, built once from
+``runtime``         :class:`bus.runtime.Runtime`: a process's long-lived parts, built once from
                     settings (engine, sessions, Celery app, dispatcher, token verifier).
 ``auth``            bearer tokens, the caller (:class:`bus.auth.Principal`), who may act in
                     which tenant (:func:`bus.auth.resolve_tenant`, :func:`bus.auth.acting_tenant`).

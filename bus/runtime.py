@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Bus:
+class Runtime:
     """Settings, database, broker and verifier of one process; parts are made on first use."""
 
     settings: Settings

@@ -61,7 +61,7 @@ class Savepoint:
     database's, raised to the caller, not the block's); use it as a context manager.
 
     On an exception in the block its writes, sends and callbacks are dropped and the exception
-    propagates; otherwise they join the enclosing transaction. ``lost`` says the block ended
+    propagates; otherwise they join the enclosing transaction. ``aborted`` says the block ended
     the whole transaction itself (a handler's commit or rollback): everything of it was rolled
     back, its locks included, and :class:`HandlerMisuse` is raised if nothing else was.
     """
@@ -70,7 +70,7 @@ class Savepoint:
         self._uow = uow
         self._nested = uow.session.begin_nested()
         self._scope = _Scope()
-        self.lost = False
+        self.aborted = False
 
     def __enter__(self) -> Savepoint:
         self._uow._scopes.append(self._scope)
@@ -91,7 +91,7 @@ class Savepoint:
         if self._nested.is_active:
             self._nested.rollback()
             return
-        self.lost = True  # the block ended the transaction: nothing of it is left to keep
+        self.aborted = True  # the block ended the transaction: nothing of it is left to keep
         uow.rollback()
         if exc is None:
             raise HandlerMisuse("a handler must not commit or roll back its session")

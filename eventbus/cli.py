@@ -23,7 +23,7 @@ from bus.observability import logs, multiprocess
 from bus.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from bus.runtime import Bus
+    from bus.runtime import Runtime
 
 log = logging.getLogger("eventbus.cli")
 
@@ -97,7 +97,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from bus.runtime import Bus
+    from bus.runtime import Runtime
     from workers.registry import load_handlers
     from workers.worker import NoModules, resolve_modules, run_worker, serve_metrics
 
@@ -116,19 +116,19 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    bus = Bus(settings)
+    runtime = Runtime(settings)
     try:
-        if not _wait_for_schema(bus):
+        if not _wait_for_schema(runtime):
             return 0
         return run_worker(
-            bus, modules, concurrency=args.concurrency, pool=args.pool, loglevel=args.loglevel
+            runtime, modules, concurrency=args.concurrency, pool=args.pool, loglevel=args.loglevel
         )
     finally:
-        bus.close()
+        runtime.close()
         stop_metrics()
 
 
-def _wait_for_schema(bus: Bus) -> bool:
+def _wait_for_schema(runtime: Runtime) -> bool:
     """Wait, before consuming anything, until ``eventbus migrate`` has run (one line says so);
     ``False`` if SIGTERM/SIGINT came first. /metrics answers meanwhile: a liveness probe must
     not restart a worker that only waits."""
@@ -139,7 +139,7 @@ def _wait_for_schema(bus: Bus) -> bool:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
     try:
-        return wait_until_current(bus.engine, stop)
+        return wait_until_current(runtime.engine, stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -152,29 +152,32 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     """The bus's background chores (re-send, count folds, purges); loop until SIGTERM/SIGINT."""
     from bus.maintenance.resend import run_once
     from bus.maintenance.runner import Maintenance
-    from bus.runtime import Bus
+    from bus.runtime import Runtime
 
     _setup_logging(args.loglevel)
-    bus = Bus(get_settings())
-    if bus.settings.otel_enabled:
+    runtime = Runtime(get_settings())
+    if runtime.settings.otel_enabled:
         from bus.observability import tracing
 
         tracing.setup("eventbus-relay")
     try:
         if args.once:
-            print(run_once(bus))
+            print(run_once(runtime))
             return 0
-        maintenance = Maintenance(bus)
+        maintenance = Maintenance(runtime)
 
         def stop(_signum: int, _frame: FrameType | None) -> None:
             maintenance.stop()
 
+        # Before `eventbus migrate` has run, every pass would fail the same way: say it once.
+        if not _wait_for_schema(runtime):
+            return 0
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         maintenance.run()
         return 0
     finally:
-        bus.close()
+        runtime.close()
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -295,11 +298,11 @@ def cmd_forward(args: argparse.Namespace) -> int:
         closers.append(client.close)
         sink = ApiSink(client)
     else:
-        from bus.runtime import Bus
+        from bus.runtime import Runtime
 
-        bus = Bus(settings)
-        closers.append(bus.close)
-        sink = BusSink(bus)
+        runtime = Runtime(settings)
+        closers.append(runtime.close)
+        sink = BusSink(runtime)
     retention = (
         settings.outbox_retention_seconds
         if args.retention_seconds is None
@@ -336,7 +339,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     matched/replayed. --dry-run only counts."""
     from bus.errors import BusError
     from bus.publish import replay
-    from bus.runtime import Bus
+    from bus.runtime import Runtime
 
     settings = get_settings()
     _setup_logging(args.loglevel, settings)
@@ -357,11 +360,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except BusError as exc:
         print(f"eventbus replay: {exc.message}", file=sys.stderr)
         return 2
-    bus = Bus(settings)
+    runtime = Runtime(settings)
     try:
-        result = replay.run(bus.unit_of_work, settings, args.tenant, query)
+        result = replay.run(runtime.unit_of_work, settings, args.tenant, query)
     finally:
-        bus.close()
+        runtime.close()
     print(f"matched {result.matched}, replayed {result.replayed}" + (" (dry run)" * query.dry_run))
     return 0
 

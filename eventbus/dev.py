@@ -29,7 +29,7 @@ from api.server import uvicorn_options
 from bus.auth import mint_token
 from bus.maintenance.runner import Maintenance
 from bus.observability import tracing
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from bus.storage.db import transaction
 from bus.storage.event_store import reset_dispatch_of_unfinished
@@ -70,20 +70,20 @@ def _serve(settings: Settings, host: str, port: int, loglevel: str, stop: thread
     upgrade(settings.database_url)
     load_handlers([EXAMPLE_HANDLERS, *settings.handlers.split(",")])
     modules = resolve_modules(None, registry)
-    bus = Bus(settings)
+    runtime = Runtime(settings)
     if settings.otel_enabled:
         tracing.setup("eventbus-dev")  # one process: the API's, the worker's, the relay's spans
     if settings.broker_url.startswith("memory://"):
-        with transaction(bus.sessions) as session:
+        with transaction(runtime.sessions) as session:
             resent = reset_dispatch_of_unfinished(session)
         if resent:
             log.info("%d unfinished events will be sent again", resent)
 
-    worker = EmbeddedWorker(bus, modules, loglevel=loglevel)
-    maintenance = Maintenance(bus)
+    worker = EmbeddedWorker(runtime, modules, loglevel=loglevel)
+    maintenance = Maintenance(runtime)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(bus=bus),
+            create_app(runtime=runtime),
             host=host,
             port=port,
             log_level=loglevel.lower(),
@@ -117,7 +117,7 @@ def _serve(settings: Settings, host: str, port: int, loglevel: str, stop: thread
         log.info("api and maintenance stopped")
         worker.stop()
         log.info("worker stopped")
-        bus.close()
+        runtime.close()
         log.info("stopped")
 
 

@@ -246,8 +246,8 @@ class BusSink:
     with the outbox ids as event ids (``INSERT … ON CONFLICT (id) DO NOTHING``), only the new
     ones sent, after the commit (a send lost in a crash is the relay's, as for any publish)."""
 
-    def __init__(self, bus: Any) -> None:
-        self.bus = bus
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
 
     def forward(self, rows: Sequence[OutboxRow]) -> Outcome:
         from bus.errors import BusError
@@ -260,7 +260,7 @@ class BusSink:
                 events.append(
                     service.new_event(
                         row.body,
-                        self.bus.settings,
+                        self.runtime.settings,
                         row.tenant_id,
                         event_id=row.id,
                         request_id=f"outbox:{row.id}",
@@ -268,7 +268,7 @@ class BusSink:
                 )
             except BusError as exc:
                 outcome.refused[row.id] = exc.message
-        with self.bus.unit_of_work() as uow:
+        with self.runtime.unit_of_work() as uow:
             new = service.store_published_once(uow, events)
             uow.commit()
         outcome.done = [event.id for event in events]

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from api.app import create_app
 from bus.auth import mint_token
 from bus.observability import metrics
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Environment, Settings
 from bus.storage.migrate import upgrade
 
@@ -78,9 +78,9 @@ def _fresh_label_budgets() -> Iterator[None]:
 
 
 @pytest.fixture
-def bus(settings: Settings) -> Iterator[Bus]:
+def runtime(settings: Settings) -> Iterator[Runtime]:
     """A bus over clean tables."""
-    instance = Bus(settings)
+    instance = Runtime(settings)
     with instance.engine.begin() as conn:
         conn.execute(text("TRUNCATE system_events, event_attempts"))  # and their minutes (trigger)
     yield instance
@@ -106,8 +106,8 @@ def _drop_queues(prefix: str) -> None:
 
 
 @pytest.fixture
-def client(bus: Bus) -> Iterator[TestClient]:
-    with TestClient(create_app(bus=bus), raise_server_exceptions=False) as c:
+def client(runtime: Runtime) -> Iterator[TestClient]:
+    with TestClient(create_app(runtime=runtime), raise_server_exceptions=False) as c:
         yield c
 
 

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.storage import heartbeat_store
 from bus.storage.db import transaction
 
@@ -24,8 +24,8 @@ class Heartbeat:
     last worker stopped cleanly is seen as unserved at once rather than a few beats later.
     """
 
-    def __init__(self, bus: Bus, modules: Sequence[str], worker: str) -> None:
-        self._bus = bus
+    def __init__(self, runtime: Runtime, modules: Sequence[str], worker: str) -> None:
+        self._runtime = runtime
         self._modules = list(modules)
         self._worker = worker
         self._stop = threading.Event()
@@ -37,9 +37,9 @@ class Heartbeat:
         self._thread.start()
 
     def beat(self) -> None:
-        settings = self._bus.settings
+        settings = self._runtime.settings
         try:
-            with transaction(self._bus.sessions) as session:
+            with transaction(self._runtime.sessions) as session:
                 heartbeat_store.beat(
                     session, settings.queue_prefix, self._modules, self._worker, datetime.now(UTC)
                 )
@@ -53,7 +53,7 @@ class Heartbeat:
         self._failing = False
 
     def _run(self) -> None:
-        while not self._stop.wait(self._bus.settings.worker_heartbeat_seconds):
+        while not self._stop.wait(self._runtime.settings.worker_heartbeat_seconds):
             self.beat()
 
     def stop(self) -> None:
@@ -61,7 +61,7 @@ class Heartbeat:
         if self._thread.is_alive():
             self._thread.join(5)
         try:
-            with transaction(self._bus.sessions) as session:
-                heartbeat_store.forget(session, self._bus.settings.queue_prefix, self._worker)
+            with transaction(self._runtime.sessions) as session:
+                heartbeat_store.forget(session, self._runtime.settings.queue_prefix, self._worker)
         except Exception as exc:
             log.warning("heartbeat rows not removed: %s: %s", type(exc).__name__, exc)

@@ -45,7 +45,7 @@ from celery import Task, signals
 from celery.exceptions import TimeLimitExceeded
 from sqlalchemy.exc import SQLAlchemyError
 
-from bus.broker.dispatch import LOST_HEADER, REQUEST_ID_HEADER, Dispatch
+from bus.broker.dispatch import INTERRUPTED_HEADER, REQUEST_ID_HEADER, Dispatch
 from bus.broker.queues import BUS_TASKS, PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK, queue_name
 from bus.delivery import attempts
 from bus.delivery.attempts import Attempt, Skip
@@ -53,7 +53,7 @@ from bus.events.rules import Change, save_changes, utcnow
 from bus.observability import metrics
 from bus.observability.logs import log_context
 from bus.observability.tracing import Delivery, Receiver
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.storage import event_store
 from bus.storage.models import EventRow, EventStatus
 from bus.uow import HandlerMisuse, UnitOfWork
@@ -77,19 +77,21 @@ class HandlerRun:
     attempt's transaction itself, taking the claim with it."""
 
     error: Exception | None = None
-    lost_transaction: bool = False
+    aborted_transaction: bool = False
 
 
 class EventProcessor:
     """Runs deliveries for one bus with one registry; the tasks and the signals delegate here."""
 
-    def __init__(self, bus: Bus, handlers: Registry) -> None:
-        self.bus = bus
+    def __init__(self, runtime: Runtime, handlers: Registry) -> None:
+        self.runtime = runtime
         self.handlers = handlers
-        limit = bus.settings.task_time_limit_seconds
+        limit = runtime.settings.task_time_limit_seconds
         self._budget = min(BATCH_BUDGET_SECONDS, limit / 10)
-        self._prefix = bus.settings.queue_prefix
-        self._tracing = Receiver(bus.settings.broker_url) if bus.settings.otel_enabled else None
+        self._prefix = runtime.settings.queue_prefix
+        self._tracing = (
+            Receiver(runtime.settings.broker_url) if runtime.settings.otel_enabled else None
+        )
 
     # --- the tasks -------------------------------------------------------------------------
 
@@ -105,23 +107,23 @@ class EventProcessor:
         uids = _event_ids(event_ids)
         if not uids:
             return
-        lost: str | None = getattr(request, LOST_HEADER, None)
-        if lost is None and (request.delivery_info or {}).get("redelivered"):
-            lost = attempts.INTERRUPTED_MESSAGE
+        interrupted: str | None = getattr(request, INTERRUPTED_HEADER, None)
+        if interrupted is None and (request.delivery_info or {}).get("redelivered"):
+            interrupted = attempts.INTERRUPTED_MESSAGE
         # Tracing off: this one check per delivery, and ``trace`` stays None.
         trace = None
         if self._tracing is not None:
             trace = self._tracing.delivery(lambda name: getattr(request, name, None), request.id)
         try:
-            with self.bus.unit_of_work() as uow:
-                if lost is None:
+            with self.runtime.unit_of_work() as uow:
+                if interrupted is None:
                     runs, skips = attempts.begin_many(uow, uids)
                     self._log_skips(skips, request_id)
                     self._run(uow, runs, trace)
                 elif len(uids) > 1:
-                    self._split(uow, uids, lost, trace)
+                    self._split(uow, uids, interrupted, trace)
                 else:
-                    claimed = self._claim_lost(uow, uids[0], lost)
+                    claimed = self._claim_interrupted(uow, uids[0], interrupted)
                     if isinstance(claimed, Skip):
                         self._log_skips({uids[0]: claimed}, request_id)
                     else:
@@ -147,7 +149,7 @@ class EventProcessor:
         their own, so a batch never runs into the task's time limit. With ``trace`` (tracing
         on) each handler runs in its event's span, and the sends carry the events' traces on.
         """
-        policy = self.bus.retry_policy
+        policy = self.runtime.retry_policy
         changes: list[Change] = []
         reports: list[Callable[[], None]] = []
         ends = time.monotonic() + self._budget
@@ -176,8 +178,8 @@ class EventProcessor:
                 changes.append(attempts.processed(attempt, began))
                 reports.append(functools.partial(_report_processed, attempt, elapsed))
                 continue
-            if run.lost_transaction:
-                self._after_lost_transaction(uow, runs, attempt, run.error, trace)
+            if run.aborted_transaction:
+                self._after_aborted_transaction(uow, runs, attempt, run.error, trace)
                 return
             delay = policy.delay(attempt.number)
             message = attempts.summarize_error(run.error)
@@ -190,7 +192,7 @@ class EventProcessor:
         for report in reports:
             report()
 
-    def _after_lost_transaction(
+    def _after_aborted_transaction(
         self,
         uow: UnitOfWork,
         runs: Sequence[Attempt],
@@ -200,7 +202,7 @@ class EventProcessor:
     ) -> None:
         """A handler ended the transaction: every claim and outcome of the batch went with it.
         Its own event is claimed again and failed; the others are sent again to run anew."""
-        policy = self.bus.retry_policy
+        policy = self.runtime.retry_policy
         again = attempts.reclaim(uow, culprit)
         if again is not None:
             delay = policy.delay(again.number)
@@ -218,29 +220,31 @@ class EventProcessor:
         self,
         uow: UnitOfWork,
         event_ids: Sequence[uuid.UUID],
-        lost: str,
+        interrupted: str,
         trace: Delivery | None,
     ) -> None:
         """Send each event of a batch that may follow a death again, alone and marked lost."""
         modules = event_store.unprocessed_targets(uow.session, event_ids)  # done ones stay done
         for event_id, module in modules.items():
             origin = trace.origin(event_id) if trace is not None else None
-            uow.send(Dispatch(event_id, module, lost=lost, trace=origin))
+            uow.send(Dispatch(event_id, module, interrupted=interrupted, trace=origin))
         uow.commit()
         log.warning(
             "batch of %d events may follow a lost run, sent again one by one: %s",
             len(modules),
-            lost,
+            interrupted,
         )
 
-    def _claim_lost(self, uow: UnitOfWork, event_id: uuid.UUID, lost: str) -> Attempt | Skip:
+    def _claim_interrupted(
+        self, uow: UnitOfWork, event_id: uuid.UUID, interrupted: str
+    ) -> Attempt | Skip:
         """The claim of a delivery that may follow a dead one: its attempt counted in advance
         and committed first (module docstring), then claimed again."""
         claimed = attempts.begin(uow, event_id, wait_seconds=LOCK_WAIT_SECONDS)
-        self._count_lost_run(uow, event_id, claimed)
+        self._count_interrupted_run(uow, event_id, claimed)
         if isinstance(claimed, Skip):
             return claimed
-        counted = attempts.count_in_advance(uow, claimed, self.bus.retry_policy, lost)
+        counted = attempts.count_in_advance(uow, claimed, self.runtime.retry_policy, interrupted)
         uow.commit()
         return attempts.reclaim(uow, counted) or Skip.BUSY
 
@@ -249,7 +253,7 @@ class EventProcessor:
         for event_id, why in skips.items():
             log.info("event_id=%s request_id=%s skipped: %s", event_id, request_id, why)
 
-    def _count_lost_run(
+    def _count_interrupted_run(
         self, uow: UnitOfWork, event_id: uuid.UUID, claimed: Attempt | Skip
     ) -> None:
         """Count the run a lost delivery follows: it died, so it failed; and it is retried now,
@@ -304,7 +308,7 @@ class EventProcessor:
             with savepoint, uow.lent():
                 registration(event, uow.session)
         except Exception as exc:
-            return HandlerRun(exc, lost_transaction=savepoint.lost)
+            return HandlerRun(exc, aborted_transaction=savepoint.aborted)
         return HandlerRun()
 
     # --- worker signals --------------------------------------------------------------------
@@ -318,7 +322,7 @@ class EventProcessor:
     ) -> None:
         """In the worker's main process: a pool child died running a delivery; send it again,
         marked lost, so the next attempt is counted before it runs (module docstring)."""
-        if getattr(sender, "name", None) not in BUS_TASKS or sender.app is not self.bus.celery:
+        if getattr(sender, "name", None) not in BUS_TASKS or sender.app is not self.runtime.celery:
             return
         if not isinstance(exception, WorkerLostError | TimeLimitExceeded):
             return  # an ordinary failure: the child recorded it itself
@@ -327,7 +331,7 @@ class EventProcessor:
             # A hard time limit is reported twice; only the first report carries the request.
             return
         reason = _why_lost(exception)
-        headers = {**(request.headers or {}), LOST_HEADER: reason}
+        headers = {**(request.headers or {}), INTERRUPTED_HEADER: reason}
         event_ids = (request.args or ["?"])[0]
         try:
             sender.signature_from_request(request, headers=headers).apply_async()
@@ -342,8 +346,8 @@ class EventProcessor:
 
     def after_fork(self, **_: Any) -> None:
         """In a new pool child: never reuse the parent's pooled database connections."""
-        if "engine" in self.bus.__dict__:
-            self.bus.engine.dispose(close=False)
+        if "engine" in self.runtime.__dict__:
+            self.runtime.engine.dispose(close=False)
 
 
 def _event_ids(given: Sequence[str] | str) -> list[uuid.UUID]:
@@ -453,11 +457,11 @@ def _infra_backoff(retries: int) -> float:
     return cap / 2 + random.uniform(0, cap / 2)
 
 
-def install(bus: Bus, handlers: Registry = registry) -> Task:
+def install(runtime: Runtime, handlers: Registry = registry) -> Task:
     """Register the bus's tasks and their signal receivers on the bus's Celery app; returns
     ``eventbus.process_events``."""
-    processor = EventProcessor(bus, handlers)
-    app = bus.celery
+    processor = EventProcessor(runtime, handlers)
+    app = runtime.celery
     options: dict[str, Any] = {
         "bind": True,
         "max_retries": None,  # the count lives in PostgreSQL (EVENTBUS_RETRY_MAX_ATTEMPTS)

@@ -14,7 +14,7 @@ from celery.worker import state as worker_state
 
 from bus.broker.queues import queue_name
 from bus.observability import metrics, tracing
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from workers.heartbeat import Heartbeat
 from workers.intake import CONSUMER
 from workers.registry import Registry, registry
@@ -41,9 +41,9 @@ def resolve_modules(requested: Sequence[str] | None, handlers: Registry = regist
     return modules
 
 
-def _options(bus: Bus, modules: Sequence[str]) -> dict[str, Any]:
+def _options(runtime: Runtime, modules: Sequence[str]) -> dict[str, Any]:
     return {
-        "queues": [queue_name(m, bus.settings.queue_prefix) for m in modules],
+        "queues": [queue_name(m, runtime.settings.queue_prefix) for m in modules],
         "hostname": f"eventbus-{os.getpid()}@{socket.gethostname()}",
         # Neither syncs state with other workers: it only delays the start.
         "without_mingle": True,
@@ -71,13 +71,13 @@ def _forget_pool_process(pid: int | None = None, **_: Any) -> None:
     metrics.mark_process_dead(pid or os.getpid())
 
 
-def start_tracing(bus: Bus, pool: str) -> None:
+def start_tracing(runtime: Runtime, pool: str) -> None:
     """With tracing on, a tracer provider in each process that runs handlers. A prefork pool's
     children build their own as they start (``worker_process_init``: the provider's export
     thread would not survive the fork) and flush it as they exit (``worker_process_shutdown``:
     a child ends with ``os._exit``, which skips the SDK's exit hook); the other pools run
     handlers in this process."""
-    if not bus.settings.otel_enabled:
+    if not runtime.settings.otel_enabled:
         return
     tracing.require()  # a missing extra fails here, not in every pool child
     if pool == "prefork":
@@ -92,7 +92,7 @@ def _start_child_tracing(**_: Any) -> None:
 
 
 def run_worker(
-    bus: Bus,
+    runtime: Runtime,
     modules: Sequence[str],
     *,
     concurrency: int | None = None,
@@ -103,12 +103,12 @@ def run_worker(
 
     SIGTERM is a warm shutdown (running handlers finish), as in ``celery worker``.
     """
-    install(bus)
-    start_tracing(bus, pool)
+    install(runtime)
+    start_tracing(runtime, pool)
     for module in sorted(set(modules) - set(registry.modules())):
         log.warning("no handler is registered for %s: each of its events will fail", module)
-    options = _options(bus, modules)
-    worker = bus.celery.Worker(
+    options = _options(runtime, modules)
+    worker = runtime.celery.Worker(
         pool=pool,
         concurrency=concurrency,
         loglevel=loglevel,
@@ -121,7 +121,7 @@ def run_worker(
         ", ".join(options["queues"]),
         pool,
     )
-    heartbeat = Heartbeat(bus, modules, options["hostname"])
+    heartbeat = Heartbeat(runtime, modules, options["hostname"])
     heartbeat.start()
     try:
         worker.start()
@@ -138,13 +138,13 @@ class EmbeddedWorker:
     whose claim cannot skip locked rows, from running one event twice at once.
     """
 
-    def __init__(self, bus: Bus, modules: Sequence[str], loglevel: str = "INFO") -> None:
-        install(bus)
-        self._app = bus.celery
+    def __init__(self, runtime: Runtime, modules: Sequence[str], loglevel: str = "INFO") -> None:
+        install(runtime)
+        self._app = runtime.celery
         self._ready = threading.Event()
-        options = _options(bus, modules)
+        options = _options(runtime, modules)
         self._hostname: str = options["hostname"]
-        self._worker = bus.celery.WorkController(
+        self._worker = runtime.celery.WorkController(
             pool="solo",
             concurrency=1,
             loglevel=loglevel,
@@ -153,7 +153,7 @@ class EmbeddedWorker:
             **options,
         )
         self._thread = threading.Thread(target=self._worker.start, name="worker", daemon=True)
-        self._heartbeat = Heartbeat(bus, modules, self._hostname)
+        self._heartbeat = Heartbeat(runtime, modules, self._hostname)
 
     def start(self, timeout: float = 30.0) -> None:
         self._heartbeat.start()

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "eventbus_request_id"
 """Carries the publishing request's id into the worker's logs."""
-LOST_HEADER = "eventbus_lost"
+INTERRUPTED_HEADER = (
+    "eventbus_lost"  # the wire name of releases before 0.2, kept: messages in flight carry it
+)
 """Marks a delivery that may follow one that died: its attempt is counted before it runs."""
 
 
@@ -33,8 +35,9 @@ class Dispatch:
     event_id: uuid.UUID
     target_module: str
     request_id: str | None = None
-    lost: str | None = None
-    """Why the delivery before this one may have died, if it may (sent as ``LOST_HEADER``)."""
+    interrupted: str | None = None
+    """Why the delivery before this one may have died, if it may (sent as
+    ``INTERRUPTED_HEADER``)."""
     countdown: float | None = None
     """Seconds the message waits before it runs (a retry's delay)."""
     trace: str | None = None
@@ -45,7 +48,7 @@ class Dispatch:
     def alone(self) -> bool:
         """A delivery that may follow a death, or a delayed retry, travels on its own: a
         poison event can then take down only itself, and a delay holds back no other event."""
-        return self.lost is not None or self.countdown is not None
+        return self.interrupted is not None or self.countdown is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +68,8 @@ class Message:
         headers: dict[str, str | None] = {}
         if len(self.dispatches) == 1:  # a batch's request ids are on its rows
             headers[REQUEST_ID_HEADER] = first.request_id
-        if first.lost is not None:
-            headers[LOST_HEADER] = first.lost
+        if first.interrupted is not None:
+            headers[INTERRUPTED_HEADER] = first.interrupted
         return headers
 
 

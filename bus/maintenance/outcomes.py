@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from bus.events.rules import utcnow
 from bus.maintenance.chore import Chore
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.storage import count_store
 from bus.storage.db import transaction
 
@@ -18,17 +18,17 @@ CHECK_SECONDS = 5.0
 """How often the chore looks whether a minute has closed (it folds once per minute)."""
 
 
-def fold_outcome_minutes(bus: Bus, now: datetime | None = None) -> int:
+def fold_outcome_minutes(runtime: Runtime, now: datetime | None = None) -> int:
     """Fold the minutes before the current one and purge those past :data:`MINUTES_KEPT`
     (``count_store.fold_outcome_minutes``), so the stats' series reads about a row per
     minute and key."""
     now = now or utcnow()
     closed = now.replace(second=0, microsecond=0) - timedelta(minutes=1)
-    with transaction(bus.sessions) as session:
+    with transaction(runtime.sessions) as session:
         return count_store.fold_outcome_minutes(session, closed, now - MINUTES_KEPT)
 
 
-def chore(bus: Bus) -> Chore:
+def chore(runtime: Runtime) -> Chore:
     """Folds once per minute, when a minute closes: only a closed minute has anything to
     fold."""
     folded: list[datetime] = []
@@ -37,7 +37,7 @@ def chore(bus: Bus) -> Chore:
         minute = utcnow().replace(second=0, microsecond=0)
         if folded and folded[-1] == minute:
             return 0
-        done = fold_outcome_minutes(bus)
+        done = fold_outcome_minutes(runtime)
         folded[:] = [minute]
         return done
 

@@ -18,7 +18,7 @@ from bus.broker.queues import queue_name
 from bus.events.rules import utcnow
 from bus.maintenance.chore import Chore
 from bus.observability import tracing
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.storage import event_store, heartbeat_store
 from bus.storage.db import transaction
 
@@ -33,7 +33,7 @@ LEASE_EXPIRED_MESSAGE = (
 )
 
 
-def _lost(resent: bool) -> str | None:
+def _interruption(resent: bool) -> str | None:
     """A re-send after the lease is marked as following a delivery that may have died.
 
     Its message may be merely waiting in a queue, but it may also have died with a whole worker
@@ -45,28 +45,37 @@ def _lost(resent: bool) -> str | None:
     return LEASE_EXPIRED_MESSAGE if resent else None
 
 
-def run_once(bus: Bus, now: datetime | None = None, broker: BrokerInspector | None = None) -> int:
+def run_once(
+    runtime: Runtime, now: datetime | None = None, broker: BrokerInspector | None = None
+) -> int:
     """Send one bounded batch of due events; returns how many were sent.
 
     The batch is stamped and committed before anything is sent, so a relay that dies after
     sending leaves stamps, not duplicates, behind; sends that fail are unstamped again.
     """
-    return _run_once(bus, now or utcnow(), broker)[0]
+    return _run_once(runtime, now or utcnow(), broker)[0]
 
 
-def _run_once(bus: Bus, now: datetime, broker: BrokerInspector | None) -> tuple[int, list[str]]:
+def _run_once(
+    runtime: Runtime, now: datetime, broker: BrokerInspector | None
+) -> tuple[int, list[str]]:
     """:func:`run_once`, also returning the modules whose re-sends it held back."""
-    settings = bus.settings
+    settings = runtime.settings
     lease = timedelta(seconds=settings.relay_lease_seconds)
-    with transaction(bus.sessions) as session:
-        held = _held_modules(bus, session, now, lease, broker)
+    with transaction(runtime.sessions) as session:
+        held = _held_modules(runtime, session, now, lease, broker)
         rows = event_store.take_due_for_dispatch(
             session, now, lease, settings.relay_batch_size, hold=held
         )
     if not rows:
         return 0, held
     dispatches = [
-        Dispatch(row.id, row.target_module, request_id=row.request_id, lost=_lost(row.resent))
+        Dispatch(
+            row.id,
+            row.target_module,
+            request_id=row.request_id,
+            interrupted=_interruption(row.resent),
+        )
         for row in rows
     ]
     if settings.otel_enabled:
@@ -75,16 +84,20 @@ def _run_once(bus: Bus, now: datetime, broker: BrokerInspector | None) -> tuple[
         with tracing.tracer().start_as_current_span(
             "eventbus.relay", attributes={"eventbus.event_count": len(rows)}
         ):
-            failed = bus.dispatcher.send(dispatches)
+            failed = runtime.dispatcher.send(dispatches)
     else:
-        failed = bus.dispatcher.send(dispatches)
+        failed = runtime.dispatcher.send(dispatches)
     if failed:
         log.warning("relay: %d of %d sends failed; trying again later", len(failed), len(rows))
     return len(rows) - len(failed), held
 
 
 def _held_modules(
-    bus: Bus, session: Session, now: datetime, lease: timedelta, broker: BrokerInspector | None
+    runtime: Runtime,
+    session: Session,
+    now: datetime,
+    lease: timedelta,
+    broker: BrokerInspector | None,
 ) -> list[str]:
     """Modules whose expired events must not be sent again now: their earlier copy may still
     be waiting on the queue.
@@ -99,7 +112,7 @@ def _held_modules(
     (:mod:`bus.storage.heartbeat_store`), which will drain what waits. Events never sent are
     sent regardless.
     """
-    settings = bus.settings
+    settings = runtime.settings
     candidates = heartbeat_store.modules_with_expired_leases(session, now, lease)
     if not candidates:
         return []
@@ -120,11 +133,11 @@ def _held_modules(
     return [m for m in candidates if m not in live]
 
 
-def _unserved(bus: Bus, modules: list[str]) -> list[str]:
+def _unserved(runtime: Runtime, modules: list[str]) -> list[str]:
     """Those of ``modules`` without a live worker, for the log."""
-    settings = bus.settings
+    settings = runtime.settings
     since = heartbeat_store.live_since(utcnow(), settings.worker_heartbeat_seconds)
-    with transaction(bus.sessions) as session:
+    with transaction(runtime.sessions) as session:
         live = heartbeat_store.live_modules(session, settings.queue_prefix, since)
     return [m for m in modules if m not in live]
 
@@ -133,13 +146,13 @@ class _Resender:
     """The re-send chore's state: one broker connection for queue lengths, and the modules
     held back last time (said in the log when they change, not every pass)."""
 
-    def __init__(self, bus: Bus) -> None:
-        self._bus = bus
-        self._broker = BrokerInspector(bus.settings.broker_url)
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._broker = BrokerInspector(runtime.settings.broker_url)
         self._held: list[str] = []
 
     def run(self) -> int:
-        sent, held = _run_once(self._bus, utcnow(), self._broker)
+        sent, held = _run_once(self._runtime, utcnow(), self._broker)
         self._report_held(held)
         if sent:
             log.info("relay sent %d events", sent)
@@ -155,7 +168,7 @@ class _Resender:
         if not held:
             log.info("relay: no overdue event is held back")
             return
-        unserved = _unserved(self._bus, held)
+        unserved = _unserved(self._runtime, held)
         log.warning(
             "relay: overdue events of %s not sent again while a copy may wait on their queue%s",
             ", ".join(held),
@@ -163,13 +176,13 @@ class _Resender:
         )
 
 
-def chore(bus: Bus) -> Chore:
+def chore(runtime: Runtime) -> Chore:
     """Re-send every ``EVENTBUS_RELAY_INTERVAL_SECONDS``; a full batch is followed at once."""
-    resender = _Resender(bus)
+    resender = _Resender(runtime)
     return Chore(
         "resend",
-        bus.settings.relay_interval_seconds,
+        runtime.settings.relay_interval_seconds,
         resender.run,
-        batch=bus.settings.relay_batch_size,
+        batch=runtime.settings.relay_batch_size,
         close=resender.close,
     )

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from bus.maintenance import counts, outcomes, purges, resend
 from bus.maintenance.chore import Chore
 from bus.observability import metrics
-from bus.runtime import Bus
-from bus.storage import migrate
+from bus.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -21,17 +20,22 @@ MAX_ERROR_BACKOFF_SECONDS = 30.0
 an outage is logged, not flooded."""
 
 
-def default_chores(bus: Bus) -> list[Chore]:
+def default_chores(runtime: Runtime) -> list[Chore]:
     """Every chore of the bus, in the order one pass runs them."""
-    return [resend.chore(bus), counts.chore(bus), outcomes.chore(bus), *purges.chores(bus)]
+    return [
+        resend.chore(runtime),
+        counts.chore(runtime),
+        outcomes.chore(runtime),
+        *purges.chores(runtime),
+    ]
 
 
 class Maintenance:
     """Runs its chores until stopped: each when it is due, in one thread."""
 
-    def __init__(self, bus: Bus, chores: Sequence[Chore] | None = None) -> None:
-        self._bus = bus
-        self._chores = list(chores) if chores is not None else default_chores(bus)
+    def __init__(self, runtime: Runtime, chores: Sequence[Chore] | None = None) -> None:
+        self._runtime = runtime
+        self._chores = list(chores) if chores is not None else default_chores(runtime)
         self._stop = threading.Event()
         self._due = {chore.name: 0.0 for chore in self._chores}
         self._failures = {chore.name: 0 for chore in self._chores}
@@ -42,7 +46,7 @@ class Maintenance:
 
     def run(self) -> None:
         """Loop until :meth:`stop`."""
-        settings = self._bus.settings
+        settings = self._runtime.settings
         log.info(
             "relay started: every %.2fs, lease %.0fs, batches of %d; chores: %s",
             settings.relay_interval_seconds,
@@ -51,8 +55,6 @@ class Maintenance:
             ", ".join(chore.name for chore in self._chores),
         )
         try:
-            # Before `eventbus migrate` has run, every pass would fail the same way: say it once.
-            migrate.wait_until_current(self._bus.engine, self._stop)
             while not self._stop.is_set():
                 for chore in self._chores:
                     if self._due[chore.name] <= time.monotonic() and not self._stop.is_set():

@@ -43,7 +43,7 @@ REPLAY_FIELDS = (*LIST_FILTERS, *TIME_FIELDS, "dry_run", "max")
 """What a replay body may hold; any other field is ``Unknown body field``."""
 
 UnitsOfWork = Callable[[], UnitOfWork]
-"""Makes a new unit of work (``bus.runtime.Bus.unit_of_work``): one per batch."""
+"""Makes a new unit of work (``bus.runtime.Runtime.unit_of_work``): one per batch."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from sqlalchemy import text
 from bus.auth import Principal, mint_token
 from bus.broker.queues import queue_name
 from bus.publish import service
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Environment, Settings
 from tests.chaos.ledger import LEDGER_TRUNCATE, MODULES, POISON_MODULE
 from tests.chaos.services import PostgresCluster, RedisServer, free_port, wait_until
@@ -221,7 +221,7 @@ class Stack:
         }
         values.update(overrides)
         self.settings = Settings(**values)
-        self.bus = Bus(self.settings)
+        self.runtime = Runtime(self.settings)
         self.procs: dict[str, Proc] = {}
         self.pools: dict[str, str] = {}
         self.every_proc: list[Proc] = []
@@ -233,7 +233,7 @@ class Stack:
         """Held while a batch is published in-process: a PostgreSQL restart waits for it."""
         self.api_port = free_port()
         self.started = time.monotonic()
-        with self.bus.engine.begin() as conn:
+        with self.runtime.engine.begin() as conn:
             conn.execute(text("TRUNCATE system_events"))
             conn.execute(text(LEDGER_TRUNCATE))
 
@@ -322,7 +322,7 @@ class Stack:
 
         def in_window() -> bool:
             pids = self.pool_children(name)
-            with self.bus.engine.connect() as conn:
+            with self.runtime.engine.connect() as conn:
                 found = conn.execute(
                     text(
                         "SELECT 1 FROM chaos_ledger l JOIN system_events e ON e.id = l.event_id "
@@ -360,7 +360,7 @@ class Stack:
             if proc.popen.poll() is None:
                 os.killpg(proc.popen.pid, signal.SIGKILL)
             proc.stop(signal.SIGKILL, timeout=10)
-        self.bus.close()
+        self.runtime.close()
         self.redis.stop()
 
     def supervise(self, *names: str) -> Callable[[], int]:
@@ -406,7 +406,7 @@ class Stack:
                 ahead = started + start / rate - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)
-            with self.publishing, self.bus.unit_of_work() as uow:
+            with self.publishing, self.runtime.unit_of_work() as uow:
                 for item in planned[start : start + batch]:
                     view = service.publish(
                         uow, self.settings, _principal(item.tenant), None, item.body
@@ -443,7 +443,7 @@ class Stack:
     def insert_unsent(self, planned: Sequence[Planned]) -> list[uuid.UUID]:
         """Publish as if the broker refused every send: committed, unstamped, no message."""
         ids: list[uuid.UUID] = []
-        with self.bus.unit_of_work() as uow:
+        with self.runtime.unit_of_work() as uow:
             for item in planned:
                 view = service.publish(uow, self.settings, _principal(item.tenant), None, item.body)
                 ids.append(uuid.UUID(str(view["id"])))
@@ -467,7 +467,7 @@ class Stack:
     def count_where(self, condition: str) -> int:
         """Events matching ``condition``, a constant of this module (never outside input)."""
         sql = f"SELECT count(*) FROM system_events WHERE {condition}"  # noqa: S608
-        with self.bus.engine.connect() as conn:
+        with self.runtime.engine.connect() as conn:
             return int(conn.execute(text(sql)).scalar_one())
 
     def wait_processed(self, at_least: int, timeout: float = 60) -> None:
@@ -511,7 +511,7 @@ class Stack:
             client.close()
 
     def _unsettled(self) -> list[Any]:
-        with self.bus.engine.connect() as conn:
+        with self.runtime.engine.connect() as conn:
             return [tuple(r) for r in conn.execute(text(UNSETTLED))]
 
     def _tails(self) -> str:
@@ -550,7 +550,7 @@ class Stack:
 
     def _read_ledger(self) -> Ledger:
         ledger = Ledger()
-        with self.bus.engine.connect() as conn:
+        with self.runtime.engine.connect() as conn:
             ledger.events = {
                 r.id: r
                 for r in conn.execute(

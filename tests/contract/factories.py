@@ -11,7 +11,7 @@ from typing import Any
 from httpx import Response
 
 from bus.events.schemas import parse_timestamp
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.storage import event_store
 from bus.storage.db import transaction
 from bus.storage.models import EventStatus
@@ -44,27 +44,29 @@ def event_values(**overrides: Any) -> dict[str, Any]:
     return values
 
 
-def make_events(bus: Bus, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def make_events(runtime: Runtime, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Insert rows (see :func:`event_values`) in one committed transaction."""
     made = list(rows)
-    with transaction(bus.sessions) as session:
+    with transaction(runtime.sessions) as session:
         for values in made:
             event_store.insert_event(session, values)
     return made
 
 
-def make_event(bus: Bus, **overrides: Any) -> dict[str, Any]:
+def make_event(runtime: Runtime, **overrides: Any) -> dict[str, Any]:
     """Insert one event; ``overrides`` replace the defaults of :func:`event_values`."""
-    return make_events(bus, [event_values(**overrides)])[0]
+    return make_events(runtime, [event_values(**overrides)])[0]
 
 
-def make_seed_event(bus: Bus, seed_event: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+def make_seed_event(
+    runtime: Runtime, seed_event: dict[str, Any], **overrides: Any
+) -> dict[str, Any]:
     """Insert the row a seed example shows (its fields, times included), with a real id."""
     fields = {k: v for k, v in seed_event.items() if k not in ("id", "tenant_id")}
     fields["created_at"] = parse_timestamp(fields["created_at"], "created_at")
     if fields["processed_at"] is not None:
         fields["processed_at"] = parse_timestamp(fields["processed_at"], "processed_at")
-    return make_event(bus, **{**fields, **overrides})
+    return make_event(runtime, **{**fields, **overrides})
 
 
 def as_seed(event: dict[str, Any], seed_event: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from tests.conftest import (
     NO_SUCH_EVENT,
     SEED_PUBLISH_BODY,
@@ -100,11 +100,11 @@ def header_for(kind: str, token: TokenFactory) -> dict[str, str]:
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT"])
 def test_matrix(
-    client: TestClient, bus: Bus, token: TokenFactory, method: str, kind: str, where: str
+    client: TestClient, runtime: Runtime, token: TokenFactory, method: str, kind: str, where: str
 ) -> None:
     # Given an event in each tenant, and a caller of this kind acting in its own (A) or in B
-    event = make_event(bus, tenant_id=TENANT_A)
-    make_event(bus, tenant_id=TENANT_B)
+    event = make_event(runtime, tenant_id=TENANT_A)
+    make_event(runtime, tenant_id=TENANT_B)
     tenant = TENANT_A if where == OWN else TENANT_B
     path = f"{EVENTS}/{event['id']}" if method == "PUT" else EVENTS
     body = {"status": "processed"} if method == "PUT" else SEED_PUBLISH_BODY
@@ -131,11 +131,11 @@ def test_matrix(
 
 
 def test_without_tenant_id_a_caller_acts_in_its_tokens_tenant(
-    client: TestClient, bus: Bus, token: TokenFactory
+    client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
     # Given events in tenants A and B
-    make_event(bus, tenant_id=TENANT_A)
-    b_event = make_event(bus, tenant_id=TENANT_B)
+    make_event(runtime, tenant_id=TENANT_A)
+    b_event = make_event(runtime, tenant_id=TENANT_B)
     h = auth(token(TENANT_B))
     # When a manage:system user of B names no tenant, then it sees, writes and updates in B
     listed = client.get(EVENTS, headers=h).json()
@@ -147,9 +147,9 @@ def test_without_tenant_id_a_caller_acts_in_its_tokens_tenant(
 
 
 def test_a_system_admin_naming_no_tenant_lists_every_tenant(
-    client: TestClient, bus: Bus, token: TokenFactory
+    client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
-    made = {str(make_event(bus, tenant_id=t)["id"]) for t in (TENANT_A, TENANT_B, uuid.uuid4())}
+    made = {str(make_event(runtime, tenant_id=t)["id"]) for t in (TENANT_A, TENANT_B, uuid.uuid4())}
 
     body = client.get(EVENTS, headers=auth(token(None, [], admin=True))).json()
 
@@ -158,9 +158,9 @@ def test_a_system_admin_naming_no_tenant_lists_every_tenant(
 
 
 def test_a_system_admin_naming_no_tenant_updates_any_tenants_event(
-    client: TestClient, bus: Bus, token: TokenFactory
+    client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
-    event = make_event(bus, tenant_id=TENANT_B)
+    event = make_event(runtime, tenant_id=TENANT_B)
 
     response = client.put(
         f"{EVENTS}/{event['id']}",
@@ -197,9 +197,9 @@ def test_a_system_admin_publishing_without_tenant_id_uses_its_tokens(
 
 
 def test_another_tenants_event_does_not_exist_for_a_writer(
-    client: TestClient, bus: Bus, token: TokenFactory
+    client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
-    event = make_event(bus, tenant_id=TENANT_A)
+    event = make_event(runtime, tenant_id=TENANT_A)
 
     for h in (auth(token(TENANT_B)), auth(token(TENANT_B, [], system=True))):
         response = client.put(f"{EVENTS}/{event['id']}", headers=h, json={"status": "processed"})
@@ -320,14 +320,14 @@ AppFactory = Callable[..., TestClient]
 
 
 @pytest.fixture
-def app_with(database_url: str, bus: Bus) -> Iterator[AppFactory]:
+def app_with(database_url: str, runtime: Runtime) -> Iterator[AppFactory]:
     """``app_with(**settings)``: a client of an app over the test database with other settings."""
-    buses: list[Bus] = []
+    buses: list[Runtime] = []
 
     def make(**overrides: Any) -> TestClient:
-        other = Bus(make_settings(database_url, **overrides))
+        other = Runtime(make_settings(database_url, **overrides))
         buses.append(other)
-        return TestClient(create_app(bus=other), raise_server_exceptions=False)
+        return TestClient(create_app(runtime=other), raise_server_exceptions=False)
 
     yield make
     for other in buses:

@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from api.app import create_app
 from bus.broker.queues import PROCESS_EVENTS_TASK, queue_name
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.conftest import REDIS_URL, SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
 
@@ -43,13 +43,13 @@ def queued(settings: Settings, module: str) -> list[list[str]]:
     return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
 
 
-def count(bus: Bus) -> int:
-    with bus.engine.connect() as conn:
+def count(runtime: Runtime) -> int:
+    with runtime.engine.connect() as conn:
         return int(conn.execute(text("SELECT count(*) FROM system_events")).scalar_one())
 
 
 def test_a_batch_is_stored_in_order_and_sent_as_one_message_per_module(
-    client: TestClient, token: TokenFactory, bus: Bus, settings: Settings
+    client: TestClient, token: TokenFactory, runtime: Runtime, settings: Settings
 ) -> None:
     # Given 5 events for warehouse and 2 for notifications, interleaved
     items = [item(n, "warehouse" if n % 3 else "notifications") for n in range(7)]
@@ -63,7 +63,7 @@ def test_a_batch_is_stored_in_order_and_sent_as_one_message_per_module(
     assert [e["entity_id"] for e in events] == [i["entity_id"] for i in items]
     assert all(e["status"] == "pending" and e["tenant_id"] == str(TENANT_A) for e in events)
     assert all(list(e)[:6] == ["id", "tenant_id", *EVENT_FIELDS[:4]] for e in events)
-    assert count(bus) == 7
+    assert count(runtime) == 7
     # And each module got one message carrying its ids
     by_module = Counter(e["target_module"] for e in events)
     for module, n in by_module.items():
@@ -98,17 +98,17 @@ def test_a_batch_is_stored_in_order_and_sent_as_one_message_per_module(
     ids=repr,
 )
 def test_an_invalid_batch_stores_nothing(
-    client: TestClient, token: TokenFactory, bus: Bus, body: Any, message: str
+    client: TestClient, token: TokenFactory, runtime: Runtime, body: Any, message: str
 ) -> None:
     response = client.post(BATCH, headers=auth(token()), json=body)
     assert (response.status_code, response.json()) == (400, {"success": False, "message": message})
-    assert count(bus) == 0
+    assert count(runtime) == 0
 
 
 def test_a_batch_over_the_cap_is_refused(token: TokenFactory, settings: Settings) -> None:
-    small = Bus(settings.model_copy(update={"max_batch": 3}))
+    small = Runtime(settings.model_copy(update={"max_batch": 3}))
     try:
-        with TestClient(create_app(bus=small)) as client:
+        with TestClient(create_app(runtime=small)) as client:
             response = client.post(
                 BATCH, headers=auth(token()), json={"events": [item(n) for n in range(4)]}
             )
@@ -122,7 +122,7 @@ def test_a_batch_over_the_cap_is_refused(token: TokenFactory, settings: Settings
 
 
 def test_a_batch_follows_the_publish_rights_and_tenancy(
-    client: TestClient, token: TokenFactory, bus: Bus
+    client: TestClient, token: TokenFactory, runtime: Runtime
 ) -> None:
     # A reader may not publish; a writer publishes into its own tenant, whatever it names
     reader = token(permissions=["read:events"])
@@ -146,37 +146,37 @@ def test_a_batch_follows_the_publish_rights_and_tenancy(
     )
     assert admin.status_code == 201
     assert admin.json()["events"][0]["tenant_id"] == str(TENANT_B)
-    assert count(bus) == 1
+    assert count(runtime) == 1
 
 
 def test_a_batch_is_one_insert_and_one_commit(
-    client: TestClient, token: TokenFactory, bus: Bus
+    client: TestClient, token: TokenFactory, runtime: Runtime
 ) -> None:
     statements: list[str] = []
 
     def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         statements.append(statement.split(maxsplit=1)[0].upper())
 
-    sa_event.listen(bus.engine, "before_cursor_execute", seen)
+    sa_event.listen(runtime.engine, "before_cursor_execute", seen)
     try:
         response = client.post(
             BATCH, headers=auth(token()), json={"events": [item(n) for n in range(50)]}
         )
     finally:
-        sa_event.remove(bus.engine, "before_cursor_execute", seen)
+        sa_event.remove(runtime.engine, "before_cursor_execute", seen)
     assert response.status_code == 201
     assert statements.count("INSERT") == 1, statements
-    assert count(bus) == 50
+    assert count(runtime) == 50
 
 
 def test_concurrent_publishes_share_commits_and_each_gets_its_own_answer(
-    token: TokenFactory, bus: Bus, settings: Settings
+    token: TokenFactory, runtime: Runtime, settings: Settings
 ) -> None:
     # Given an API whose publishes wait up to 2 ms for company
-    grouped = Bus(settings.model_copy(update={"publish_batch_window_ms": 2.0}))
+    grouped = Runtime(settings.model_copy(update={"publish_batch_window_ms": 2.0}))
     commits: list[int] = []
     sa_event.listen(grouped.engine, "commit", lambda _c: commits.append(1))
-    app = create_app(bus=grouped)
+    app = create_app(runtime=grouped)
     bodies = [item(n) for n in range(60)] + [{**item(99), "entity_id": ""}]
 
     async def send_all() -> list[httpx.Response]:
@@ -198,17 +198,17 @@ def test_concurrent_publishes_share_commits_and_each_gets_its_own_answer(
     assert [r.json()["event"]["entity_id"] for r in responses[:60]] == [
         f"item-{n}" for n in range(60)
     ]
-    assert count(bus) == 60
+    assert count(runtime) == 60
     # And fewer commits than publishes were needed
     assert len(commits) < 60, len(commits)
 
 
 def test_a_failed_group_commit_answers_each_publish_on_its_own(
-    token: TokenFactory, bus: Bus, settings: Settings
+    token: TokenFactory, runtime: Runtime, settings: Settings
 ) -> None:
     # Given a group of publishes one of which breaks a constraint only the database checks
-    grouped = Bus(settings.model_copy(update={"publish_batch_window_ms": 2.0}))
-    app = create_app(bus=grouped)
+    grouped = Runtime(settings.model_copy(update={"publish_batch_window_ms": 2.0}))
+    app = create_app(runtime=grouped)
     with grouped.engine.begin() as conn:
         conn.execute(
             text(
@@ -234,7 +234,7 @@ def test_a_failed_group_commit_answers_each_publish_on_its_own(
     # Then the others are stored and answered 201; only the refused one fails
     assert [r.status_code for r in responses] == [201] * 10 + [500]
     assert responses[-1].json() == {"success": False, "message": "Internal server error"}
-    assert count(bus) == 10
+    assert count(runtime) == 10
 
 
 def test_published_ids_are_uuids(client: TestClient, token: TokenFactory) -> None:

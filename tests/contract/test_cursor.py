@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from bus.auth import mint_token
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from tests.conftest import TENANT_A, TENANT_B, TokenFactory, auth, make_settings
 from tests.contract.factories import assert_error, event_values, make_events
 
@@ -49,18 +49,18 @@ def walk(
 
 
 def test_a_walk_of_250_returns_each_once_while_10_arrive(
-    client: TestClient, bus: Bus, token: TokenFactory
+    client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
     # Given 250 events of tenant A, five to a second (ties broken by id), and tenant B's
     rows = make_events(
-        bus, (event_values(created_at=T0 + timedelta(seconds=i // 5)) for i in range(250))
+        runtime, (event_values(created_at=T0 + timedelta(seconds=i // 5)) for i in range(250))
     )
-    make_events(bus, (event_values(tenant_id=TENANT_B, created_at=T0) for _ in range(20)))
+    make_events(runtime, (event_values(tenant_id=TENANT_B, created_at=T0) for _ in range(20)))
     arrived: list[dict[str, Any]] = []
 
     def publish_ten_after_the_first_page(page: int) -> None:
         if page == 1:
-            arrived.extend(make_events(bus, (event_values() for _ in range(10))))
+            arrived.extend(make_events(runtime, (event_values() for _ in range(10))))
 
     # When they are walked by cursor at limit 100, 10 events being published after page 1
     seen, bodies = walk(
@@ -77,9 +77,9 @@ def test_a_walk_of_250_returns_each_once_while_10_arrive(
 
 
 def test_the_envelope_keeps_the_seeds_fields_then_next_cursor(
-    client: TestClient, bus: Bus, token: TokenFactory
+    client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
-    make_events(bus, (event_values() for _ in range(3)))
+    make_events(runtime, (event_values() for _ in range(3)))
 
     body = client.get(EVENTS, headers=auth(token()), params={"limit": "2"}).json()
 
@@ -89,10 +89,10 @@ def test_the_envelope_keeps_the_seeds_fields_then_next_cursor(
 
 @pytest.mark.parametrize("count", [0, 1, 100])
 def test_the_last_page_has_no_next_cursor(
-    client: TestClient, bus: Bus, token: TokenFactory, count: int
+    client: TestClient, runtime: Runtime, token: TokenFactory, count: int
 ) -> None:
     # Given exactly as many events as fit a page (or fewer)
-    make_events(bus, (event_values() for _ in range(count)))
+    make_events(runtime, (event_values() for _ in range(count)))
     # When the only page is read
     body = client.get(EVENTS, headers=auth(token()), params={"limit": "100"}).json()
     # Then it says nothing follows
@@ -100,10 +100,12 @@ def test_the_last_page_has_no_next_cursor(
 
 
 def test_a_numbered_page_leads_on_by_cursor(
-    client: TestClient, bus: Bus, token: TokenFactory
+    client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
     # Given 30 events, and page 2 of 10 read by number
-    rows = make_events(bus, (event_values(created_at=T0 + timedelta(seconds=i)) for i in range(30)))
+    rows = make_events(
+        runtime, (event_values(created_at=T0 + timedelta(seconds=i)) for i in range(30))
+    )
     h = auth(token())
     second = client.get(EVENTS, headers=h, params={"page": "2", "limit": "10"}).json()
     # When its next_cursor is followed
@@ -118,9 +120,11 @@ def test_a_numbered_page_leads_on_by_cursor(
 
 
 def test_the_limit_may_change_during_a_walk(
-    client: TestClient, bus: Bus, token: TokenFactory
+    client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
-    rows = make_events(bus, (event_values(created_at=T0 + timedelta(seconds=i)) for i in range(25)))
+    rows = make_events(
+        runtime, (event_values(created_at=T0 + timedelta(seconds=i)) for i in range(25))
+    )
     h = auth(token())
     first = client.get(EVENTS, headers=h, params={"limit": "5"}).json()
 
@@ -131,11 +135,11 @@ def test_the_limit_may_change_during_a_walk(
 
 
 def test_a_walk_with_filters_holds_only_their_events(
-    client: TestClient, bus: Bus, token: TokenFactory
+    client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
     # Given failed and pending events of two modules, interleaved in time
     rows = make_events(
-        bus,
+        runtime,
         (
             event_values(
                 created_at=T0 + timedelta(seconds=i),
@@ -155,10 +159,10 @@ def test_a_walk_with_filters_holds_only_their_events(
 
 
 def test_a_system_admin_walks_every_tenant(
-    client: TestClient, bus: Bus, token: TokenFactory
+    client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
     rows = make_events(
-        bus,
+        runtime,
         (
             event_values(tenant_id=(TENANT_A, TENANT_B)[i % 2], created_at=T0 + timedelta(i))
             for i in range(12)
@@ -171,7 +175,7 @@ def test_a_system_admin_walks_every_tenant(
 
 
 def test_a_cut_page_by_cursor_still_walks_every_event_once(
-    bus: Bus, database_url: str, token: TokenFactory
+    runtime: Runtime, database_url: str, token: TokenFactory
 ) -> None:
     # Given 60 events of ~8 KiB and a response cap that holds about 30
     data_bytes = 8 * 1024
@@ -179,7 +183,7 @@ def test_a_cut_page_by_cursor_still_walks_every_event_once(
         database_url, max_event_data_bytes=data_bytes, max_response_bytes=256 * 1024 + 128 * 1024
     )
     rows = make_events(
-        bus,
+        runtime,
         (
             event_values(created_at=T0 + timedelta(seconds=i), event_data={"blob": "x" * 8000})
             for i in range(60)
@@ -205,9 +209,9 @@ def h(token: TokenFactory) -> dict[str, str]:
 
 
 @pytest.fixture
-def cursor(client: TestClient, bus: Bus, h: dict[str, str]) -> str:
+def cursor(client: TestClient, runtime: Runtime, h: dict[str, str]) -> str:
     """A good cursor of tenant A, no filters, over 5 events at limit 2."""
-    make_events(bus, (event_values(created_at=T0 + timedelta(seconds=i)) for i in range(5)))
+    make_events(runtime, (event_values(created_at=T0 + timedelta(seconds=i)) for i in range(5)))
     value = client.get(EVENTS, headers=h, params={"limit": "2"}).json()["next_cursor"]
     assert isinstance(value, str)
     ok = client.get(EVENTS, headers=h, params={"limit": "2", "cursor": value})
@@ -290,9 +294,9 @@ def test_a_cursor_of_another_filter_set_is_invalid(
 
 
 def test_a_cursor_of_another_tenant_is_invalid(
-    client: TestClient, bus: Bus, token: TokenFactory, cursor: str
+    client: TestClient, runtime: Runtime, token: TokenFactory, cursor: str
 ) -> None:
-    make_events(bus, (event_values(tenant_id=TENANT_B) for _ in range(5)))
+    make_events(runtime, (event_values(tenant_id=TENANT_B) for _ in range(5)))
     # A reader of tenant B, and a system admin naming B or no tenant: none may walk A's cursor
     for headers, params in (
         (auth(token(TENANT_B)), {}),
@@ -311,7 +315,7 @@ def test_a_cursor_of_another_tenant_is_invalid(
 
 
 def test_a_cursor_signed_with_another_secret_is_invalid(
-    bus: Bus, database_url: str, token: TokenFactory, client: TestClient, cursor: str
+    runtime: Runtime, database_url: str, token: TokenFactory, client: TestClient, cursor: str
 ) -> None:
     secret = "another-secret-long-enough-for-hs256-abcdefghij"
     other = make_settings(database_url, jwt_secret=secret)

@@ -19,7 +19,7 @@ from bus.delivery import attempts
 from bus.delivery.attempts import Attempt
 from bus.events.rules import save_changes
 from bus.maintenance.purges import purge_attempts
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.storage import attempt_store
 from bus.storage.db import transaction
 from bus.uow import UnitOfWork
@@ -52,8 +52,8 @@ class Recorder:
         return []
 
 
-def unit(bus: Bus) -> UnitOfWork:
-    return UnitOfWork(bus.sessions(), Recorder())  # type: ignore[arg-type]
+def unit(runtime: Runtime) -> UnitOfWork:
+    return UnitOfWork(runtime.sessions(), Recorder())  # type: ignore[arg-type]
 
 
 def get(client: TestClient, event_id: Any, tok: str, **params: str) -> Any:
@@ -95,21 +95,21 @@ def test_an_event_and_its_empty_history(client: TestClient, token: TokenFactory)
 
 
 def test_a_failed_event_says_when_its_retry_is_due(
-    client: TestClient, token: TokenFactory, bus: Bus
+    client: TestClient, token: TokenFactory, runtime: Runtime
 ) -> None:
     due = datetime(2030, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
-    retrying = make_event(bus, status="failed", retry_count=1, next_attempt_at=due)["id"]
-    gave_up = make_event(bus, status="failed", retry_count=5)["id"]
+    retrying = make_event(runtime, status="failed", retry_count=1, next_attempt_at=due)["id"]
+    gave_up = make_event(runtime, status="failed", retry_count=5)["id"]
 
     assert get(client, retrying, token()).json()["next_attempt_at"] == "2030-01-02T03:04:05.600000Z"
     assert get(client, gave_up, token()).json()["next_attempt_at"] is None
 
 
 def test_a_put_that_changes_the_status_records_an_api_entry(
-    client: TestClient, token: TokenFactory, bus: Bus
+    client: TestClient, token: TokenFactory, runtime: Runtime
 ) -> None:
     tok = token()
-    event_id = make_event(bus)["id"]
+    event_id = make_event(runtime)["id"]
     # When it is reported processed, then replayed (pending), failed, and failed again
     put(client, event_id, tok, status="processed")
     put(client, event_id, tok, status="pending")
@@ -132,10 +132,10 @@ def test_a_put_that_changes_the_status_records_an_api_entry(
 
 
 def test_a_long_history_shows_its_last_entries_each_error_cut(
-    client: TestClient, token: TokenFactory, bus: Bus
+    client: TestClient, token: TokenFactory, runtime: Runtime
 ) -> None:
     # Given an event with 150 entries of 10,000-character errors (3,600 PUTs made 21 MB before)
-    event_id = make_event(bus)["id"]
+    event_id = make_event(runtime)["id"]
     now = datetime.now(UTC)
     total = attempt_store.SHOWN_ATTEMPTS + 50
     entries = [
@@ -148,7 +148,7 @@ def test_a_long_history_shows_its_last_entries_each_error_cut(
         )
         for n in range(1, total + 1)
     ]
-    with transaction(bus.sessions) as session:
+    with transaction(runtime.sessions) as session:
         attempt_store.record(session, entries)
     # When it is read
     response = get(client, event_id, token())
@@ -165,21 +165,21 @@ def test_a_long_history_shows_its_last_entries_each_error_cut(
 
 
 def test_another_tenants_event_is_never_read(
-    client: TestClient, token: TokenFactory, bus: Bus
+    client: TestClient, token: TokenFactory, runtime: Runtime
 ) -> None:
     # Given tenant B's event, and every statement the detail runs recorded
-    theirs = str(make_event(bus, tenant_id=TENANT_B, event_data={"mark": "b-secret"})["id"])
+    theirs = str(make_event(runtime, tenant_id=TENANT_B, event_data={"mark": "b-secret"})["id"])
     seen: list[tuple[str, Any]] = []
 
     def note(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
         seen.append((statement, params))
 
-    sa_event.listen(bus.engine, "before_cursor_execute", note)
+    sa_event.listen(runtime.engine, "before_cursor_execute", note)
     try:
         # When tenant A's manager asks for it
         response = get(client, theirs, token(TENANT_A))
     finally:
-        sa_event.remove(bus.engine, "before_cursor_execute", note)
+        sa_event.remove(runtime.engine, "before_cursor_execute", note)
     # Then it is not found, and the statement that looked for it named A's tenant in its
     # WHERE: B's row was never fetched (its 404 costs what an unknown id's does)
     assert response.json() == {"success": False, "message": "Event not found"}
@@ -201,10 +201,10 @@ def test_another_tenants_event_is_never_read(
     ids=["urn", "braces", "bare hex", "upper case"],
 )
 def test_only_the_canonical_spelling_of_an_id_names_it(
-    client: TestClient, token: TokenFactory, bus: Bus, spelling: Any
+    client: TestClient, token: TokenFactory, runtime: Runtime, spelling: Any
 ) -> None:
     # Given an event, named in another spelling of its UUID
-    event_id = make_event(bus)["id"]
+    event_id = make_event(runtime)["id"]
     path = spelling(uuid.UUID(str(event_id)))
     tok = token()
     # When it is read and updated by that spelling
@@ -235,9 +235,9 @@ def test_only_the_canonical_spelling_of_an_id_names_it(
     ids=lambda v: repr(v[:20]),
 )
 def test_an_unknown_or_malformed_id_is_not_found(
-    client: TestClient, token: TokenFactory, bus: Bus, event_id: str
+    client: TestClient, token: TokenFactory, runtime: Runtime, event_id: str
 ) -> None:
-    make_event(bus)
+    make_event(runtime)
 
     response = get(client, event_id, token())
 
@@ -246,11 +246,11 @@ def test_an_unknown_or_malformed_id_is_not_found(
 
 
 @pytest.fixture
-def both(bus: Bus) -> Iterator[dict[str, str]]:
+def both(runtime: Runtime) -> Iterator[dict[str, str]]:
     """One event in tenant A, one in tenant B (marked, so a leak of it shows)."""
     made = {
-        "A": str(make_event(bus, tenant_id=TENANT_A)["id"]),
-        "B": str(make_event(bus, tenant_id=TENANT_B, event_data={"mark": "b-secret"})["id"]),
+        "A": str(make_event(runtime, tenant_id=TENANT_A)["id"]),
+        "B": str(make_event(runtime, tenant_id=TENANT_B, event_data={"mark": "b-secret"})["id"]),
     }
     yield made
 
@@ -320,7 +320,7 @@ def test_the_tenancy_matrix(
 # --- recorded by the workers, in process -----------------------------------------------------
 
 
-def test_a_batch_records_every_attempt_in_one_insert(bus: Bus) -> None:
+def test_a_batch_records_every_attempt_in_one_insert(runtime: Runtime) -> None:
     # Given 50 claimed events whose handler fails for every fifth one
     handlers = Registry()
 
@@ -329,7 +329,7 @@ def test_a_batch_records_every_attempt_in_one_insert(bus: Bus) -> None:
             raise LookupError(f"no item {event.event_data['n']}")
 
     handlers.add("warehouse", "*", handle)
-    ids = [make_event(bus, event_data={"n": n})["id"] for n in range(50)]
+    ids = [make_event(runtime, event_data={"n": n})["id"] for n in range(50)]
     statements: list[tuple[str, bool]] = []
 
     def count(
@@ -337,16 +337,16 @@ def test_a_batch_records_every_attempt_in_one_insert(bus: Bus) -> None:
     ) -> None:
         statements.append((statement, many))
 
-    sa_event.listen(bus.engine, "before_cursor_execute", count)
+    sa_event.listen(runtime.engine, "before_cursor_execute", count)
     try:
-        with unit(bus) as uow:
+        with unit(runtime) as uow:
             runs, skips = attempts.begin_many(uow, ids)
             assert len(runs) == 50 and not skips
             statements.clear()
             # When the delivery runs them
-            EventProcessor(bus, handlers)._run(uow, runs)
+            EventProcessor(runtime, handlers)._run(uow, runs)
     finally:
-        sa_event.remove(bus.engine, "before_cursor_execute", count)
+        sa_event.remove(runtime.engine, "before_cursor_execute", count)
 
     # Then their 50 entries were written by ONE statement (not an executemany: one round trip),
     # in the delivery's one commit
@@ -356,7 +356,7 @@ def test_a_batch_records_every_attempt_in_one_insert(bus: Bus) -> None:
         if s.lstrip().upper().startswith("INSERT INTO EVENT_ATT")
     ]
     assert [many for _, many in inserts] == [False], inserts
-    with bus.sessions() as session:
+    with runtime.sessions() as session:
         entries = {event_id: attempt_store.attempts_of(session, event_id) for event_id in ids}
     assert all(len(e) == 1 and e[0]["attempt"] == 1 for e in entries.values())
     for n, event_id in enumerate(ids):
@@ -373,17 +373,17 @@ def test_a_batch_records_every_attempt_in_one_insert(bus: Bus) -> None:
             assert (entry["outcome"], entry["error_message"]) == ("processed", None)
 
 
-def test_a_run_counted_in_advance_is_recorded_lost_then_its_outcome(bus: Bus) -> None:
+def test_a_run_counted_in_advance_is_recorded_lost_then_its_outcome(runtime: Runtime) -> None:
     # Given an event whose first run died (nothing of it was committed)
-    event_id = make_event(bus)["id"]
-    policy = bus.retry_policy
-    with unit(bus) as uow:
+    event_id = make_event(runtime)["id"]
+    policy = runtime.retry_policy
+    with unit(runtime) as uow:
         claimed = attempts.begin(uow, event_id)
         assert isinstance(claimed, Attempt)
         # When the delivery that follows counts it in advance, and its own run then succeeds
         counted = attempts.count_in_advance(uow, claimed, policy, "WorkerLostError: signal 9")
         uow.commit()
-        with bus.sessions() as session:
+        with runtime.sessions() as session:
             after_mark = attempt_store.attempts_of(session, event_id)
         again = attempts.reclaim(uow, counted)
         assert again is not None
@@ -394,17 +394,17 @@ def test_a_run_counted_in_advance_is_recorded_lost_then_its_outcome(bus: Bus) ->
         (1, "lost", "WorkerLostError: signal 9")
     ]
     assert after_mark[0]["started_at"] is None and after_mark[0]["worker"] is None
-    with bus.sessions() as session:
+    with runtime.sessions() as session:
         entries = attempt_store.attempts_of(session, event_id)
     assert [(e["attempt"], e["outcome"]) for e in entries] == [(1, "lost"), (2, "processed")]
 
 
-def test_the_relay_purges_entries_past_their_retention(bus: Bus) -> None:
+def test_the_relay_purges_entries_past_their_retention(runtime: Runtime) -> None:
     # Given an entry older than EVENTBUS_ATTEMPTS_RETENTION_DAYS and a fresh one
-    event_id = make_event(bus)["id"]
+    event_id = make_event(runtime)["id"]
     now = datetime.now(UTC)
-    old = now - timedelta(days=bus.settings.attempts_retention_days, minutes=1)
-    with transaction(bus.sessions) as session:
+    old = now - timedelta(days=runtime.settings.attempts_retention_days, minutes=1)
+    with transaction(runtime.sessions) as session:
         attempt_store.record(
             session, [attempt_store.Entry(event_id, attempt_store.Outcome.FAILED, old)]
         )
@@ -412,8 +412,8 @@ def test_the_relay_purges_entries_past_their_retention(bus: Bus) -> None:
             session, [attempt_store.Entry(event_id, attempt_store.Outcome.PROCESSED, now)]
         )
     # When the relay purges
-    purged = purge_attempts(bus)
+    purged = purge_attempts(runtime)
     # Then only the old one is gone
     assert purged == 1
-    with bus.sessions() as session:
+    with runtime.sessions() as session:
         assert [e["outcome"] for e in attempt_store.attempts_of(session, event_id)] == ["processed"]

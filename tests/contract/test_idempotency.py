@@ -24,7 +24,7 @@ from bus.auth import Principal
 from bus.events.rules import utcnow
 from bus.maintenance import purges
 from bus.publish import idempotency, service
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from bus.storage import idempotency_store
 from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
@@ -37,8 +37,8 @@ INVALID = "Invalid Idempotency-Key"
 
 
 @pytest.fixture(autouse=True)
-def _no_keys(bus: Bus) -> Iterator[None]:
-    with bus.engine.begin() as conn:
+def _no_keys(runtime: Runtime) -> Iterator[None]:
+    with runtime.engine.begin() as conn:
         conn.execute(text("TRUNCATE idempotency_keys"))
     yield
 
@@ -47,18 +47,18 @@ def keyed(tok: str, key: str) -> dict[str, str]:
     return {**auth(tok), "Idempotency-Key": key}
 
 
-def events_stored(bus: Bus) -> int:
-    with bus.engine.connect() as conn:
+def events_stored(runtime: Runtime) -> int:
+    with runtime.engine.connect() as conn:
         return int(conn.execute(text("SELECT count(*) FROM system_events")).scalar_one())
 
 
-def keys_stored(bus: Bus) -> int:
-    with bus.engine.connect() as conn:
+def keys_stored(runtime: Runtime) -> int:
+    with runtime.engine.connect() as conn:
         return int(conn.execute(text("SELECT count(*) FROM idempotency_keys")).scalar_one())
 
 
 def test_a_publish_sent_again_with_its_key_is_answered_the_first_response(
-    client: TestClient, token: TokenFactory, bus: Bus
+    client: TestClient, token: TokenFactory, runtime: Runtime
 ) -> None:
     # Given a publish answered 201 under a key
     first = client.post(PUBLISH, headers=keyed(token(), "order-42"), json=SEED_PUBLISH_BODY)
@@ -77,12 +77,12 @@ def test_a_publish_sent_again_with_its_key_is_answered_the_first_response(
     assert again.headers["idempotent-replayed"] == "true"
     assert again.headers["content-type"] == "application/json"
     assert first.json()["message"] == "Event published successfully"
-    assert events_stored(bus) == 1
-    assert keys_stored(bus) == 1
+    assert events_stored(runtime) == 1
+    assert keys_stored(runtime) == 1
 
 
 def test_a_batch_sent_again_with_its_key_is_answered_the_first_response(
-    client: TestClient, token: TokenFactory, bus: Bus
+    client: TestClient, token: TokenFactory, runtime: Runtime
 ) -> None:
     batch = {"events": [{**SEED_PUBLISH_BODY, "entity_id": f"item-{n}"} for n in range(3)]}
     first = client.post(BATCH, headers=keyed(token(system=True), "batch-1"), json=batch)
@@ -93,19 +93,19 @@ def test_a_batch_sent_again_with_its_key_is_answered_the_first_response(
     assert again.status_code == 201
     assert again.content == first.content
     assert again.headers["idempotent-replayed"] == "true"
-    assert events_stored(bus) == 3
+    assert events_stored(runtime) == 3
 
 
 def test_publishes_without_a_key_are_never_deduplicated(
-    client: TestClient, token: TokenFactory, bus: Bus
+    client: TestClient, token: TokenFactory, runtime: Runtime
 ) -> None:
     for _ in range(2):
         response = client.post(PUBLISH, headers=auth(token()), json=SEED_PUBLISH_BODY)
         assert response.status_code == 201
         assert "idempotent-replayed" not in response.headers
 
-    assert events_stored(bus) == 2
-    assert keys_stored(bus) == 0
+    assert events_stored(runtime) == 2
+    assert keys_stored(runtime) == 0
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ def test_publishes_without_a_key_are_never_deduplicated(
     ],
 )
 def test_a_key_reused_with_a_different_request_is_422(
-    client: TestClient, token: TokenFactory, bus: Bus, path: str, body: dict[str, Any]
+    client: TestClient, token: TokenFactory, runtime: Runtime, path: str, body: dict[str, Any]
 ) -> None:
     first = client.post(PUBLISH, headers=keyed(token(), "k"), json=SEED_PUBLISH_BODY)
     assert first.status_code == 201
@@ -126,14 +126,14 @@ def test_a_key_reused_with_a_different_request_is_422(
 
     assert reused.status_code == 422
     assert reused.json() == {"success": False, "message": REUSED}
-    assert events_stored(bus) == 1
+    assert events_stored(runtime) == 1
     # and the key still answers its own request
     again = client.post(PUBLISH, headers=keyed(token(), "k"), json=SEED_PUBLISH_BODY)
     assert again.content == first.content
 
 
 def test_a_key_held_by_a_request_in_flight_is_409(
-    client: TestClient, token: TokenFactory, bus: Bus, database_url: str
+    client: TestClient, token: TokenFactory, runtime: Runtime, database_url: str
 ) -> None:
     # Given another transaction holding the key's lock, as a request in flight does
     lock = idempotency_store.lock_id(TENANT_A, "busy")
@@ -145,8 +145,8 @@ def test_a_key_held_by_a_request_in_flight_is_409(
         # Then it is refused at once, and nothing is stored
         assert refused.status_code == 409
         assert refused.json() == {"success": False, "message": IN_PROGRESS}
-        assert events_stored(bus) == 0
-        assert keys_stored(bus) == 0
+        assert events_stored(runtime) == 0
+        assert keys_stored(runtime) == 0
         # (another tenant's same key is another lock)
         other_tenant = client.post(
             PUBLISH, headers=keyed(token(TENANT_B), "busy"), json=SEED_PUBLISH_BODY
@@ -160,7 +160,7 @@ def test_a_key_held_by_a_request_in_flight_is_409(
 
 
 def test_two_concurrent_requests_with_one_key_store_one_event(
-    token: TokenFactory, bus: Bus
+    token: TokenFactory, runtime: Runtime
 ) -> None:
     # Given the first request held in flight just before it INSERTs its event
     entered, release = threading.Event(), threading.Event()
@@ -170,8 +170,8 @@ def test_two_concurrent_requests_with_one_key_store_one_event(
             entered.set()
             release.wait(10)
 
-    sa_event.listen(bus.engine, "before_cursor_execute", hold_first_insert)
-    app = create_app(bus=bus)
+    sa_event.listen(runtime.engine, "before_cursor_execute", hold_first_insert)
+    app = create_app(runtime=runtime)
     headers = keyed(token(), "concurrent")
 
     async def race() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
@@ -190,17 +190,17 @@ def test_two_concurrent_requests_with_one_key_store_one_event(
         first, second, third = asyncio.run(race())
     finally:
         release.set()
-        sa_event.remove(bus.engine, "before_cursor_execute", hold_first_insert)
+        sa_event.remove(runtime.engine, "before_cursor_execute", hold_first_insert)
     # Then the second is 409, the first 201, a later retry the first's answer; one event
     assert second.status_code == 409
     assert second.json()["message"] == IN_PROGRESS
     assert first.status_code == 201
     assert third.content == first.content
     assert third.headers["idempotent-replayed"] == "true"
-    assert events_stored(bus) == 1
+    assert events_stored(runtime) == 1
 
 
-def test_keys_are_per_tenant(client: TestClient, token: TokenFactory, bus: Bus) -> None:
+def test_keys_are_per_tenant(client: TestClient, token: TokenFactory, runtime: Runtime) -> None:
     a = client.post(PUBLISH, headers=keyed(token(TENANT_A), "shared"), json=SEED_PUBLISH_BODY)
     other_body = {**SEED_PUBLISH_BODY, "entity_id": "b-item"}
     b = client.post(PUBLISH, headers=keyed(token(TENANT_B), "shared"), json=other_body)
@@ -216,7 +216,7 @@ def test_keys_are_per_tenant(client: TestClient, token: TokenFactory, bus: Bus) 
     assert b.json()["event"]["tenant_id"] == str(TENANT_B)
     assert admin.content == b.content
     assert admin.headers["idempotent-replayed"] == "true"
-    assert events_stored(bus) == 2
+    assert events_stored(runtime) == 2
 
 
 @pytest.mark.parametrize(
@@ -225,7 +225,7 @@ def test_keys_are_per_tenant(client: TestClient, token: TokenFactory, bus: Bus) 
     ids=["empty", "256 characters", "not ASCII", "tab", "DEL"],
 )
 def test_a_malformed_key_is_400_and_stores_nothing(
-    client: TestClient, token: TokenFactory, bus: Bus, value: bytes
+    client: TestClient, token: TokenFactory, runtime: Runtime, value: bytes
 ) -> None:
     for path, body in ((PUBLISH, SEED_PUBLISH_BODY), (BATCH, {"events": [SEED_PUBLISH_BODY]})):
         headers = [(b"authorization", f"Bearer {token()}".encode()), (b"idempotency-key", value)]
@@ -233,11 +233,11 @@ def test_a_malformed_key_is_400_and_stores_nothing(
 
         assert response.status_code == 400, value
         assert response.json() == {"success": False, "message": INVALID}
-    assert events_stored(bus) == 0
-    assert keys_stored(bus) == 0
+    assert events_stored(runtime) == 0
+    assert keys_stored(runtime) == 0
 
 
-def test_two_key_headers_are_400(client: TestClient, token: TokenFactory, bus: Bus) -> None:
+def test_two_key_headers_are_400(client: TestClient, token: TokenFactory, runtime: Runtime) -> None:
     headers = [
         ("Authorization", f"Bearer {token()}"),
         ("Idempotency-Key", "one"),
@@ -247,7 +247,7 @@ def test_two_key_headers_are_400(client: TestClient, token: TokenFactory, bus: B
 
     assert response.status_code == 400
     assert response.json()["message"] == INVALID
-    assert events_stored(bus) == 0
+    assert events_stored(runtime) == 0
 
 
 @pytest.mark.parametrize("key", ["x" * 255, "a key with spaces ~!@#$%^&*()", "7"])
@@ -262,7 +262,7 @@ def test_printable_keys_up_to_255_characters_are_taken(
 
 
 def test_a_request_refused_by_its_rules_stores_no_key(
-    client: TestClient, token: TokenFactory, bus: Bus
+    client: TestClient, token: TokenFactory, runtime: Runtime
 ) -> None:
     # Given a request refused with a key (400: a field missing)
     bad = {k: v for k, v in SEED_PUBLISH_BODY.items() if k != "entity_id"}
@@ -271,19 +271,19 @@ def test_a_request_refused_by_its_rules_stores_no_key(
     # and a caller without the right (403)
     forbidden = client.post(PUBLISH, headers=keyed(token(permissions=[]), "fixme"), json=bad)
     assert forbidden.status_code == 403
-    assert keys_stored(bus) == 0
+    assert keys_stored(runtime) == 0
     # When the corrected request is sent with the same key, it is stored (not a 422)
     fixed = client.post(PUBLISH, headers=keyed(token(), "fixme"), json=SEED_PUBLISH_BODY)
     assert fixed.status_code == 201
-    assert events_stored(bus) == 1
+    assert events_stored(runtime) == 1
 
 
 def test_an_expired_key_is_a_new_request_and_is_purged(
-    client: TestClient, token: TokenFactory, bus: Bus
+    client: TestClient, token: TokenFactory, runtime: Runtime
 ) -> None:
     # Given a key whose TTL has run out
     first = client.post(PUBLISH, headers=keyed(token(), "old"), json=SEED_PUBLISH_BODY)
-    with bus.engine.begin() as conn:
+    with runtime.engine.begin() as conn:
         conn.execute(text("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'"))
     # When it is sent again, even with another body, it is a new publish
     other = {**SEED_PUBLISH_BODY, "entity_id": "new-item"}
@@ -291,29 +291,31 @@ def test_an_expired_key_is_a_new_request_and_is_purged(
     assert again.status_code == 201
     assert "idempotent-replayed" not in again.headers
     assert again.json()["event"]["id"] != first.json()["event"]["id"]
-    assert events_stored(bus) == 2
+    assert events_stored(runtime) == 2
     # and the relay's purge leaves it until its new TTL runs out
-    assert purges.purge_idempotency_keys(bus) == 0
-    later = utcnow() + timedelta(seconds=bus.settings.idempotency_ttl_seconds + 1)
-    assert purges.purge_idempotency_keys(bus, later) == 1
-    assert keys_stored(bus) == 0
+    assert purges.purge_idempotency_keys(runtime) == 0
+    later = utcnow() + timedelta(seconds=runtime.settings.idempotency_ttl_seconds + 1)
+    assert purges.purge_idempotency_keys(runtime, later) == 1
+    assert keys_stored(runtime) == 0
 
 
-def test_the_ttl_comes_from_the_setting(settings: Settings, bus: Bus, token: TokenFactory) -> None:
-    short = Bus(settings.model_copy(update={"idempotency_ttl_seconds": 60}))
+def test_the_ttl_comes_from_the_setting(
+    settings: Settings, runtime: Runtime, token: TokenFactory
+) -> None:
+    short = Runtime(settings.model_copy(update={"idempotency_ttl_seconds": 60}))
     try:
-        with TestClient(create_app(bus=short)) as client:
+        with TestClient(create_app(runtime=short)) as client:
             client.post(PUBLISH, headers=keyed(token(), "ttl"), json=SEED_PUBLISH_BODY)
     finally:
         short.close()
-    with bus.engine.connect() as conn:
+    with runtime.engine.connect() as conn:
         ttl = conn.execute(text("SELECT expires_at - created_at FROM idempotency_keys")).scalar()
     assert ttl == timedelta(seconds=60)
 
 
-def test_the_purge_is_bounded_and_spares_live_keys(bus: Bus) -> None:
+def test_the_purge_is_bounded_and_spares_live_keys(runtime: Runtime) -> None:
     now = utcnow()
-    with bus.sessions() as session:
+    with runtime.sessions() as session:
         for n in range(5):
             response = idempotency_store.StoredResponse("f", 201, "{}")
             ttl = timedelta(seconds=1 if n < 3 else 3600)
@@ -324,11 +326,11 @@ def test_the_purge_is_bounded_and_spares_live_keys(bus: Bus) -> None:
         assert idempotency_store.purge_expired(session, later, limit=2) == 1
         assert idempotency_store.purge_expired(session, later, limit=2) == 0
         session.commit()
-    assert keys_stored(bus) == 2
+    assert keys_stored(runtime) == 2
 
 
 def test_a_retry_after_the_api_died_between_commit_and_answer_gets_the_one_event(
-    client: TestClient, token: TokenFactory, bus: Bus
+    client: TestClient, token: TokenFactory, runtime: Runtime
 ) -> None:
     # Given a keyed publish whose unit of work committed but whose answer never left
     # (the API died right after the commit): the service's own call, its answer dropped
@@ -339,20 +341,20 @@ def test_a_retry_after_the_api_died_between_commit_and_answer_gets_the_one_event
         is_system_admin=False,
         token_type="user",
     )
-    event = service.prepare_publish(bus.settings, caller, None, SEED_PUBLISH_BODY)
+    event = service.prepare_publish(runtime.settings, caller, None, SEED_PUBLISH_BODY)
     fingerprint = idempotency.fingerprint("POST", PUBLISH, SEED_PUBLISH_BODY)
     envelope = {"success": True, "message": "Event published successfully"}
-    with bus.unit_of_work() as uow:
+    with runtime.unit_of_work() as uow:
         lost = service.publish_once(
             uow,
-            bus.settings,
+            runtime.settings,
             "retry-me",
             fingerprint,
             [event],
             lambda views: render({**envelope, "event": views[0]}),
         )
         uow.commit()
-    assert events_stored(bus) == 1
+    assert events_stored(runtime) == 1
     # When the client retries over HTTP with the same key
     retried = client.post(PUBLISH, headers=keyed(token(), "retry-me"), json=SEED_PUBLISH_BODY)
     # Then it is answered what the dead API would have said, and there is still one event
@@ -360,7 +362,7 @@ def test_a_retry_after_the_api_died_between_commit_and_answer_gets_the_one_event
     assert retried.headers["idempotent-replayed"] == "true"
     assert retried.content == lost.body
     assert retried.json()["event"]["id"] == str(event.id)
-    assert events_stored(bus) == 1
+    assert events_stored(runtime) == 1
 
 
 @pytest.mark.parametrize("path", [PUBLISH, BATCH])
@@ -413,7 +415,7 @@ def outcome(response: httpx.Response) -> tuple[int, str]:
 @pytest.mark.parametrize("path", [PUBLISH, BATCH])
 @pytest.mark.parametrize("raw", list(RAW_BODIES.values()), ids=list(RAW_BODIES))
 def test_a_keyed_publish_answers_what_the_key_less_one_does(
-    client: TestClient, token: TokenFactory, bus: Bus, path: str, raw: str
+    client: TestClient, token: TokenFactory, runtime: Runtime, path: str, raw: str
 ) -> None:
     content = (raw if path == PUBLISH else as_batch(raw)).encode()
     plain = {**auth(token()), "Content-Type": "application/json"}
@@ -430,14 +432,14 @@ def test_a_keyed_publish_answers_what_the_key_less_one_does(
     if first.status_code == 201:
         assert again.content == first.content
         assert again.headers["idempotent-replayed"] == "true"
-        assert keys_stored(bus) == 1
+        assert keys_stored(runtime) == 1
     else:
         assert outcome(again) == outcome(without)
-        assert keys_stored(bus) == 0
+        assert keys_stored(runtime) == 0
 
 
 def test_a_retry_that_changes_only_an_ignored_field_is_the_same_request(
-    client: TestClient, token: TokenFactory, bus: Bus
+    client: TestClient, token: TokenFactory, runtime: Runtime
 ) -> None:
     # The fingerprint is what the publish accepted: a field it ignores is not part of it
     first = client.post(PUBLISH, headers=keyed(token(), "ignored"), json=SEED_PUBLISH_BODY)
@@ -450,4 +452,4 @@ def test_a_retry_that_changes_only_an_ignored_field_is_the_same_request(
     assert first.status_code == 201
     assert again.content == first.content
     assert again.headers["idempotent-replayed"] == "true"
-    assert events_stored(bus) == 1
+    assert events_stored(runtime) == 1

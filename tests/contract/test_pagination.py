@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from bus.auth import Principal
 from bus.publish import service
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
 from tests.contract.factories import event_values, make_events
 
@@ -27,14 +27,14 @@ def newest_first(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def test_250_events_in_pages_of_100_each_exactly_once(
-    client: TestClient, bus: Bus, token: TokenFactory
+    client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
     # Given 250 events of tenant A, many sharing their created_at (five to a second), and
     # tenant B's events in between
     rows = make_events(
-        bus, (event_values(created_at=T0 + timedelta(seconds=i // 5)) for i in range(250))
+        runtime, (event_values(created_at=T0 + timedelta(seconds=i // 5)) for i in range(250))
     )
-    make_events(bus, (event_values(tenant_id=TENANT_B, created_at=T0) for _ in range(20)))
+    make_events(runtime, (event_values(tenant_id=TENANT_B, created_at=T0) for _ in range(20)))
     h = auth(token())
     # When the three pages are read at limit 100
     pages = [
@@ -56,13 +56,13 @@ def test_250_events_in_pages_of_100_each_exactly_once(
 
 
 def test_events_published_in_the_same_instant_page_by_id(
-    client: TestClient, bus: Bus, token: TokenFactory
+    client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
     # Given 30 events published through the service at one fixed instant
     principal = Principal("publisher", TENANT_A, frozenset(), False, "system")
-    with bus.unit_of_work() as uow:
+    with runtime.unit_of_work() as uow:
         ids = [
-            service.publish(uow, bus.settings, principal, None, SEED_PUBLISH_BODY, now=T0)["id"]
+            service.publish(uow, runtime.settings, principal, None, SEED_PUBLISH_BODY, now=T0)["id"]
             for _ in range(30)
         ]
         uow.commit()
@@ -88,20 +88,20 @@ FILTER_VALUES = {
 
 
 @pytest.fixture
-def grid(bus: Bus) -> list[dict[str, Any]]:
+def grid(runtime: Runtime) -> list[dict[str, Any]]:
     """Tenant A's 32 events, every combination of FILTER_VALUES, plus copies in tenant B."""
     combos = [
         dict(zip(FILTER_VALUES, values, strict=True))
         for values in itertools.product(*FILTER_VALUES.values())
     ]
     rows = make_events(
-        bus,
+        runtime,
         (
             event_values(created_at=T0 + timedelta(minutes=i), **combo)
             for i, combo in enumerate(combos)
         ),
     )
-    make_events(bus, (event_values(tenant_id=TENANT_B, **combo) for combo in combos))
+    make_events(runtime, (event_values(tenant_id=TENANT_B, **combo) for combo in combos))
     return rows
 
 

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from api.app import create_app
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.conftest import TENANT_A, TENANT_B, TokenFactory, auth, make_settings
 from tests.contract.factories import assert_error, event_values, make_events
@@ -37,15 +37,15 @@ def failed(n: int, **over: Any) -> list[dict[str, Any]]:
     ]
 
 
-def statuses(bus: Bus) -> Counter[tuple[str, str, str]]:
+def statuses(runtime: Runtime) -> Counter[tuple[str, str, str]]:
     """(tenant, module, status) of every event, counted."""
-    with bus.engine.connect() as conn:
+    with runtime.engine.connect() as conn:
         rows = conn.execute(text("SELECT tenant_id, target_module, status FROM system_events"))
         return Counter((str(t), m, s) for t, m, s in rows)
 
 
-def snapshot(bus: Bus) -> list[tuple[Any, ...]]:
-    with bus.engine.connect() as conn:
+def snapshot(runtime: Runtime) -> list[tuple[Any, ...]]:
+    with runtime.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(text("SELECT * FROM system_events ORDER BY id"))]
 
 
@@ -54,12 +54,12 @@ def writer(token: TokenFactory) -> dict[str, str]:
 
 
 def test_a_dry_run_counts_and_changes_nothing(
-    client: TestClient, bus: Bus, settings: Settings, token: TokenFactory
+    client: TestClient, runtime: Runtime, settings: Settings, token: TokenFactory
 ) -> None:
     # Given 7 failed warehouse events, 3 failed billing ones and 4 processed warehouse ones
-    make_events(bus, failed(7) + failed(3, target_module="billing"))
-    make_events(bus, (event_values(status="processed") for _ in range(4)))
-    before = snapshot(bus)
+    make_events(runtime, failed(7) + failed(3, target_module="billing"))
+    make_events(runtime, (event_values(status="processed") for _ in range(4)))
+    before = snapshot(runtime)
     # When a dry run of failed warehouse events is asked for
     response = client.post(
         REPLAY,
@@ -74,16 +74,16 @@ def test_a_dry_run_counts_and_changes_nothing(
         "matched": 7,
         "replayed": 0,
     }
-    assert snapshot(bus) == before
+    assert snapshot(runtime) == before
     assert queued(settings, "warehouse") == []
 
 
 def test_a_replay_sets_pending_and_sends_one_message_per_module_per_batch(
-    client: TestClient, bus: Bus, settings: Settings, token: TokenFactory
+    client: TestClient, runtime: Runtime, settings: Settings, token: TokenFactory
 ) -> None:
     # Given 7 failed warehouse events, 3 failed billing ones and a processed one
-    rows = make_events(bus, failed(7) + failed(3, target_module="billing"))
-    make_events(bus, [event_values(status="processed")])
+    rows = make_events(runtime, failed(7) + failed(3, target_module="billing"))
+    make_events(runtime, [event_values(status="processed")])
     # When failed events are replayed (no module named)
     response = client.post(REPLAY, headers=writer(token), json={"status": "failed"})
     # Then all ten are pending again, the PUT's rule (no processed_at, retry_count kept)
@@ -94,14 +94,14 @@ def test_a_replay_sets_pending_and_sends_one_message_per_module_per_batch(
         "matched": 10,
         "replayed": 10,
     }
-    assert statuses(bus) == Counter(
+    assert statuses(runtime) == Counter(
         {
             (str(TENANT_A), "warehouse", "pending"): 7,
             (str(TENANT_A), "billing", "pending"): 3,
             (str(TENANT_A), "warehouse", "processed"): 1,
         }
     )
-    with bus.engine.connect() as conn:
+    with runtime.engine.connect() as conn:
         kept = conn.execute(
             text(
                 "SELECT DISTINCT retry_count, processed_at FROM system_events "
@@ -116,11 +116,11 @@ def test_a_replay_sets_pending_and_sends_one_message_per_module_per_batch(
 
 
 def test_a_replay_goes_in_batches_and_honours_max(
-    bus: Bus, database_url: str, token: TokenFactory
+    runtime: Runtime, database_url: str, token: TokenFactory
 ) -> None:
     # Given 25 failed events and batches of 10
     small = make_settings(database_url, dispatch_batch_size=10)
-    rows = make_events(bus, failed(25))
+    rows = make_events(runtime, failed(25))
     with TestClient(create_app(small), raise_server_exceptions=False) as client:
         # When at most 23 are replayed
         response = client.post(REPLAY, headers=writer(token), json={"status": "failed", "max": 23})
@@ -129,15 +129,15 @@ def test_a_replay_goes_in_batches_and_honours_max(
     assert response.json()["replayed"] == 23
     ids = [str(r["id"]) for r in rows]
     assert queued(small, "warehouse") == [ids[0:10], ids[10:20], ids[20:23]]
-    assert statuses(bus)[(str(TENANT_A), "warehouse", "failed")] == 2
+    assert statuses(runtime)[(str(TENANT_A), "warehouse", "failed")] == 2
 
 
 def test_a_replay_of_pending_events_replays_each_once(
-    bus: Bus, database_url: str, token: TokenFactory
+    runtime: Runtime, database_url: str, token: TokenFactory
 ) -> None:
     # Given 12 pending events, which still match once replayed, and batches of 5
     small = make_settings(database_url, dispatch_batch_size=5)
-    rows = make_events(bus, (event_values(created_at=T0 + timedelta(i)) for i in range(12)))
+    rows = make_events(runtime, (event_values(created_at=T0 + timedelta(i)) for i in range(12)))
     with TestClient(create_app(small), raise_server_exceptions=False) as client:
         response = client.post(REPLAY, headers=writer(token), json={"status": "pending"})
     # Then each was sent once: the batches walk on past the last one
@@ -147,10 +147,10 @@ def test_a_replay_of_pending_events_replays_each_once(
 
 
 def test_created_after_and_before_bound_a_replay(
-    client: TestClient, bus: Bus, settings: Settings, token: TokenFactory
+    client: TestClient, runtime: Runtime, settings: Settings, token: TokenFactory
 ) -> None:
     # Given failed events a second apart from T0
-    rows = make_events(bus, failed(10))
+    rows = make_events(runtime, failed(10))
     # When those created in [T0+3s, T0+7s) are replayed (one bound in another zone)
     body = {
         "status": "failed",
@@ -166,10 +166,10 @@ def test_created_after_and_before_bound_a_replay(
 
 
 def test_another_tenants_filter_matches_nothing(
-    client: TestClient, bus: Bus, settings: Settings, token: TokenFactory
+    client: TestClient, runtime: Runtime, settings: Settings, token: TokenFactory
 ) -> None:
     # Given failed events of tenant B only
-    make_events(bus, failed(5, tenant_id=TENANT_B))
+    make_events(runtime, failed(5, tenant_id=TENANT_B))
     # When tenant A's writer replays failed events, naming no tenant and then its own
     for params in ({}, {"tenant_id": str(TENANT_A)}):
         response = client.post(REPLAY, headers=writer(token), params=params, json={})
@@ -180,14 +180,14 @@ def test_another_tenants_filter_matches_nothing(
         REPLAY, headers=writer(token), params={"tenant_id": str(TENANT_B)}, json={}
     )
     assert_error(refused, 403, "Insufficient permissions")
-    assert statuses(bus) == Counter({(str(TENANT_B), "warehouse", "failed"): 5})
+    assert statuses(runtime) == Counter({(str(TENANT_B), "warehouse", "failed"): 5})
     assert queued(settings, "warehouse") == []
 
 
 def test_a_system_admin_replays_one_tenant_or_all(
-    client: TestClient, bus: Bus, token: TokenFactory
+    client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
-    make_events(bus, failed(3) + failed(2, tenant_id=TENANT_B))
+    make_events(runtime, failed(3) + failed(2, tenant_id=TENANT_B))
     admin = auth(token(None, [], admin=True))
 
     one = client.post(
@@ -204,9 +204,9 @@ def test_a_system_admin_replays_one_tenant_or_all(
     [("reader", 403), ("no permission", 403), ("no token", 401)],
 )
 def test_a_replay_needs_a_writer(
-    client: TestClient, bus: Bus, token: TokenFactory, kind: str, status: int
+    client: TestClient, runtime: Runtime, token: TokenFactory, kind: str, status: int
 ) -> None:
-    make_events(bus, failed(2))
+    make_events(runtime, failed(2))
     headers = {
         "reader": auth(token(permissions=["read:system"])),
         "no permission": auth(token(permissions=[])),
@@ -217,11 +217,13 @@ def test_a_replay_needs_a_writer(
 
     message = "Insufficient permissions" if status == 403 else "Authentication required"
     assert_error(response, status, message)
-    assert statuses(bus) == Counter({(str(TENANT_A), "warehouse", "failed"): 2})
+    assert statuses(runtime) == Counter({(str(TENANT_A), "warehouse", "failed"): 2})
 
 
-def test_a_manage_system_user_may_replay(client: TestClient, bus: Bus, token: TokenFactory) -> None:
-    make_events(bus, failed(2))
+def test_a_manage_system_user_may_replay(
+    client: TestClient, runtime: Runtime, token: TokenFactory
+) -> None:
+    make_events(runtime, failed(2))
 
     response = client.post(REPLAY, headers=auth(token()), json={"status": "failed"})
 
@@ -257,14 +259,14 @@ def test_a_manage_system_user_may_replay(client: TestClient, bus: Bus, token: To
     ],
 )
 def test_a_bad_body_is_refused_in_the_envelope(
-    client: TestClient, bus: Bus, token: TokenFactory, body: Any, message: str
+    client: TestClient, runtime: Runtime, token: TokenFactory, body: Any, message: str
 ) -> None:
-    make_events(bus, failed(2))
+    make_events(runtime, failed(2))
 
     response = client.post(REPLAY, headers=writer(token), json=body)
 
     assert_error(response, 400, message)
-    assert statuses(bus) == Counter({(str(TENANT_A), "warehouse", "failed"): 2})
+    assert statuses(runtime) == Counter({(str(TENANT_A), "warehouse", "failed"): 2})
 
 
 def test_a_body_that_is_not_json_is_refused(client: TestClient, token: TokenFactory) -> None:
@@ -274,9 +276,9 @@ def test_a_body_that_is_not_json_is_refused(client: TestClient, token: TokenFact
 
 
 def test_an_integral_max_may_be_written_as_a_float(
-    client: TestClient, bus: Bus, token: TokenFactory
+    client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
-    make_events(bus, failed(3))
+    make_events(runtime, failed(3))
 
     response = client.post(REPLAY, headers=writer(token), json={"max": 2.0})
 
@@ -284,9 +286,9 @@ def test_an_integral_max_may_be_written_as_a_float(
 
 
 def test_null_and_empty_values_mean_no_filter_and_the_defaults(
-    client: TestClient, bus: Bus, token: TokenFactory
+    client: TestClient, runtime: Runtime, token: TokenFactory
 ) -> None:
-    make_events(bus, failed(3))
+    make_events(runtime, failed(3))
     body = {"status": None, "event_type": "", "created_after": None, "max": None, "dry_run": None}
 
     response = client.post(REPLAY, headers=writer(token), json=body)
@@ -303,11 +305,15 @@ def test_null_and_empty_values_mean_no_filter_and_the_defaults(
     ],
 )
 def test_the_query_takes_only_one_tenant_id(
-    client: TestClient, bus: Bus, token: TokenFactory, params: list[tuple[str, str]], message: str
+    client: TestClient,
+    runtime: Runtime,
+    token: TokenFactory,
+    params: list[tuple[str, str]],
+    message: str,
 ) -> None:
-    make_events(bus, failed(2))
+    make_events(runtime, failed(2))
 
     response = client.post(REPLAY, headers=writer(token), params=params, json={})
 
     assert_error(response, 400, message)
-    assert statuses(bus) == Counter({(str(TENANT_A), "warehouse", "failed"): 2})
+    assert statuses(runtime) == Counter({(str(TENANT_A), "warehouse", "failed"): 2})

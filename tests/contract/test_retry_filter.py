@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bus.maintenance.counts import fold_counts
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from tests.conftest import TENANT_B, TokenFactory, auth
 from tests.contract.factories import event_values, make_events
 
@@ -18,7 +18,7 @@ EVENTS = "/system/events"
 
 
 @pytest.fixture
-def made(bus: Bus) -> dict[str, list[str]]:
+def made(runtime: Runtime) -> dict[str, list[str]]:
     """Tenant A: 3 failed with a retry to come, 5 that gave up (2 of them in logistics, 1 made
     after a fold), 2 pending, 1 processed; tenant B: 2 failed with a retry to come."""
     soon = datetime.now(UTC) + timedelta(minutes=5)
@@ -28,9 +28,9 @@ def made(bus: Bus) -> dict[str, list[str]]:
     ]
     others = [event_values() for _ in range(2)] + [event_values(status="processed")]
     b = [event_values(tenant_id=TENANT_B, status="failed", next_attempt_at=soon) for _ in range(2)]
-    make_events(bus, [*due, *gave_up, *others, *b])
-    fold_counts(bus)  # half the counts folded: the totals hold either way
-    gave_up += make_events(bus, [event_values(status="failed", retry_count=5)])
+    make_events(runtime, [*due, *gave_up, *others, *b])
+    fold_counts(runtime)  # half the counts folded: the totals hold either way
+    gave_up += make_events(runtime, [event_values(status="failed", retry_count=5)])
     return {
         "due": [str(r["id"]) for r in due],
         "gave_up": [str(r["id"]) for r in gave_up],

@@ -16,7 +16,7 @@ from bus.delivery.attempts import Attempt, Skip
 from bus.delivery.retry import RetryPolicy
 from bus.events.rules import OUTCOME_COLUMNS, save_change, save_changes
 from bus.events.schemas import StatusChange
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.storage import event_store
 from bus.storage.db import transaction
 from bus.storage.models import EventStatus
@@ -35,20 +35,20 @@ class Recorder:
         return []
 
 
-def unit(bus: Bus, recorder: Recorder) -> UnitOfWork:
-    return UnitOfWork(bus.sessions(), recorder)  # type: ignore[arg-type]
+def unit(runtime: Runtime, recorder: Recorder) -> UnitOfWork:
+    return UnitOfWork(runtime.sessions(), recorder)  # type: ignore[arg-type]
 
 
-def stored(bus: Bus, event_id: uuid.UUID) -> dict[str, Any]:
-    with bus.sessions() as session:
+def stored(runtime: Runtime, event_id: uuid.UUID) -> dict[str, Any]:
+    with runtime.sessions() as session:
         row = event_store.read_event(session, event_id)
         assert row is not None
         return {name: getattr(row, name) for name in OUTCOME_COLUMNS}
 
 
-def insert(bus: Bus, **overrides: Any) -> uuid.UUID:
+def insert(runtime: Runtime, **overrides: Any) -> uuid.UUID:
     values = event_values(**overrides)
-    with transaction(bus.sessions) as session:
+    with transaction(runtime.sessions) as session:
         event_store.insert_event(session, values)
     event_id: uuid.UUID = values["id"]
     return event_id
@@ -62,69 +62,69 @@ CHANGES = [
 
 
 @pytest.mark.parametrize("change", CHANGES, ids=lambda c: str(c.status))
-def test_a_put_change_is_stored_as_the_rules_set_it(bus: Bus, change: StatusChange) -> None:
-    event_id = insert(bus, status=EventStatus.FAILED, retry_count=2, error_message="Boom")
+def test_a_put_change_is_stored_as_the_rules_set_it(runtime: Runtime, change: StatusChange) -> None:
+    event_id = insert(runtime, status=EventStatus.FAILED, retry_count=2, error_message="Boom")
     recorder = Recorder()
-    with unit(bus, recorder) as uow:
+    with unit(runtime, recorder) as uow:
         row = event_store.lock_event(uow.session, event_id, None)
         assert row is not None
         save_change(uow, row, change)
         expected = {name: getattr(row, name) for name in OUTCOME_COLUMNS}
         uow.commit()
 
-    assert stored(bus, event_id) == expected
+    assert stored(runtime, event_id) == expected
     assert [d.event_id for d in recorder.sent] == (
         [event_id] if change.status is EventStatus.PENDING else []
     )
 
 
-def test_worker_outcomes_are_stored_as_the_rules_set_them(bus: Bus) -> None:
+def test_worker_outcomes_are_stored_as_the_rules_set_them(runtime: Runtime) -> None:
     policy = RetryPolicy(max_attempts=3, base_seconds=1, max_seconds=10)
-    event_id = insert(bus)
+    event_id = insert(runtime)
     recorder = Recorder()
     for number in (1, 2, 3):
-        with unit(bus, recorder) as uow:
+        with unit(runtime, recorder) as uow:
             claimed = attempts.begin(uow, event_id)
             assert isinstance(claimed, Attempt) and claimed.number == number
             delay = policy.delay(claimed.number)
             save_changes(uow, [attempts.failed(claimed, "LookupError: nope", delay)])
             expected = {name: getattr(claimed.event, name) for name in OUTCOME_COLUMNS}
             uow.commit()
-        assert stored(bus, event_id) == expected
+        assert stored(runtime, event_id) == expected
         assert expected["retry_count"] == number
         assert (delay is None) == (number == 3)
-    with unit(bus, recorder) as uow:
+    with unit(runtime, recorder) as uow:
         assert attempts.begin(uow, event_id) is Skip.EXHAUSTED
     assert recorder.sent == []  # a worker's retry is Celery's own message, not a send
 
 
-def test_an_attempt_counted_in_advance_is_counted_once(bus: Bus) -> None:
+def test_an_attempt_counted_in_advance_is_counted_once(runtime: Runtime) -> None:
     policy = RetryPolicy(max_attempts=5, base_seconds=1, max_seconds=10)
-    event_id = insert(bus)
-    with unit(bus, Recorder()) as uow:
+    event_id = insert(runtime)
+    with unit(runtime, Recorder()) as uow:
         claimed = attempts.begin(uow, event_id)
         assert isinstance(claimed, Attempt)
         counted = attempts.count_in_advance(uow, claimed, policy)
         uow.commit()
-        assert stored(bus, event_id)["retry_count"] == 1  # the mark
+        assert stored(runtime, event_id)["retry_count"] == 1  # the mark
         again = attempts.reclaim(uow, counted)
         assert again is not None
         save_changes(uow, [attempts.processed(again)])
         uow.commit()
-    after = stored(bus, event_id)
+    after = stored(runtime, event_id)
     assert (after["status"], after["retry_count"]) == (EventStatus.PROCESSED, 0)
 
 
-def test_a_batch_is_claimed_and_its_outcomes_written_together(bus: Bus) -> None:
+def test_a_batch_is_claimed_and_its_outcomes_written_together(runtime: Runtime) -> None:
     policy = RetryPolicy(max_attempts=3, base_seconds=1, max_seconds=10)
     ok, bad, done, exhausted = (
-        insert(bus),
-        insert(bus),
-        insert(bus, status=EventStatus.PROCESSED),
-        insert(bus, status=EventStatus.FAILED, retry_count=3),
+        insert(runtime),
+        insert(runtime),
+        insert(runtime, status=EventStatus.PROCESSED),
+        insert(runtime, status=EventStatus.FAILED, retry_count=3),
     )
     gone = uuid.uuid4()
-    with unit(bus, Recorder()) as uow:
+    with unit(runtime, Recorder()) as uow:
         runs, skips = attempts.begin_many(uow, [ok, bad, done, gone, exhausted, ok])
         assert [a.event.id for a in runs] == [ok, bad]  # in order, a repeated id once
         assert skips == {done: Skip.PROCESSED, gone: Skip.NOT_FOUND, exhausted: Skip.EXHAUSTED}
@@ -136,28 +136,30 @@ def test_a_batch_is_claimed_and_its_outcomes_written_together(bus: Bus) -> None:
         save_changes(uow, changes)
         expected = {c.event.id: {n: getattr(c.event, n) for n in OUTCOME_COLUMNS} for c in changes}
         uow.commit()
-    assert {event_id: stored(bus, event_id) for event_id in (ok, bad)} == expected
-    assert stored(bus, bad)["next_attempt_at"] is not None
+    assert {event_id: stored(runtime, event_id) for event_id in (ok, bad)} == expected
+    assert stored(runtime, bad)["next_attempt_at"] is not None
 
 
-def test_skips_say_why(bus: Bus) -> None:
-    processed = insert(bus, status=EventStatus.PROCESSED)
-    with unit(bus, Recorder()) as uow:
+def test_skips_say_why(runtime: Runtime) -> None:
+    processed = insert(runtime, status=EventStatus.PROCESSED)
+    with unit(runtime, Recorder()) as uow:
         assert attempts.begin(uow, uuid.uuid4()) is Skip.NOT_FOUND
         assert attempts.begin(uow, processed) is Skip.PROCESSED
-    locked = insert(bus)
-    with bus.sessions() as holder:
+    locked = insert(runtime)
+    with runtime.sessions() as holder:
         assert event_store.lock_event(holder, locked, None) is not None
-        with unit(bus, Recorder()) as uow:
+        with unit(runtime, Recorder()) as uow:
             assert attempts.begin(uow, locked) is Skip.BUSY
             assert attempts.begin_many(uow, [locked]) == ([], {locked: Skip.BUSY})
 
 
-def test_a_savepoint_keeps_or_drops_its_sends_and_callbacks_with_its_writes(bus: Bus) -> None:
-    kept, dropped = insert(bus), insert(bus)
+def test_a_savepoint_keeps_or_drops_its_sends_and_callbacks_with_its_writes(
+    runtime: Runtime,
+) -> None:
+    kept, dropped = insert(runtime), insert(runtime)
     recorder = Recorder()
     ran: list[str] = []
-    with unit(bus, recorder) as uow:
+    with unit(runtime, recorder) as uow:
         with uow.savepoint():
             _pend(uow, kept)
             uow.after_commit(lambda: ran.append("kept"))
@@ -169,14 +171,14 @@ def test_a_savepoint_keeps_or_drops_its_sends_and_callbacks_with_its_writes(bus:
         uow.commit()
     assert ran == ["kept"]
     assert [d.event_id for d in recorder.sent] == [kept]
-    assert stored(bus, dropped)["status"] == EventStatus.PENDING
+    assert stored(runtime, dropped)["status"] == EventStatus.PENDING
 
 
-def test_a_rolled_back_unit_sends_nothing_and_runs_no_callback(bus: Bus) -> None:
-    event_id = insert(bus)
+def test_a_rolled_back_unit_sends_nothing_and_runs_no_callback(runtime: Runtime) -> None:
+    event_id = insert(runtime)
     recorder = Recorder()
     ran: list[str] = []
-    with unit(bus, recorder) as uow:
+    with unit(runtime, recorder) as uow:
         _pend(uow, event_id)
         uow.after_commit(lambda: ran.append("x"))
         uow.rollback()
@@ -184,17 +186,19 @@ def test_a_rolled_back_unit_sends_nothing_and_runs_no_callback(bus: Bus) -> None
     assert ran == [] and recorder.sent == []
 
 
-def test_a_block_that_commits_the_session_is_refused_and_loses_the_transaction(bus: Bus) -> None:
-    event_id = insert(bus)
-    with unit(bus, Recorder()) as uow:
+def test_a_block_that_commits_the_session_is_refused_and_loses_the_transaction(
+    runtime: Runtime,
+) -> None:
+    event_id = insert(runtime)
+    with unit(runtime, Recorder()) as uow:
         savepoint = uow.savepoint()
         with pytest.raises(HandlerMisuse), savepoint, uow.lent():
             uow.session.commit()
         with pytest.raises(HandlerMisuse), uow.savepoint() as second:
             uow.session.rollback()
-        assert second.lost
+        assert second.aborted
         assert not uow.session.in_transaction()
-    assert stored(bus, event_id)["status"] == EventStatus.PENDING
+    assert stored(runtime, event_id)["status"] == EventStatus.PENDING
 
 
 def _pend(uow: UnitOfWork, event_id: uuid.UUID, status: EventStatus = EventStatus.PENDING) -> None:

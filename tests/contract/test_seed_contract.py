@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from api import errors as api_errors
 from bus.events.schemas import MAX_EVENT_DATA_DEPTH, REQUIRED_FIELDS, parse_timestamp
 from bus.read import listing
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.conftest import NO_SUCH_EVENT, SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
 from tests.contract.factories import (
@@ -357,9 +357,9 @@ def test_fields_a_publisher_must_not_set_are_ignored(client: TestClient, h: dict
 
 
 @pytest.fixture
-def seed_pending(bus: Bus) -> dict[str, Any]:
+def seed_pending(runtime: Runtime) -> dict[str, Any]:
     """The seed's event-uuid-2 (delivery_assigned, pending, created 2023-04-01T11:30:00Z)."""
-    return make_seed_event(bus, SEED_LIST_RESPONSE["events"][1])
+    return make_seed_event(runtime, SEED_LIST_RESPONSE["events"][1])
 
 
 def put(client: TestClient, h: dict[str, str], event_id: Any, body: Any) -> Any:
@@ -527,11 +527,13 @@ SEED_CURL_QUERY = (
 )
 
 
-def test_list_answers_the_seeds_envelope(client: TestClient, h: dict[str, str], bus: Bus) -> None:
+def test_list_answers_the_seeds_envelope(
+    client: TestClient, h: dict[str, str], runtime: Runtime
+) -> None:
     # Given the seed's two events in tenant A, and one of tenant B's
     seed_events = SEED_LIST_RESPONSE["events"]
-    made = [make_seed_event(bus, e) for e in seed_events]
-    make_event(bus, tenant_id=TENANT_B)
+    made = [make_seed_event(runtime, e) for e in seed_events]
+    make_event(runtime, tenant_id=TENANT_B)
     # When the seed's curl is run (empty filters included)
     response = client.get(f"{EVENTS}?{SEED_CURL_QUERY.format(tenant=TENANT_A)}", headers=h)
     # Then the answer is the seed's, newest first (the seed's example lists oldest first)
@@ -562,9 +564,11 @@ def test_list_defaults_to_page_1_of_100(client: TestClient, h: dict[str, str]) -
     }
 
 
-def test_list_echoes_page_and_limit(client: TestClient, h: dict[str, str], bus: Bus) -> None:
+def test_list_echoes_page_and_limit(
+    client: TestClient, h: dict[str, str], runtime: Runtime
+) -> None:
     for _ in range(3):
-        make_event(bus)
+        make_event(runtime)
 
     body = client.get(EVENTS, headers=h, params={"page": "2", "limit": "2"}).json()
 
@@ -609,10 +613,10 @@ def test_list_with_a_nul_in_a_filter(client: TestClient, h: dict[str, str], name
 
 
 def test_empty_filter_values_mean_no_filter(
-    client: TestClient, h: dict[str, str], bus: Bus
+    client: TestClient, h: dict[str, str], runtime: Runtime
 ) -> None:
-    make_event(bus, status="processed")
-    make_event(bus, event_type="other", target_module="billing")
+    make_event(runtime, status="processed")
+    make_event(runtime, event_type="other", target_module="billing")
     empty = dict.fromkeys(
         ["tenant_id", "event_type", "source_module", "target_module", "status", "entity_type"], ""
     )
@@ -622,12 +626,16 @@ def test_empty_filter_values_mean_no_filter(
     assert (body["total"], body["page"], body["limit"]) == (2, 1, 100)
 
 
-def test_timestamps_are_rfc3339_utc(client: TestClient, h: dict[str, str], bus: Bus) -> None:
+def test_timestamps_are_rfc3339_utc(
+    client: TestClient, h: dict[str, str], runtime: Runtime
+) -> None:
     # Given an event stored from times in another zone
     east = datetime(2023, 4, 1, 12, 0, 0, 123456, tzinfo=UTC).astimezone(
         timezone(timedelta(hours=5, minutes=30))
     )
-    make_event(bus, created_at=east, processed_at=east + timedelta(minutes=1), status="processed")
+    make_event(
+        runtime, created_at=east, processed_at=east + timedelta(minutes=1), status="processed"
+    )
 
     event = client.get(EVENTS, headers=h).json()["events"][0]
 

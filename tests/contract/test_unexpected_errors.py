@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from api.app import create_app
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
 
 INTERNAL = {"success": False, "message": "Internal server error"}
@@ -27,10 +27,10 @@ def assert_internal_error(response: httpx.Response) -> None:
 
 
 @pytest.fixture
-def refusing_db(bus: Bus) -> Iterator[None]:
+def refusing_db(runtime: Runtime) -> Iterator[None]:
     """A constraint only the database checks: an INSERT of ``entity_id = 'db-refuses'`` fails
     as a fault the API has no rule for would."""
-    with bus.engine.begin() as conn:
+    with runtime.engine.begin() as conn:
         conn.execute(
             text(
                 "ALTER TABLE system_events ADD CONSTRAINT ck_test_refuses "
@@ -38,7 +38,7 @@ def refusing_db(bus: Bus) -> Iterator[None]:
             )
         )
     yield
-    with bus.engine.begin() as conn:
+    with runtime.engine.begin() as conn:
         conn.execute(text("ALTER TABLE system_events DROP CONSTRAINT ck_test_refuses"))
 
 
@@ -77,9 +77,9 @@ def test_a_database_fault_is_a_500_with_every_header(
     assert_internal_error(response)
 
 
-def test_a_bug_in_a_route_is_a_500_with_every_header(bus: Bus) -> None:
+def test_a_bug_in_a_route_is_a_500_with_every_header(runtime: Runtime) -> None:
     # Given the real app with one route that fails as a bug would
-    app = create_app(bus=bus)
+    app = create_app(runtime=runtime)
 
     @app.get("/boom")
     async def boom() -> None:

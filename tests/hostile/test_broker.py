@@ -22,7 +22,7 @@ from kombu import Connection, Producer
 
 from bus.broker import deadletter
 from bus.broker.queues import queue_name
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.conftest import REDIS_URL, TokenFactory
 from tests.hostile.broker_payloads import (
@@ -90,7 +90,7 @@ def dead_letters_cli(settings: Settings, module: str, *extra: str) -> list[str]:
 
 def test_every_hostile_redis_item_is_refused_and_the_worker_goes_on(
     settings: Settings,
-    bus: Bus,
+    runtime: Runtime,
     client: TestClient,
     token: TokenFactory,
     start_worker: WorkerFactory,
@@ -124,11 +124,11 @@ def test_every_hostile_redis_item_is_refused_and_the_worker_goes_on(
         assert set(transport_level) <= kept  # raw bytes, exactly as pushed
         assert rejected_total(port, queue) == len(payloads)
         # And real events published afterwards are all processed, by the same worker process
-        wait_for_status(bus, handmade["id"], "processed", 20)
-        wait_for_status(bus, traced["id"], "processed", 20)
+        wait_for_status(runtime, handmade["id"], "processed", 20)
+        wait_for_status(runtime, traced["id"], "processed", 20)
         real = [publish(client, tok, "warehouse") for _ in range(REAL_EVENTS)]
         for event in real:
-            wait_for_status(bus, event["id"], "processed", 30)
+            wait_for_status(runtime, event["id"], "processed", 30)
         assert_same_worker(worker, pid)
         # And the dead letters can be listed (one JSON line each) and purged
         listed = [json.loads(line) for line in dead_letters_cli(settings, "warehouse")]
@@ -142,7 +142,7 @@ def test_every_hostile_redis_item_is_refused_and_the_worker_goes_on(
         r.close()
 
 
-def test_the_dead_letter_list_is_capped(settings: Settings, bus: Bus) -> None:
+def test_the_dead_letter_list_is_capped(settings: Settings, runtime: Runtime) -> None:
     # Given the bus's Redis channel
     from kombu import Connection as KombuConnection
 
@@ -255,7 +255,7 @@ def amqp_payloads() -> dict[str, dict[str, Any]]:
 @pytest.mark.rabbitmq
 def test_every_hostile_amqp_message_is_refused_and_the_worker_goes_on(
     rabbit_settings: Settings,
-    bus: Bus,
+    runtime: Runtime,
     token: TokenFactory,
     start_worker: WorkerFactory,
 ) -> None:
@@ -292,13 +292,13 @@ def test_every_hostile_amqp_message_is_refused_and_the_worker_goes_on(
         wait_for(lambda: dead_count() == len(payloads), 60, "not every message was dead-lettered")
     # Then each was refused on one line, and real events are processed by the same worker
     assert len(rejected_lines(worker)) == len(payloads)
-    rabbit_bus = Bus(rabbit_settings)
+    rabbit_bus = Runtime(rabbit_settings)
     try:
-        with TestClient(create_app(bus=rabbit_bus)) as client:
+        with TestClient(create_app(runtime=rabbit_bus)) as client:
             tok = token()
             real = [publish(client, tok, "warehouse") for _ in range(REAL_EVENTS)]
             for event in real:
-                wait_for_status(bus, event["id"], "processed", 30)
+                wait_for_status(runtime, event["id"], "processed", 30)
     finally:
         rabbit_bus.close()
     assert_same_worker(worker, pid)

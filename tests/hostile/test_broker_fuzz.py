@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from bus.broker import deadletter
 from bus.broker.queues import queue_name
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.conftest import REDIS_URL, TokenFactory
 from tests.hostile.broker_payloads import envelope
@@ -83,7 +83,7 @@ def items(queue: str) -> st.SearchStrategy[bytes]:
 
 def test_random_raw_items_never_stop_the_worker(
     settings: Settings,
-    bus: Bus,
+    runtime: Runtime,
     client: TestClient,
     token: TokenFactory,
     start_worker: WorkerFactory,
@@ -121,7 +121,7 @@ def test_random_raw_items_never_stop_the_worker(
         # And real events are still processed, by the same worker process
         tok = token()
         for event in [publish(client, tok, "warehouse") for _ in range(5)]:
-            wait_for_status(bus, event["id"], "processed", 30)
+            wait_for_status(runtime, event["id"], "processed", 30)
         assert_same_worker(worker, pid)
         assert len(pushed) >= EXAMPLES // 2, f"only {len(pushed)} examples ran"
         print(f"fuzz: {len(pushed)} raw items, {refused} refused, worker pid {pid} throughout")

@@ -24,7 +24,7 @@ from bus.events.schemas import (
     parse_json_body,
 )
 from bus.read import listing
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.conftest import (
     SEED_PUBLISH_BODY,
@@ -62,16 +62,16 @@ def publish(client: TestClient, h: dict[str, str], **changes: Any) -> Any:
 @pytest.mark.parametrize("blank", [" ", "   ", "\t", "\n \r", "\u00a0", "\u3000", "\u2028"])
 @pytest.mark.parametrize("name", STRING_FIELDS)
 def test_a_blank_required_string_is_missing(
-    client: TestClient, h: dict[str, str], bus: Bus, name: str, blank: str
+    client: TestClient, h: dict[str, str], runtime: Runtime, name: str, blank: str
 ) -> None:
     assert error(publish(client, h, **{name: blank})) == (400, f"Field required {name}")
 
 
 @pytest.mark.parametrize("blank", ["  ", "\t"])
 def test_a_blank_status_is_missing(
-    client: TestClient, h: dict[str, str], bus: Bus, blank: str
+    client: TestClient, h: dict[str, str], runtime: Runtime, blank: str
 ) -> None:
-    event = make_event(bus)
+    event = make_event(runtime)
     response = client.put(f"{EVENTS}/{event['id']}", headers=h, json={"status": blank})
     assert error(response) == (400, "Field required status")
 
@@ -104,7 +104,7 @@ BIDI = ["\u202e", "\u202a", "\u202d", "\u2066", "\u2069", "\u200f", "\u061c"]
 @pytest.mark.parametrize("char", BIDI, ids=lambda c: f"U+{ord(c):04X}")
 @pytest.mark.parametrize("name", IDENTIFIERS)
 def test_a_bidi_control_in_an_identifier_is_invalid(
-    client: TestClient, h: dict[str, str], bus: Bus, name: str, char: str
+    client: TestClient, h: dict[str, str], runtime: Runtime, name: str, char: str
 ) -> None:
     assert error(publish(client, h, **{name: f"invoice{char}fdp.exe"})) == (400, f"Invalid {name}")
     item = {**SEED_PUBLISH_BODY, name: f"{char}x"}
@@ -140,9 +140,9 @@ def test_event_data_holds_any_json_but_a_nul(client: TestClient, h: dict[str, st
 
 @pytest.mark.parametrize("length", [MAX_ERROR_MESSAGE, MAX_ERROR_MESSAGE + 1, 200_000])
 def test_a_long_error_message_is_stored_cut(
-    client: TestClient, h: dict[str, str], bus: Bus, length: int
+    client: TestClient, h: dict[str, str], runtime: Runtime, length: int
 ) -> None:
-    event = make_event(bus)
+    event = make_event(runtime)
     message = ("Traceback line\n" * (length // 15 + 1))[:length]
     response = client.put(
         f"{EVENTS}/{event['id']}", headers=h, json={"status": "failed", "error_message": message}
@@ -164,16 +164,18 @@ def test_a_long_error_message_is_stored_cut(
     "value", ["", "2023-W13-6", "20230401T150500Z", "2023-04-01T15Z", "2023-04-01T15:05:00"]
 )
 def test_processed_at_is_rfc3339_only(
-    client: TestClient, h: dict[str, str], bus: Bus, value: str
+    client: TestClient, h: dict[str, str], runtime: Runtime, value: str
 ) -> None:
-    event = make_event(bus)
+    event = make_event(runtime)
     body = {"status": "processed", "processed_at": value}
     response = client.put(f"{EVENTS}/{event['id']}", headers=h, json=body)
     assert error(response) == (400, "Invalid processed_at")
 
 
-def test_the_seeds_put_example_stays_valid(client: TestClient, h: dict[str, str], bus: Bus) -> None:
-    event = make_event(bus)
+def test_the_seeds_put_example_stays_valid(
+    client: TestClient, h: dict[str, str], runtime: Runtime
+) -> None:
+    event = make_event(runtime)
     body = {"status": "processed", "processed_at": "2023-04-01T15:05:00Z", "error_message": None}
     response = client.put(f"{EVENTS}/{event['id']}", headers=h, json=body)
     assert response.status_code == 200
@@ -205,7 +207,7 @@ def test_token_claims_are_type_checked(client: TestClient, overrides: dict[str, 
 
 
 @pytest.fixture
-def capped_client(bus: Bus, database_url: str) -> Iterator[TestClient]:
+def capped_client(runtime: Runtime, database_url: str) -> Iterator[TestClient]:
     settings = make_settings(database_url, jwt_max_lifetime_seconds=3600)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
@@ -311,7 +313,7 @@ def test_a_tenant_id_is_a_canonical_uuid(
     ids=["publish", "event_data", "batch item", "batch", "put", "replay"],
 )
 def test_a_key_twice_in_one_object_is_refused(
-    client: TestClient, h: dict[str, str], bus: Bus, method: str, path: str, raw: str
+    client: TestClient, h: dict[str, str], runtime: Runtime, method: str, path: str, raw: str
 ) -> None:
     # Parsers disagree on which value counts (first, last, an error): a proxy or a signature
     # check reading the first would see another request than the API reading the last
@@ -426,9 +428,11 @@ def test_the_docs_load_nothing_from_elsewhere(client: TestClient, page: str) -> 
         assert response.headers["x-content-type-options"] == "nosniff"
 
 
-def test_a_client_gone_mid_body_is_no_500(bus: Bus, token: TokenFactory, caplog: Any) -> None:
+def test_a_client_gone_mid_body_is_no_500(
+    runtime: Runtime, token: TokenFactory, caplog: Any
+) -> None:
     # Given an app whose client disconnects before sending its body
-    app = create_app(bus=bus)
+    app = create_app(runtime=runtime)
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -494,10 +498,10 @@ def blob_events(count: int, size: int) -> list[dict[str, Any]]:
 
 
 def test_a_page_past_the_cap_is_cut_and_pages_on(
-    bus: Bus, small_cap: Settings, token: TokenFactory
+    runtime: Runtime, small_cap: Settings, token: TokenFactory
 ) -> None:
     # Given 100 events of ~8 KiB and a cap that holds far fewer
-    make_events(bus, blob_events(100, DATA_BYTES - 100))
+    make_events(runtime, blob_events(100, DATA_BYTES - 100))
     with TestClient(create_app(small_cap), raise_server_exceptions=False) as client:
         h = auth(token())
         # When page 1 of 100 is asked for
@@ -524,15 +528,15 @@ def test_a_page_past_the_cap_is_cut_and_pages_on(
         assert second["total"] == 100
 
 
-def test_memory_per_list_request_stays_bounded(bus: Bus, small_cap: Settings) -> None:
+def test_memory_per_list_request_stays_bounded(runtime: Runtime, small_cap: Settings) -> None:
     # Given 300 events of ~8 KiB (2.4 MB) and a list of all of them at once
-    make_events(bus, blob_events(300, DATA_BYTES - 100))
+    make_events(runtime, blob_events(300, DATA_BYTES - 100))
     principal = Principal("reader", TENANT_A, frozenset({"manage:system"}), False, "user")
     query = ListQuery(filters={}, page=1, limit=300)
     # When the service builds the page
     tracemalloc.start()
     try:
-        with bus.sessions() as session:
+        with runtime.sessions() as session:
             page = listing.list_events(session, small_cap, principal, None, query)
         _, peak = tracemalloc.get_traced_memory()
     finally:

@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
 from tests.contract.factories import make_event
 
@@ -59,14 +59,14 @@ def assert_envelope(response: Any, status: int | tuple[int, ...]) -> dict[str, A
     return body
 
 
-def rows(bus: Bus) -> int:
-    with bus.engine.connect() as conn:
+def rows(runtime: Runtime) -> int:
+    with runtime.engine.connect() as conn:
         return int(conn.execute(text("SELECT count(*) FROM system_events")).scalar_one())
 
 
 @pytest.mark.parametrize("value", HOSTILE, ids=repr)
 def test_hostile_strings_in_free_text_fields_are_stored_verbatim(
-    client: TestClient, h: dict[str, str], bus: Bus, value: str
+    client: TestClient, h: dict[str, str], runtime: Runtime, value: str
 ) -> None:
     # Given the hostile string in every free-text field of one event
     body = {**SEED_PUBLISH_BODY, **dict.fromkeys(FREE_TEXT, value)}
@@ -74,45 +74,45 @@ def test_hostile_strings_in_free_text_fields_are_stored_verbatim(
     created = assert_envelope(client.post(EVENTS, headers=h, json=body), 201)["event"]
     assert {k: created[k] for k in FREE_TEXT} == dict.fromkeys(FREE_TEXT, value)
     # And each filter matches it exactly, as data: one row, not every row nor an error
-    make_event(bus)  # an ordinary event the filter must not match
+    make_event(runtime)  # an ordinary event the filter must not match
     for name in ("event_type", "entity_type"):
         page = assert_envelope(client.get(EVENTS, headers=h, params={name: value}), 200)
         assert [e["id"] for e in page["events"]] == [created["id"]], name
-    assert rows(bus) == 2
+    assert rows(runtime) == 2
 
 
 @pytest.mark.parametrize("value", [v for v in HOSTILE if v != "_"], ids=repr)
 @pytest.mark.parametrize("name", MODULES)
 def test_hostile_strings_are_no_module_name(
-    client: TestClient, h: dict[str, str], bus: Bus, name: str, value: str
+    client: TestClient, h: dict[str, str], runtime: Runtime, name: str, value: str
 ) -> None:
     response = client.post(EVENTS, headers=h, json={**SEED_PUBLISH_BODY, name: value})
 
     assert assert_envelope(response, 400)["message"] == f"Invalid {name}"
-    assert rows(bus) == 0
+    assert rows(runtime) == 0
 
 
 @pytest.mark.parametrize("value", HOSTILE, ids=repr)
 @pytest.mark.parametrize("name", FILTERS)
 def test_hostile_strings_in_filters_match_nothing(
-    client: TestClient, h: dict[str, str], bus: Bus, name: str, value: str
+    client: TestClient, h: dict[str, str], runtime: Runtime, name: str, value: str
 ) -> None:
     # Given ordinary events: neither % nor _ nor a quote may widen an exact match
-    make_event(bus)
-    make_event(bus)
+    make_event(runtime)
+    make_event(runtime)
     for path in (EVENTS, f"{EVENTS}/stats"):
         body = assert_envelope(client.get(path, headers=h, params={name: value}), (200, 400))
         if path == EVENTS and "total" in body:
             assert body["total"] == 0 and body["events"] == []
-    assert rows(bus) == 2
+    assert rows(runtime) == 2
 
 
 @pytest.mark.parametrize("value", HOSTILE, ids=repr)
 @pytest.mark.parametrize("name", FILTERS)
 def test_hostile_strings_in_replay_filters_match_nothing(
-    client: TestClient, h: dict[str, str], bus: Bus, name: str, value: str
+    client: TestClient, h: dict[str, str], runtime: Runtime, name: str, value: str
 ) -> None:
-    make_event(bus, status="failed")
+    make_event(runtime, status="failed")
     for dry_run in (True, False):
         response = client.post(
             f"{EVENTS}/replay", headers=h, json={name: value, "dry_run": dry_run}
@@ -120,7 +120,7 @@ def test_hostile_strings_in_replay_filters_match_nothing(
         body = assert_envelope(response, (200, 400))
         if response.status_code == 200:
             assert (body["matched"], body["replayed"]) == (0, 0)
-    with bus.engine.connect() as conn:
+    with runtime.engine.connect() as conn:
         assert conn.execute(text("SELECT status FROM system_events")).scalar_one() == "failed"
 
 
@@ -149,9 +149,9 @@ HOSTILE_IDS = [
 
 @pytest.mark.parametrize("event_id", HOSTILE_IDS, ids=lambda v: repr(v[:30]))
 def test_hostile_event_ids_read_nothing(
-    client: TestClient, h: dict[str, str], bus: Bus, event_id: str
+    client: TestClient, h: dict[str, str], runtime: Runtime, event_id: str
 ) -> None:
-    make_event(bus)
+    make_event(runtime)
 
     response = client.get(f"{EVENTS}/{event_id}", headers=h)
 
@@ -159,14 +159,16 @@ def test_hostile_event_ids_read_nothing(
 
 
 @pytest.mark.parametrize("event_id", HOSTILE_IDS, ids=lambda v: repr(v[:30]))
-def test_hostile_event_ids(client: TestClient, h: dict[str, str], bus: Bus, event_id: str) -> None:
-    make_event(bus)
+def test_hostile_event_ids(
+    client: TestClient, h: dict[str, str], runtime: Runtime, event_id: str
+) -> None:
+    make_event(runtime)
 
     response = client.put(f"{EVENTS}/{event_id}", headers=h, json={"status": "processed"})
 
     assert_envelope(response, (404, 405))
-    assert rows(bus) == 1
-    with bus.engine.connect() as conn:
+    assert rows(runtime) == 1
+    with runtime.engine.connect() as conn:
         assert conn.execute(text("SELECT status FROM system_events")).scalar_one() == "pending"
 
 
@@ -222,7 +224,7 @@ def deep(levels: int) -> Any:
 
 @pytest.mark.parametrize("levels", [100, 900, 5000])
 def test_deep_nesting_outside_event_data(
-    client: TestClient, h: dict[str, str], bus: Bus, levels: int
+    client: TestClient, h: dict[str, str], runtime: Runtime, levels: int
 ) -> None:
     raw = '{"event_type": ' + "[" * levels + '"x"' + "]" * levels + "}"
     publish = client.post(EVENTS, headers=h, content=raw)
@@ -231,7 +233,7 @@ def test_deep_nesting_outside_event_data(
         "Field required source_module",
         "Invalid event_type",
     )
-    event = make_event(bus)
+    event = make_event(runtime)
     put_raw = '{"status": "processed", "error_message": ' + "[" * levels + "]" * levels + "}"
     update = client.put(f"{EVENTS}/{event['id']}", headers=h, content=put_raw)
     assert assert_envelope(update, 400)["message"] in ("Invalid JSON body", "Invalid error_message")
@@ -251,9 +253,9 @@ def test_deep_nesting_outside_event_data(
     ids=repr,
 )
 def test_hostile_status_updates(
-    client: TestClient, h: dict[str, str], bus: Bus, field: str, value: Any
+    client: TestClient, h: dict[str, str], runtime: Runtime, field: str, value: Any
 ) -> None:
-    event = make_event(bus)
+    event = make_event(runtime)
     body = {"status": "processed", field: value}
 
     response = client.put(f"{EVENTS}/{event['id']}", headers=h, json=body)
@@ -261,8 +263,10 @@ def test_hostile_status_updates(
     assert_envelope(response, (200, 400))
 
 
-def test_an_oversized_put_is_refused(client: TestClient, h: dict[str, str], bus: Bus) -> None:
-    event = make_event(bus)
+def test_an_oversized_put_is_refused(
+    client: TestClient, h: dict[str, str], runtime: Runtime
+) -> None:
+    event = make_event(runtime)
     raw = json.dumps({"status": "failed", "error_message": "x" * (2 * 1024 * 1024)})
 
     response = client.put(f"{EVENTS}/{event['id']}", headers=h, content=raw)
@@ -292,14 +296,16 @@ def test_odd_content_types(client: TestClient, h: dict[str, str], content_type: 
     assert_envelope(response, (201, 400, 415))
 
 
-def test_duplicate_keys_are_refused(client: TestClient, h: dict[str, str], bus: Bus) -> None:
+def test_duplicate_keys_are_refused(
+    client: TestClient, h: dict[str, str], runtime: Runtime
+) -> None:
     # (before: the last one won, while a repeated query parameter or header is refused)
     raw = json.dumps(SEED_PUBLISH_BODY)[:-1] + ', "target_module": "billing"}'
 
     refused = assert_envelope(client.post(EVENTS, headers=h, content=raw), 400)
 
     assert refused["message"] == "Duplicate key in JSON body"
-    assert rows(bus) == 0
+    assert rows(runtime) == 0
 
 
 @pytest.mark.parametrize(

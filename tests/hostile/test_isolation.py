@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
 from tests.contract.factories import make_event
 
@@ -40,11 +40,11 @@ BODIES: dict[str, Any] = {
 
 
 @pytest.fixture
-def b_events(bus: Bus) -> list[dict[str, Any]]:
+def b_events(runtime: Runtime) -> list[dict[str, Any]]:
     """Tenant B's events, marked so that any leak of them is visible in a response."""
     made = [
         make_event(
-            bus,
+            runtime,
             tenant_id=TENANT_B,
             entity_id=SECRET_MARK,
             event_type=f"b_{status}",
@@ -54,7 +54,7 @@ def b_events(bus: Bus) -> list[dict[str, Any]]:
         )
         for status in ("pending", "processed", "failed")
     ]
-    make_event(bus, tenant_id=TENANT_A)
+    make_event(runtime, tenant_id=TENANT_A)
     return made
 
 
@@ -64,8 +64,8 @@ def header(kind: str, token: TokenFactory) -> dict[str, str]:
     return auth(token(TENANT_A))
 
 
-def snapshot(bus: Bus) -> list[tuple[Any, ...]]:
-    with bus.engine.connect() as conn:
+def snapshot(runtime: Runtime) -> list[tuple[Any, ...]]:
+    with runtime.engine.connect() as conn:
         rows = conn.execute(
             text(
                 "SELECT id, status, retry_count, processed_at, error_message, dispatched_at "
@@ -102,7 +102,7 @@ def assert_nothing_of_b(response: Any, b_events: list[dict[str, Any]]) -> None:
 )
 def test_naming_tenant_b_in_any_spelling(
     client: TestClient,
-    bus: Bus,
+    runtime: Runtime,
     token: TokenFactory,
     b_events: list[dict[str, Any]],
     method: str,
@@ -110,7 +110,7 @@ def test_naming_tenant_b_in_any_spelling(
     caller: str,
     spelling: str,
 ) -> None:
-    before = snapshot(bus)
+    before = snapshot(runtime)
     target = f"{EVENTS}/{b_events[0]['id']}" if path == "b_event" else path
     body = BODIES.get(path, {"status": "processed"})
 
@@ -124,7 +124,7 @@ def test_naming_tenant_b_in_any_spelling(
 
     assert response.status_code in (400, 403), response.text
     assert_nothing_of_b(response, b_events)
-    assert snapshot(bus) == before
+    assert snapshot(runtime) == before
 
 
 @pytest.mark.parametrize("order", ["A then B", "B then A"])
@@ -141,7 +141,7 @@ def test_naming_tenant_b_in_any_spelling(
 )
 def test_a_repeated_tenant_id(
     client: TestClient,
-    bus: Bus,
+    runtime: Runtime,
     token: TokenFactory,
     b_events: list[dict[str, Any]],
     method: str,
@@ -151,7 +151,7 @@ def test_a_repeated_tenant_id(
 ) -> None:
     pair = [str(TENANT_A), str(TENANT_B)]
     query = "&".join(f"tenant_id={t}" for t in (pair if order == "A then B" else pair[::-1]))
-    before = snapshot(bus)
+    before = snapshot(runtime)
 
     response = client.request(
         method,
@@ -171,29 +171,29 @@ def test_a_repeated_tenant_id(
         refused[0],
         {"success": False, "message": refused[1]},
     )
-    assert snapshot(bus) == before
+    assert snapshot(runtime) == before
 
 
 @pytest.mark.parametrize("caller", CALLERS)
 def test_b_events_do_not_exist_for_a(
     client: TestClient,
-    bus: Bus,
+    runtime: Runtime,
     token: TokenFactory,
     b_events: list[dict[str, Any]],
     caller: str,
 ) -> None:
-    before = snapshot(bus)
+    before = snapshot(runtime)
     h = header(caller, token)
     for event in b_events:
         for status in ("processed", "failed", "pending"):
             response = client.put(f"{EVENTS}/{event['id']}", headers=h, json={"status": status})
             assert response.status_code == 404, response.text
             assert_nothing_of_b(response, b_events)
-    assert snapshot(bus) == before
+    assert snapshot(runtime) == before
 
 
 def test_reads_of_a_show_nothing_of_b(
-    client: TestClient, bus: Bus, token: TokenFactory, b_events: list[dict[str, Any]]
+    client: TestClient, runtime: Runtime, token: TokenFactory, b_events: list[dict[str, Any]]
 ) -> None:
     h = header("manage:system", token)
     queries: list[dict[str, str]] = [
@@ -218,7 +218,7 @@ def test_reads_of_a_show_nothing_of_b(
 
 
 def test_cursor_walks_series_and_details_of_a_show_nothing_of_b(
-    client: TestClient, bus: Bus, token: TokenFactory, b_events: list[dict[str, Any]]
+    client: TestClient, runtime: Runtime, token: TokenFactory, b_events: list[dict[str, Any]]
 ) -> None:
     h = header("manage:system", token)
     for event in b_events:  # B's events have attempts too: the series must not count them
@@ -254,12 +254,12 @@ def test_cursor_walks_series_and_details_of_a_show_nothing_of_b(
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_a_replay_by_as_filters_touches_nothing_of_b(
     client: TestClient,
-    bus: Bus,
+    runtime: Runtime,
     token: TokenFactory,
     b_events: list[dict[str, Any]],
     dry_run: bool,
 ) -> None:
-    before = snapshot(bus)
+    before = snapshot(runtime)
     h = header("manage:system", token)
     for body in (
         {},
@@ -271,12 +271,12 @@ def test_a_replay_by_as_filters_touches_nothing_of_b(
         assert response.status_code == 200, response.text
         assert response.json()["matched"] == (0 if body else 1)  # A has one pending event
         assert_nothing_of_b(response, b_events)
-    assert snapshot(bus) == before
+    assert snapshot(runtime) == before
 
 
 @pytest.mark.parametrize("caller", CALLERS)
 def test_a_tenant_id_in_the_body_is_ignored(
-    client: TestClient, bus: Bus, token: TokenFactory, caller: str
+    client: TestClient, runtime: Runtime, token: TokenFactory, caller: str
 ) -> None:
     body = {**SEED_PUBLISH_BODY, "tenant_id": str(TENANT_B), "id": str(uuid.uuid4())}
 
@@ -284,7 +284,7 @@ def test_a_tenant_id_in_the_body_is_ignored(
 
     assert response.status_code == 201, response.text
     assert response.json()["event"]["tenant_id"] == str(TENANT_A)
-    assert snapshot(bus) == []
+    assert snapshot(runtime) == []
 
 
 def test_the_system_token_may_publish_but_not_read(

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bus.observability import metrics
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ def publish_unique(client: TestClient, tok: str, count: int) -> None:
 
 
 def test_unique_event_types_and_modules_do_not_grow_metrics(
-    bus: Bus, client: TestClient, token: TokenFactory
+    runtime: Runtime, client: TestClient, token: TokenFactory
 ) -> None:
     tok = token()
     # Given a process that has published 300 events, each of its own type and module

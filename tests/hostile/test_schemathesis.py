@@ -22,7 +22,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import ignored_auth
 
 from api.app import create_app
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from tests.chaos.services import free_port
 from tests.conftest import TENANT_A, TENANT_B, TokenFactory, auth, make_settings
 from tests.contract.factories import make_event
@@ -53,12 +53,12 @@ def check_envelope(response: Any) -> None:
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 @pytest.mark.parametrize(("path", "method"), OPERATIONS)
 def test_generated_requests(
-    bus: Bus, token: TokenFactory, path: str, method: str, mode: GenerationMode, caller: str
+    runtime: Runtime, token: TokenFactory, path: str, method: str, mode: GenerationMode, caller: str
 ) -> None:
     # Given the app's own document, an event to aim PUTs at, and a caller that gets in
-    app = create_app(bus=bus)
+    app = create_app(runtime=runtime)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    known = make_event(bus, tenant_id=TENANT_A)
+    known = make_event(runtime, tenant_id=TENANT_A)
     # (an admin whose token names a tenant: without one a POST must name it, README)
     tok = token(TENANT_A) if caller == CALLERS[0] else token(TENANT_B, [], admin=True)
     # (a header schemathesis knows of: it does not count a request without it as invalid)

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from bus.storage.models import SystemEvent
 from tests.conftest import SEED_PUBLISH_BODY, auth, make_settings
@@ -97,19 +97,19 @@ def start_worker(settings: Settings) -> Iterator[WorkerFactory]:
         proc.stop()
 
 
-def load(bus: Bus, event_id: str | uuid.UUID) -> SystemEvent:
+def load(runtime: Runtime, event_id: str | uuid.UUID) -> SystemEvent:
     """The event's row as the database has it now."""
-    with bus.sessions() as session:
+    with runtime.sessions() as session:
         row = session.get(SystemEvent, uuid.UUID(str(event_id)))
         assert row is not None, f"event {event_id} is not in the database"
         return row
 
 
-def wait_for_status(bus: Bus, event_id: str, status: str, timeout: float) -> SystemEvent:
+def wait_for_status(runtime: Runtime, event_id: str, status: str, timeout: float) -> SystemEvent:
     last: list[SystemEvent] = []
 
     def reached() -> bool:
-        row = load(bus, event_id)
+        row = load(runtime, event_id)
         last[:] = [row]
         if status == "failed":
             return row.status == status and row.next_attempt_at is None

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from tests.conftest import TokenFactory, auth
 from tests.integration.conftest import WorkerFactory, publish, wait_for_status
 
@@ -25,14 +25,14 @@ def history(client: TestClient, tok: str, event_id: str) -> list[dict[str, Any]]
 
 
 def test_two_failures_then_success_are_three_entries(
-    client: TestClient, token: TokenFactory, bus: Bus, start_worker: WorkerFactory
+    client: TestClient, token: TokenFactory, runtime: Runtime, start_worker: WorkerFactory
 ) -> None:
     # Given a handler that fails on its first two attempts
     start_worker("flaky")
     tok = token()
     # When an event for it is published and ends processed
     event = publish(client, tok, "flaky", fail_until=2)
-    row = wait_for_status(bus, event["id"], "processed", 15)
+    row = wait_for_status(runtime, event["id"], "processed", 15)
     # Then its history is failed, failed, processed, numbered 1 to 3, each by a worker
     entries = history(client, tok, event["id"])
     assert [(e["attempt"], e["outcome"], e["source"]) for e in entries] == [
@@ -56,7 +56,7 @@ def test_two_failures_then_success_are_three_entries(
 def test_a_process_killed_mid_handler_is_a_lost_entry_then_processed(
     client: TestClient,
     token: TokenFactory,
-    bus: Bus,
+    runtime: Runtime,
     start_worker: WorkerFactory,
     tmp_path: Path,
 ) -> None:
@@ -65,7 +65,7 @@ def test_a_process_killed_mid_handler_is_a_lost_entry_then_processed(
     tok = token()
     # When such an event is published (Celery notices the dead child within about 5 s)
     event = publish(client, tok, "poison", kill_once=str(tmp_path / "killed"))
-    row = wait_for_status(bus, event["id"], "processed", 30)
+    row = wait_for_status(runtime, event["id"], "processed", 30)
     # Then the dead run is a lost entry saying how its process died, and the run after it the
     # processed one
     entries = history(client, tok, event["id"])

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from bus.storage.models import SystemEvent
 from eventbus.client import (
@@ -41,7 +41,7 @@ FAST = Retry(attempts=4, base=0.01, cap=0.05)
 
 
 @pytest.fixture
-def api(bus: Bus, settings: Settings) -> Iterator[str]:
+def api(runtime: Runtime, settings: Settings) -> Iterator[str]:
     """`eventbus api` on a free loopback port, over the test's database."""
     port = free_port()
     proc = Proc(
@@ -55,8 +55,8 @@ def api(bus: Bus, settings: Settings) -> Iterator[str]:
         proc.stop()
 
 
-def stored(bus: Bus, **where: Any) -> int:
-    with bus.sessions() as session:
+def stored(runtime: Runtime, **where: Any) -> int:
+    with runtime.sessions() as session:
         stmt = select(func.count()).select_from(SystemEvent)
         for name, value in where.items():
             stmt = stmt.where(getattr(SystemEvent, name) == value)
@@ -101,7 +101,7 @@ def test_get_reads_one_event_live(api: str, token: TokenFactory) -> None:
         assert missing.value.message == "Event not found"
 
 
-def test_events_walks_every_page(api: str, bus: Bus, token: TokenFactory) -> None:
+def test_events_walks_every_page(api: str, runtime: Runtime, token: TokenFactory) -> None:
     # Given 250 events (and 5 another module's, filtered out)
     with Client(api, token(system=True), retry=FAST) as client:
         published = []
@@ -175,7 +175,7 @@ class DropsFirstAnswer(httpx.BaseTransport):
 
 
 def test_a_retry_after_a_dropped_connection_reuses_its_key(
-    api: str, bus: Bus, token: TokenFactory
+    api: str, runtime: Runtime, token: TokenFactory
 ) -> None:
     # Given a connection that drops after the server answered the first try
     transport = DropsFirstAnswer()
@@ -191,11 +191,11 @@ def test_a_retry_after_a_dropped_connection_reuses_its_key(
     assert event["entity_id"] == entity
     if transport.answers[1].headers.get("Idempotent-Replayed") == "true":
         # The server honours the key: the first event only.
-        assert stored(bus, entity_id=entity) == 1
+        assert stored(runtime, entity_id=entity) == 1
         assert event["id"] == transport.answers[0].json()["event"]["id"]
     else:
         # Without the server side of the key both tries are stored; the key is what fixes it.
-        assert stored(bus, entity_id=entity) == 2
+        assert stored(runtime, entity_id=entity) == 2
 
 
 def test_async_client(api: str, token: TokenFactory) -> None:

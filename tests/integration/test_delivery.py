@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from bus.broker.dispatch import Dispatch
 from bus.broker.queues import queue_name
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.conftest import REDIS_URL, TokenFactory, auth
 from tests.integration.conftest import (
@@ -31,7 +31,7 @@ PROCESSING_BOUND = 5.0
 
 
 def test_published_event_is_processed_by_its_module_worker(
-    client: TestClient, token: TokenFactory, bus: Bus, start_worker: WorkerFactory
+    client: TestClient, token: TokenFactory, runtime: Runtime, start_worker: WorkerFactory
 ) -> None:
     # Given a worker for every module with a handler
     worker = start_worker()
@@ -52,7 +52,7 @@ def test_published_event_is_processed_by_its_module_worker(
     assert response.status_code == 201, response.text
     event_id = response.json()["event"]["id"]
     # Then the handler runs and the API shows it processed, within the bound
-    wait_for_status(bus, event_id, "processed", PROCESSING_BOUND)
+    wait_for_status(runtime, event_id, "processed", PROCESSING_BOUND)
     elapsed = time.monotonic() - started
     listed = client.get(
         "/system/events", headers=auth(token()), params={"status": "processed"}
@@ -68,7 +68,7 @@ def test_published_event_is_processed_by_its_module_worker(
 def test_a_worker_runs_only_the_modules_it_serves(
     client: TestClient,
     token: TokenFactory,
-    bus: Bus,
+    runtime: Runtime,
     settings: Settings,
     start_worker: WorkerFactory,
 ) -> None:
@@ -79,10 +79,10 @@ def test_a_worker_runs_only_the_modules_it_serves(
     for_warehouse = publish(client, tok, "warehouse", write=True)
     for_notifications = publish(client, tok, "notifications", write=True)
     # Then notifications' event is processed
-    wait_for_status(bus, for_notifications["id"], "processed", PROCESSING_BOUND)
+    wait_for_status(runtime, for_notifications["id"], "processed", PROCESSING_BOUND)
     # And warehouse's waits in its own queue, untouched
     time.sleep(1.0)
-    assert load(bus, for_warehouse["id"]).status == "pending"
+    assert load(runtime, for_warehouse["id"]).status == "pending"
     assert effects_of(settings.database_url, for_warehouse["id"]) == []
     broker = redis.Redis.from_url(REDIS_URL)
     assert broker.llen(queue_name("warehouse", settings.queue_prefix)) == 1
@@ -93,7 +93,7 @@ def test_a_worker_runs_only_the_modules_it_serves(
 def test_the_same_message_delivered_several_times_has_one_effect(
     client: TestClient,
     token: TokenFactory,
-    bus: Bus,
+    runtime: Runtime,
     settings: Settings,
     start_worker: WorkerFactory,
 ) -> None:
@@ -105,11 +105,11 @@ def test_the_same_message_delivered_several_times_has_one_effect(
     # When every message is sent twice more, each copy a message of its own
     for _ in range(2):
         for e in events:
-            bus.dispatcher.send([Dispatch(uuid.UUID(e["id"]), "warehouse")])
+            runtime.dispatcher.send([Dispatch(uuid.UUID(e["id"]), "warehouse")])
     # Then each event is processed once, with exactly one committed effect, counted only once
     # all 12 deliveries have ended: 4 ran, the 8 duplicates were consumed and skipped
     for event in events:
-        wait_for_status(bus, event["id"], "processed", 15)
+        wait_for_status(runtime, event["id"], "processed", 15)
     worker.wait_for_output(" skipped: ", 15, count=8)
     for event in events:
         assert effects_of(settings.database_url, event["id"]) == [1]
@@ -119,14 +119,14 @@ def test_the_same_message_delivered_several_times_has_one_effect(
 
 
 def test_an_event_without_a_handler_fails_with_a_reason(
-    client: TestClient, token: TokenFactory, bus: Bus, start_worker: WorkerFactory
+    client: TestClient, token: TokenFactory, runtime: Runtime, start_worker: WorkerFactory
 ) -> None:
     # Given a worker serving a module nobody wrote a handler for
     start_worker("orphans")
     # When an event for it arrives
     event = publish(client, token(), "orphans")
     # Then it fails at once, saying why, with no retry scheduled
-    row = wait_for_status(bus, event["id"], "failed", PROCESSING_BOUND)
+    row = wait_for_status(runtime, event["id"], "failed", PROCESSING_BOUND)
     assert row.error_message == "No handler for orphans/inventory_updated"
     assert row.retry_count == 1 and row.processed_at is None
 
@@ -134,7 +134,7 @@ def test_an_event_without_a_handler_fails_with_a_reason(
 def test_put_pending_runs_a_failed_event_again(
     client: TestClient,
     token: TokenFactory,
-    bus: Bus,
+    runtime: Runtime,
     settings: Settings,
     start_worker: WorkerFactory,
 ) -> None:
@@ -142,7 +142,7 @@ def test_put_pending_runs_a_failed_event_again(
     start_worker("flaky")
     tok = token()
     event = publish(client, tok, "flaky", fail_until=3, write=True)
-    failed = wait_for_status(bus, event["id"], "failed", 10)
+    failed = wait_for_status(runtime, event["id"], "failed", 10)
     assert failed.retry_count == 3
     # When an operator sets it back to pending through the API
     response = client.put(
@@ -151,7 +151,7 @@ def test_put_pending_runs_a_failed_event_again(
     assert response.status_code == 200, response.text
     assert response.json()["event"]["status"] == "pending"
     # Then it is sent again and this fourth attempt succeeds
-    row = wait_for_status(bus, event["id"], "processed", PROCESSING_BOUND)
+    row = wait_for_status(runtime, event["id"], "processed", PROCESSING_BOUND)
     assert row.retry_count == 3 and row.error_message is None
     assert effects_of(settings.database_url, event["id"]) == [4]
 
@@ -171,7 +171,7 @@ def test_worker_refuses_to_start_without_handlers(settings: Settings) -> None:
 
 
 def test_waiting_for_the_relay_is_not_needed_for_prompt_delivery(
-    client: TestClient, token: TokenFactory, bus: Bus, start_worker: WorkerFactory
+    client: TestClient, token: TokenFactory, runtime: Runtime, start_worker: WorkerFactory
 ) -> None:
     # Given a running worker and no relay
     start_worker("notifications")
@@ -181,4 +181,4 @@ def test_waiting_for_the_relay_is_not_needed_for_prompt_delivery(
     # Then all are processed promptly: the send after commit delivered them
     deadline = time.monotonic() + PROCESSING_BOUND
     for event in events:
-        wait_for_status(bus, event["id"], "processed", max(0.1, deadline - time.monotonic()))
+        wait_for_status(runtime, event["id"], "processed", max(0.1, deadline - time.monotonic()))

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from bus.events.rules import utcnow
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from bus.storage import event_store
 from bus.storage.db import transaction
@@ -87,7 +87,7 @@ def test_dev_runs_the_bus_without_servers_and_survives_a_restart(tmp_path: Path)
         proc.stop(signal.SIGKILL)
 
     # Given an event left pending while it was stopped (an in-memory queue forgets its messages)
-    database = Bus(Settings(database_url=f"sqlite:///{tmp_path / 'eventbus.db'}"))
+    database = Runtime(Settings(database_url=f"sqlite:///{tmp_path / 'eventbus.db'}"))
     stranded = uuid.uuid4()
     with transaction(database.sessions) as session:
         event_store.insert_event(

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.chaos.services import free_port
 from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
@@ -35,19 +35,19 @@ def start_api(settings: Settings, port: int) -> Proc:
 
 
 @pytest.fixture
-def port(bus: Bus) -> Iterator[int]:
-    with bus.engine.begin() as conn:
+def port(runtime: Runtime) -> Iterator[int]:
+    with runtime.engine.begin() as conn:
         conn.execute(text("TRUNCATE idempotency_keys"))
     yield free_port()
 
 
-def events_stored(bus: Bus) -> int:
-    with bus.engine.connect() as conn:
+def events_stored(runtime: Runtime) -> int:
+    with runtime.engine.connect() as conn:
         return int(conn.execute(text("SELECT count(*) FROM system_events")).scalar_one())
 
 
 def test_one_key_sent_at_once_by_many_stores_one_event_and_outlives_the_api(
-    bus: Bus, settings: Settings, port: int, token: TokenFactory
+    runtime: Runtime, settings: Settings, port: int, token: TokenFactory
 ) -> None:
     base = f"http://127.0.0.1:{port}"
     headers = {**auth(token(system=True)), "Idempotency-Key": "checkout-7f3a"}
@@ -66,7 +66,7 @@ def test_one_key_sent_at_once_by_many_stores_one_event_and_outlives_the_api(
         assert created
         assert len({r.content for r in created}) == 1
         assert len([r for r in created if "idempotent-replayed" not in r.headers]) <= 1
-        assert events_stored(bus) == 1
+        assert events_stored(runtime) == 1
         first = created[0].content
     finally:
         # When the API dies at once (every process of its group) and starts again
@@ -82,7 +82,7 @@ def test_one_key_sent_at_once_by_many_stores_one_event_and_outlives_the_api(
     assert retried.status_code == 201
     assert retried.headers["idempotent-replayed"] == "true"
     assert retried.content == first
-    assert events_stored(bus) == 1
+    assert events_stored(runtime) == 1
 
 
 def exchange(sock: socket.socket, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -112,14 +112,14 @@ def post(tok: str, path: str, body: bytes, key: str) -> bytes:
 
 
 def test_odd_keyed_bodies_and_a_500_keep_the_connection_and_the_headers(
-    bus: Bus, settings: Settings, port: int, token: TokenFactory
+    runtime: Runtime, settings: Settings, port: int, token: TokenFactory
 ) -> None:
     seed = json.dumps(SEED_PUBLISH_BODY)
     odd = (seed[:-1] + ',"note":1e999,"\\ud800":"\\udfff"}').encode()
     refused = json.dumps({**SEED_PUBLISH_BODY, "entity_id": "db-refuses"}).encode()
     tok = token(system=True)
     # Given a fault only the database knows of (a constraint the API has no rule for)
-    with bus.engine.begin() as conn:
+    with runtime.engine.begin() as conn:
         conn.execute(
             text(
                 "ALTER TABLE system_events ADD CONSTRAINT ck_test_refuses "
@@ -141,7 +141,7 @@ def test_odd_keyed_bodies_and_a_500_keep_the_connection_and_the_headers(
             ]
     finally:
         proc.stop()
-        with bus.engine.begin() as conn:
+        with runtime.engine.begin() as conn:
             conn.execute(text("ALTER TABLE system_events DROP CONSTRAINT ck_test_refuses"))
     # Then each is answered on that connection, with its request id and nosniff: the odd
     # bodies as without a key (201, the retry a replay), the fault a 500 in the envelope

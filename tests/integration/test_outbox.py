@@ -24,7 +24,7 @@ from alembic.operations import Operations
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.orm import Session
 
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from bus.storage.models import SystemEvent
 from eventbus import outbox
@@ -127,8 +127,8 @@ def printed_count(proc: Proc) -> int:
     return int(counts[-1])
 
 
-def bus_ids(bus: Bus) -> list[uuid.UUID]:
-    with bus.sessions() as session:
+def bus_ids(runtime: Runtime) -> list[uuid.UUID]:
+    with runtime.sessions() as session:
         return list(session.execute(select(SystemEvent.id)).scalars())
 
 
@@ -174,7 +174,11 @@ def test_publish_validates_like_the_api(caller: Engine) -> None:
 
 
 def test_rolled_back_publishes_nothing_committed_is_processed(
-    caller: Engine, caller_url: str, bus: Bus, settings: Settings, start_worker: WorkerFactory
+    caller: Engine,
+    caller_url: str,
+    runtime: Runtime,
+    settings: Settings,
+    start_worker: WorkerFactory,
 ) -> None:
     start_worker("warehouse")
     # Given one order rolled back and one committed, each with its outbox event
@@ -187,9 +191,9 @@ def test_rolled_back_publishes_nothing_committed_is_processed(
     assert printed_count(proc) == 1, proc.output
 
     # Then only the committed event is in the bus, and a worker processes it
-    assert bus_ids(bus) == [kept]
+    assert bus_ids(runtime) == [kept]
     assert lost != kept
-    row = wait_for_status(bus, str(kept), "processed", 30)
+    row = wait_for_status(runtime, str(kept), "processed", 30)
     assert (row.tenant_id, row.event_type, row.entity_type) == (TENANT_A, "order_placed", "order")
     assert unforwarded(caller) == 0
 
@@ -200,7 +204,7 @@ def test_rolled_back_publishes_nothing_committed_is_processed(
 
 
 def test_a_forwarder_killed_mid_batch_and_restarted_forwards_each_row_once(
-    caller: Engine, caller_url: str, bus: Bus, settings: Settings
+    caller: Engine, caller_url: str, runtime: Runtime, settings: Settings
 ) -> None:
     # Given 3,000 committed rows (and rolled-back ones among them)
     committed = place_orders(caller, 3000)
@@ -208,7 +212,7 @@ def test_a_forwarder_killed_mid_batch_and_restarted_forwards_each_row_once(
     # When a forwarder is SIGKILLed three times while it drains, then runs to the end
     for seen in (300, 1200, 2100):
         proc = forwarder(settings, caller_url, "--batch-size", "25", "--interval", "0.05")
-        wait_for(lambda n=seen: len(bus_ids(bus)) >= n, 60, f"fewer than {seen} forwarded")
+        wait_for(lambda n=seen: len(bus_ids(runtime)) >= n, 60, f"fewer than {seen} forwarded")
         os.killpg(proc.popen.pid, signal.SIGKILL)
         proc.popen.wait(10)
     last = forwarder(settings, caller_url, "--batch-size", "25", "--interval", "0.05")
@@ -218,7 +222,7 @@ def test_a_forwarder_killed_mid_batch_and_restarted_forwards_each_row_once(
         last.stop()
 
     # Then the bus holds exactly the committed rows, and no id was queued twice
-    stored = bus_ids(bus)
+    stored = bus_ids(runtime)
     assert len(stored) == len(committed)
     assert set(stored) == set(committed)
     sends = queued_ids(settings)
@@ -227,7 +231,7 @@ def test_a_forwarder_killed_mid_batch_and_restarted_forwards_each_row_once(
 
 
 def test_two_forwarders_share_the_outbox(
-    caller: Engine, caller_url: str, bus: Bus, settings: Settings
+    caller: Engine, caller_url: str, runtime: Runtime, settings: Settings
 ) -> None:
     # Given two forwarders running
     procs = [
@@ -245,7 +249,7 @@ def test_two_forwarders_share_the_outbox(
             proc.stop()
 
     # Then each row is in the bus once, and both forwarders took batches
-    stored = bus_ids(bus)
+    stored = bus_ids(runtime)
     assert sorted(stored) == sorted(committed)
     assert max(queued_ids(settings).values()) == 1
     for proc in procs:
@@ -253,7 +257,7 @@ def test_two_forwarders_share_the_outbox(
 
 
 def test_forwarded_rows_are_purged_after_the_retention(
-    caller: Engine, caller_url: str, bus: Bus, settings: Settings
+    caller: Engine, caller_url: str, runtime: Runtime, settings: Settings
 ) -> None:
     committed = place_orders(caller, 5)
     proc = forwarder(settings, caller_url, "--once")
@@ -261,7 +265,7 @@ def test_forwarded_rows_are_purged_after_the_retention(
     t = outbox.outbox_table
     with caller.begin() as conn:
         conn.execute(text("UPDATE eventbus_outbox SET forwarded_at = now() - interval '2 hours'"))
-    forwarder_ = outbox.Forwarder(caller, outbox.BusSink(bus), retention=timedelta(hours=1))
+    forwarder_ = outbox.Forwarder(caller, outbox.BusSink(runtime), retention=timedelta(hours=1))
     assert forwarder_.purge() == len(committed)
     with caller.connect() as conn:
         assert conn.execute(select(func.count()).select_from(t)).scalar_one() == 0
@@ -270,7 +274,7 @@ def test_forwarded_rows_are_purged_after_the_retention(
 def test_forward_over_http_keys_each_row(
     caller: Engine,
     caller_url: str,
-    bus: Bus,
+    runtime: Runtime,
     settings: Settings,
     api: str,  # noqa: F811
     token: TokenFactory,
@@ -288,11 +292,11 @@ def test_forward_over_http_keys_each_row(
     assert again.popen.wait(60) == 0, again.output
     assert printed_count(again) == 5, again.output
     # Then the API stored each once: the row id was each publish's Idempotency-Key
-    entities = sorted(e.entity_id for e in _events(bus))
+    entities = sorted(e.entity_id for e in _events(runtime))
     assert entities == [f"item-{i}" for i in range(5)]
     assert unforwarded(caller) == 0
 
 
-def _events(bus: Bus) -> list[SystemEvent]:
-    with bus.sessions() as session:
+def _events(runtime: Runtime) -> list[SystemEvent]:
+    with runtime.sessions() as session:
         return list(session.execute(select(SystemEvent)).scalars())

@@ -12,7 +12,7 @@ from kombu import Connection
 
 from bus.broker.queues import queue_name
 from bus.delivery.attempts import INTERRUPTED_MESSAGE
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.conftest import TokenFactory, auth
 from tests.integration.conftest import (
@@ -42,25 +42,25 @@ def settings(settings: Settings) -> Iterator[Settings]:
 
 
 def test_end_to_end_on_rabbitmq(
-    client: TestClient, token: TokenFactory, bus: Bus, start_worker: WorkerFactory
+    client: TestClient, token: TokenFactory, runtime: Runtime, start_worker: WorkerFactory
 ) -> None:
     # Given an event published before any worker for its module ever ran
-    assert bus.settings.broker_url.startswith("amqp://")
+    assert runtime.settings.broker_url.startswith("amqp://")
     tok = token()
     early = publish(client, tok, "warehouse")
     # When a worker starts
     start_worker("warehouse")
     # Then the event waited in its durable queue and is processed, as is a later one
-    wait_for_status(bus, early["id"], "processed", 10)
+    wait_for_status(runtime, early["id"], "processed", 10)
     later = publish(client, tok, "warehouse")
-    row = wait_for_status(bus, later["id"], "processed", 5)
+    row = wait_for_status(runtime, later["id"], "processed", 5)
     assert row.retry_count == 0 and row.processed_at is not None
     shown = client.get("/system/events", headers=auth(tok)).json()["events"]
     assert {e["status"] for e in shown} == {"processed"}
 
 
 def test_retries_on_rabbitmq(
-    client: TestClient, token: TokenFactory, bus: Bus, start_worker: WorkerFactory
+    client: TestClient, token: TokenFactory, runtime: Runtime, start_worker: WorkerFactory
 ) -> None:
     # Given a worker whose handler fails twice for one event and always for another
     start_worker("flaky")
@@ -68,8 +68,8 @@ def test_retries_on_rabbitmq(
     recovers = publish(client, tok, "flaky", fail_until=2)
     never = publish(client, tok, "flaky", fail_until=99)
     # Then one is processed after two failures and the other ends failed after all attempts
-    assert wait_for_status(bus, recovers["id"], "processed", 15).retry_count == 2
-    failed = wait_for_status(bus, never["id"], "failed", 15)
+    assert wait_for_status(runtime, recovers["id"], "processed", 15).retry_count == 2
+    failed = wait_for_status(runtime, never["id"], "failed", 15)
     assert failed.retry_count == FAST_RETRIES["retry_max_attempts"]
     assert failed.error_message is not None and "planned failure" in failed.error_message
 
@@ -77,7 +77,7 @@ def test_retries_on_rabbitmq(
 def test_a_poison_event_that_kills_the_whole_worker_ends_failed(
     client: TestClient,
     token: TokenFactory,
-    bus: Bus,
+    runtime: Runtime,
     start_worker: WorkerFactory,
     tmp_path: Path,
 ) -> None:
@@ -89,7 +89,7 @@ def test_a_poison_event_that_kills_the_whole_worker_ends_failed(
     for restart in range(FAST_RETRIES["retry_max_attempts"] + 2):
         worker = start_worker("poison", pool="solo", concurrency=1)
         exited = wait_for(
-            lambda w=worker: w.popen.poll() is not None or bus_failed(bus, event["id"]),
+            lambda w=worker: w.popen.poll() is not None or bus_failed(runtime, event["id"]),
             15,
             f"worker {restart} neither died nor saw the event end",
         )
@@ -97,7 +97,7 @@ def test_a_poison_event_that_kills_the_whole_worker_ends_failed(
             break
         assert exited and worker.popen.returncode == -signal.SIGKILL
     # Then each redelivery counted its attempt and the event ended failed, bounded
-    row = wait_for_status(bus, event["id"], "failed", 5)
+    row = wait_for_status(runtime, event["id"], "failed", 5)
     attempts = FAST_RETRIES["retry_max_attempts"]
     assert row.retry_count == attempts
     assert row.error_message == INTERRUPTED_MESSAGE
@@ -105,6 +105,6 @@ def test_a_poison_event_that_kills_the_whole_worker_ends_failed(
     assert runs == [1, *range(1, attempts + 1)]  # the first run, then the counted ones
 
 
-def bus_failed(bus: Bus, event_id: str) -> bool:
-    row = load(bus, event_id)
+def bus_failed(runtime: Runtime, event_id: str) -> bool:
+    row = load(runtime, event_id)
     return row.status == "failed" and row.next_attempt_at is None

@@ -21,7 +21,7 @@ from api.app import create_app
 from bus.broker.queues import queue_name
 from bus.events.rules import utcnow
 from bus.maintenance.resend import run_once
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from bus.storage import event_store
 from bus.storage.db import transaction
@@ -42,11 +42,11 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 
 
-def insert_events(bus: Bus, count: int, **overrides: Any) -> list[uuid.UUID]:
+def insert_events(runtime: Runtime, count: int, **overrides: Any) -> list[uuid.UUID]:
     """Rows as if published, without a send: pending and never stamped unless overridden."""
     ids = [uuid.uuid4() for _ in range(count)]
     now = utcnow()
-    with transaction(bus.sessions) as session:
+    with transaction(runtime.sessions) as session:
         for n, event_id in enumerate(ids):
             values: dict[str, Any] = {
                 "id": event_id,
@@ -95,21 +95,21 @@ def dead_redis() -> Iterator[RedisServer]:
 
 def test_publishing_while_the_broker_is_down_then_the_relay_sends(
     settings: Settings,
-    bus: Bus,
+    runtime: Runtime,
     token: TokenFactory,
     start_worker: WorkerFactory,
     dead_redis: RedisServer,
 ) -> None:
     # Given an API whose broker is down
     down = settings.model_copy(update={"broker_url": dead_redis.url})
-    api_bus = Bus(down)
-    with TestClient(create_app(bus=api_bus)) as client:
+    api_bus = Runtime(down)
+    with TestClient(create_app(runtime=api_bus)) as client:
         # When an event is published
         started = time.monotonic()
         event = publish(client, token(), "warehouse")
         # Then it is accepted promptly, pending, and left unsent for the relay
         assert time.monotonic() - started < 3.0
-        row = load(bus, event["id"])
+        row = load(runtime, event["id"])
         assert row.status == "pending" and row.dispatched_at is None
     # When Redis comes back, with a worker and a relay on it
     dead_redis.start()
@@ -118,7 +118,7 @@ def test_publishing_while_the_broker_is_down_then_the_relay_sends(
     relay = Proc([str(BIN / "eventbus"), "relay"], settings_env(relay_settings))
     try:
         # Then the relay sends it and the worker processes it
-        wait_for_status(bus, event["id"], "processed", 10)
+        wait_for_status(runtime, event["id"], "processed", 10)
         # And the relay stops cleanly on SIGTERM
         assert relay.stop(signal.SIGTERM, timeout=5) == 0, relay.output
     finally:
@@ -126,10 +126,10 @@ def test_publishing_while_the_broker_is_down_then_the_relay_sends(
         api_bus.close()
 
 
-def test_several_relays_send_each_due_event_once(settings: Settings, bus: Bus) -> None:
+def test_several_relays_send_each_due_event_once(settings: Settings, runtime: Runtime) -> None:
     # Given 300 events that were never sent, and relays taking small batches
-    ids = insert_events(bus, 300)
-    small = Bus(settings.model_copy(update={"relay_batch_size": 25}))
+    ids = insert_events(runtime, 300)
+    small = Runtime(settings.model_copy(update={"relay_batch_size": 25}))
     sent: list[int] = []
 
     def relay() -> None:
@@ -151,16 +151,16 @@ def test_several_relays_send_each_due_event_once(settings: Settings, bus: Bus) -
 
 
 def test_the_relay_resends_only_what_its_lease_says_may_be_lost(
-    settings: Settings, bus: Bus
+    settings: Settings, runtime: Runtime
 ) -> None:
     lease = timedelta(seconds=settings.relay_lease_seconds)
     now = utcnow()
     # Given events sent just now, events sent longer than a lease ago, a failed event whose
     # retry is due, one whose retry is not due yet, and one failed for good
-    recent = insert_events(bus, 2, dispatched_at=now)
-    stale = insert_events(bus, 2, dispatched_at=now - lease - timedelta(seconds=1))
+    recent = insert_events(runtime, 2, dispatched_at=now)
+    stale = insert_events(runtime, 2, dispatched_at=now - lease - timedelta(seconds=1))
     due = insert_events(
-        bus,
+        runtime,
         1,
         status=EventStatus.FAILED,
         retry_count=1,
@@ -168,28 +168,28 @@ def test_the_relay_resends_only_what_its_lease_says_may_be_lost(
         dispatched_at=now - lease - timedelta(seconds=1),
     )
     insert_events(
-        bus,
+        runtime,
         1,
         status=EventStatus.FAILED,
         retry_count=1,
         next_attempt_at=now + timedelta(seconds=60),
         dispatched_at=now - lease - timedelta(seconds=1),
     )
-    insert_events(bus, 1, status=EventStatus.FAILED, retry_count=3, next_attempt_at=None)
+    insert_events(runtime, 1, status=EventStatus.FAILED, retry_count=3, next_attempt_at=None)
     # When the relay runs
-    assert run_once(bus, now=now) == 3
+    assert run_once(runtime, now=now) == 3
     # Then it sent the stale and the due ones, stamped them, and nothing else
     assert set(queued_ids(settings)) == {str(i) for i in stale + due}
     for event_id in stale + due:
-        stamped = load(bus, event_id).dispatched_at
+        stamped = load(runtime, event_id).dispatched_at
         assert isinstance(stamped, datetime) and abs((stamped - now).total_seconds()) < 1
-    assert load(bus, recent[0]).dispatched_at == now
+    assert load(runtime, recent[0]).dispatched_at == now
     # And a second pass right after finds nothing to send
-    assert run_once(bus, now=now) == 0
+    assert run_once(runtime, now=now) == 0
 
 
 def test_pending_events_are_sent_again_when_the_broker_lost_them(
-    settings: Settings, bus: Bus, client: TestClient, token: TokenFactory
+    settings: Settings, runtime: Runtime, client: TestClient, token: TokenFactory
 ) -> None:
     # Given a published event whose message the broker lost (its queue flushed)
     event = publish(client, token(), "warehouse")
@@ -198,13 +198,13 @@ def test_pending_events_are_sent_again_when_the_broker_lost_them(
     # When the lease has run out
     later = utcnow() + timedelta(seconds=settings.relay_lease_seconds + 1)
     # Then the relay sends it again
-    assert run_once(bus, now=later) == 1
+    assert run_once(runtime, now=later) == 1
     wait_for(lambda: queued_ids(settings)[event["id"]] == 1, 2, "the event was not re-queued")
 
 
 def test_the_broker_dying_under_a_running_bus(
     settings: Settings,
-    bus: Bus,
+    runtime: Runtime,
     token: TokenFactory,
     start_worker: WorkerFactory,
     dead_redis: RedisServer,
@@ -212,18 +212,18 @@ def test_the_broker_dying_under_a_running_bus(
     # Given an API, a worker and a relay on a Redis of the test's own
     dead_redis.start()
     own = settings.model_copy(update={"broker_url": dead_redis.url, "relay_interval_seconds": 0.2})
-    api_bus = Bus(own)
+    api_bus = Runtime(own)
     worker = start_worker("warehouse", worker_settings=own)
     relay = Proc([str(BIN / "eventbus"), "relay"], settings_env(own))
     try:
-        with TestClient(create_app(bus=api_bus)) as client:
+        with TestClient(create_app(runtime=api_bus)) as client:
             tok = token()
             before = publish(client, tok, "warehouse")
-            wait_for_status(bus, before["id"], "processed", 5)
+            wait_for_status(runtime, before["id"], "processed", 5)
             # When Redis dies (with every message it held) and an event is published meanwhile
             dead_redis.stop()
             during = publish(client, tok, "warehouse")
-            assert load(bus, during["id"]).dispatched_at is None
+            assert load(runtime, during["id"]).dispatched_at is None
             # And Redis comes back, empty, on the same port
             dead_redis.start()
             # Then the relay sends the event and the reconnected worker processes it. The bound
@@ -231,13 +231,13 @@ def test_the_broker_dying_under_a_running_bus(
             # apart), and under CPU load a try can land just before Redis is back; seen: the
             # message waiting on the list after 30 s while the worker was between tries.
             try:
-                wait_for_status(bus, during["id"], "processed", 90)
+                wait_for_status(runtime, during["id"], "processed", 90)
             except AssertionError as exc:
                 tails = f"relay:\n{relay.output[-3000:]}\nworker:\n{worker.output[-6000:]}"
                 raise AssertionError(f"{exc}\n{tails}") from None
             # And events published afterwards flow as before
             after = publish(client, tok, "warehouse")
-            wait_for_status(bus, after["id"], "processed", 10)
+            wait_for_status(runtime, after["id"], "processed", 10)
     finally:
         relay.stop()
         api_bus.close()

@@ -9,11 +9,11 @@ from datetime import timedelta
 import pytest
 import redis
 
-from bus.broker.dispatch import LOST_HEADER, REQUEST_ID_HEADER
+from bus.broker.dispatch import INTERRUPTED_HEADER, REQUEST_ID_HEADER
 from bus.broker.queues import queue_name
 from bus.events.rules import utcnow
 from bus.maintenance.resend import LEASE_EXPIRED_MESSAGE, run_once
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.conftest import REDIS_URL
 from tests.integration.test_relay import insert_events
@@ -32,19 +32,19 @@ def queued_headers(settings: Settings) -> dict[str, dict[str, object]]:
 
 
 def test_a_resend_after_the_lease_is_marked_lost_and_a_first_send_is_not(
-    settings: Settings, bus: Bus
+    settings: Settings, runtime: Runtime
 ) -> None:
     # Given an event whose send was stamped longer than a lease ago (its delivery may have died
     # with its worker) and one whose send never happened
     now = utcnow()
     stale = insert_events(
-        bus, 1, dispatched_at=now - timedelta(seconds=settings.relay_lease_seconds + 1)
+        runtime, 1, dispatched_at=now - timedelta(seconds=settings.relay_lease_seconds + 1)
     )[0]
-    never = insert_events(bus, 1, request_id="req-never")[0]
+    never = insert_events(runtime, 1, request_id="req-never")[0]
     # When the relay runs
-    assert run_once(bus, now=now) == 2
+    assert run_once(runtime, now=now) == 2
     # Then the re-send carries the lost mark the worker counts by, and the first send does not
     headers = queued_headers(settings)
-    assert headers[str(stale)][LOST_HEADER] == LEASE_EXPIRED_MESSAGE
-    assert LOST_HEADER not in headers[str(never)]
+    assert headers[str(stale)][INTERRUPTED_HEADER] == LEASE_EXPIRED_MESSAGE
+    assert INTERRUPTED_HEADER not in headers[str(never)]
     assert headers[str(never)][REQUEST_ID_HEADER] == "req-never"

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.conftest import TENANT_A, TokenFactory, auth
 from tests.contract.factories import event_values, make_events
@@ -57,18 +57,18 @@ def replay_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[st
 
 
 def test_the_cli_previews_then_replays_and_a_worker_runs_each_once(
-    bus: Bus, settings: Settings, start_worker: WorkerFactory
+    runtime: Runtime, settings: Settings, start_worker: WorkerFactory
 ) -> None:
     # Given 6 flaky events that gave up, and 2 of another module that did too
-    rows = make_events(bus, gave_up(6))
-    others = make_events(bus, gave_up(2, module="billing"))
+    rows = make_events(runtime, gave_up(6))
+    others = make_events(runtime, gave_up(2, module="billing"))
     start_worker("flaky")
     # When an operator previews the replay of failed flaky events
     preview = replay_cli(settings, "--status", "failed", "--module", "flaky", "--dry-run")
     # Then it counts them and nothing runs
     assert preview.returncode == 0, preview.stderr
     assert preview.stdout.strip() == "matched 6, replayed 0 (dry run)"
-    assert {load(bus, r["id"]).status for r in rows} == {"failed"}
+    assert {load(runtime, r["id"]).status for r in rows} == {"failed"}
     # When the replay is run
     done = replay_cli(
         settings, "--status", "failed", "--module", "flaky", "--tenant", str(TENANT_A)
@@ -77,11 +77,11 @@ def test_the_cli_previews_then_replays_and_a_worker_runs_each_once(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "matched 6, replayed 6"
     for row in rows:
-        event = wait_for_status(bus, str(row["id"]), "processed", PROCESSING_BOUND)
+        event = wait_for_status(runtime, str(row["id"]), "processed", PROCESSING_BOUND)
         assert (event.retry_count, event.error_message) == (3, None)
         assert effects_of(settings.database_url, str(row["id"])) == [4]
     # And the other module's events were left alone
-    assert {load(bus, r["id"]).status for r in others} == {"failed"}
+    assert {load(runtime, r["id"]).status for r in others} == {"failed"}
 
 
 def test_the_cli_refuses_a_bad_filter(settings: Settings) -> None:
@@ -94,12 +94,12 @@ def test_the_cli_refuses_a_bad_filter(settings: Settings) -> None:
 def test_the_api_replay_is_run_by_a_worker(
     client: TestClient,
     token: TokenFactory,
-    bus: Bus,
+    runtime: Runtime,
     settings: Settings,
     start_worker: WorkerFactory,
 ) -> None:
     # Given 4 flaky events that gave up, and a worker for them
-    rows = make_events(bus, gave_up(4))
+    rows = make_events(runtime, gave_up(4))
     start_worker("flaky")
     # When they are replayed through the API
     response = client.post(
@@ -115,5 +115,5 @@ def test_the_api_replay_is_run_by_a_worker(
         "replayed": 4,
     }
     for row in rows:
-        wait_for_status(bus, str(row["id"]), "processed", PROCESSING_BOUND)
+        wait_for_status(runtime, str(row["id"]), "processed", PROCESSING_BOUND)
         assert effects_of(settings.database_url, str(row["id"])) == [4]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
 from tests.integration.conftest import (
@@ -36,7 +36,7 @@ def attempt_times(trace: Path) -> list[tuple[int, float]]:
 def test_a_handler_that_always_fails_ends_failed_after_growing_delays(
     client: TestClient,
     token: TokenFactory,
-    bus: Bus,
+    runtime: Runtime,
     start_worker: WorkerFactory,
     tmp_path: Path,
 ) -> None:
@@ -46,7 +46,7 @@ def test_a_handler_that_always_fails_ends_failed_after_growing_delays(
     # When an event for it is published
     event = publish(client, token(), "flaky", fail_until=99, trace=str(trace))
     # Then it is tried the configured number of times and ends failed, with no retry scheduled
-    row = wait_for_status(bus, event["id"], "failed", 15)
+    row = wait_for_status(runtime, event["id"], "failed", 15)
     assert row.retry_count == MAX_ATTEMPTS
     assert row.error_message == f"RuntimeError: planned failure of attempt {MAX_ATTEMPTS}"
     assert row.processed_at is None and row.next_attempt_at is None
@@ -61,18 +61,18 @@ def test_a_handler_that_always_fails_ends_failed_after_growing_delays(
     # And no further attempt follows
     time.sleep(1.0)
     assert len(attempt_times(trace)) == MAX_ATTEMPTS
-    assert load(bus, event["id"]).retry_count == MAX_ATTEMPTS
+    assert load(runtime, event["id"]).retry_count == MAX_ATTEMPTS
 
 
 def test_a_handler_that_fails_twice_then_succeeds_ends_processed(
-    client: TestClient, token: TokenFactory, bus: Bus, start_worker: WorkerFactory
+    client: TestClient, token: TokenFactory, runtime: Runtime, start_worker: WorkerFactory
 ) -> None:
     # Given a handler that fails on its first two attempts
     start_worker("flaky")
     # When the event is published
     event = publish(client, token(), "flaky", fail_until=2)
     # Then the third attempt processes it, and the two failures stay counted
-    row = wait_for_status(bus, event["id"], "processed", 15)
+    row = wait_for_status(runtime, event["id"], "processed", 15)
     assert row.retry_count == 2
     assert row.error_message is None and row.processed_at is not None
 
@@ -80,7 +80,7 @@ def test_a_handler_that_fails_twice_then_succeeds_ends_processed(
 def test_handler_writes_roll_back_when_it_fails(
     client: TestClient,
     token: TokenFactory,
-    bus: Bus,
+    runtime: Runtime,
     settings: Settings,
     start_worker: WorkerFactory,
 ) -> None:
@@ -91,8 +91,8 @@ def test_handler_writes_roll_back_when_it_fails(
     recovers = publish(client, tok, "flaky", write=True, fail_until=2)
     never = publish(client, tok, "flaky", write=True, fail_until=99)
     # Then only the successful attempt's write is kept, and none of the failed ones
-    wait_for_status(bus, recovers["id"], "processed", 15)
-    wait_for_status(bus, never["id"], "failed", 15)
+    wait_for_status(runtime, recovers["id"], "processed", 15)
+    wait_for_status(runtime, never["id"], "failed", 15)
     assert effects_of(settings.database_url, recovers["id"]) == [3]
     assert effects_of(settings.database_url, never["id"]) == []
 
@@ -100,7 +100,7 @@ def test_handler_writes_roll_back_when_it_fails(
 def test_a_handler_cannot_commit_the_session_it_is_lent(
     client: TestClient,
     token: TokenFactory,
-    bus: Bus,
+    runtime: Runtime,
     settings: Settings,
     start_worker: WorkerFactory,
 ) -> None:
@@ -109,7 +109,7 @@ def test_a_handler_cannot_commit_the_session_it_is_lent(
     # When its event runs
     event = publish(client, token(), "flaky", write=True, commit=True)
     # Then the commit is refused, the write rolled back, and the attempt counted as failed
-    row = wait_for_status(bus, event["id"], "failed", 15)
+    row = wait_for_status(runtime, event["id"], "failed", 15)
     assert row.retry_count == MAX_ATTEMPTS
     assert row.error_message == (
         "HandlerMisuse: a handler must not commit its session: the bus commits it"
@@ -120,7 +120,7 @@ def test_a_handler_cannot_commit_the_session_it_is_lent(
 def test_a_poison_event_that_kills_its_process_ends_failed(
     client: TestClient,
     token: TokenFactory,
-    bus: Bus,
+    runtime: Runtime,
     settings: Settings,
     start_worker: WorkerFactory,
     tmp_path: Path,
@@ -148,7 +148,7 @@ def test_a_poison_event_that_kills_its_process_ends_failed(
     event_id = response.json()["event"]["id"]
     # Then every run after the first is counted before it starts, and once the attempts are
     # spent the event ends failed, saying how its process died
-    row = wait_for_status(bus, event_id, "failed", 30)
+    row = wait_for_status(runtime, event_id, "failed", 30)
     assert row.retry_count == attempts
     assert row.error_message is not None
     assert row.error_message.startswith("WorkerLostError: Worker exited prematurely: signal 9")
@@ -157,5 +157,5 @@ def test_a_poison_event_that_kills_its_process_ends_failed(
     assert runs == [1, *range(1, attempts + 1)]  # the first run, then the counted ones
     # And the worker lives on and processes the next event
     healthy = publish(client, tok, "poison")
-    wait_for_status(bus, healthy["id"], "processed", 10)
+    wait_for_status(runtime, healthy["id"], "processed", 10)
     assert worker.popen.poll() is None

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.storage.migrate import NOT_CURRENT, upgrade
 from tests.conftest import TokenFactory, make_settings
 from tests.databases import empty_database
@@ -40,7 +40,7 @@ def test_worker_and_relay_wait_for_the_migrations_then_work(
         [str(BIN / "eventbus"), "worker", "--modules", "warehouse", "--pool", "solo"], env
     )
     relay = Proc([str(BIN / "eventbus"), "relay", "--loglevel", "INFO"], env)
-    bus = Bus(settings)
+    runtime = Runtime(settings)
     try:
         # Given both started on a database without the schema: each says so and waits
         worker.wait_for_output(NOT_CURRENT, WORKER_START_TIMEOUT)
@@ -53,11 +53,11 @@ def test_worker_and_relay_wait_for_the_migrations_then_work(
         # Then the worker starts consuming and the relay its passes; an event is processed
         worker.wait_for_line(" ready.", WORKER_START_TIMEOUT)
         relay.wait_for_output("database schema is up to date now", WORKER_START_TIMEOUT)
-        with TestClient(create_app(bus=bus)) as client:
+        with TestClient(create_app(runtime=runtime)) as client:
             event = publish(client, token(system=True))
-        wait_for_status(bus, event["id"], "processed", 30)
+        wait_for_status(runtime, event["id"], "processed", 30)
     finally:
-        bus.close()
+        runtime.close()
         relay.stop()
         worker.stop()
     for proc in (worker, relay):

@@ -27,7 +27,7 @@ from bus.broker.queues import queue_name
 from bus.maintenance import resend
 from bus.observability import tracing
 from bus.publish import service
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from bus.storage import event_store
 from bus.storage.db import transaction
@@ -63,9 +63,9 @@ def api_spans() -> Iterator[Any]:
 
 
 @pytest.fixture
-def traced_client(api_spans: Any, bus: Bus) -> Iterator[TestClient]:
+def traced_client(api_spans: Any, runtime: Runtime) -> Iterator[TestClient]:
     """The app over a bus with tracing on, its spans in memory (set before the app is made)."""
-    with TestClient(create_app(bus=bus), raise_server_exceptions=False) as c:
+    with TestClient(create_app(runtime=runtime), raise_server_exceptions=False) as c:
         yield c
 
 
@@ -98,7 +98,7 @@ def raw_messages(queue: str) -> list[dict[str, Any]]:
 
 def test_one_publish_is_one_trace_from_the_request_to_the_handler(
     settings: Settings,
-    bus: Bus,
+    runtime: Runtime,
     traced_client: TestClient,
     api_spans: Any,
     worker_spans: SpanStore,
@@ -110,7 +110,7 @@ def test_one_publish_is_one_trace_from_the_request_to_the_handler(
     queue = queue_name("warehouse", settings.queue_prefix)
     # When one event is published and processed
     event = publish(traced_client, token(), "warehouse")
-    wait_for_status(bus, event["id"], "processed", 30)
+    wait_for_status(runtime, event["id"], "processed", 30)
     (process,) = worker_spans.wait_for(1, SPAN_TIMEOUT, **{"eventbus.event_id": event["id"]})
     # Then the API made the server span and, under it, the send span of its message
     spans = api_spans()
@@ -135,7 +135,7 @@ def test_one_publish_is_one_trace_from_the_request_to_the_handler(
 
 def test_each_event_of_a_message_continues_its_own_trace(
     settings: Settings,
-    bus: Bus,
+    runtime: Runtime,
     traced_client: TestClient,
     api_spans: Any,
     worker_spans: SpanStore,
@@ -166,7 +166,7 @@ def test_each_event_of_a_message_continues_its_own_trace(
     rows = [
         service.prepare_publish(settings, CALLER, None, dict(SEED_PUBLISH_BODY)) for _ in origins
     ]
-    with bus.unit_of_work() as uow:
+    with runtime.unit_of_work() as uow:
         service.store_published(uow, rows, origins)
         uow.commit()
     first_request = from_sdk(requests[0])
@@ -182,7 +182,7 @@ def test_each_event_of_a_message_continues_its_own_trace(
 
     # A failed attempt's retry: its span is a child of the failed one's, in the same trace
     failing = publish(traced_client, token(), "warehouse", fail_until=1)
-    wait_for_status(bus, failing["id"], "processed", 30)
+    wait_for_status(runtime, failing["id"], "processed", 30)
     runs = worker_spans.wait_for(3, SPAN_TIMEOUT, **{"eventbus.event_id": failing["id"]})
     first, second = sorted(
         (s for s in runs if s.kind == "CONSUMER"), key=lambda s: s.attributes["eventbus.attempt"]
@@ -195,7 +195,7 @@ def test_each_event_of_a_message_continues_its_own_trace(
 
     # A run whose process died: the message sent again carries its trace on
     killed = publish(traced_client, token(), "warehouse", kill_once=str(tmp_path / "killed"))
-    wait_for_status(bus, killed["id"], "processed", 60)
+    wait_for_status(runtime, killed["id"], "processed", 60)
     # (the killed run's span died with its process; the main process sends the message again
     # with its headers, so the run after it is a child of the API's send span all the same)
     (after,) = worker_spans.wait_for(1, SPAN_TIMEOUT, **{"eventbus.event_id": killed["id"]})
@@ -207,19 +207,19 @@ def test_each_event_of_a_message_continues_its_own_trace(
 
 def test_the_relay_starts_a_trace_of_its_own(
     settings: Settings,
-    bus: Bus,
+    runtime: Runtime,
     api_spans: Any,
     worker_spans: SpanStore,
     start_worker: WorkerFactory,
 ) -> None:
     # Given an event stored but never sent (its send failed: unstamped for the relay)
     row = service.prepare_publish(settings, CALLER, None, dict(SEED_PUBLISH_BODY))
-    with transaction(bus.sessions) as session:
+    with transaction(runtime.sessions) as session:
         event_store.insert_events(session, [row.values()])
         event_store.mark_unsent(session, [row.id])
     start_worker("warehouse", pool="solo")
     # When the relay sends it
-    assert resend.run_once(bus) == 1
+    assert resend.run_once(runtime) == 1
     (span,) = worker_spans.wait_for(1, SPAN_TIMEOUT, **{"eventbus.event_id": str(row.id)})
     # Then its spans are the relay's pass, its send, the worker's run: one trace, no request
     spans = api_spans()
@@ -231,13 +231,13 @@ def test_the_relay_starts_a_trace_of_its_own(
 
 
 def test_tracing_off_adds_no_header_to_a_message(
-    settings: Settings, bus: Bus, token: TokenFactory
+    settings: Settings, runtime: Runtime, token: TokenFactory
 ) -> None:
     # No worker serves "nobody": the messages stay on the queue to be read
     queue = queue_name("nobody", settings.queue_prefix)
-    off = Bus(settings.model_copy(update={"otel_enabled": False}))
+    off = Runtime(settings.model_copy(update={"otel_enabled": False}))
     try:
-        with TestClient(create_app(bus=off)) as client:
+        with TestClient(create_app(runtime=off)) as client:
             publish(client, token(), "nobody")
             publish_batch = {"events": [{**SEED_PUBLISH_BODY, "target_module": "nobody"}] * 2}
             assert (
@@ -251,7 +251,7 @@ def test_tracing_off_adds_no_header_to_a_message(
         for message in messages:
             assert not TRACE_HEADERS & set(message["headers"]), message["headers"]
         # While with tracing on, the same publish carries its send span's traceparent only
-        with in_memory() as read, TestClient(create_app(bus=bus)) as client:
+        with in_memory() as read, TestClient(create_app(runtime=runtime)) as client:
             event = publish(client, token(), "nobody")
             (send,) = [s for s in read() if s.kind == "PRODUCER"]
         newest = raw_messages(queue)[0]  # LPUSH: the newest first
@@ -280,7 +280,7 @@ def test_the_trace_context_crosses_rabbitmq(
 ) -> None:
     # Given the bus on RabbitMQ, whose headers table carries the per-event map as a nested table
     on_rabbit = settings.model_copy(update={"broker_url": RABBITMQ_URL})
-    rabbit = Bus(on_rabbit)
+    rabbit = Runtime(on_rabbit)
     try:
         start_worker("warehouse", worker_settings=on_rabbit)
         requests = [from_sdk(_ended(tracing.tracer().start_span(f"r{i}"))) for i in range(2)]

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.chaos.services import free_port
 from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
@@ -22,7 +22,7 @@ STARTUP = 30.0
 
 
 @pytest.fixture
-def api(bus: Bus, settings: Settings) -> Iterator[tuple[Proc, str]]:
+def api(runtime: Runtime, settings: Settings) -> Iterator[tuple[Proc, str]]:
     port = free_port()
     proc = Proc(
         eventbus("api", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"),

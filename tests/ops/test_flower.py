@@ -11,7 +11,7 @@ import psutil
 import pytest
 from fastapi.testclient import TestClient
 
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.chaos.services import free_port
 from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth, make_settings
@@ -28,7 +28,7 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest.fixture
-def flower(bus: Bus, settings: Settings) -> Iterator[str]:
+def flower(runtime: Runtime, settings: Settings) -> Iterator[str]:
     port = free_port()
     env = eventbus_env(settings, EVENTBUS_FLOWER_BASIC_AUTH=":".join(CREDENTIALS))
     proc = Proc(eventbus("flower", "--port", str(port), "--address", "127.0.0.1"), env)

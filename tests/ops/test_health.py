@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.storage.migrate import upgrade
 from tests.chaos.services import RedisServer, free_port
 from tests.conftest import (
@@ -37,15 +37,15 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
-def client_for(database_url: str, broker_url: str) -> tuple[TestClient, Bus]:
-    bus = Bus(make_settings(database_url, broker_url=broker_url))
-    return TestClient(create_app(bus=bus), raise_server_exceptions=False), bus
+def client_for(database_url: str, broker_url: str) -> tuple[TestClient, Runtime]:
+    runtime = Runtime(make_settings(database_url, broker_url=broker_url))
+    return TestClient(create_app(runtime=runtime), raise_server_exceptions=False), runtime
 
 
 def test_readyz_follows_the_broker_down_and_back(
     database_url: str, redis_server: RedisServer
 ) -> None:
-    client, bus = client_for(database_url, redis_server.url)
+    client, runtime = client_for(database_url, redis_server.url)
     with client:
         # Given both dependencies up
         ready = client.get("/readyz")
@@ -70,28 +70,28 @@ def test_readyz_follows_the_broker_down_and_back(
         wait_for(
             lambda: client.get("/readyz").status_code == 200, 10, "readyz never came back to 200"
         )
-    bus.close()
+    runtime.close()
 
 
 def test_readyz_names_the_database_when_it_is_down(redis_server: RedisServer) -> None:
     dead_db = f"postgresql+psycopg://postgres@{NOT_LISTENING}/nothing"
-    client, bus = client_for(dead_db, redis_server.url)
+    client, runtime = client_for(dead_db, redis_server.url)
     with client:
         response = client.get("/readyz")
         assert response.status_code == 503
         assert response.json() == {"success": False, "message": "Not ready: database unreachable"}
         assert client.get("/healthz").json() == {"success": True, "message": "ok"}
-    bus.close()
+    runtime.close()
 
 
 def test_readyz_names_both_when_both_are_down() -> None:
     dead_db = f"postgresql+psycopg://postgres@{NOT_LISTENING}/nothing"
-    client, bus = client_for(dead_db, f"redis://{NOT_LISTENING}/0")
+    client, runtime = client_for(dead_db, f"redis://{NOT_LISTENING}/0")
     with client:
         response = client.get("/readyz")
         assert response.status_code == 503
         assert response.json()["message"] == "Not ready: database and broker unreachable"
-    bus.close()
+    runtime.close()
 
 
 def test_probes_stay_out_of_the_openapi_document(client: TestClient) -> None:
@@ -112,7 +112,7 @@ def test_before_migrations_readyz_and_every_table_route_are_503(
     empty_db: str, token: TokenFactory
 ) -> None:
     # Given an API on a database `eventbus migrate` has not run on
-    client, bus = client_for(empty_db, REDIS_URL)
+    client, runtime = client_for(empty_db, REDIS_URL)
     writer = auth(token(system=True))
     with client:
         # Then it is alive but not ready, saying why
@@ -140,15 +140,15 @@ def test_before_migrations_readyz_and_every_table_route_are_503(
         assert (
             client.post("/system/events", headers=writer, json=SEED_PUBLISH_BODY).status_code == 201
         )
-    bus.close()
+    runtime.close()
 
 
 def test_a_database_a_migration_behind_is_not_ready(empty_db: str) -> None:
     upgrade(empty_db, "0006")
-    client, bus = client_for(empty_db, REDIS_URL)
+    client, runtime = client_for(empty_db, REDIS_URL)
     with client:
         response = client.get("/readyz")
-    bus.close()
+    runtime.close()
     assert (response.status_code, response.json()) == (503, NOT_CURRENT)
 
 
@@ -157,8 +157,8 @@ def test_a_database_a_newer_release_migrated_is_ready(empty_db: str) -> None:
     upgrade(empty_db)
     with psycopg.connect(empty_db.replace("+psycopg", "")) as conn:
         conn.execute("UPDATE alembic_version SET version_num = '9999_from_a_newer_release'")
-    client, bus = client_for(empty_db, REDIS_URL)
+    client, runtime = client_for(empty_db, REDIS_URL)
     with client:
         response = client.get("/readyz")
-    bus.close()
+    runtime.close()
     assert response.status_code == 200, response.text

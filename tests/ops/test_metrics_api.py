@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY, generate_latest
 
 from bus.auth import Principal
 from bus.publish import service
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TokenFactory, auth
 from tests.contract.factories import event_values, make_events
 from tests.ops.support import Samples, has, parse, value
@@ -91,37 +91,37 @@ def test_request_latency_is_labelled_by_template_never_by_path(
     assert not any(event_id in dict(labels).get("route", "") for _, labels in after)
 
 
-def test_a_publish_counts_only_once_its_transaction_commits(bus: Bus) -> None:
+def test_a_publish_counts_only_once_its_transaction_commits(runtime: Runtime) -> None:
     def published() -> float:
         text = generate_latest(REGISTRY).decode()
         return value(parse(text), PUBLISHED, target_module="rolledback", event_type="t")
 
     writer = Principal("svc", TENANT_A, frozenset({"manage:system"}), False, "user")
     start = published()
-    with bus.unit_of_work() as uow:
+    with runtime.unit_of_work() as uow:
         # Given a publish whose transaction rolls back: never counted
-        service.publish(uow, bus.settings, writer, None, body("rolledback", "t"))
+        service.publish(uow, runtime.settings, writer, None, body("rolledback", "t"))
         assert published() == start
         uow.rollback()
         assert published() == start
 
         # Given a publish inside a SAVEPOINT that rolls back: dropped, even once the outer commits
         with pytest.raises(LookupError), uow.savepoint():
-            service.publish(uow, bus.settings, writer, None, body("rolledback", "t"))
+            service.publish(uow, runtime.settings, writer, None, body("rolledback", "t"))
             raise LookupError("the savepoint's block fails")
         uow.commit()
         assert published() == start
 
         # Given a publish inside a SAVEPOINT that is released: counted at the outer commit only
         with uow.savepoint():
-            service.publish(uow, bus.settings, writer, None, body("rolledback", "t"))
+            service.publish(uow, runtime.settings, writer, None, body("rolledback", "t"))
         assert published() == start
         uow.commit()
         assert published() == start + 1
 
 
 def test_backlog_gauges_are_read_at_scrape_time(
-    client: TestClient, token: TokenFactory, bus: Bus
+    client: TestClient, token: TokenFactory, runtime: Runtime
 ) -> None:
     # Given 4 warehouse events published (their messages wait: no worker runs) and an old
     # pending notifications event that was never sent
@@ -129,7 +129,7 @@ def test_backlog_gauges_are_read_at_scrape_time(
     for _ in range(4):
         assert client.post("/system/events", headers=h, json=body()).status_code == 201
     old = datetime.now(UTC) - timedelta(minutes=5)
-    make_events(bus, [event_values(target_module="notifications", created_at=old)])
+    make_events(runtime, [event_values(target_module="notifications", created_at=old)])
 
     # When Prometheus scrapes
     samples = scrape(client)
@@ -147,7 +147,7 @@ def test_backlog_gauges_are_read_at_scrape_time(
     listed = client.get("/system/events?target_module=warehouse", headers=h).json()["events"]
     for event in listed:
         client.put(f"/system/events/{event['id']}", headers=h, json={"status": "processed"})
-    redis_queue = bus.settings.queue_prefix + "warehouse"
+    redis_queue = runtime.settings.queue_prefix + "warehouse"
     _drain(redis_queue)
     samples = scrape(client)
     assert has(samples, "eventbus_queue_depth", target_module="warehouse")
@@ -164,8 +164,8 @@ def test_metrics_answer_quickly_with_the_database_down(
     from tests.conftest import make_settings
 
     dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
-    down = Bus(make_settings(dead))
-    with TestClient(create_app(bus=down), raise_server_exceptions=False) as client:
+    down = Runtime(make_settings(dead))
+    with TestClient(create_app(runtime=down), raise_server_exceptions=False) as client:
         started = time.monotonic()
         samples = scrape(client)
         assert time.monotonic() - started < 3

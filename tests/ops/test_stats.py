@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.storage.models import EventStatus
 from tests.conftest import TENANT_A, TENANT_B, TokenFactory, auth
 from tests.contract.factories import event_values, make_events
@@ -19,13 +19,13 @@ URL = "/system/events/stats"
 
 
 @pytest.fixture
-def seeded(bus: Bus) -> datetime:
+def seeded(runtime: Runtime) -> datetime:
     """Tenant A: warehouse 2 pending (oldest 10 min), 1 processed, 2 failed (1 retrying);
     notifications 1 processed. Tenant B: warehouse 1 pending (1 h old)."""
     now = datetime.now(UTC)
     later = now + timedelta(seconds=30)
     make_events(
-        bus,
+        runtime,
         [
             event_values(created_at=now - timedelta(minutes=10)),
             event_values(created_at=now - timedelta(minutes=1)),

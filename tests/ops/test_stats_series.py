@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from bus.auth import Principal
 from bus.maintenance import outcomes
 from bus.read.stats import event_stats
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from bus.storage import attempt_store
 from bus.storage.attempt_store import Entry, Outcome
@@ -33,9 +33,9 @@ def minute(at: datetime) -> str:
     return at.replace(second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def record(bus: Bus, entries: list[Entry]) -> None:
+def record(runtime: Runtime, entries: list[Entry]) -> None:
     """Entries appended as the workers append them: one statement, one transaction."""
-    with transaction(bus.sessions) as session:
+    with transaction(runtime.sessions) as session:
         attempt_store.record(session, entries)
 
 
@@ -55,7 +55,7 @@ def now() -> datetime:
 
 
 @pytest.fixture
-def seeded(bus: Bus, now: datetime) -> dict[str, uuid.UUID]:
+def seeded(runtime: Runtime, now: datetime) -> dict[str, uuid.UUID]:
     """A warehouse and a notifications event of tenant A, a warehouse event of tenant B, with
     attempts now, five minutes ago, and 61 minutes ago (out of the chart)."""
     a, n, b = (
@@ -63,10 +63,10 @@ def seeded(bus: Bus, now: datetime) -> dict[str, uuid.UUID]:
         event_values(target_module="notifications"),
         event_values(tenant_id=TENANT_B),
     )
-    make_events(bus, [a, n, b])
+    make_events(runtime, [a, n, b])
     five = now - timedelta(minutes=5)
     record(
-        bus,
+        runtime,
         [
             Entry(a["id"], Outcome.FAILED, five, error_message="boom"),
             Entry(a["id"], Outcome.FAILED, five),
@@ -77,7 +77,7 @@ def seeded(bus: Bus, now: datetime) -> dict[str, uuid.UUID]:
             Entry(b["id"], Outcome.FAILED, now - timedelta(minutes=61)),
         ],
     )
-    record(bus, [Entry(n["id"], Outcome.PROCESSED, now)])  # a second statement, same bucket
+    record(runtime, [Entry(n["id"], Outcome.PROCESSED, now)])  # a second statement, same bucket
     return {"a": a["id"], "n": n["id"], "b": b["id"]}
 
 
@@ -157,9 +157,9 @@ def test_no_series_unless_asked_and_a_bad_one_is_the_envelopes_400(
 
 
 def test_a_put_that_changes_the_status_counts_in_its_minute(
-    client: TestClient, token: TokenFactory, bus: Bus
+    client: TestClient, token: TokenFactory, runtime: Runtime
 ) -> None:
-    event = make_events(bus, [event_values(target_module="logistics")])[0]
+    event = make_events(runtime, [event_values(target_module="logistics")])[0]
     response = client.put(
         f"/system/events/{event['id']}",
         headers=auth(token()),
@@ -171,18 +171,18 @@ def test_a_put_that_changes_the_status_counts_in_its_minute(
 
 
 def test_the_relay_folds_closed_minutes_and_purges_old_ones(
-    bus: Bus, client: TestClient, token: TokenFactory, now: datetime
+    runtime: Runtime, client: TestClient, token: TokenFactory, now: datetime
 ) -> None:
-    event = make_events(bus, [event_values()])[0]
+    event = make_events(runtime, [event_values()])[0]
     ten = now - timedelta(minutes=10)
     for _ in range(5):  # five statements: five rows of one bucket
-        record(bus, [Entry(event["id"], Outcome.PROCESSED, ten)])
-    record(bus, [Entry(event["id"], Outcome.FAILED, now - timedelta(hours=3))])
-    record(bus, [Entry(event["id"], Outcome.PROCESSED, now)])
+        record(runtime, [Entry(event["id"], Outcome.PROCESSED, ten)])
+    record(runtime, [Entry(event["id"], Outcome.FAILED, now - timedelta(hours=3))])
+    record(runtime, [Entry(event["id"], Outcome.PROCESSED, now)])
     before = series(client, token())
 
     def rows() -> int:
-        with transaction(bus.sessions) as session:
+        with transaction(runtime.sessions) as session:
             return int(
                 session.execute(
                     select(func.count()).select_from(event_outcome_minutes)
@@ -190,23 +190,23 @@ def test_the_relay_folds_closed_minutes_and_purges_old_ones(
             )
 
     assert rows() == 7
-    outcomes.fold_outcome_minutes(bus, now)
+    outcomes.fold_outcome_minutes(runtime, now)
     # The 3-hour-old row is purged, the closed minute's five rows are one, the open one stays.
     assert rows() == 2
     assert series(client, token()) == before
     assert before[0]["processed"] == 5
-    outcomes.fold_outcome_minutes(bus, now)  # folding again changes nothing
+    outcomes.fold_outcome_minutes(runtime, now)  # folding again changes nothing
     assert rows() == 2
 
 
 def test_sqlite_buckets_the_attempts_themselves(tmp_path: Path, now: datetime) -> None:
     url = f"sqlite:///{tmp_path / 'eventbus.db'}"
     upgrade(url)
-    bus = Bus(Settings(database_url=url))
+    runtime = Runtime(Settings(database_url=url))
     try:
-        event = make_events(bus, [event_values()])[0]
+        event = make_events(runtime, [event_values()])[0]
         record(
-            bus,
+            runtime,
             [
                 Entry(event["id"], Outcome.FAILED, now - timedelta(minutes=2)),
                 Entry(event["id"], Outcome.PROCESSED, now),
@@ -214,7 +214,7 @@ def test_sqlite_buckets_the_attempts_themselves(tmp_path: Path, now: datetime) -
             ],
         )
         admin = Principal("ops", None, frozenset(), is_system_admin=True, token_type="user")
-        with transaction(bus.sessions) as session:
+        with transaction(runtime.sessions) as session:
             stats = event_stats(session, admin, str(TENANT_A), "minute", now=now)
         assert stats.series == [
             {
@@ -233,4 +233,4 @@ def test_sqlite_buckets_the_attempts_themselves(tmp_path: Path, now: datetime) -
             },
         ]
     finally:
-        bus.close()
+        runtime.close()

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.chaos.services import free_port
 from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth, make_settings
@@ -59,7 +59,7 @@ def start_worker(settings: Settings, concurrency: int = 2) -> tuple[Proc, int]:
 
 
 @pytest.fixture
-def worker(bus: Bus, settings: Settings) -> Iterator[tuple[Proc, int]]:
+def worker(runtime: Runtime, settings: Settings) -> Iterator[tuple[Proc, int]]:
     proc, port = start_worker(settings)
     yield proc, port
     proc.stop()
@@ -135,7 +135,7 @@ def test_a_prefork_worker_serves_the_counts_of_its_pool(
 
 
 def test_a_crash_loop_counts_as_failed_attempts_and_one_event_that_gave_up(
-    bus: Bus, settings: Settings, client: TestClient, token: TokenFactory
+    runtime: Runtime, settings: Settings, client: TestClient, token: TokenFactory
 ) -> None:
     # Given a worker whose handler SIGKILLs the pool process running it (Celery notices a dead
     # child within seconds; two attempts allowed)

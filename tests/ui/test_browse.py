@@ -10,7 +10,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from tests.contract.factories import make_event
 from tests.ui.conftest import (
     IDLE_MODULE,
@@ -177,10 +177,10 @@ def test_a_failed_event_with_a_retry_to_come_says_when(
 ) -> None:
     # Given a failed event of a module with no worker, its automatic retry due in an hour
     due = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
-    bus = Bus(stack.settings)
+    runtime = Runtime(stack.settings)
     try:
         event = make_event(
-            bus,
+            runtime,
             tenant_id=tenant,
             target_module=IDLE_MODULE,
             status="failed",
@@ -189,7 +189,7 @@ def test_a_failed_event_with_a_retry_to_come_says_when(
             next_attempt_at=due,
         )
     finally:
-        bus.close()
+        runtime.close()
     # When its detail is opened
     sign_in(page, mint(tenant), f"/ui?view=event&id={event['id']}")
     # Then it is failed with a retry scheduled, and says when

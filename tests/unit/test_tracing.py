@@ -253,16 +253,16 @@ import sys
 for name in ("opentelemetry.sdk", "opentelemetry.exporter"):
     sys.modules[name] = None
 from api.app import create_app
-from bus.runtime import Bus
+from bus.runtime import Runtime
 from bus.settings import Settings
 from workers.tasks import EventProcessor
 from workers.registry import Registry
-bus = Bus(Settings(database_url="sqlite://", broker_url="memory://"))
-create_app(bus=bus)
-EventProcessor(bus, Registry())
-bus.dispatcher
+runtime = Runtime(Settings(database_url="sqlite://", broker_url="memory://"))
+create_app(runtime=runtime)
+EventProcessor(runtime, Registry())
+runtime.dispatcher
 assert not [m for m, v in sys.modules.items() if m.startswith("opentelemetry.sdk") and v]
-on = Bus(Settings(database_url="sqlite://", broker_url="memory://", otel_enabled=True))
+on = Runtime(Settings(database_url="sqlite://", broker_url="memory://", otel_enabled=True))
 try:
     on.dispatcher
 except Exception as exc:
