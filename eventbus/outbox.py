@@ -42,6 +42,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Session
 
+from bus.events.fields import PUBLISHED
 from eventbus.errors import EventBusError, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -141,35 +142,19 @@ def publish(
     from bus.errors import BusError
     from bus.events.schemas import parse_new_event
 
+    given_text = (event_type, source_module, target_module, entity_type, entity_id)
     try:
         tenant = tenant_id if isinstance(tenant_id, uuid.UUID) else uuid.UUID(str(tenant_id))
     except ValueError as exc:
         raise InvalidRequest(400, "Invalid tenant_id") from exc
-    body = {
-        "event_type": event_type,
-        "source_module": source_module,
-        "target_module": target_module,
-        "entity_type": entity_type,
-        "entity_id": entity_id,
-        "event_data": dict(event_data) if isinstance(event_data, Mapping) else event_data,
-    }
+    data = dict(event_data) if isinstance(event_data, Mapping) else event_data
+    body = dict(zip(PUBLISHED, (*given_text, data), strict=True))
     try:
         new = parse_new_event(body, max_event_data_bytes)
     except BusError as exc:
         raise InvalidRequest(exc.status_code, exc.message) from exc
     event_id = uuid.uuid4()
-    session.execute(
-        insert(outbox_table).values(
-            id=event_id,
-            tenant_id=tenant,
-            event_type=new.event_type,
-            source_module=new.source_module,
-            target_module=new.target_module,
-            entity_type=new.entity_type,
-            entity_id=new.entity_id,
-            event_data=new.event_data,
-        )
-    )
+    session.execute(insert(outbox_table).values(id=event_id, tenant_id=tenant, **new.published()))
     return event_id
 
 
@@ -197,7 +182,7 @@ class Sink(Protocol):
     def forward(self, rows: Sequence[OutboxRow]) -> Outcome: ...
 
 
-_BODY = ("event_type", "source_module", "target_module", "entity_type", "entity_id", "event_data")
+_BODY = PUBLISHED
 
 
 def take_batch(connection: Connection, limit: int) -> list[OutboxRow]:

@@ -29,6 +29,7 @@ from bus.errors import (
     InvalidJSONBody,
     InvalidStatus,
 )
+from bus.events import fields
 from bus.storage.models import EventRow, EventStatus, SystemEvent
 
 EVENT_FIELDS = (
@@ -47,16 +48,9 @@ EVENT_FIELDS = (
     "error_message",
 )
 """The seed's event object, in its order."""
-REQUIRED_FIELDS = (
-    "event_type",
-    "source_module",
-    "target_module",
-    "entity_type",
-    "entity_id",
-    "event_data",
-)
+REQUIRED_FIELDS = fields.PUBLISHED
 """What a publish must carry, in the order the first missing one is named."""
-STRING_FIELDS = REQUIRED_FIELDS[:-1]
+STRING_FIELDS = fields.TEXT
 MODULE_FIELDS = ("source_module", "target_module")
 MAX_STRING = 255
 MAX_ERROR_MESSAGE = 10_000
@@ -256,6 +250,10 @@ class NewEvent:
     entity_type: str
     entity_id: str
     event_data: dict[str, Any]
+
+    def published(self) -> dict[str, Any]:
+        """The fields by name (:data:`bus.events.fields.PUBLISHED`)."""
+        return {name: getattr(self, name) for name in fields.PUBLISHED}
 
 
 def parse_new_event(body: Any, max_data_bytes: int) -> NewEvent:

@@ -117,12 +117,7 @@ def _new_row(
     return EventRow(
         id=uuid.uuid4(),
         tenant_id=tenant_id,
-        event_type=new.event_type,
-        source_module=new.source_module,
-        target_module=new.target_module,
-        entity_type=new.entity_type,
-        entity_id=new.entity_id,
-        event_data=new.event_data,
+        **new.published(),
         status=EventStatus.PENDING,
         retry_count=0,
         created_at=now,
