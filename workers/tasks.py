@@ -47,6 +47,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bus import attempts, metrics, repository
 from bus.attempts import Attempt, Skip
+from bus.celery_app import INFRA_RETRY_MAX_SECONDS
 from bus.dispatch import LOST_HEADER, REQUEST_ID_HEADER, Dispatch
 from bus.logs import log_context
 from bus.models import EventRow, EventStatus
@@ -64,7 +65,6 @@ LOCK_WAIT_SECONDS = 10.0
 BATCH_BUDGET_SECONDS = 5.0
 """A batch that has run this long (or a tenth of the task time limit, if less) sends the rest
 of its events on in a message of their own."""
-_MAX_INFRA_BACKOFF = 60.0
 
 __all__ = ["EventProcessor", "HandlerMisuse", "install"]
 
@@ -447,7 +447,7 @@ def _why_lost(exc: BaseException) -> str:
 
 
 def _infra_backoff(retries: int) -> float:
-    cap = min(_MAX_INFRA_BACKOFF, 2.0 ** min(retries, 6))
+    cap = min(INFRA_RETRY_MAX_SECONDS, 2.0 ** min(retries, 6))
     return cap / 2 + random.uniform(0, cap / 2)
 
 
