@@ -3,10 +3,14 @@
 Celery's consumer runs whatever task a message names (its built-ins too, when a foreign client
 sends them), hands hand-made argument lists to the task, and lets some malformed messages
 raise out of its loop. This consumer checks each delivery first (:func:`bus.broker.deadletter.
-check_task_message`: the task's name, its one event id, no kwargs or callbacks, the headers
-Celery reads); a refused message is kept on ``<queue>.dead``, logged, counted and
-acknowledged, and the worker goes on. The check runs in the worker's main process, before any
-pool process sees the message.
+check_task_message`: the task's name, its batch of event ids, no kwargs or callbacks, every header
+and property Celery reads, by exact type and size, and an ``eta`` within the bus's longest
+delay); a refused message is kept on ``<queue>.dead``, logged, counted and acknowledged, and
+the worker goes on. The check runs in the worker's main process, before any pool process sees
+the message. Should Celery still raise while it turns a message into a task request (a field
+the check does not know of, in some later Celery), that message is refused the same way:
+in Celery's loop the exception would be "Unrecoverable" and end the worker, and the message,
+unacknowledged, would end the next one too.
 
 Where a refused message goes: on Redis, pushed as received onto the ``<queue>.dead`` list. On
 RabbitMQ (and any other transport) it is republished, body and headers unchanged, to a durable
@@ -25,11 +29,14 @@ import json
 import logging
 from typing import Any
 
+from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.entity import Queue
 from kombu.message import Message
 
 from bus.broker import deadletter
+from bus.broker.celery_app import BOUNDS_SETTING
+from bus.broker.celery_message import DEFAULT_BOUNDS, Bounds
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +50,42 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handle = super().create_task_handler(*args, **kwargs)
+        bounds = self.app.conf.get(BOUNDS_SETTING) or DEFAULT_BOUNDS
+        # A lost connection is Celery's to recover from (it reconnects and the message returns).
+        passes = (*self.connection_errors, *self.channel_errors)
 
         def on_task_received(message: Message) -> Any:
-            reason = _check(message)
+            reason = _check(message, bounds)
             if reason is not None:
                 return self.refuse(message, reason)
-            return handle(message)
+            try:
+                return handle(message)
+            except passes:
+                raise
+            except Exception as exc:
+                return self.on_celery_error(message, exc)
 
         return on_task_received
+
+    def on_celery_error(self, message: Message, exc: Exception) -> None:
+        """Celery raised taking ``message`` (outside any handler): refuse it, keep the worker."""
+        log.error("Celery could not take a message: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        for request in list(worker_state.requests.values()):  # what it registered, if anything
+            if getattr(request, "message", None) is message:
+                worker_state.task_ready(request)
+        if message.acknowledged:  # it was settled before the error: nothing to keep
+            return
+        self.refuse(message, f"Celery raised {type(exc).__name__}: {exc}"[:160])
+
+    # Celery's own refusals drop the message; keep it instead (the check refuses these first).
+    def on_unknown_message(self, body: Any, message: Message) -> None:
+        self.refuse(message, "not a Celery task message")
+
+    def on_unknown_task(self, body: Any, message: Message, exc: BaseException) -> None:
+        self.refuse(message, f"unknown task: {exc}"[:160])
+
+    def on_invalid_task(self, body: Any, message: Message, exc: BaseException) -> None:
+        self.refuse(message, f"invalid task: {type(exc).__name__}: {exc}"[:160])
 
     def on_decode_error(self, message: Message, exc: BaseException) -> None:
         # A body kombu could not decode (a bad compression header, content kombu refuses):
@@ -102,10 +137,14 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             )
 
 
-def _check(message: Message) -> str | None:
+def _check(message: Message, bounds: Bounds) -> str | None:
     try:
         return deadletter.check_task_message(
-            message.headers, message.content_type, message.content_encoding, message.body
+            message.headers,
+            message.content_type,
+            message.content_encoding,
+            message.body,
+            bounds=bounds,
         )
     except Exception as exc:  # a check that raises must not take the loop down either
         return f"unreadable message: {type(exc).__name__}"

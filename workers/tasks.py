@@ -45,6 +45,7 @@ from celery import Task, signals
 from celery.exceptions import TimeLimitExceeded
 from sqlalchemy.exc import SQLAlchemyError
 
+from bus.broker.celery_app import INFRA_RETRY_MAX_SECONDS
 from bus.broker.dispatch import INTERRUPTED_HEADER, REQUEST_ID_HEADER, Dispatch
 from bus.broker.queues import BUS_TASKS, PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK, queue_name
 from bus.delivery import attempts
@@ -66,7 +67,6 @@ LOCK_WAIT_SECONDS = 10.0
 BATCH_BUDGET_SECONDS = 5.0
 """A batch that has run this long (or a tenth of the task time limit, if less) sends the rest
 of its events on in a message of their own."""
-_MAX_INFRA_BACKOFF = 60.0
 
 __all__ = ["EventProcessor", "HandlerMisuse", "install"]
 
@@ -453,7 +453,7 @@ def _why_lost(exc: BaseException) -> str:
 
 
 def _infra_backoff(retries: int) -> float:
-    cap = min(_MAX_INFRA_BACKOFF, 2.0 ** min(retries, 6))
+    cap = min(INFRA_RETRY_MAX_SECONDS, 2.0 ** min(retries, 6))
     return cap / 2 + random.uniform(0, cap / 2)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 
 from bus.broker import transport
+from bus.broker.celery_message import Bounds
 from bus.broker.queues import queue_name
 from bus.settings import Settings
 
@@ -14,6 +15,20 @@ from bus.settings import Settings
 # pooled connection the broker dropped) instead of kombu's seconds of retries: the event is
 # already safe in the database, unstamped, and the relay sends it once the broker is back.
 _FAIL_FAST = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+INFRA_RETRY_MAX_SECONDS = 60.0
+"""The longest wait before a delivery that met a database error runs again (workers/tasks.py)."""
+BOUNDS_SETTING = "eventbus_message_bounds"
+"""The app setting the worker's intake reads (:func:`message_bounds`)."""
+
+
+def message_bounds(settings: Settings) -> Bounds:
+    """What the bus's own messages carry at most: its longest countdown, its time limit."""
+    return Bounds(
+        longest_delay=max(settings.retry_max_seconds, INFRA_RETRY_MAX_SECONDS),
+        time_limit=float(settings.task_time_limit_seconds),
+    )
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -77,4 +92,5 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
+    app.conf[BOUNDS_SETTING] = message_bounds(settings)
     return app

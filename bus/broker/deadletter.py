@@ -2,9 +2,11 @@
 
 Anyone who can write to the broker can put anything on a module's queue. Whatever it is, the
 worker must go on consuming: a message that is not a kombu envelope (checked in the Redis
-channel, :mod:`bus.broker.transport`) or not a well-formed ``eventbus.process_event`` call (checked
-by
-the worker's consumer, ``workers/intake.py``, before anything runs) is logged on one line,
+channel, :mod:`bus.broker.transport`) or not a well-formed ``eventbus.process_events`` call
+with a batch of event ids (or ``eventbus.process_event`` with one, as releases before batches
+sent; checked by the worker's consumer, ``workers/intake.py``, before anything runs), with
+every header and property Celery reads of its exact type (:mod:`bus.broker.celery_message`),
+is logged on one line,
 counted in ``eventbus_broker_messages_rejected_total{queue}`` and kept, as received, on the
 queue's dead-letter queue ``<queue>.dead`` (on Redis a list capped at :data:`DEAD_LETTER_CAP`
 items: the newest are kept). ``eventbus dead-letters`` lists and purges them.
@@ -20,11 +22,12 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from bus.broker import celery_message
 from bus.broker.queues import PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK
-from bus.observability import metrics, tracing
+from bus.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -42,40 +45,6 @@ REASON_HEADER = "x-eventbus-rejected"
 REASON_CHARS = 160
 
 _JSON = "application/json"
-_EMBED_EMPTY = ("callbacks", "errbacks", "chain", "chord")
-_OPTIONAL_TEXT = (type(None), str)
-# Celery headers the worker's main process reads before the task runs, and the types it can
-# digest; a wrong type there would raise inside Celery's consumer loop, not the task.
-_HEADER_TYPES: dict[str, tuple[type, ...]] = {
-    "lang": _OPTIONAL_TEXT,
-    "root_id": _OPTIONAL_TEXT,
-    "parent_id": _OPTIONAL_TEXT,
-    "group": _OPTIONAL_TEXT,
-    "shadow": _OPTIONAL_TEXT,
-    "origin": _OPTIONAL_TEXT,
-    "argsrepr": _OPTIONAL_TEXT,
-    "kwargsrepr": _OPTIONAL_TEXT,
-    "eta": _OPTIONAL_TEXT,
-    "expires": _OPTIONAL_TEXT,
-    "retries": (type(None), int),
-    "group_index": (type(None), int),
-    "ignore_result": (type(None), bool),
-    "timelimit": (type(None), list, tuple),
-    "stamped_headers": (type(None), list),
-    "stamps": (type(None), dict),
-    "eventbus_request_id": _OPTIONAL_TEXT,
-    "eventbus_lost": _OPTIONAL_TEXT,
-    # Read by the task with tracing on (bus.observability.tracing), which ignores a malformed
-    # value; the
-    # types and sizes are checked here so nothing but the bus's own shape reaches it.
-    tracing.TRACEPARENT: _OPTIONAL_TEXT,
-    tracing.TRACESTATE: _OPTIONAL_TEXT,
-    tracing.EVENT_TRACEPARENTS: (type(None), dict),
-}
-_TRACE_TEXT_CAPS = {
-    tracing.TRACEPARENT: tracing.MAX_TRACEPARENT_CHARS,
-    tracing.TRACESTATE: tracing.MAX_TRACESTATE_CHARS,
-}
 
 
 def dead_letter_queue(queue: str) -> str:
@@ -142,7 +111,7 @@ def envelope_problem(payload: dict[str, Any]) -> str | None:
     if not isinstance(properties, dict):
         return "envelope has no properties object"
     tag = properties.get("delivery_tag")
-    if not isinstance(tag, str) or not tag or len(tag) > 128:
+    if not isinstance(tag, str) or not tag:
         return f"delivery_tag {_short(tag)} is not a short string"
     info = properties.get("delivery_info")
     if not isinstance(info, dict):
@@ -150,8 +119,11 @@ def envelope_problem(payload: dict[str, Any]) -> str | None:
     for key in ("exchange", "routing_key"):
         if not isinstance(info.get(key, ""), str):
             return f"delivery_info {key} is not a string"
-    if not isinstance(properties.get("priority", 0), int | None):
-        return "priority is not an integer"
+    why = celery_message.fields_problem(
+        "property", properties, celery_message.PROPERTIES, celery_message.OTHER_PROPERTY
+    )
+    if why:
+        return why
     headers = payload.get("headers")
     if not isinstance(headers, dict | None):
         return "headers are not an object"
@@ -163,14 +135,11 @@ def envelope_problem(payload: dict[str, Any]) -> str | None:
     body = payload.get("body")
     if not isinstance(body, str | None):
         return "body is not a string"
-    encoding = properties.get("body_encoding")
-    if encoding == "base64":
+    if properties.get("body_encoding") == "base64":
         try:
             base64.b64decode(body or "", validate=True)
         except (binascii.Error, ValueError):
             return "body is not valid base64"
-    elif encoding not in (None, "utf-8"):
-        return f"body_encoding {_short(encoding)} is not base64"
     return None
 
 
@@ -233,11 +202,16 @@ def check_task_message(
     content_type: str | None,
     content_encoding: str | None,
     body: bytes | str | None,
+    *,
+    now: datetime | None = None,
+    bounds: celery_message.Bounds = celery_message.DEFAULT_BOUNDS,
 ) -> str | None:
     """Why a delivered message is not a well-formed ``eventbus.process_event`` call, or None.
 
     Only the bus's own task runs on its queues: Celery's built-ins (``celery.backend_cleanup``,
-    ``celery.chord_unlock``…) and any other name are refused, as are callbacks in the body.
+    ``celery.chord_unlock``…) and any other name are refused, as are callbacks in the body and
+    every header :mod:`bus.broker.celery_message` does not describe; ``bounds`` are what the bus's
+    own messages carry at most (a later ``eta``, a longer time limit are refused).
     """
     if not isinstance(headers, Mapping):
         return "no headers: not a Celery task message"
@@ -249,10 +223,11 @@ def check_task_message(
     task_id = headers.get("id")
     if not isinstance(task_id, str) or not task_id or len(task_id) > 255:
         return f"task id {_short(task_id)} is not a short string"
-    for name, types in _HEADER_TYPES.items():
-        if not isinstance(headers.get(name), types):
-            return f"header {name} {_short(headers.get(name))} has the wrong type"
-    why = _header_values_problem(headers)
+    others = {k: v for k, v in headers.items() if k not in ("task", "id")}
+    why = celery_message.fields_problem("header", others, celery_message.HEADERS)
+    if why:
+        return why
+    why = celery_message.limits_problem(headers, now or datetime.now(UTC), bounds)
     if why:
         return why
     if content_type != _JSON:
@@ -269,51 +244,18 @@ def check_task_message(
     if not (isinstance(decoded, list) and len(decoded) == 3 and isinstance(decoded[2], dict)):
         return "body is not [args, kwargs, embed]"
     args, kwargs, embed = decoded
-    if any(embed.get(key) for key in _EMBED_EMPTY):
-        return "body carries callbacks, a chain or a chord"
+    why = celery_message.fields_problem("body", embed, celery_message.EMBED)
+    if why:
+        return f"{why} (no callbacks, chain or chord on the bus)"
     return check_args(args, kwargs, task)
 
 
-def _header_values_problem(headers: Mapping[str, Any]) -> str | None:
-    for name in ("eta", "expires"):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                datetime.fromisoformat(value)
-            except ValueError:
-                return f"header {name} {_short(value)} is not an ISO 8601 time"
-    limits = headers.get("timelimit")
-    if limits is not None and not (
-        len(limits) == 2
-        and all(v is None or (isinstance(v, int | float) and v >= 0) for v in limits)
-    ):
-        return f"header timelimit {_short(limits)} is not [soft, hard]"
-    retries = headers.get("retries")
-    if isinstance(retries, int) and retries < 0:
-        return "header retries is negative"
-    return _trace_headers_problem(headers)
-
-
-def _trace_headers_problem(headers: Mapping[str, Any]) -> str | None:
-    for name, cap in _TRACE_TEXT_CAPS.items():
-        value = headers.get(name)
-        if value is not None and len(value) > cap:
-            return f"header {name} is longer than {cap} characters"
-    name = tracing.EVENT_TRACEPARENTS
-    per_event = headers.get(name)
-    if not per_event:
-        return None
-    if len(per_event) > tracing.MAX_EVENT_TRACEPARENTS:
-        return f"header {name} has more than {tracing.MAX_EVENT_TRACEPARENTS} entries"
-    for key, value in per_event.items():
-        if not (isinstance(key, str) and len(key) <= 36):
-            return f"header {name} key {_short(key)} is not an event id"
-        if not (isinstance(value, str) and len(value) <= tracing.MAX_TRACEPARENT_CHARS):
-            return f"header {name} value {_short(value)} is not a traceparent"
-    return None
-
-
-def check_raw(item: bytes) -> str | None:
+def check_raw(
+    item: bytes,
+    *,
+    now: datetime | None = None,
+    bounds: celery_message.Bounds = celery_message.DEFAULT_BOUNDS,
+) -> str | None:
     """Why a raw Redis list item would be refused, or None (for listings and tests)."""
     envelope = decode_envelope(item)
     if isinstance(envelope, str):
@@ -326,4 +268,6 @@ def check_raw(item: bytes) -> str | None:
         envelope.get("content-type"),
         envelope.get("content-encoding"),
         body,
+        now=now,
+        bounds=bounds,
     )

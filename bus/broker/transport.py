@@ -71,8 +71,10 @@ class Channel(kombu_redis.Channel):
                 self.dead_letter(dest, item, envelope)
                 return True
             # The list it came from, not what the envelope claims: the consumer files refusals
-            # (and kombu restores unacknowledged messages) under this name.
-            envelope["properties"]["delivery_info"]["routing_key"] = dest
+            # under this name, and kombu restores (and Celery retries) through the anonymous
+            # exchange to it, never through an exchange's bindings.
+            info = envelope["properties"]["delivery_info"]
+            info["exchange"], info["routing_key"] = "", dest
             self.connection._deliver(envelope, dest)
             return True
         finally:

@@ -193,11 +193,79 @@ def redis_payloads(queue: str) -> dict[str, bytes]:
             }.items()
         }
     )
+    # Issue 17: fields Celery reads before the task runs, each of the wrong shape
+    items.update(
+        {
+            f"celery: {name}": raw(envelope(queue, task=batch, args=ids, headers=headers))
+            for name, headers in celery_field_payloads(batch, ids).items()
+        }
+    )
+    items.update(
+        {
+            "property priority 10**9": raw(envelope(queue, priority=10**9)),
+            "property reply_to a list": raw(envelope(queue, reply_to=[[]])),
+            "property correlation_id a dict": raw(envelope(queue, correlation_id={})),
+            "property delivery_mode a string": raw(envelope(queue, delivery_mode="2")),
+            "property delivery_info nested": raw(
+                envelope(queue, delivery_info={"exchange": "", "routing_key": queue, "x": [{}]})
+            ),
+            "property unknown, an object": raw(envelope(queue, application_headers={"t": 1})),
+            "property unknown, of 10 kB": raw(envelope(queue, origin="o" * 10_000)),
+            "embed with another key": raw(envelope(queue, embed={**EMBED, "link": None})),
+            "embed chain a list of one": raw(envelope(queue, embed={**EMBED, "chain": [{}]})),
+        }
+    )
     for n in range(5):
         items[f"random bytes #{n}"] = bytes(
             rng.randrange(256) for _ in range(rng.randrange(1, 300))
         )
     return items
+
+
+FAR_ETA = "2099-01-01T00:00:00+00:00"
+"""Later than any delay the bus sends: a message with it would wait in the worker's memory."""
+PAST = "2001-01-01T00:00:00+00:00"
+
+
+def celery_field_payloads(task: str, args: Any) -> dict[str, dict[str, Any]]:
+    """Headers, by name, each with one field Celery reads of the wrong shape (issue 17)."""
+    return {
+        name: task_headers(task, args, **bad)
+        for name, bad in {
+            # The issue's message: Celery hashed each stamp name and the worker died
+            "stamped_headers [[]]": {"stamped_headers": [[]], "stamps": {}},
+            "stamped_headers [{}]": {"stamped_headers": [{}], "stamps": {}},
+            "stamped_headers a string": {"stamped_headers": "abc"},
+            "stamps a list": {"stamped_headers": ["a"], "stamps": [1]},
+            "stamps value nested": {"stamped_headers": ["a"], "stamps": {"a": [[{}]]}},
+            "eta in 2099": {"eta": FAR_ETA},
+            "eta in year 1": {"eta": "0001-01-01T00:00:00+14:00"},
+            "eta a number": {"eta": 4102444800},
+            "expires in the past": {"expires": PAST},
+            "expires a list": {"expires": [PAST]},
+            "timelimit of 1 ms": {"timelimit": [0.001, 0.001]},
+            "timelimit [[], []]": {"timelimit": [[], []]},
+            "retries a float": {"retries": 1.5},
+            "retries a bool": {"retries": True},
+            "retries 10**30": {"retries": 10**30},
+            "group a dict": {"group": {"id": 1}},
+            "group_index a string": {"group_index": "0"},
+            "root_id a list": {"root_id": [[]]},
+            "parent_id a number": {"parent_id": 7},
+            "shadow a dict": {"shadow": {}},
+            "origin of 10 kB": {"origin": "o" * 10_000},
+            "argsrepr of 100 kB": {"argsrepr": "a" * 100_000},
+            "lang a list": {"lang": ["py"]},
+            "ignore_result a string": {"ignore_result": "yes"},
+            "replaced_task_nesting a list": {"replaced_task_nesting": [0]},
+            "redelivered a dict": {"redelivered": {}},
+            "a chain header (runs tasks from the worker)": {"chain": [{"task": "x"}]},
+            "a callbacks header": {"callbacks": [{"task": "x"}]},
+            "an unknown header": {"delivery_info": {"exchange": "x"}},
+            "request id a list": {"eventbus_request_id": [[]]},
+            "lost marker a dict": {"eventbus_lost": {}},
+        }.items()
+    }
 
 
 def valid_item(queue: str, event_id: str) -> bytes:

@@ -21,17 +21,22 @@ from fastapi.testclient import TestClient
 from kombu import Connection, Producer
 
 from bus.broker import deadletter
-from bus.broker.queues import queue_name
+from bus.broker.queues import PROCESS_EVENTS_TASK, queue_name
 from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.conftest import REDIS_URL, TokenFactory
 from tests.hostile.broker_payloads import (
+    FAR_ETA,
+    PAST,
     body_of,
+    envelope,
+    raw,
     redis_payloads,
     task_headers,
     valid_item,
     valid_traced_item,
 )
+from tests.hostile.celery_fault import FAULT_PREFIX
 from tests.integration import conftest as integration
 from tests.integration.conftest import (
     BIN,
@@ -131,7 +136,10 @@ def test_every_hostile_redis_item_is_refused_and_the_worker_goes_on(
             wait_for_status(runtime, event["id"], "processed", 30)
         assert_same_worker(worker, pid)
         # And the dead letters can be listed (one JSON line each) and purged
-        listed = [json.loads(line) for line in dead_letters_cli(settings, "warehouse")]
+        listed = [
+            json.loads(line)
+            for line in dead_letters_cli(settings, "warehouse", "--limit", str(len(payloads)))
+        ]
         assert len(listed) == len(payloads)
         assert all(item["reason"] for item in listed)
         assert dead_letters_cli(settings, "warehouse", "--purge") == [
@@ -194,6 +202,118 @@ def test_a_channel_closed_after_its_connection_went_restores_what_it_held(
         assert r.llen(queue) == 1
     finally:
         r.delete(queue)
+        r.close()
+
+
+def test_the_stamped_headers_message_of_issue_17_is_refused_and_the_worker_lives(
+    settings: Settings,
+    runtime: Runtime,
+    client: TestClient,
+    token: TokenFactory,
+    start_worker: WorkerFactory,
+) -> None:
+    """Issue 17: ``stamped_headers=[[]]`` passed the intake, then Celery hashed the inner list
+    in ``Request.revoked``: "Unrecoverable error", the worker exited, and the unacknowledged
+    message killed every restarted worker in turn."""
+    # Given a prefork worker (the bus's default pool) for warehouse
+    worker = start_worker("warehouse")
+    pid = worker.popen.pid
+    queue = queue_name("warehouse", settings.queue_prefix)
+    dead = deadletter.dead_letter_queue(queue)
+    tok = token()
+    event = publish(client, tok, "warehouse")
+    e, t = str(uuid.uuid4()), PROCESS_EVENTS_TASK
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        # When the issue's message is pushed, and the same with a dict inside
+        for inner in ([], {}):
+            headers = task_headers(t, [[e]], stamped_headers=[inner], stamps={})
+            r.lpush(queue, raw(envelope(queue, task=t, args=[[e]], headers=headers)))
+        # Then both are kept on the dead-letter list, and the worker lives on and processes
+        wait_for(lambda: r.llen(dead) == 2, 30, "the messages were not dead-lettered")
+        later = publish(client, tok, "warehouse")
+        for event_id in (event["id"], later["id"]):
+            wait_for_status(runtime, event_id, "processed", 30)
+        assert_same_worker(worker, pid)
+        assert all(b"stamped_headers" in item for item in r.lrange(dead, 0, -1))
+    finally:
+        r.close()
+
+
+FAR_ETAS = 200
+
+
+def test_far_etas_and_past_expiries_are_dead_lettered_not_held_in_memory(
+    settings: Settings,
+    runtime: Runtime,
+    client: TestClient,
+    token: TokenFactory,
+    start_worker: WorkerFactory,
+) -> None:
+    """Issue 17: envelopes with an ``eta`` in 2099 were reserved by the worker until then:
+    20,000 of them held 170 MB of its memory, all unacknowledged in Redis."""
+    worker = start_worker("warehouse")
+    queue = queue_name("warehouse", settings.queue_prefix)
+    dead = deadletter.dead_letter_queue(queue)
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        # Given messages that are well-formed calls but for their eta (2099) or expiry (2001)
+        items = []
+        for n in range(FAR_ETAS):
+            e = str(uuid.uuid4())
+            when = {"eta": FAR_ETA} if n % 2 else {"expires": PAST}
+            headers = task_headers(PROCESS_EVENTS_TASK, [[e]], **when)
+            items.append(envelope(queue, task=PROCESS_EVENTS_TASK, args=[[e]], headers=headers))
+        # When they are pushed
+        for item in items:
+            r.lpush(queue, raw(item))
+        # Then each is dead-lettered, none is held unacknowledged, and real events still run
+        wait_for(lambda: r.llen(dead) == FAR_ETAS, 60, "not every message was dead-lettered")
+        tags = [item["properties"]["delivery_tag"] for item in items]
+        assert not any(r.hmget("unacked", tags))
+        event = publish(client, token(), "warehouse")
+        wait_for_status(runtime, event["id"], "processed", 30)
+        assert "eta" in worker.output and "expires" in worker.output
+    finally:
+        r.close()
+
+
+def test_an_error_celery_raises_outside_a_handler_dead_letters_the_message(
+    settings: Settings,
+    runtime: Runtime,
+    client: TestClient,
+    token: TokenFactory,
+    start_worker: WorkerFactory,
+) -> None:
+    """Whatever Celery raises while it turns a message into a task request (a field the
+    intake's checks do not know of yet), the worker refuses that message and goes on."""
+    # Given a worker whose Celery raises TypeError in Request.revoked for some task ids
+    faulty = settings.model_copy(
+        update={"handlers": f"{settings.handlers},tests.hostile.celery_fault"}
+    )
+    worker = start_worker("warehouse", worker_settings=faulty)
+    pid = worker.popen.pid
+    queue = queue_name("warehouse", settings.queue_prefix)
+    dead = deadletter.dead_letter_queue(queue)
+    tok = token()
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        # When a message the intake accepts makes Celery raise, between real events
+        before = publish(client, tok, "warehouse")
+        e = str(uuid.uuid4())
+        headers = task_headers(PROCESS_EVENTS_TASK, [[e]], id=f"{FAULT_PREFIX}{uuid.uuid4()}")
+        item = raw(envelope(queue, task=PROCESS_EVENTS_TASK, args=[[e]], headers=headers))
+        assert deadletter.check_raw(item) is None
+        r.lpush(queue, item)
+        # Then it is kept on the dead-letter list with Celery's error as its reason
+        wait_for(lambda: r.llen(dead) == 1, 30, "the message was not dead-lettered")
+        assert "Celery raised TypeError" in rejected_lines(worker)[0]
+        # And the worker lives on: the events before and after it are processed
+        after = publish(client, tok, "warehouse")
+        for event in (before, after):
+            wait_for_status(runtime, event["id"], "processed", 30)
+        assert_same_worker(worker, pid)
+    finally:
         r.close()
 
 

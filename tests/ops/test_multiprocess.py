@@ -48,10 +48,10 @@ def test_several_processes_get_a_fresh_directory_before_the_import() -> None:
     # counted afterwards land there as files.
     script = (
         "import os\n"
-        "from bus import multiprocess\n"
+        "from bus.observability import multiprocess\n"
         "made = multiprocess.prepare(needed=True)\n"
         "assert made is not None and os.environ[multiprocess.ENV] == str(made)\n"
-        "from bus import metrics\n"
+        "from bus.observability import metrics\n"
         "metrics.count_published('warehouse', 'x')\n"
         "print(sorted(p.name.split('_')[0] for p in made.iterdir()))\n"
         "multiprocess.remove(made)\n"
