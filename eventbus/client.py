@@ -158,7 +158,7 @@ class Client:
         ``target_module``, ``entity_type``), newest first, fetched a page at a time."""
         walk = _Walk(page_size)
         while not walk.done:
-            call = _Calls.page(tenant_id, filters, walk.limit, walk.cursor, walk.page)
+            call = _Calls.page(tenant_id, filters, walk)
             yield from walk.advance(self._send(call))
 
     def update_status(
@@ -278,7 +278,7 @@ class AsyncClient:
         """See :meth:`Client.events`."""
         walk = _Walk(page_size)
         while not walk.done:
-            call = _Calls.page(tenant_id, filters, walk.limit, walk.cursor, walk.page)
+            call = _Calls.page(tenant_id, filters, walk)
             for event in walk.advance(await self._send(call)):
                 yield event
 
