@@ -6,7 +6,10 @@ network, and a third party sees who reads the API's documentation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -27,33 +30,53 @@ could overlay it (clickjacking). ``X-Frame-Options`` for browsers without CSP le
 ``script-src``: both pages start with an inline script."""
 
 
-def _asset(request: Request, name: str) -> str:
-    return f"{request.scope.get('root_path', '')}{ASSETS_PATH}/{name}"
+@dataclass(frozen=True)
+class _Page:
+    """A documentation page: its title, FastAPI's function that writes it, the ``static/``
+    files it loads (argument name: path), and its other options."""
+
+    name: str
+    render: Callable[..., HTMLResponse]
+    assets: dict[str, str]
+    options: dict[str, Any]
+
+    def answer(self, request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        page = self.render(
+            openapi_url=root + (request.app.openapi_url or ""),
+            title=f"{request.app.title} — {self.name}",
+            **{arg: f"{root}{ASSETS_PATH}/{path}" for arg, path in self.assets.items()},
+            **self.options,
+        )
+        page.headers.update(FRAMING)
+        return page
+
+
+_FAVICON = "swagger-ui/favicon-32x32.png"
+SWAGGER_UI = _Page(
+    "Swagger UI",
+    get_swagger_ui_html,
+    {
+        "swagger_js_url": "swagger-ui/swagger-ui-bundle.js",
+        "swagger_css_url": "swagger-ui/swagger-ui.css",
+        "swagger_favicon_url": _FAVICON,
+    },
+    # No badge asking validator.swagger.io about the document.
+    {"swagger_ui_parameters": {"validatorUrl": None}},
+)
+REDOC = _Page(
+    "ReDoc",
+    get_redoc_html,
+    {"redoc_js_url": "redoc/redoc.standalone.js", "redoc_favicon_url": _FAVICON},
+    {"with_google_fonts": False},
+)
 
 
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
-    page = get_swagger_ui_html(
-        openapi_url=request.scope.get("root_path", "") + (request.app.openapi_url or ""),
-        title=f"{request.app.title} — Swagger UI",
-        swagger_js_url=_asset(request, "swagger-ui/swagger-ui-bundle.js"),
-        swagger_css_url=_asset(request, "swagger-ui/swagger-ui.css"),
-        swagger_favicon_url=_asset(request, "swagger-ui/favicon-32x32.png"),
-        # No badge asking validator.swagger.io about the document.
-        swagger_ui_parameters={"validatorUrl": None},
-    )
-    page.headers.update(FRAMING)
-    return page
+    return SWAGGER_UI.answer(request)
 
 
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
-    page = get_redoc_html(
-        openapi_url=request.scope.get("root_path", "") + (request.app.openapi_url or ""),
-        title=f"{request.app.title} — ReDoc",
-        redoc_js_url=_asset(request, "redoc/redoc.standalone.js"),
-        redoc_favicon_url=_asset(request, "swagger-ui/favicon-32x32.png"),
-        with_google_fonts=False,
-    )
-    page.headers.update(FRAMING)
-    return page
+    return REDOC.answer(request)

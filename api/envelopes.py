@@ -195,17 +195,25 @@ PUBLISH_BODY_SCHEMA: dict[str, Any] = {
     "properties": {name: _PUBLISH_PROPERTIES[name] for name in REQUIRED_FIELDS},
 }
 
+
+def _timestamp(description: str) -> dict[str, Any]:
+    """An optional RFC 3339 timestamp (the rules of :data:`TIMESTAMP_PATTERN`)."""
+    return {
+        "type": ["string", "null"],
+        "format": "date-time",
+        "pattern": TIMESTAMP_PATTERN,
+        "description": description,
+    }
+
+
 STATUS_BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["status"],
     "properties": {
         "status": {"type": "string", "enum": list(STATUSES)},
-        "processed_at": {
-            "type": ["string", "null"],
-            "format": "date-time",
-            "pattern": TIMESTAMP_PATTERN,
-            "description": "RFC 3339 with a zone (`Z` or `±HH:MM`); default: now when processed",
-        },
+        "processed_at": _timestamp(
+            "RFC 3339 with a zone (`Z` or `±HH:MM`); default: now when processed"
+        ),
         "error_message": {
             "type": ["string", "null"],
             "pattern": TEXT_PATTERN,
@@ -310,18 +318,8 @@ REPLAY_BODY_SCHEMA: dict[str, Any] = {
             "description": "true: failed events with a retry to come; false: every other "
             "(with status failed: the events that gave up)",
         },
-        "created_after": {
-            "type": ["string", "null"],
-            "format": "date-time",
-            "pattern": TIMESTAMP_PATTERN,
-            "description": "RFC 3339: events created at or after it",
-        },
-        "created_before": {
-            "type": ["string", "null"],
-            "format": "date-time",
-            "pattern": TIMESTAMP_PATTERN,
-            "description": "RFC 3339: events created before it",
-        },
+        "created_after": _timestamp("RFC 3339: events created at or after it"),
+        "created_before": _timestamp("RFC 3339: events created before it"),
         "dry_run": {
             "type": ["boolean", "null"],
             "default": False,

@@ -18,17 +18,28 @@ _REQUEST_ID = b"x-request-id"
 UNMATCHED_ROUTE = "unmatched"
 
 
-class RequestIdMiddleware:
-    """Takes the caller's X-Request-ID (or makes one), returns it on the response and puts it
-    in the log context of everything the request does (the route's thread included)."""
+class _HttpMiddleware:
+    """A pure ASGI middleware for HTTP requests (:meth:`http`); other scopes (the lifespan)
+    pass through untouched."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class RequestIdMiddleware(_HttpMiddleware):
+    """Takes the caller's X-Request-ID (or makes one), returns it on the response and puts it
+    in the log context of everything the request does (the route's thread included)."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = dict(scope["headers"]).get(_REQUEST_ID, b"").decode("latin-1")
         request_id = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
@@ -42,7 +53,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
 
 
-class HttpMetricsMiddleware:
+class HttpMetricsMiddleware(_HttpMiddleware):
     """``eventbus_http_request_duration_seconds`` by method, route template and status.
 
     The route is the matched template (``/system/events/{event_id}``), never the raw path, so
@@ -50,13 +61,7 @@ class HttpMetricsMiddleware:
     escapes the app counts as the 500 the server then answers.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 500
 
@@ -73,19 +78,16 @@ class HttpMetricsMiddleware:
             metrics.observe_http(scope["method"], route, status, time.perf_counter() - started)
 
 
-class SecurityHeadersMiddleware:
+class SecurityHeadersMiddleware(_HttpMiddleware):
     """``X-Content-Type-Options: nosniff`` on every response, and ``Cache-Control: no-store``
     (events and tokens must not sit in a shared cache) unless the response set its own; the
     documentation's assets are only revalidated (``no-cache``: their ETag answers 304)."""
 
     def __init__(self, app: ASGIApp, assets_path: str) -> None:
-        self.app = app
+        super().__init__(app)
         self.assets_path = assets_path
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         cache = b"no-cache" if scope["path"].startswith(self.assets_path) else b"no-store"
 
         async def send_with_headers(message: Message) -> None:
@@ -99,7 +101,7 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-class UnexpectedErrorMiddleware:
+class UnexpectedErrorMiddleware(_HttpMiddleware):
     """Answers an exception that no handler took (a bug, a database fault) with ``answer``'s
     response, from inside the other middlewares, so a 500 carries ``X-Request-ID`` and the
     security headers like any other answer, and the connection stays open.
@@ -111,13 +113,10 @@ class UnexpectedErrorMiddleware:
     """
 
     def __init__(self, app: ASGIApp, answer: Callable[[Request, Exception], Response]) -> None:
-        self.app = app
+        super().__init__(app)
         self.answer = answer
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def send_tracked(message: Message) -> None:

@@ -84,6 +84,14 @@ class _Request:
         if self.keyed and "Idempotency-Key" not in self.headers:
             self.headers["Idempotency-Key"] = str(uuid.uuid4())
 
+    @classmethod
+    def sent_once(
+        cls, method: str, path: str, tenant_id: uuid.UUID | str | None, body: Any
+    ) -> _Request:
+        """A write the API does not dedupe by key: sent again only when it cannot have
+        reached the server (a ``failed`` status sent twice counts two failures)."""
+        return cls(method, path, _tenant(tenant_id), body, keyed=True, resend=False)
+
     def build(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         return http.build_request(
             self.method, self.path, params=self.params, json=self.body, headers=self.headers
@@ -132,23 +140,18 @@ def _tenant(tenant_id: uuid.UUID | str | None) -> dict[str, str]:
     return {} if tenant_id is None else {"tenant_id": str(tenant_id)}
 
 
-def _publish_body(
-    event_type: str,
-    source_module: str,
-    target_module: str,
-    entity_type: str,
-    entity_id: str,
-    event_data: Mapping[str, Any],
-) -> dict[str, Any]:
-    return {
-        "event_type": event_type,
-        "source_module": source_module,
-        "target_module": target_module,
-        "entity_type": entity_type,
-        "entity_id": entity_id,
-        # A non-mapping goes as it is: the API names it (``Event data must be object``).
-        "event_data": dict(event_data) if isinstance(event_data, Mapping) else event_data,
-    }
+_TEXT = ("event_type", "source_module", "target_module", "entity_type", "entity_id")
+"""A publish's text fields, in order (``bus.events.fields.TEXT``: the client does not import
+the bus, ``tests/unit/test_fields.py`` holds the two together)."""
+
+
+def _publish_body(*published: Any) -> dict[str, Any]:
+    """A publish body from its fields' values: :data:`_TEXT`'s, then ``event_data``."""
+    *text, event_data = published
+    body = dict(zip(_TEXT, text, strict=True))
+    # A non-mapping goes as it is: the API names it (``Event data must be object``).
+    body["event_data"] = dict(event_data) if isinstance(event_data, Mapping) else event_data
+    return body
 
 
 class _Calls:
@@ -188,9 +191,20 @@ class _Calls:
             body["processed_at"] = _text(processed_at)
         if error_message is not None:
             body["error_message"] = error_message
-        return _Request(
-            "PUT", f"{EVENTS}/{event_id}", _tenant(tenant_id), body, keyed=True, resend=False
-        )
+        return _Request.sent_once("PUT", f"{EVENTS}/{event_id}", tenant_id, body)
+
+    @staticmethod
+    def page(
+        tenant_id: uuid.UUID | str | None, filters: Mapping[str, Any], walk: _Walk
+    ) -> _Request:
+        """The list's next page for ``walk``."""
+        params = {**_tenant(tenant_id), **{k: str(v) for k, v in filters.items() if v is not None}}
+        params["limit"] = str(walk.limit)
+        if walk.cursor is not None:
+            params["cursor"] = walk.cursor
+        elif walk.page is not None:
+            params["page"] = str(walk.page)
+        return _Request("GET", EVENTS, params)
 
     @staticmethod
     def replay(
@@ -203,25 +217,7 @@ class _Calls:
         body["dry_run"] = dry_run
         if max_events is not None:
             body["max"] = max_events
-        return _Request(
-            "POST", f"{EVENTS}/replay", _tenant(tenant_id), body, keyed=True, resend=False
-        )
-
-    @staticmethod
-    def page(
-        tenant_id: uuid.UUID | str | None,
-        filters: Mapping[str, Any],
-        limit: int,
-        cursor: str | None,
-        page: int | None,
-    ) -> _Request:
-        params = {**_tenant(tenant_id), **{k: str(v) for k, v in filters.items() if v is not None}}
-        params["limit"] = str(limit)
-        if cursor is not None:
-            params["cursor"] = cursor
-        elif page is not None:
-            params["page"] = str(page)
-        return _Request("GET", EVENTS, params)
+        return _Request.sent_once("POST", f"{EVENTS}/replay", tenant_id, body)
 
 
 @dataclass(slots=True)

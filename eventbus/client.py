@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import datetime
-from types import TracebackType
 from typing import Any, Self
 
 import httpx
@@ -92,12 +91,7 @@ class Client:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -164,7 +158,7 @@ class Client:
         ``target_module``, ``entity_type``), newest first, fetched a page at a time."""
         walk = _Walk(page_size)
         while not walk.done:
-            call = _Calls.page(tenant_id, filters, walk.limit, walk.cursor, walk.page)
+            call = _Calls.page(tenant_id, filters, walk)
             yield from walk.advance(self._send(call))
 
     def update_status(
@@ -218,12 +212,7 @@ class AsyncClient:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *_: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -289,7 +278,7 @@ class AsyncClient:
         """See :meth:`Client.events`."""
         walk = _Walk(page_size)
         while not walk.done:
-            call = _Calls.page(tenant_id, filters, walk.limit, walk.cursor, walk.page)
+            call = _Calls.page(tenant_id, filters, walk)
             for event in walk.advance(await self._send(call)):
                 yield event
 

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -288,6 +288,7 @@ class ApiSink:
         return outcome
 
 
+@dataclass(eq=False)
 class Forwarder:
     """Drain ``eventbus_outbox`` into a :class:`Sink`, a batch per transaction.
 
@@ -296,22 +297,14 @@ class Forwarder:
     again and the bus stores nothing new for them.
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        sink: Sink,
-        *,
-        batch_size: int = 500,
-        retention: timedelta = timedelta(days=7),
-        interval: float = 1.0,
-    ) -> None:
-        self.engine = engine
-        self.sink = sink
-        self.batch_size = batch_size
-        self.retention = retention
-        self.interval = interval
-        self._stopping = False
-        self._last_purge = 0.0
+    engine: Engine
+    sink: Sink
+    _: KW_ONLY
+    batch_size: int = 500
+    retention: timedelta = timedelta(days=7)
+    interval: float = 1.0
+    _stopping: bool = field(default=False, init=False)
+    _last_purge: float = field(default=0.0, init=False)
 
     def run_once(self) -> int:
         """One batch; returns how many rows it took."""

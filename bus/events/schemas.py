@@ -32,21 +32,7 @@ from bus.errors import (
 from bus.events import fields
 from bus.storage.models import EventRow, EventStatus, SystemEvent
 
-EVENT_FIELDS = (
-    "id",
-    "tenant_id",
-    "event_type",
-    "source_module",
-    "target_module",
-    "entity_type",
-    "entity_id",
-    "event_data",
-    "status",
-    "retry_count",
-    "created_at",
-    "processed_at",
-    "error_message",
-)
+EVENT_FIELDS = fields.SEED
 """The seed's event object, in its order."""
 REQUIRED_FIELDS = fields.PUBLISHED
 """What a publish must carry, in the order the first missing one is named."""

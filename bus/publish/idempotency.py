@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bus.errors import InvalidIdempotencyKey
+from bus.events import fields
 from bus.storage.models import EventRow
 
 MAX_KEY_LENGTH = 255
@@ -35,14 +36,7 @@ def parse_key(values: list[str]) -> str | None:
     return values[0]
 
 
-ACCEPTED_FIELDS = (
-    "event_type",
-    "source_module",
-    "target_module",
-    "entity_type",
-    "entity_id",
-    "event_data",
-)
+ACCEPTED_FIELDS = fields.PUBLISHED
 """What a publish takes from its body; every other field of it is ignored."""
 
 

@@ -1,7 +1,5 @@
 """system events
 
-Revision ID: 0001
-Revises:
 Create Date: 2026-11-26 08:01:29.899985
 """
 
@@ -15,8 +13,6 @@ import bus.storage.models
 
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,7 +1,5 @@
 """a narrow index for the list's counts
 
-Revision ID: 0002
-Revises: 0001
 Create Date: 2026-11-26 09:10:00
 """
 
@@ -11,8 +9,6 @@ from alembic import op
 
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

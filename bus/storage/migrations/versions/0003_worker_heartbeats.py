@@ -1,7 +1,5 @@
 """worker heartbeats: which modules have a live worker
 
-Revision ID: 0003
-Revises: 0002
 Create Date: 2026-12-01 21:00:00
 """
 
@@ -14,8 +12,6 @@ import bus.storage.models
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

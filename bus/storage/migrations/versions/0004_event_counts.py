@@ -1,7 +1,5 @@
 """exact counts kept as data: the list's `total` without a COUNT over the events
 
-Revision ID: 0004
-Revises: 0003
 Create Date: 2026-12-01 22:30:00
 
 PostgreSQL only (SQLite, for `eventbus dev`, counts its few rows). Statement-level triggers on
@@ -20,8 +18,6 @@ from alembic import op
 
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 KEY = ("tenant_id", "event_type", "source_module", "target_module", "entity_type", "status")
 _KEY = ", ".join(KEY)

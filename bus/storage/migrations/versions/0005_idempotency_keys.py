@@ -1,7 +1,5 @@
 """idempotency keys: a publish's Idempotency-Key and the response it was answered
 
-Revision ID: 0005
-Revises: 0004
 Create Date: 2026-12-01 23:00:00
 
 One row per (tenant, key), written in the same transaction as the event(s) it answered, so a
@@ -20,8 +18,6 @@ import bus.storage.models
 
 revision = "0005"
 down_revision = "0004"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

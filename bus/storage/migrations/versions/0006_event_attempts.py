@@ -1,7 +1,5 @@
 """event attempts: each event's history of handler runs and reported outcomes
 
-Revision ID: 0006
-Revises: 0005
 Create Date: 2026-12-01 23:30:00
 
 One row per attempt (``bus.storage.attempt_store``), appended by the workers in the transaction of
@@ -20,8 +18,6 @@ import bus.storage.models
 
 revision = "0006"
 down_revision = "0005"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

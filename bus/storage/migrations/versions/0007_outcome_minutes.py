@@ -1,7 +1,5 @@
 """handler outcomes per minute: the operators' chart without reading an hour of attempts
 
-Revision ID: 0007
-Revises: 0006
 Create Date: 2026-12-02 01:00:00
 
 PostgreSQL only (SQLite, for `eventbus dev`, buckets its few attempts when asked). A
@@ -22,8 +20,6 @@ import bus.storage.models
 
 revision = "0007"
 down_revision = "0006"
-branch_labels = None
-depends_on = None
 
 TRIGGERS = """
 CREATE FUNCTION eventbus_outcome_minutes() RETURNS trigger LANGUAGE plpgsql AS $$
