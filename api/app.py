@@ -10,12 +10,12 @@ from typing import Any
 from anyio import to_thread
 from fastapi import FastAPI
 
-from api import docs, envelopes, errors, ops, routes, ui
+from api import docs, envelopes, errors, limits, ops, routes, ui
 from api.middleware import HttpMetricsMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
 from api.publishing import GroupCommit
 from bus import metrics, tracing
 from bus.broker import BrokerInspector
-from bus.probes import Probes
+from bus.probes import Probes, own_sessions
 from bus.runtime import Bus
 from bus.settings import Settings, get_settings
 
@@ -80,7 +80,9 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None) -> Fast
     bus = bus or Bus(settings or get_settings())
     traced = bus.settings.otel_enabled
     broker = BrokerInspector(bus.settings.broker_url)
-    probes = Probes(bus.sessions, broker, bus.settings.queue_prefix)
+    probes = Probes(
+        own_sessions(bus.settings.database_url, bus.sessions), broker, bus.settings.queue_prefix
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -90,6 +92,7 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None) -> Fast
         to_thread.current_default_thread_limiter().total_tokens = bus.settings.api_threads
         yield
         broker.close()
+        probes.close()
         metrics.mark_process_dead(os.getpid())
         if traced:
             tracing.flush()
@@ -110,6 +113,7 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None) -> Fast
     app.state.probes = probes
     app.state.metrics_registry = metrics.scrape_registry(metrics.BacklogCollector(probes.backlog))
     errors.install(app)
+    limits.install(app, bus.settings)
     app.include_router(routes.router)
     app.include_router(ops.router)
     app.include_router(docs.router)

@@ -114,9 +114,19 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "`A request with this idempotency key is in progress`: retry later",
         413: "`Event data too large` or `Request body too large`",
         422: "`Idempotency key reused with a different request`",
+        429: "`Too many concurrent requests`: the tenant's heavy calls (replays, batches, "
+        "big pages) are at their cap; retry after `Retry-After` seconds",
         500: "`Internal server error`",
     }
-    return {c: {"model": ErrorEnvelope, "description": described[c]} for c in codes}
+    documented = {c: {"model": ErrorEnvelope, "description": described[c]} for c in codes}
+    if 429 in documented:
+        documented[429]["headers"] = {
+            "Retry-After": {
+                "description": "seconds to wait before trying again",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        }
+    return documented
 
 
 # What bus/schemas.py accepts, from its own constants.

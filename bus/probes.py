@@ -5,23 +5,32 @@ The database and the broker are asked at once, on a small thread pool, under one
 dependency that hangs rather than refuses makes the answer "down" (or the gauges missing) in
 bounded time instead of a hung probe. A lookup still stuck holds one pool thread until its own
 socket timeout ends it; with every thread stuck, later lookups time out in the queue.
+
+Nothing here waits on what requests use: the probes have their own threads (never the API's
+request pool, which one tenant's load may fill) and, on PostgreSQL, their own two connections
+(:func:`own_sessions`), and ``/readyz`` awaits :meth:`Probes.check` from the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from bus import repository
 from bus.broker import BrokerInspector
+from bus.db import make_engine, make_sessionmaker
 from bus.metrics import Backlog
 from bus.queues import queue_name
 from bus.schemas import MODULE_NAME
@@ -31,6 +40,25 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 2.0
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="eventbus-probe")
+_askers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="eventbus-readyz")
+"""Where :meth:`Probes.check` waits for :meth:`Probes.readiness` (which waits on ``_pool``)."""
+PROBE_CONNECTIONS = 2
+_own_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def own_sessions(database_url: str, shared: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions on a pool of the probes' own (PostgreSQL): requests holding every connection of
+    theirs never leave a probe waiting for one. SQLite (one embedded process) shares."""
+    if not database_url.startswith("postgresql"):
+        return shared
+    engine = make_engine(
+        database_url,
+        pool_size=PROBE_CONNECTIONS,
+        max_overflow=0,
+        pool_timeout=DEFAULT_TIMEOUT,
+    )
+    _own_engines.add(engine)
+    return make_sessionmaker(engine)
 
 
 class _Deadline:
@@ -79,6 +107,24 @@ class Probes:
         self._timeout = timeout
         self._up: dict[str, bool] = {}
         self._lock = threading.Lock()
+
+    async def check(self) -> Readiness:
+        """:meth:`readiness`, awaited from the event loop: its waiting happens on the probes'
+        threads, and an answer later than the timeout (every asker busy) is "all down"."""
+        future = _askers.submit(self.readiness)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self._timeout + 1)
+        except TimeoutError:
+            future.cancel()
+            down = {field.name: False for field in dataclasses.fields(Readiness)}
+            return Readiness(**down)
+
+    def close(self) -> None:
+        """Release the probes' own connections (made by :func:`own_sessions`; none when they
+        share the bus's)."""
+        engine = self._sessions.kw.get("bind")
+        if isinstance(engine, Engine) and engine in _own_engines:
+            engine.dispose()
 
     def readiness(self) -> Readiness:
         """Both dependencies asked at once; each is up if it answered within the timeout."""

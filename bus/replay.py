@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -114,20 +114,35 @@ def replay(
     principal: Principal,
     tenant_param: str | None,
     body: Any,
-) -> Replayed:
+) -> Generator[None, None, Replayed]:
     """``POST /system/events/replay``: a writer's right, the list's tenancy (a system admin
-    naming no tenant replays in every tenant), then :func:`run`."""
+    naming no tenant replays in every tenant), then :func:`steps`: the API runs each step on
+    a thread of its own, so a long replay never holds one for its whole run."""
     require_writer(principal)
     tenant_id = resolve_tenant(principal, tenant_param, creating=False)
     logs.bind(tenant_id=tenant_id)
-    return run(units, settings, tenant_id, parse_replay(body))
+    return (yield from steps(units, settings, tenant_id, parse_replay(body)))
 
 
 def run(
     units: UnitsOfWork, settings: Settings, tenant_id: uuid.UUID | None, query: ReplayQuery
 ) -> Replayed:
+    """:func:`steps` run to their end in the caller's thread (``eventbus replay``)."""
+    walk = steps(units, settings, tenant_id, query)
+    while True:
+        try:
+            next(walk)
+        except StopIteration as stop:
+            result: Replayed = stop.value
+            return result
+
+
+def steps(
+    units: UnitsOfWork, settings: Settings, tenant_id: uuid.UUID | None, query: ReplayQuery
+) -> Generator[None, None, Replayed]:
     """Count the matches; unless a dry run, set up to ``query.max`` of them pending, oldest
-    first, one committed unit of work per batch (see the module's docstring).
+    first, one committed unit of work per batch (see the module's docstring). Yields after the
+    count and after each batch: nothing is held between steps (no session, no rows).
 
     The batches walk by keyset (past the last event of the batch before), so an event is
     replayed once even when it still matches once pending; an event a worker holds right now
@@ -143,6 +158,7 @@ def run(
     after: tuple[datetime, uuid.UUID] | None = None
     pending = StatusChange(EventStatus.PENDING)
     while replayed < query.max:
+        yield
         size = min(settings.dispatch_batch_size, query.max - replayed)
         with units() as uow:
             rows = repository.lock_for_replay(
