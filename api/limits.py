@@ -18,7 +18,6 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
-import re
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -93,21 +92,20 @@ class HeavyCalls:
         return limiter
 
 
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _BEFORE_A_NODE = (b"[", b"{", b",", b":")
 
 
 def parse_batch_body(raw: bytes, max_values: int) -> Any:
     """A batch body as JSON, once its keys and values are known to be at most ``max_values``
     (else ``413 Request body too large``): checking each costs far more than reading it (a
-    15 MiB body of small keys took seconds), so the count bounds that cost before any of it.
+    15 MiB body of small keys took seconds), and the parser holds the GIL, and so the event
+    loop, for as long as it reads one body: the count bounds both before any of it.
 
-    Every key and value but the outermost follows one of ``[{,:`` outside a string: their
-    count, strings taken out first, bounds the nodes (a C-speed pass of a tenth of a second
-    for 16 MiB). Runs on a heavy thread, never on the event loop.
+    Every key and value but the outermost follows one of ``[{,:``: their count bounds the
+    nodes from above (those inside strings count too), at C speed, a few ms for 16 MiB. Runs
+    on a heavy thread, never on the event loop.
     """
-    outside = _JSON_STRING.sub(b"", raw)
-    if 1 + sum(outside.count(c) for c in _BEFORE_A_NODE) > max_values:
+    if 1 + sum(raw.count(c) for c in _BEFORE_A_NODE) > max_values:
         raise BodyTooLarge()
     return parse_json_body(raw)
 

@@ -186,10 +186,10 @@ class Settings(BaseSettings):
         100, ge=1, description="a list page whose `limit` is above this is a heavy call"
     )
     max_batch_json_values: int = Field(
-        1_000_000,
+        250_000,
         ge=1,
-        description="JSON keys and values a batch body may hold: bounds its decoding cost "
-        "(413 above it)",
+        description="JSON keys and values a batch body may hold, counted by the `[{,:` before "
+        "each (inside strings too): bounds its decoding cost (413 above it)",
     )
     flower_basic_auth: str = Field(
         "", description="`user:password` (several: comma-separated) that `eventbus flower` requires"
