@@ -6,6 +6,9 @@ batch its own unit of work: lock (``FOR UPDATE SKIP LOCKED``), ``bus.rules.save_
 ``pending`` (the one write path, as a ``PUT``), commit, and then one message per module of the
 batch. A replay that stops half-way (a crash, the database) keeps the batches it committed: each
 of them is pending and sent, or left to the relay.
+
+:func:`steps` yields between batches: the API runs each on a heavy thread (``api.limits``) and
+lets go of it in between; ``eventbus replay`` runs them all in its own thread (:func:`run`).
 """
 
 from __future__ import annotations

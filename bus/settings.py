@@ -165,10 +165,11 @@ class Settings(BaseSettings):
         "for the GIL",
     )
     heavy_threads: int = Field(
-        2,
+        1,
         ge=1,
         description="threads per API process for heavy calls (replays, pages above "
-        "`EVENTBUS_HEAVY_PAGE_LIMIT`, batch publishes), apart from `EVENTBUS_API_THREADS`",
+        "`EVENTBUS_HEAVY_PAGE_LIMIT`, batch publishes), apart from `EVENTBUS_API_THREADS`; "
+        "more contend for the GIL with every light call",
     )
     heavy_calls_per_tenant: int = Field(
         2,

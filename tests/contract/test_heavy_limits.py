@@ -161,7 +161,7 @@ def test_a_batch_body_beyond_its_json_value_bound_is_413(bus: Bus, token: TokenF
 def test_heavy_threads_are_per_event_loop() -> None:
     """An app run by one test client after another (each its own loop) gets a limiter of the
     running loop each time, never one whose waiters belong to a loop that is gone."""
-    heavy = HeavyCalls(make_settings("sqlite://"))
+    heavy = HeavyCalls(make_settings("sqlite://", heavy_threads=3))
 
     async def limiter_now() -> CapacityLimiter:
         async with heavy.admitted(caller(TENANT_A)) as limiter:
@@ -169,5 +169,5 @@ def test_heavy_threads_are_per_event_loop() -> None:
 
     first, second = anyio.run(limiter_now), anyio.run(limiter_now)
     assert first is not second
-    assert first.total_tokens == second.total_tokens == 2
+    assert first.total_tokens == second.total_tokens == 3
     assert heavy.in_flight == 0
