@@ -10,12 +10,12 @@ from typing import Any
 from anyio import to_thread
 from fastapi import FastAPI
 
-from api import docs, envelopes, errors, ops, routes, ui
+from api import docs, envelopes, errors, limits, ops, routes, ui
 from api.middleware import HttpMetricsMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
 from api.publishing import GroupCommit
 from bus.broker.inspector import BrokerInspector
 from bus.observability import metrics, tracing
-from bus.observability.probes import Probes
+from bus.observability.probes import Probes, own_sessions
 from bus.runtime import Runtime
 from bus.settings import Settings, get_settings
 
@@ -80,7 +80,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     runtime = runtime or Runtime(settings or get_settings())
     traced = runtime.settings.otel_enabled
     broker = BrokerInspector(runtime.settings.broker_url)
-    probes = Probes(runtime.sessions, broker, runtime.settings.queue_prefix)
+    probes = Probes(
+        own_sessions(runtime.settings.database_url, runtime.sessions),
+        broker,
+        runtime.settings.queue_prefix,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -90,6 +94,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         to_thread.current_default_thread_limiter().total_tokens = runtime.settings.api_threads
         yield
         broker.close()
+        probes.close()
         metrics.mark_process_dead(os.getpid())
         if traced:
             tracing.flush()
@@ -110,6 +115,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.probes = probes
     app.state.metrics_registry = metrics.scrape_registry(metrics.BacklogCollector(probes.backlog))
     errors.install(app)
+    limits.install(app, runtime.settings)
     app.include_router(routes.router)
     app.include_router(ops.router)
     app.include_router(docs.router)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar, cast
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session
 
+from api.limits import HeavyCalls
 from api.publishing import GroupCommit
 from bus.auth import Principal, require_reader, require_writer
 from bus.errors import BodyTooLarge, InvalidToken
@@ -58,34 +60,68 @@ class Work:
     threads waiting for a connection, would stall each other until the pool timed out).
     """
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(
+        self, runtime: Runtime, heavy: HeavyCalls, limiter: CapacityLimiter | None = None
+    ) -> None:
         self._runtime = runtime
+        self._heavy = heavy
+        self._limiter = limiter
+        """The heavy threads' limiter for a heavy call's Work; None: the pool of every route."""
+
+    @asynccontextmanager
+    async def heavy(self, caller: Principal, *, when: bool = True) -> AsyncIterator[Work]:
+        """For the block, a Work whose calls run on the heavy threads, once ``caller``'s heavy
+        call is admitted (``api.limits``: 429 beyond the caps). ``when`` False: this Work, as
+        it is (a call that is not heavy this time)."""
+        if not when:
+            yield self
+            return
+        async with self._heavy.admitted(caller) as limiter:
+            yield Work(self._runtime, self._heavy, limiter)
+
+    async def call(self, call: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """``call(*args, **kwargs)`` on a thread: for CPU-bound work (a batch's parsing) that
+        must not hold the event loop."""
+        return await to_thread.run_sync(
+            functools.partial(call, *args, **kwargs), limiter=self._limiter
+        )
+
+    async def steps(self, steps: Generator[None, None, T]) -> T:
+        """Drive ``steps`` to its end, one trip to a thread per step
+        (``bus.publish.replay.steps``: one committed batch each), and return what it returns:
+        between steps, the thread is free for other calls."""
+        while True:
+            done, value = await to_thread.run_sync(_step, steps, limiter=self._limiter)
+            if done:
+                return cast(T, value)
 
     async def run(
         self, call: Callable[Concatenate[UnitOfWork, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """``call(uow, *args, **kwargs)``, committed; its result once committed."""
-        return await to_thread.run_sync(functools.partial(self._run, call, *args, **kwargs))
+        return await to_thread.run_sync(
+            functools.partial(self._run, call, *args, **kwargs), limiter=self._limiter
+        )
 
     async def read(
         self, call: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """``call(session, *args, **kwargs)`` for a call that only reads."""
-        return await to_thread.run_sync(functools.partial(self._read, call, *args, **kwargs))
+        return await to_thread.run_sync(
+            functools.partial(self._read, call, *args, **kwargs), limiter=self._limiter
+        )
 
-    async def batches(
+    def batches(
         self,
-        call: Callable[Concatenate[Callable[[], UnitOfWork], P], T],
+        call: Callable[Concatenate[Callable[[], UnitOfWork], P], Generator[None, None, T]],
         /,
         *args: P.args,
         **kwargs: P.kwargs,
-    ) -> T:
+    ) -> Awaitable[T]:
         """``call(units, *args, **kwargs)`` for a call that commits several units of work, one
-        per batch, each made by ``units()`` (``bus.publish.replay.run``): its commits are its
-        own."""
-        return await to_thread.run_sync(
-            functools.partial(call, self._runtime.unit_of_work, *args, **kwargs)
-        )
+        per batch, each made by ``units()`` (``bus.publish.replay.steps``): its commits are its own,
+        and it runs by :meth:`steps`."""
+        return self.steps(call(self._runtime.unit_of_work, *args, **kwargs))
 
     def _run(
         self, call: Callable[Concatenate[UnitOfWork, P], T], /, *args: P.args, **kwargs: P.kwargs
@@ -102,8 +138,17 @@ class Work:
             return call(session, *args, **kwargs)
 
 
+def _step(steps: Generator[None, None, T]) -> tuple[bool, T | None]:
+    # StopIteration must not cross a thread into a coroutine (a Future refuses it).
+    try:
+        next(steps)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, None
+
+
 async def work(request: Request) -> Work:
-    return Work(request.app.state.runtime)
+    return Work(request.app.state.runtime, request.app.state.heavy_calls)
 
 
 async def current_principal(request: Request, _: Annotated[Any, Depends(_bearer)]) -> Principal:
@@ -135,10 +180,12 @@ async def json_body(request: Request) -> Any:
     return await _read_json(request, runtime.settings.max_body_bytes)
 
 
-async def batch_json_body(request: Request) -> Any:
-    """A batch's body as JSON, capped by ``EVENTBUS_MAX_BATCH_BODY_BYTES``."""
+async def read_batch_body(request: Request) -> bytes:
+    """A batch's body as bytes, capped by ``EVENTBUS_MAX_BATCH_BODY_BYTES``. Read by the route
+    once its heavy call is admitted (a refused call never brings up to 16 MiB into memory), and
+    parsed on a heavy thread (``api.limits.parse_batch_body``), never on the event loop."""
     runtime: Runtime = request.app.state.runtime
-    return await _read_json(request, runtime.settings.max_batch_body_bytes)
+    return await _read(request, runtime.settings.max_batch_body_bytes)
 
 
 async def get_group_commit(request: Request) -> GroupCommit:
@@ -147,6 +194,10 @@ async def get_group_commit(request: Request) -> GroupCommit:
 
 
 async def _read_json(request: Request, cap: int) -> Any:
+    return parse_json_body(await _read(request, cap))
+
+
+async def _read(request: Request, cap: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > cap:
         raise BodyTooLarge()
@@ -157,7 +208,7 @@ async def _read_json(request: Request, cap: int) -> Any:
         if size > cap:
             raise BodyTooLarge()
         chunks.append(chunk)
-    return parse_json_body(b"".join(chunks))
+    return b"".join(chunks)
 
 
 BusDep = Annotated[Runtime, Depends(get_bus)]
@@ -167,5 +218,4 @@ WorkDep = Annotated[Work, Depends(work)]
 SystemReader = Annotated[Principal, Depends(system_reader)]
 SystemWriter = Annotated[Principal, Depends(system_writer)]
 JsonBody = Annotated[Any, Depends(json_body)]
-BatchJsonBody = Annotated[Any, Depends(batch_json_body)]
 GroupCommitDep = Annotated[GroupCommit, Depends(get_group_commit)]

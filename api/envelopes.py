@@ -116,12 +116,22 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "`Event data too large` or `Request body too large`",
         422: "`Idempotency key reused with a different request`: the `Idempotency-Key` was "
         "used within its TTL for another body or path (a retry sends the same request)",
+        429: "`Too many concurrent requests`: the tenant's heavy calls (replays, batches, "
+        "big pages) are at their cap; retry after `Retry-After` seconds",
         500: "`Internal server error`",
     }
-    return {
+    documented = {
         c: {"model": ErrorEnvelope, "description": described[c], **_example(_ONLY_MESSAGE.get(c))}
         for c in codes
     }
+    if 429 in documented:
+        documented[429]["headers"] = {
+            "Retry-After": {
+                "description": "seconds to wait before trying again",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        }
+    return documented
 
 
 _ONLY_MESSAGE = {
@@ -129,6 +139,7 @@ _ONLY_MESSAGE = {
     404: "Event not found",
     409: "A request with this idempotency key is in progress",
     422: "Idempotency key reused with a different request",
+    429: "Too many concurrent requests",
     500: "Internal server error",
 }
 """The codes that carry one message whatever the cause: the document shows it as the example

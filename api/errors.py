@@ -26,13 +26,13 @@ def envelope(status_code: int, message: str, headers: dict[str, str] | None = No
     return JSONResponse({"success": False, "message": message}, status_code, headers=headers)
 
 
-def _bus_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _bus_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BusError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
     return envelope(exc.status_code, exc.message, headers)
 
 
-def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     # FastAPI's own validation (path/query types) never reaches a client as 422 + detail.
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
@@ -40,7 +40,7 @@ def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return envelope(400, f"Invalid {loc[-1]}" if loc else "Invalid request")
 
 
-def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
@@ -73,7 +73,7 @@ def _routes(routes: Iterable[Any]) -> Iterator[Route]:
             yield from _routes(included.routes)
 
 
-def _client_gone(request: Request, _exc: Exception) -> Response:
+async def _client_gone(request: Request, _exc: Exception) -> Response:
     # The client closed the connection before its body arrived: nobody reads this answer, and
     # it is no server error (it would feed the 5xx alert). 499 as nginx counts it.
     log.info(
@@ -83,7 +83,7 @@ def _client_gone(request: Request, _exc: Exception) -> Response:
     return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
-def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Not inside an ``except`` block: the traceback must be passed to reach the log.
     log.error(
         "unhandled error",
@@ -93,7 +93,7 @@ def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return envelope(500, "Internal server error")
 
 
-def _database_error(request: Request, exc: Exception) -> JSONResponse:
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     # A table or column missing is a schema behind this code (`eventbus migrate` not run yet):
     # a 503 to retry, as /readyz says; logged, as a wrong statement would raise the same.
     if not schema_missing(exc):
@@ -110,6 +110,8 @@ def _database_error(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """The error handlers, and the innermost middleware that answers what none of them takes
     (installed before ``create_app`` adds the others, so theirs wrap its 500)."""
+    # Every handler is ``async def``: Starlette runs a sync one on the request thread pool, so
+    # with that pool full (one tenant's load) even a 401 or a 503 would wait for a thread.
     app.add_exception_handler(BusError, _bus_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

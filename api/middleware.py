@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -112,7 +112,9 @@ class UnexpectedErrorMiddleware(_HttpMiddleware):
     closing the connection can tell the client, so the exception goes on.
     """
 
-    def __init__(self, app: ASGIApp, answer: Callable[[Request, Exception], Response]) -> None:
+    def __init__(
+        self, app: ASGIApp, answer: Callable[[Request, Exception], Awaitable[Response]]
+    ) -> None:
         super().__init__(app)
         self.answer = answer
 
@@ -130,4 +132,5 @@ class UnexpectedErrorMiddleware(_HttpMiddleware):
         except Exception as exc:
             if started:
                 raise
-            await self.answer(Request(scope), exc)(scope, receive, send)
+            response = await self.answer(Request(scope), exc)
+            await response(scope, receive, send)

@@ -8,13 +8,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from api.deps import (
-    BatchJsonBody,
     BusDep,
     GroupCommitDep,
     JsonBody,
     SystemReader,
     SystemWriter,
     WorkDep,
+    read_batch_body,
 )
 from api.envelopes import (
     BATCH_BODY_SCHEMA,
@@ -31,6 +31,7 @@ from api.envelopes import (
 )
 from api.idempotency import PARAMETER as IDEMPOTENCY_KEY_PARAMETER
 from api.idempotency import REPLAYED_HEADER, IdempotencyKey, answer, fingerprint, render
+from api.limits import parse_batch_body
 from api.params import EventIdPath, ListQueryDep, ListTenant, StatsQueryDep, TenantQuery
 from bus.delivery import status
 from bus.events.schemas import format_timestamp
@@ -43,7 +44,7 @@ router = APIRouter(prefix="/system/events", tags=["System Events"])
 @router.get(
     "",
     response_model=EventsPage,
-    responses=errors(400, 401, 403, 500),
+    responses=errors(400, 401, 403, 429, 500),
     summary="List Events",
 )
 async def list_events(
@@ -56,11 +57,16 @@ async def list_events(
     `limit` (and the `page` of that limit where its first event sits); ask for `page + 1` with
     that `limit` to go on.
 
+    A page whose `limit` is above `EVENTBUS_HEAVY_PAGE_LIMIT` (100) is a heavy call: a tenant
+    may have `EVENTBUS_HEAVY_CALLS_PER_TENANT` of them in flight at once; one more is `429 Too
+    many concurrent requests` with `Retry-After`.
+
     Every page carries `next_cursor`, null on the last one: `cursor=<it>` (with the same
     filters, without `page`) reads the page after it by keyset, so a walk by cursor returns
     each event once while new ones arrive. A page read by cursor answers `page` null.
     """
-    page = await work.read(listing.list_events, runtime.settings, caller, tenant_id, query)
+    async with work.heavy(caller, when=query.limit > runtime.settings.heavy_page_limit) as pages:
+        page = await pages.read(listing.list_events, runtime.settings, caller, tenant_id, query)
     # Each event was encoded once, as it was read; response_model stays for the document.
     return Response(page.body(), media_type="application/json")
 
@@ -156,7 +162,10 @@ async def publish_event(
     "/batch",
     status_code=201,
     response_model=EventsEnvelope,
-    responses={201: {"headers": REPLAYED_HEADER}, **errors(400, 401, 403, 409, 413, 422, 500)},
+    responses={
+        201: {"headers": REPLAYED_HEADER},
+        **errors(400, 401, 403, 409, 413, 422, 429, 500),
+    },
     summary="Publish Events",
     openapi_extra={
         "parameters": [IDEMPOTENCY_KEY_PARAMETER],
@@ -170,7 +179,6 @@ async def publish_events(
     request: Request,
     caller: SystemWriter,
     key: IdempotencyKey,
-    body: BatchJsonBody,
     runtime: BusDep,
     work: WorkDep,
     tenant_id: TenantQuery,
@@ -180,33 +188,42 @@ async def publish_events(
 
     Same rights and tenant rules as a publish. An invalid item refuses the whole batch with
     `events[<index>]: <the publish's message>`. An `Idempotency-Key` works as on a publish.
+    A body of more than `EVENTBUS_MAX_BATCH_JSON_VALUES` keys and values is `413`. A batch is a
+    heavy call, as a replay is (`429 Too many concurrent requests` beyond the caps).
     """
-    events = service.prepare_batch(
-        runtime.settings, caller, tenant_id, body, request_id=request.state.request_id
-    )
-    if key is not None:
-        envelope = {"success": True, "message": "Events published successfully"}
-        return answer(
-            await work.run(
-                service.publish_once,
-                runtime.settings,
-                key,
-                fingerprint(request, events, batch=True),
-                events,
-                lambda views: render({**envelope, "events": views}),
-            )
+    async with work.heavy(caller) as heavy:  # read once admitted, parsed off the event loop
+        raw = await read_batch_body(request)
+        body = await heavy.call(parse_batch_body, raw, runtime.settings.max_batch_json_values)
+        events = await heavy.call(
+            service.prepare_batch,
+            runtime.settings,
+            caller,
+            tenant_id,
+            body,
+            request_id=request.state.request_id,
         )
-    views = await work.run(service.store_published, events)
-    return JSONResponse(
-        {"success": True, "message": "Events published successfully", "events": views},
-        status_code=201,
-    )
+        if key is not None:
+            envelope = {"success": True, "message": "Events published successfully"}
+            return answer(
+                await heavy.run(
+                    service.publish_once,
+                    runtime.settings,
+                    key,
+                    await heavy.call(fingerprint, request, events, batch=True),
+                    events,
+                    lambda views: render({**envelope, "events": views}),
+                )
+            )
+        views = await heavy.run(service.store_published, events)
+        envelope = {"success": True, "message": "Events published successfully"}
+        content = await heavy.call(render, {**envelope, "events": views})  # up to 16 MiB
+    return Response(content, status_code=201, media_type="application/json")
 
 
 @router.post(
     "/replay",
     response_model=ReplayEnvelope,
-    responses=errors(400, 401, 403, 413, 500),
+    responses=errors(400, 401, 403, 413, 429, 500),
     summary="Replay Events",
     openapi_extra={
         "requestBody": {
@@ -225,8 +242,13 @@ async def replay_events(
     Same rights and tenancy as a `PUT` (a system admin naming no tenant replays every
     tenant's). `dry_run: true` changes nothing and answers `Replay preview` with the count.
     An unknown body field is `Unknown body field`: a typo'd filter never widens a replay.
+
+    A replay is a heavy call: a tenant may have `EVENTBUS_HEAVY_CALLS_PER_TENANT` heavy calls
+    (replays, batches, pages above `EVENTBUS_HEAVY_PAGE_LIMIT`) in flight at once; one more is
+    `429 Too many concurrent requests`, with `Retry-After`.
     """
-    result = await work.batches(replay.replay, runtime.settings, caller, tenant_id, body)
+    async with work.heavy(caller) as heavy:
+        result = await heavy.batches(replay.replay, runtime.settings, caller, tenant_id, body)
     message = "Replay preview" if result.dry_run else "Events replayed successfully"
     return JSONResponse(
         {

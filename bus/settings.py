@@ -164,6 +164,34 @@ class Settings(BaseSettings):
         description="threads per API process running blocking work (DB, broker); more contend "
         "for the GIL",
     )
+    heavy_threads: int = Field(
+        1,
+        ge=1,
+        description="threads per API process for heavy calls (replays, pages above "
+        "`EVENTBUS_HEAVY_PAGE_LIMIT`, batch publishes), apart from `EVENTBUS_API_THREADS`; "
+        "more contend for the GIL with every light call",
+    )
+    heavy_calls_per_tenant: int = Field(
+        2,
+        ge=1,
+        description="heavy calls one tenant may have in flight per API process; more answer "
+        "429 with Retry-After",
+    )
+    heavy_calls_total: int = Field(
+        16,
+        ge=1,
+        description="heavy calls in flight per API process, running or waiting for a heavy "
+        "thread; more answer 429 with Retry-After",
+    )
+    heavy_page_limit: int = Field(
+        100, ge=1, description="a list page whose `limit` is above this is a heavy call"
+    )
+    max_batch_json_values: int = Field(
+        250_000,
+        ge=1,
+        description="JSON keys and values a batch body may hold, counted by the `[{,:` before "
+        "each (inside strings too): bounds its decoding cost (413 above it)",
+    )
     flower_basic_auth: str = Field(
         "", description="`user:password` (several: comma-separated) that `eventbus flower` requires"
     )

@@ -5,10 +5,16 @@ The database and the broker are asked at once, on a small thread pool, under one
 dependency that hangs rather than refuses makes the answer "down" (or the gauges missing) in
 bounded time instead of a hung probe. A lookup still stuck holds one pool thread until its own
 socket timeout ends it; with every thread stuck, later lookups time out in the queue.
+
+Nothing here waits on what requests use: the probes have their own threads (never the API's
+request pool, which one tenant's load may fill) and, on PostgreSQL, their own two connections
+(:func:`own_sessions`), and ``/readyz`` awaits :meth:`Probes.check` from the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -23,7 +29,7 @@ from bus.broker.queues import queue_name
 from bus.errors import SchemaNotCurrent
 from bus.events.schemas import MODULE_NAME
 from bus.observability.metrics import Backlog
-from bus.storage import count_store, event_store
+from bus.storage import count_store, db, event_store
 from bus.storage.migrate import SchemaCheck
 
 if TYPE_CHECKING:
@@ -34,6 +40,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 2.0
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="eventbus-probe")
+_askers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="eventbus-readyz")
+"""Where :meth:`Probes.check` waits for :meth:`Probes.readiness` (which waits on ``_pool``)."""
+PROBE_CONNECTIONS = 2
+
+
+def own_sessions(database_url: str, shared: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions on a pool of the probes' own (PostgreSQL): requests holding every connection of
+    theirs never leave a probe waiting for one. SQLite (one embedded process) shares."""
+    return db.own_sessions(database_url, shared, PROBE_CONNECTIONS, DEFAULT_TIMEOUT)
 
 
 class _Deadline:
@@ -83,6 +98,22 @@ class Probes:
         self._up: dict[str, bool] = {}
         self._lock = threading.Lock()
         self._schema = SchemaCheck()
+
+    async def check(self) -> Readiness:
+        """:meth:`readiness`, awaited from the event loop: its waiting happens on the probes'
+        threads, and an answer later than the timeout (every asker busy) is "all down"."""
+        future = _askers.submit(self.readiness)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self._timeout + 1)
+        except TimeoutError:
+            future.cancel()
+            down = {field.name: False for field in dataclasses.fields(Readiness)}
+            return Readiness(**down)
+
+    def close(self) -> None:
+        """Release the probes' own connections (made by :func:`own_sessions`; none when they
+        share the bus's)."""
+        db.release_own(self._sessions)
 
     def readiness(self) -> Readiness:
         """Both dependencies asked at once; each is up if it answered within the timeout.

@@ -7,13 +7,16 @@ with
 ``pending`` (the one write path, as a ``PUT``), commit, and then one message per module of the
 batch. A replay that stops half-way (a crash, the database) keeps the batches it committed: each
 of them is pending and sent, or left to the relay.
+
+:func:`steps` yields between batches: the API runs each on a heavy thread (``api.limits``) and
+lets go of it in between; ``eventbus replay`` runs them all in its own thread (:func:`run`).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -116,20 +119,35 @@ def replay(
     principal: Principal,
     tenant_param: str | None,
     body: Any,
-) -> Replayed:
+) -> Generator[None, None, Replayed]:
     """``POST /system/events/replay``: a writer's right, the list's tenancy (a system admin
-    naming no tenant replays in every tenant), then :func:`run`."""
+    naming no tenant replays in every tenant), then :func:`steps`: the API runs each step on
+    a thread of its own, so a long replay never holds one for its whole run."""
     require_writer(principal)
     tenant_id = resolve_tenant(principal, tenant_param, creating=False)
     logs.bind(tenant_id=tenant_id)
-    return run(units, settings, tenant_id, parse_replay(body))
+    return (yield from steps(units, settings, tenant_id, parse_replay(body)))
 
 
 def run(
     units: UnitsOfWork, settings: Settings, tenant_id: uuid.UUID | None, query: ReplayQuery
 ) -> Replayed:
+    """:func:`steps` run to their end in the caller's thread (``eventbus replay``)."""
+    walk = steps(units, settings, tenant_id, query)
+    while True:
+        try:
+            next(walk)
+        except StopIteration as stop:
+            result: Replayed = stop.value
+            return result
+
+
+def steps(
+    units: UnitsOfWork, settings: Settings, tenant_id: uuid.UUID | None, query: ReplayQuery
+) -> Generator[None, None, Replayed]:
     """Count the matches; unless a dry run, set up to ``query.max`` of them pending, oldest
-    first, one committed unit of work per batch (see the module's docstring).
+    first, one committed unit of work per batch (see the module's docstring). Yields after the
+    count and after each batch: nothing is held between steps (no session, no rows).
 
     The batches walk by keyset (past the last event of the batch before), so an event is
     replayed once even when it still matches once pending; an event a worker holds right now
@@ -145,6 +163,7 @@ def run(
     after: tuple[datetime, uuid.UUID] | None = None
     pending = StatusChange(EventStatus.PENDING)
     while replayed < query.max:
+        yield
         size = min(settings.dispatch_batch_size, query.max - replayed)
         with units() as uow:
             rows = event_queries.lock_for_replay(

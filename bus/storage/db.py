@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -87,3 +88,26 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+_own_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def own_sessions(
+    database_url: str, shared: sessionmaker[Session], size: int, timeout: float
+) -> sessionmaker[Session]:
+    """Sessions on a pool of ``size`` connections of their own (PostgreSQL), for a caller that
+    must never wait behind requests holding every connection of the shared pool (the probes).
+    SQLite (one embedded process) shares ``shared``."""
+    if not database_url.startswith("postgresql"):
+        return shared
+    engine = make_engine(database_url, pool_size=size, max_overflow=0, pool_timeout=timeout)
+    _own_engines.add(engine)
+    return make_sessionmaker(engine)
+
+
+def release_own(sessions: sessionmaker[Session]) -> None:
+    """Close the pool :func:`own_sessions` made for ``sessions`` (nothing for shared ones)."""
+    engine = sessions.kw.get("bind")
+    if isinstance(engine, Engine) and engine in _own_engines:
+        engine.dispose()

@@ -33,14 +33,14 @@ from bus.read.cursors import CURSOR_PATTERN
 from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
 
 OPERATIONS = {
-    ("get", "/system/events"): ("List Events", {"200", "400", "401", "403", "500"}),
+    ("get", "/system/events"): ("List Events", {"200", "400", "401", "403", "429", "500"}),
     ("post", "/system/events"): (
         "Publish Event",
         {"201", "400", "401", "403", "409", "413", "422", "500"},
     ),
     ("post", "/system/events/batch"): (
         "Publish Events",
-        {"201", "400", "401", "403", "409", "413", "422", "500"},
+        {"201", "400", "401", "403", "409", "413", "422", "429", "500"},
     ),
     ("put", "/system/events/{event_id}"): (
         "Update Event Status",
@@ -49,7 +49,7 @@ OPERATIONS = {
     ("get", "/system/events/stats"): ("Event Stats", {"200", "400", "401", "403", "500"}),
     ("post", "/system/events/replay"): (
         "Replay Events",
-        {"200", "400", "401", "403", "413", "500"},
+        {"200", "400", "401", "403", "413", "429", "500"},
     ),
     ("get", "/system/events/{event_id}"): (
         "Get Event",
@@ -86,6 +86,16 @@ def test_each_operation_is_described(document: dict[str, Any], method: str, path
     assert op["summary"] == summary
     assert op["description"]  # the route's docstring
     assert set(op["responses"]) == codes  # no FastAPI 422: only a reused Idempotency-Key
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [op for op, (_, codes) in OPERATIONS.items() if "429" in codes]
+)
+def test_a_429_says_when_to_retry(document: dict[str, Any], method: str, path: str) -> None:
+    refused = operation(document, method, path)["responses"]["429"]
+
+    assert "Too many concurrent requests" in refused["description"]
+    assert refused["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}
 
 
 def test_the_bearer_scheme(document: dict[str, Any]) -> None:

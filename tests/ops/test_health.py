@@ -5,15 +5,19 @@ own (the machine's Redis is never stopped)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
+from anyio import to_thread
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from bus.runtime import Runtime
+from bus.storage.db import make_engine
 from bus.storage.migrate import upgrade
 from tests.chaos.services import RedisServer, free_port
 from tests.conftest import (
@@ -162,3 +166,79 @@ def test_a_database_a_newer_release_migrated_is_ready(empty_db: str) -> None:
         response = client.get("/readyz")
     runtime.close()
     assert response.status_code == 200, response.text
+
+
+def test_probes_answer_while_every_request_thread_and_connection_is_taken(
+    database_url: str, redis_server: RedisServer
+) -> None:
+    # Given an API whose request threads (anyio's default limiter) are all taken, and whose
+    # bus holds every connection of its pool (2 here), as one tenant's load can make it
+    runtime = Runtime(make_settings(database_url, broker_url=redis_server.url, api_threads=2))
+    runtime.engine = make_engine(database_url, pool_size=2, max_overflow=0, pool_timeout=30)
+    held = [runtime.engine.connect() for _ in range(2)]
+    try:
+        # When the probes are asked, and a call without a token: each answers at once
+        answers = _ask_with_every_request_thread_taken(
+            runtime, "/healthz", "/readyz", "/system/events"
+        )
+    finally:
+        for connection in held:
+            connection.close()
+        runtime.close()
+    # Then live, ready (its own connection), and the refusal needed no thread either
+    assert answers["/healthz"].json() == {"success": True, "message": "ok"}
+    assert answers["/readyz"].status_code == 200, answers["/readyz"].text
+    assert answers["/system/events"].status_code == 401
+
+
+def test_a_broker_down_is_503_while_every_request_thread_is_taken(
+    database_url: str, redis_server: RedisServer
+) -> None:
+    runtime = Runtime(make_settings(database_url, broker_url=redis_server.url, api_threads=2))
+    redis_server.kill()
+    try:
+        answers = _ask_with_every_request_thread_taken(runtime, "/readyz")
+    finally:
+        runtime.close()
+    assert answers["/readyz"].status_code == 503
+    assert answers["/readyz"].json()["message"] == "Not ready: broker unreachable"
+
+
+def _ask_with_every_request_thread_taken(runtime: Runtime, *paths: str) -> dict[str, Any]:
+    """GET each path, at once, from threads of the test's own while the app's request threads
+    are all taken; fails unless all are answered within 3 s (a probe stuck behind requests
+    fails the test rather than hang it, and is answered once the threads are back)."""
+    answers: dict[str, Any] = {}
+    client = TestClient(create_app(runtime=runtime), raise_server_exceptions=False)
+    askers = [
+        threading.Thread(target=lambda p=path: answers.update({p: client.get(p)})) for path in paths
+    ]
+    with client:
+        assert client.portal is not None
+        borrowers = client.portal.call(_take_every_request_thread)
+        try:
+            started = time.monotonic()
+            for asker in askers:
+                asker.start()
+            for asker in askers:
+                asker.join(5)
+            assert time.monotonic() - started < 3, answers
+        finally:
+            client.portal.call(_give_back, borrowers)
+            for asker in askers:
+                asker.join(10)
+    return answers
+
+
+async def _take_every_request_thread() -> list[object]:
+    limiter = to_thread.current_default_thread_limiter()
+    borrowers = [object() for _ in range(int(limiter.total_tokens))]
+    for borrower in borrowers:
+        await limiter.acquire_on_behalf_of(borrower)
+    return borrowers
+
+
+async def _give_back(borrowers: list[object]) -> None:
+    limiter = to_thread.current_default_thread_limiter()
+    for borrower in borrowers:
+        limiter.release_on_behalf_of(borrower)
