@@ -208,8 +208,9 @@ def test_the_readme_examples_run_against_make_dev(tmp_path: Path) -> None:
     steps = [e for e in examples(README.read_text()) if e.how and not e.how.startswith("skip")]
     clone = _clone(tmp_path)
     env = _user_env(tmp_path)
-    # The clone's own checkout is what the editable install would import from the clone.
-    env["PYTHONPATH"] = str(clone)
+    # This checkout's code, as a clone's editable install imports it; never the clone's directory
+    # itself, so a module beside the user (./myapp) needs the README's PYTHONPATH=. as for them.
+    env["PYTHONPATH"] = str(ROOT)
     port = free_port()
     # Given make dev running in a fresh clone (make dev runs .venv/bin/eventbus dev)
     server, token = _start([str(BIN / "eventbus"), "dev", "--port", str(port)], env, clone)
