@@ -199,55 +199,79 @@ def _clone(tmp_path: Path) -> Path:
 
 
 def _start(argv: list[str], env: dict[str, str], clone: Path) -> tuple[Proc, str]:
+    """Start a dev bus; its token once it is ready (stopped if it never gets there)."""
     proc = Proc(argv, env, cwd=clone)
-    line = proc.wait_for_line("export EVENTBUS_TOKEN=", READY_TIMEOUT)
+    try:
+        line = proc.wait_for_line("export EVENTBUS_TOKEN=", READY_TIMEOUT)
+    except AssertionError:
+        proc.stop(signal.SIGKILL)
+        raise
     return proc, line.split("=", 1)[1].strip()
+
+
+class Walk:
+    """A newcomer in a fresh clone: make dev in one terminal, the examples in a second one."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.clone = _clone(tmp_path)
+        self.env = _user_env(tmp_path)
+        # This checkout's code, as a clone's editable install imports it; never the clone's
+        # directory, so a module beside the user (./myapp) needs the README's PYTHONPATH=. too.
+        self.env["PYTHONPATH"] = str(ROOT)
+        self.port = free_port()
+        # make dev runs .venv/bin/eventbus dev, once .venv is built
+        argv = [str(BIN / "eventbus"), "dev", "--port", str(self.port)]
+        self.server, self.token = _start(argv, self.env, self.clone)
+        self.terminal = Terminal(self.clone, self.env)
+
+    def close(self) -> None:
+        self.terminal.close()
+        self.server.stop(signal.SIGKILL)
+
+    def take(self, step: Example) -> None:
+        how = step.how or ""
+        body = _substitute(step.body, self.port, self.token)
+        context = f"{step.where} ({how}):\n{body}\n---\n"
+        if how.startswith("save "):
+            (self.clone / how.removeprefix("save ")).write_text(body + "\n")
+        elif how == "server":
+            # Ctrl-C in make dev's terminal, then the example's command there
+            assert self.server.stop(signal.SIGINT) == 0, context + self.server.output[-3000:]
+            self.server, _ = _start(["bash", "-c", body], self.env, self.clone)
+        else:
+            self._run(step, body, context)
+            if expected := EXPECT_LOG.match(how):
+                self.server.wait_for_output(expected["text"], 10.0)
+
+    def _run(self, step: Example, body: str, context: str) -> None:
+        if step.lang in PYTHON:
+            (self.clone / "example.py").write_text(body + "\n")
+            command = "python example.py < /dev/null"
+        else:
+            script = self.tmp_path / f"step-{step.line}.sh"
+            script.write_text(body + "\n")
+            command = f"source {script} < /dev/null"
+        try:
+            output = self.terminal.run(command)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{context}{exc}\n--- make dev:\n{self.server.output[-3000:]}"
+            ) from None
+        codes = HTTP_CODE.findall(output)
+        if "curl " in body:
+            assert codes, f"{context}no curl call answered:\n{output}"
+        assert all(code.startswith("2") for code in codes), f"{context}{output}"
 
 
 def test_the_readme_examples_run_against_make_dev(tmp_path: Path) -> None:
     steps = [e for e in examples(README.read_text()) if e.how and not e.how.startswith("skip")]
-    clone = _clone(tmp_path)
-    env = _user_env(tmp_path)
-    # This checkout's code, as a clone's editable install imports it; never the clone's directory
-    # itself, so a module beside the user (./myapp) needs the README's PYTHONPATH=. as for them.
-    env["PYTHONPATH"] = str(ROOT)
-    port = free_port()
-    # Given make dev running in a fresh clone (make dev runs .venv/bin/eventbus dev)
-    server, token = _start([str(BIN / "eventbus"), "dev", "--port", str(port)], env, clone)
-    terminal = Terminal(clone, env)
+    # Given make dev running in a fresh clone
+    walk = Walk(tmp_path)
     try:
-        # When each example runs in order, as the README says
         for step in steps:
-            body = _substitute(step.body, port, token)
-            context = f"{step.where} ({step.how}):\n{body}\n---\n"
-            if step.how.startswith("save "):
-                (clone / step.how.removeprefix("save ")).write_text(body + "\n")
-                continue
-            if step.how == "server":
-                # Ctrl-C, then the example's command in make dev's terminal
-                assert server.stop(signal.SIGINT) == 0, context + server.output[-3000:]
-                server, _ = _start(["bash", "-c", body], env, clone)
-                continue
-            if step.lang in PYTHON:
-                (clone / "example.py").write_text(body + "\n")
-                command = "python example.py < /dev/null"
-            else:
-                script = tmp_path / f"step-{step.line}.sh"
-                script.write_text(body + "\n")
-                command = f"source {script} < /dev/null"
-            try:
-                output = terminal.run(command)
-            except AssertionError as exc:
-                raise AssertionError(
-                    f"{context}{exc}\n--- make dev:\n{server.output[-3000:]}"
-                ) from None
-            # Then it succeeds, and every HTTP call answered 2xx
-            codes = HTTP_CODE.findall(output)
-            if "curl " in body:
-                assert codes, f"{context}no curl call answered:\n{output}"
-            assert all(code.startswith("2") for code in codes), f"{context}{output}"
-            if expected := EXPECT_LOG.match(step.how):
-                server.wait_for_output(expected["text"], 10.0)
+            # When each example runs in order, as the README says
+            # Then it succeeds, every HTTP call answers 2xx, and the bus logs what it says
+            walk.take(step)
     finally:
-        terminal.close()
-        server.stop(signal.SIGKILL)
+        walk.close()
