@@ -223,7 +223,11 @@ class Walk:
         # make dev runs .venv/bin/eventbus dev, once .venv is built
         argv = [str(BIN / "eventbus"), "dev", "--port", str(self.port)]
         self.server, self.token = _start(argv, self.env, self.clone)
-        self.terminal = Terminal(self.clone, self.env)
+        try:
+            self.terminal = Terminal(self.clone, self.env)
+        except BaseException:
+            self.server.stop(signal.SIGKILL)
+            raise
 
     def close(self) -> None:
         self.terminal.close()
