@@ -25,7 +25,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix bus api workers eventbus tests
 	$(BIN)/ruff format bus api workers eventbus tests
 
-check: lint  ## the fast loop: lint, types, import contracts, unit and contract tests but the property ones, in 2 processes
+check: lint  ## the fast loop, ~1.5 min (needs PostgreSQL): lint, types, import contracts, unit and contract tests but the property ones, in 2 processes
 	$(BIN)/pytest -q -x -n 2 -m "not slow" tests/unit tests/contract
 
 test: lint  ## needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1 (.ci/run starts them)
