@@ -24,33 +24,26 @@ from bus.broker import deadletter
 from bus.broker.queues import queue_name
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.conftest import REDIS_URL, TokenFactory
-from tests.hostile.broker_payloads import (
+from tests.support.broker_payloads import (
     body_of,
     redis_payloads,
     task_headers,
     valid_item,
     valid_traced_item,
 )
-from tests.integration import conftest as integration
-from tests.integration.conftest import (
-    BIN,
-    RABBITMQ_URL,
-    WorkerFactory,
-    free_port,
-    publish,
-    settings_env,
-    wait_for,
-    wait_for_status,
-)
-from tests.procs import Proc
+from tests.support.processes import BIN, Proc, free_port, settings_env, wait_for
+from tests.support.services import RABBITMQ_URL, REDIS_URL
+from tests.support.tokens import TokenFactory
+from tests.support.workers import WORKER_SETTINGS, WorkerFactory, publish, wait_for_status
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("effects")]
 
-# The integration suite's fixtures: its settings (test handlers, no metrics port) and workers.
-settings = integration.settings
-start_worker = integration.start_worker
-effects = integration.effects
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """The integration suite's: the test handlers, fast retries, no metrics port."""
+    return dict(WORKER_SETTINGS)
+
 
 REAL_EVENTS = 20
 REJECTED_LINE = '"message": "rejected a message on '

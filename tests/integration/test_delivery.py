@@ -14,16 +14,10 @@ from bus.broker.dispatch import Dispatch
 from bus.broker.queues import queue_name
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.conftest import REDIS_URL, TokenFactory, auth
-from tests.integration.conftest import (
-    BIN,
-    WorkerFactory,
-    effects_of,
-    load,
-    publish,
-    settings_env,
-    wait_for_status,
-)
+from tests.support.processes import BIN, settings_env
+from tests.support.services import REDIS_URL
+from tests.support.tokens import TokenFactory, auth
+from tests.support.workers import WorkerFactory, effects_of, load, publish, wait_for_status
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,9 @@ from fastapi.testclient import TestClient
 
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
-from tests.integration.conftest import (
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.tokens import TokenFactory, auth
+from tests.support.workers import (
     FAST_RETRIES,
     WorkerFactory,
     effects_of,
