@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -58,6 +57,18 @@ def assert_same_worker(worker: Proc, pid: int) -> None:
     assert worker.popen.pid == pid
     assert "Unrecoverable error" not in worker.output
     assert worker.output.count(" ready.") == 1, "the worker restarted its consumer"
+
+
+def dead_count(dead: str) -> int:
+    """The messages ready on a RabbitMQ dead-letter queue (0 while it is not declared)."""
+    with Connection(RABBITMQ_URL, connect_timeout=5) as conn:
+        channel = conn.channel()
+        try:
+            return int(channel.queue_declare(dead, passive=True).message_count)
+        except conn.channel_errors:  # not declared yet
+            return 0
+        finally:
+            channel.close()
 
 
 def rejected_total(port: int, queue: str) -> float:
@@ -272,17 +283,7 @@ def test_every_hostile_amqp_message_is_refused_and_the_worker_goes_on(
                 content_encoding=values.get("content_encoding") or "binary",
                 headers=values.get("headers") or {},
             )
-
-        def dead_count() -> int:
-            channel = conn.channel()
-            try:
-                return int(channel.queue_declare(dead, passive=True).message_count)
-            except conn.channel_errors:  # not declared yet
-                return 0
-            finally:
-                channel.close()
-
-        wait_for(lambda: dead_count() == len(payloads), 60, "not every message was dead-lettered")
+    wait_for(lambda: dead_count(dead) == len(payloads), 60, "not every message was dead-lettered")
     # Then each was refused on one line, and real events are processed by the same worker
     assert len(rejected_lines(worker)) == len(payloads)
     rabbit_bus = Runtime(rabbit_settings)
@@ -298,6 +299,7 @@ def test_every_hostile_amqp_message_is_refused_and_the_worker_goes_on(
     # And the CLI lists them (leaving them in place) and purges them
     listed = dead_letters_cli(rabbit_settings, "warehouse", "--limit", "5")
     assert len(listed) == 5 and all(json.loads(line)["reason"] != "?" for line in listed)
-    time.sleep(0.5)  # the listing's unacknowledged fetches go back as its channel closes
+    # (the listing's unacknowledged fetches go back to the queue as its channel closes)
+    wait_for(lambda: dead_count(dead) == len(payloads), 10, "the listed messages never returned")
     purged = dead_letters_cli(rabbit_settings, "warehouse", "--purge")
     assert purged == [f"purged {len(payloads)} from {dead}"]

@@ -24,6 +24,15 @@ def _messages(settings: Settings, module: str) -> list[bytes]:
         client.close()
 
 
+def queue_length(name: str) -> int:
+    """How many messages the Redis list ``name`` holds."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return int(client.llen(name))
+    finally:
+        client.close()
+
+
 def queued(settings: Settings, module: str) -> list[list[str]]:
     """The id lists of the messages waiting on a module's Redis queue, oldest first."""
     messages = [json.loads(m) for m in reversed(_messages(settings, module))]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -10,11 +11,14 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
+from bus.broker.celery_app import make_celery
+from bus.broker.queues import queue_name
 from bus.runtime import Runtime
 from bus.settings import Settings
 from bus.storage.models import SystemEvent
 from tests.support.factories import SEED_PUBLISH_BODY
 from tests.support.processes import Proc, eventbus, settings_env, wait_for
+from tests.support.queues import queue_length
 from tests.support.tokens import auth
 
 HANDLERS = "tests.support.handlers"
@@ -60,6 +64,43 @@ def run_worker(
         proc.stop()
         raise
     return proc
+
+
+def worker_node(worker: Proc) -> str:
+    """The Celery node name of an ``eventbus worker`` subprocess (workers/worker.py)."""
+    return f"eventbus-{worker.popen.pid}@{socket.gethostname()}"
+
+
+def worker_answers(worker: Proc, settings: Settings) -> bool:
+    """Whether the worker answers a Celery ping: its consumer is up."""
+    app = make_celery(settings)
+    try:
+        return bool(app.control.ping(destination=[worker_node(worker)], timeout=0.5))
+    finally:
+        app.close()
+
+
+def wait_for_idle(worker: Proc, settings: Settings, modules: list[str], timeout: float) -> None:
+    """Wait until the worker holds no task (none running, prefetched or waiting for its ETA, as
+    it answers Celery's ``inspect``) and its modules' queues are empty, twice in a row (a
+    message between a queue and the worker is in neither): nothing more can run unless sent."""
+    app = make_celery(settings)
+    inspect = app.control.inspect(destination=[worker_node(worker)], timeout=1.0)
+    streak = [0]
+
+    def idle() -> bool:
+        held = [inspect.active(), inspect.reserved(), inspect.scheduled()]
+        empty = all(answer and not any(answer.values()) for answer in held)
+        empty = empty and all(
+            queue_length(queue_name(m, settings.queue_prefix)) == 0 for m in modules
+        )
+        streak[0] = streak[0] + 1 if empty else 0
+        return streak[0] >= 2
+
+    try:
+        wait_for(idle, timeout, f"the worker for {modules} never went idle", interval=0.1)
+    finally:
+        app.close()
 
 
 def load(runtime: Runtime, event_id: str | uuid.UUID) -> SystemEvent:
