@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 import tracemalloc
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +26,13 @@ from bus.read import listing
 from bus.runtime import Runtime
 from bus.settings import Settings
 from tests.support.envelope import assert_envelope
-from tests.support.factories import SEED_PUBLISH_BODY, event_values, make_event, make_events
+from tests.support.factories import (
+    NO_SUCH_EVENT,
+    SEED_PUBLISH_BODY,
+    event_values,
+    make_event,
+    make_events,
+)
 from tests.support.forged_tokens import claims, hs256
 from tests.support.services import make_settings
 from tests.support.tokens import TENANT_A, TEST_SECRET, TokenFactory, auth
@@ -287,7 +292,7 @@ def test_a_tenant_id_is_a_canonical_uuid(
         ("POST", EVENTS, '{"event_data": {"qty": 1, "qty": -1}}'),
         ("POST", f"{EVENTS}/batch", '{"events": [{"a": 1, "b": {"c": 1, "c": 2}}]}'),
         ("POST", f"{EVENTS}/batch", '{"events": [], "events": [{}]}'),
-        ("PUT", f"{EVENTS}/{uuid.uuid4()}", '{"status": "failed", "status": "processed"}'),
+        ("PUT", f"{EVENTS}/{NO_SUCH_EVENT}", '{"status": "failed", "status": "processed"}'),
         ("POST", f"{EVENTS}/replay", '{"dry_run": true, "dry_run": false}'),
     ],
     ids=["publish", "event_data", "batch item", "batch", "put", "replay"],
@@ -361,7 +366,7 @@ def test_a_trailing_slash_is_a_404_without_redirect(client: TestClient, h: dict[
     [
         ("DELETE", EVENTS, "GET, POST"),
         ("OPTIONS", EVENTS, "GET, POST"),
-        ("PATCH", f"{EVENTS}/{uuid.uuid4()}", "GET, PUT"),
+        ("PATCH", f"{EVENTS}/{NO_SUCH_EVENT}", "GET, PUT"),
         ("POST", f"{EVENTS}/stats", "GET"),  # a concrete path wins over /{event_id}
         ("PUT", EVENTS, "GET, POST"),
         # concrete paths the /{event_id} template also matches: an operation, not an event

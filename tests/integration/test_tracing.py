@@ -4,8 +4,8 @@ The API runs in this process (its spans go to the SDK's in-memory exporter, thro
 ``bus.observability.tracing.use``); the worker is a subprocess, so its spans cannot reach that
 exporter: it
 exports them with the SDK's own OTLP/HTTP exporter, configured only by the standard ``OTEL_*``
-variables, to a tiny receiver in this process (``tests/support/spans.py``). The test then joins the two
-sets by trace and span ids, as a tracing backend would.
+variables, to a tiny receiver in this process (``tests/support/spans.py``). The test then joins
+the two sets by trace and span ids, as a tracing backend would.
 """
 
 from __future__ import annotations
