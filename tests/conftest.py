@@ -1,71 +1,54 @@
-"""Shared fixtures: a real PostgreSQL database of the tests' own, clean tables per test,
-an app over it, and tokens."""
+"""Every fixture the suites share, declared here only and built from :mod:`tests.support`:
+a real PostgreSQL database of the run's own, settings, clean tables per test, an app over them,
+tokens, and real workers. A suite may add fixtures of its own; none imports another's conftest.
+
+A test's settings come from one fixture, ``settings``; a suite or a module changes them by
+overriding ``settings_overrides`` (a dict of fields), never ``settings`` itself.
+"""
 
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from api.app import create_app
-from bus.auth import mint_token
 from bus.observability import metrics
 from bus.runtime import Runtime
-from bus.settings import Environment, Settings
+from bus.settings import Settings
 from bus.storage.migrate import upgrade
-
-PG_ADMIN_URL = os.environ.get("EVENTBUS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("EVENTBUS_TEST_REDIS", "redis://127.0.0.1:6379/0")
-TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
-TENANT_A = uuid.UUID("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa")
-TENANT_B = uuid.UUID("bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb")
-NO_SUCH_EVENT = "3f0c2a8e-5b1d-4c7e-9a64-1d2e3f4a5b6c"
-"""An id no test stores: fixed, so parametrized test ids are the same in every process
-(``make check`` splits the tests between two with pytest-xdist)."""
-
-
-def _database_url(name: str) -> str:
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    return f"{base}/{name}"
+from tests.support.processes import Proc
+from tests.support.queues import drop_queues
+from tests.support.services import create_database, drop_database, make_settings
+from tests.support.tokens import TokenFactory, auth, make_token
+from tests.support.workers import WorkerFactory, create_effects_table, run_worker
 
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    """A database of this test run's own, migrated with Alembic, dropped at the end."""
+    """A database of this test run's own, migrated with Alembic, dropped at the end; made only
+    when a test asks for it (unit tests never do)."""
     name = f"eventbus_test_{os.getpid()}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = _database_url(name)
+    url = create_database(name)
     upgrade(url)
     yield url
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def make_settings(database_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "env": Environment.TEST,
-        "database_url": database_url,
-        "broker_url": REDIS_URL,
-        "jwt_secret": TEST_SECRET,
-        "queue_prefix": f"t{uuid.uuid4().hex[:8]}.",
-    }
-    values.update(overrides)
-    return Settings(**values)
+    drop_database(name)
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
+def settings_overrides() -> dict[str, Any]:
+    """The fields a suite or module changes in its tests' settings (none here)."""
+    return {}
+
+
+@pytest.fixture
+def settings(database_url: str, settings_overrides: dict[str, Any]) -> Settings:
     """Settings for one test: its own queue prefix, so queues never mix between tests."""
-    return make_settings(database_url)
+    return make_settings(database_url, **settings_overrides)
 
 
 @pytest.fixture(autouse=True)
@@ -85,24 +68,7 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
         conn.execute(text("TRUNCATE system_events, event_attempts"))  # and their minutes (trigger)
     yield instance
     instance.close()
-    _drop_queues(settings.queue_prefix)
-
-
-def _drop_queues(prefix: str) -> None:
-    """Remove the test's Redis queues and kombu's bindings for them (``_kombu.binding.`` and,
-    since kombu 5.7, ``_kombu.binding_permanent.``): one SCAN, a thousand keys a step, as a
-    test's teardown must not cost a round trip per ten keys of whatever else Redis holds."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [
-            key
-            for key in client.scan_iter(match=f"*{prefix}*", count=1000)
-            if key.startswith(prefix.encode()) or key.startswith(b"_kombu.binding")
-        ]
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    drop_queues(settings.queue_prefix)
 
 
 @pytest.fixture
@@ -111,47 +77,41 @@ def client(runtime: Runtime) -> Iterator[TestClient]:
         yield c
 
 
-TokenFactory = Callable[..., str]
-
-
 @pytest.fixture
 def token() -> TokenFactory:
     """``token(tenant=TENANT_A, permissions=["manage:system"], admin=False, system=False)``."""
+    return make_token
 
-    def make(
-        tenant: uuid.UUID | None = TENANT_A,
-        permissions: list[str] | None = None,
+
+@pytest.fixture
+def h(token: TokenFactory) -> dict[str, str]:
+    """The headers of a manage:system user of tenant A."""
+    return auth(token())
+
+
+@pytest.fixture
+def effects(database_url: str) -> None:
+    """The table the test handlers write to, empty for the test."""
+    create_effects_table(database_url)
+
+
+@pytest.fixture
+def start_worker(settings: Settings) -> Iterator[WorkerFactory]:
+    """``start_worker(modules="warehouse", pool="prefork", concurrency=2, worker_settings=...)``:
+    an ``eventbus worker`` subprocess, returned once it consumes; stopped after the test."""
+    started: list[Proc] = []
+
+    def start(
+        modules: str | None = None,
         *,
-        admin: bool = False,
-        system: bool = False,
-        ttl: int = 3600,
-    ) -> str:
-        return mint_token(
-            TEST_SECRET,
-            sub="tester",
-            tenant_id=tenant,
-            permissions=["manage:system"] if permissions is None else permissions,
-            is_system_admin=admin,
-            token_type="system" if system else "user",
-            ttl_seconds=ttl,
-        )
+        pool: str = "prefork",
+        concurrency: int = 2,
+        worker_settings: Settings | None = None,
+    ) -> Proc:
+        proc = run_worker(worker_settings or settings, modules, pool=pool, concurrency=concurrency)
+        started.append(proc)
+        return proc
 
-    return make
-
-
-def auth(tok: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {tok}"}
-
-
-SEED_PUBLISH_BODY = {
-    "event_type": "inventory_updated",
-    "source_module": "inventory",
-    "target_module": "warehouse",
-    "entity_type": "inventory_item",
-    "entity_id": "item-uuid-1",
-    "event_data": {
-        "previous_quantity": 100,
-        "new_quantity": 95,
-        "warehouse_id": "warehouse-uuid-1",
-    },
-}
+    yield start
+    for proc in started:
+        proc.stop()

@@ -3,7 +3,7 @@ factory of :class:`Stack`, stopped after each scenario."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bus.storage.migrate import upgrade
-from tests.chaos.harness import Stack
+from tests.chaos.harness import Stack, StackFactory
 from tests.chaos.ledger import LEDGER_TABLES
-from tests.chaos.services import PostgresCluster
+from tests.support.servers import PostgresCluster
 
 DATABASE = "chaos"
 
@@ -32,9 +32,6 @@ def pg() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.stop()
-
-
-StackFactory = Callable[..., Stack]
 
 
 @pytest.fixture

@@ -31,9 +31,9 @@ from bus.publish import service
 from bus.runtime import Runtime
 from bus.settings import Environment, Settings
 from tests.chaos.ledger import LEDGER_TRUNCATE, MODULES, POISON_MODULE
-from tests.chaos.services import PostgresCluster, RedisServer, free_port, wait_until
-from tests.conftest import TEST_SECRET
-from tests.integration.conftest import BIN, Proc, settings_env
+from tests.support.processes import BIN, Proc, free_port, settings_env, wait_for
+from tests.support.servers import PostgresCluster, RedisServer
+from tests.support.tokens import TEST_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).with_name("last_run.json")
@@ -271,7 +271,7 @@ class Stack:
         proc = Proc(command, self.env(**env))
         self.procs[name] = proc
         self.every_proc.append(proc)
-        wait_until(lambda: self._api_answers(proc), 30, "the API to answer")
+        wait_for(lambda: self._api_answers(proc), 30, "the API to answer")
         return proc
 
     def _api_answers(self, proc: Proc) -> bool:
@@ -334,7 +334,7 @@ class Stack:
                 ).first()
             return found is not None
 
-        wait_until(in_window, timeout, f"an outside effect in flight in {name}", interval=0.01)
+        wait_for(in_window, timeout, f"an outside effect in flight in {name}", interval=0.01)
 
     def kill_redis(self) -> None:
         self.faults.append(time.time())
@@ -471,7 +471,7 @@ class Stack:
             return int(conn.execute(text(sql)).scalar_one())
 
     def wait_processed(self, at_least: int, timeout: float = 60) -> None:
-        wait_until(
+        wait_for(
             lambda: self._safe_count("status = 'processed'") >= at_least,
             timeout,
             f"{at_least} events processed",
@@ -492,19 +492,19 @@ class Stack:
             return total >= at_least and self._safe_count(f"NOT ({FINAL})") == 0
 
         try:
-            wait_until(final, timeout, "every event to be final", interval=0.25)
-        except TimeoutError as exc:
+            wait_for(final, timeout, "every event to be final", interval=0.25)
+        except AssertionError as exc:
             raise AssertionError(f"{exc}: {self._unsettled()}\n{self._tails()}") from None
         client = redis.Redis.from_url(self.redis.url)
         queues = [queue_name(m, self.settings.queue_prefix) for m in (*MODULES, POISON_MODULE)]
         try:
-            wait_until(
+            wait_for(
                 lambda: sum(int(client.llen(q)) for q in queues) == 0,
                 30,
                 "the queues to drain",
                 interval=0.25,
             )
-        except TimeoutError as exc:
+        except AssertionError as exc:
             depths = {q: int(client.llen(q)) for q in queues}
             raise AssertionError(f"{exc}: {depths}\n{self._tails()}") from None
         finally:
@@ -637,6 +637,10 @@ class Stack:
         early = [a for a, t, _ in runs if last_fault is not None and t <= last_fault + 1.0]
         if cut > len(early):
             counts.problems.append(f"{event_id}: cut short after the last fault: {runs}")
+
+
+StackFactory = Callable[..., Stack]
+"""``stack(**settings)``: the chaos suite's fixture making a :class:`Stack`."""
 
 
 @dataclass

@@ -15,9 +15,8 @@ import time
 import pytest
 from kombu import Connection
 
-from tests.chaos.conftest import StackFactory
-from tests.chaos.harness import plan
-from tests.chaos.services import PostgresCluster
+from tests.chaos.harness import StackFactory, plan
+from tests.support.servers import PostgresCluster
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 

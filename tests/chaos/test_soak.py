@@ -8,9 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.chaos.conftest import StackFactory
-from tests.chaos.harness import Stack, plan
-from tests.chaos.services import PostgresCluster
+from tests.chaos.harness import Stack, StackFactory, plan
+from tests.support.servers import PostgresCluster
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(1200)]
 

@@ -19,18 +19,11 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from bus.runtime import Runtime
-from tests.conftest import (
-    NO_SUCH_EVENT,
-    SEED_PUBLISH_BODY,
-    TENANT_A,
-    TENANT_B,
-    TEST_SECRET,
-    TokenFactory,
-    auth,
-    make_settings,
-)
-from tests.contract.factories import assert_error, make_event
-from tests.contract.tokens import claims, hs256, hs512, unsigned, with_payload
+from tests.support.envelope import assert_envelope
+from tests.support.factories import NO_SUCH_EVENT, SEED_PUBLISH_BODY, make_event
+from tests.support.forged_tokens import claims, hs256, hs512, unsigned, with_payload
+from tests.support.services import make_settings
+from tests.support.tokens import TENANT_A, TENANT_B, TEST_SECRET, TokenFactory, auth
 
 EVENTS = "/system/events"
 SECRET = TEST_SECRET.encode()
@@ -120,7 +113,7 @@ def test_matrix(
     expected = EXPECTED[method][kind][0 if where == OWN else 1]
     assert response.status_code == expected, response.text
     if expected >= 400:
-        assert_error(response, expected, error_message(expected, kind))
+        assert_envelope(response, expected, error_message(expected, kind))
         assert (response.headers.get("www-authenticate") == "Bearer") == (expected == 401)
         return
     body_out = response.json()
@@ -178,12 +171,12 @@ def test_a_system_admin_publishing_needs_a_tenant_from_somewhere(
     # Given a system admin whose token names no tenant
     h = auth(token(None, [], admin=True))
     # When it publishes naming none, then the tenant is a required field
-    assert_error(
+    assert_envelope(
         client.post(EVENTS, headers=h, json=SEED_PUBLISH_BODY), 400, "Field required tenant_id"
     )
     # And an empty one is no tenant either
     response = client.post(EVENTS, headers=h, params={"tenant_id": ""}, json=SEED_PUBLISH_BODY)
-    assert_error(response, 400, "Field required tenant_id")
+    assert_envelope(response, 400, "Field required tenant_id")
 
 
 def test_a_system_admin_publishing_without_tenant_id_uses_its_tokens(
@@ -203,7 +196,7 @@ def test_another_tenants_event_does_not_exist_for_a_writer(
 
     for h in (auth(token(TENANT_B)), auth(token(TENANT_B, [], system=True))):
         response = client.put(f"{EVENTS}/{event['id']}", headers=h, json={"status": "processed"})
-        assert_error(response, 404, "Event not found")
+        assert_envelope(response, 404, "Event not found")
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT"])
@@ -214,7 +207,7 @@ def test_a_caller_without_a_tenant_and_not_admin_acts_nowhere(
 
     response = client.request(method, path, headers=auth(token(None)), json=SEED_PUBLISH_BODY)
 
-    assert_error(response, 403, "Insufficient permissions")
+    assert_envelope(response, 403, "Insufficient permissions")
 
 
 @pytest.mark.parametrize(
@@ -228,9 +221,9 @@ def test_permission_is_checked_before_the_body_is_read(
     for raw in (b"not json", b" " * (2 * 1024 * 1024)):
         # When it is sent, then the answer is about the caller, not the body
         response = client.request(method, path, headers=h, content=raw)
-        assert_error(response, 403, "Insufficient permissions")
+        assert_envelope(response, 403, "Insufficient permissions")
     # And without any token it is 401 first
-    assert_error(client.request(method, path, content=b"x"), 401, "Authentication required")
+    assert_envelope(client.request(method, path, content=b"x"), 401, "Authentication required")
 
 
 def test_a_permission_of_another_name_is_not_manage_system(
@@ -238,14 +231,14 @@ def test_a_permission_of_another_name_is_not_manage_system(
 ) -> None:
     for permissions in (["read:system"], ["manage:systems"], ["MANAGE:SYSTEM"], ["manage"]):
         response = client.get(EVENTS, headers=auth(token(permissions=permissions)))
-        assert_error(response, 403, "Insufficient permissions")
+        assert_envelope(response, 403, "Insufficient permissions")
 
 
 # --- Tokens that must not get in -------------------------------------------------------------
 
 
 def assert_invalid_token(response: Any) -> None:
-    assert_error(response, 401, "Invalid token")
+    assert_envelope(response, 401, "Invalid token")
     assert response.headers["www-authenticate"] == "Bearer"
 
 

@@ -4,7 +4,6 @@ module) and group commit of concurrent single publishes."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import uuid
 from collections import Counter
@@ -12,16 +11,16 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import event as sa_event
 from sqlalchemy import text
 
 from api.app import create_app
-from bus.broker.queues import PROCESS_EVENTS_TASK, queue_name
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.conftest import REDIS_URL, SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.queues import queued
+from tests.support.tokens import TENANT_A, TENANT_B, TokenFactory, auth
 
 BATCH = "/system/events/batch"
 EVENT_FIELDS = list(json.loads(json.dumps(SEED_PUBLISH_BODY)))
@@ -29,18 +28,6 @@ EVENT_FIELDS = list(json.loads(json.dumps(SEED_PUBLISH_BODY)))
 
 def item(n: int, module: str = "warehouse", **over: Any) -> dict[str, Any]:
     return {**SEED_PUBLISH_BODY, "target_module": module, "entity_id": f"item-{n}", **over}
-
-
-def queued(settings: Settings, module: str) -> list[list[str]]:
-    """The id lists of the messages waiting on a module's Redis queue, oldest first."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        raw = client.lrange(queue_name(module, settings.queue_prefix), 0, -1)
-    finally:
-        client.close()
-    messages = [json.loads(m) for m in reversed(raw)]
-    assert all(m["headers"]["task"] == PROCESS_EVENTS_TASK for m in messages)
-    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
 
 
 def count(runtime: Runtime) -> int:

@@ -21,8 +21,8 @@ from bus.runtime import Runtime
 from bus.storage import count_store, event_store
 from bus.storage.db import transaction
 from bus.storage.models import EventStatus
-from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B
-from tests.contract.factories import event_values
+from tests.support.factories import SEED_PUBLISH_BODY, event_values
+from tests.support.tokens import TENANT_A, TENANT_B
 
 FILTERS = ("event_type", "source_module", "target_module", "status", "entity_type")
 VALUES = {

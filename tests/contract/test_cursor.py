@@ -15,8 +15,10 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from bus.auth import mint_token
 from bus.runtime import Runtime
-from tests.conftest import TENANT_A, TENANT_B, TokenFactory, auth, make_settings
-from tests.contract.factories import assert_error, event_values, make_events
+from tests.support.envelope import assert_envelope
+from tests.support.factories import event_values, make_events
+from tests.support.services import make_settings
+from tests.support.tokens import TENANT_A, TENANT_B, TokenFactory, auth
 
 EVENTS = "/system/events"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -204,11 +206,6 @@ def test_a_cut_page_by_cursor_still_walks_every_event_once(
 
 
 @pytest.fixture
-def h(token: TokenFactory) -> dict[str, str]:
-    return auth(token())
-
-
-@pytest.fixture
 def cursor(client: TestClient, runtime: Runtime, h: dict[str, str]) -> str:
     """A good cursor of tenant A, no filters, over 5 events at limit 2."""
     make_events(runtime, (event_values(created_at=T0 + timedelta(seconds=i)) for i in range(5)))
@@ -231,7 +228,7 @@ def test_every_altered_character_is_an_invalid_cursor(
         other = alphabet[(alphabet.index(char) + 1) % len(alphabet)]
         altered = cursor[:i] + other + cursor[i + 1 :]
         response = client.get(EVENTS, headers=h, params={"cursor": altered})
-        assert_error(response, 400, "Invalid cursor")
+        assert_envelope(response, 400, "Invalid cursor")
 
 
 def test_a_flipped_bit_in_the_decoded_cursor_is_invalid(
@@ -242,7 +239,7 @@ def test_a_flipped_bit_in_the_decoded_cursor_is_invalid(
         flipped = bytearray(raw)
         flipped[i] ^= 0x01
         response = client.get(EVENTS, headers=h, params={"cursor": _b64(bytes(flipped))})
-        assert_error(response, 400, "Invalid cursor")
+        assert_envelope(response, 400, "Invalid cursor")
 
 
 @pytest.mark.parametrize(
@@ -265,7 +262,9 @@ def test_a_flipped_bit_in_the_decoded_cursor_is_invalid(
 def test_garbage_is_an_invalid_cursor(
     client: TestClient, h: dict[str, str], cursor: str, garbage: str
 ) -> None:
-    assert_error(client.get(EVENTS, headers=h, params={"cursor": garbage}), 400, "Invalid cursor")
+    assert_envelope(
+        client.get(EVENTS, headers=h, params={"cursor": garbage}), 400, "Invalid cursor"
+    )
 
 
 def test_a_cursor_with_a_page_is_invalid(
@@ -273,7 +272,7 @@ def test_a_cursor_with_a_page_is_invalid(
 ) -> None:
     for page in ("1", "2"):
         response = client.get(EVENTS, headers=h, params={"cursor": cursor, "page": page})
-        assert_error(response, 400, "Invalid cursor")
+        assert_envelope(response, 400, "Invalid cursor")
 
 
 @pytest.mark.parametrize(
@@ -290,7 +289,7 @@ def test_a_cursor_of_another_filter_set_is_invalid(
 ) -> None:
     # The filters match the very same events: the cursor is still another list's.
     response = client.get(EVENTS, headers=h, params={**params, "cursor": cursor})
-    assert_error(response, 400, "Invalid cursor")
+    assert_envelope(response, 400, "Invalid cursor")
 
 
 def test_a_cursor_of_another_tenant_is_invalid(
@@ -304,7 +303,7 @@ def test_a_cursor_of_another_tenant_is_invalid(
         (auth(token(None, [], admin=True)), {}),
     ):
         response = client.get(EVENTS, headers=headers, params={**params, "cursor": cursor})
-        assert_error(response, 400, "Invalid cursor")
+        assert_envelope(response, 400, "Invalid cursor")
     # And the admin naming tenant A may
     admin_a = client.get(
         EVENTS,
@@ -327,4 +326,4 @@ def test_a_cursor_signed_with_another_secret_is_invalid(
         # When tenant A's cursor from this app is given to it
         response = elsewhere.get(EVENTS, headers=auth(minted), params={"cursor": cursor})
     # Then it is not one of its own
-    assert_error(response, 400, "Invalid cursor")
+    assert_envelope(response, 400, "Invalid cursor")

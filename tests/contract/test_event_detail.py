@@ -23,8 +23,8 @@ from bus.runtime import Runtime
 from bus.storage import attempt_store
 from bus.storage.db import transaction
 from bus.uow import UnitOfWork
-from tests.conftest import NO_SUCH_EVENT, SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
-from tests.contract.factories import RFC3339_UTC, make_event
+from tests.support.factories import NO_SUCH_EVENT, RFC3339_UTC, SEED_PUBLISH_BODY, make_event
+from tests.support.tokens import TENANT_A, TENANT_B, TokenFactory, auth
 from workers.event import Event
 from workers.registry import Registry
 from workers.tasks import EventProcessor

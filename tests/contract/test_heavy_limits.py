@@ -22,7 +22,9 @@ from api.app import create_app
 from api.limits import HeavyCalls
 from bus.auth import Principal
 from bus.runtime import Runtime
-from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth, make_settings
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.services import make_settings
+from tests.support.tokens import TENANT_A, TENANT_B, TokenFactory, auth
 
 TENANT_C = uuid.UUID("cccccccc-cccc-4ccc-8ccc-cccccccccccc")
 TOO_MANY = {"success": False, "message": "Too many concurrent requests"}

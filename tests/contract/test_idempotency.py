@@ -27,7 +27,8 @@ from bus.publish import idempotency, service
 from bus.runtime import Runtime
 from bus.settings import Settings
 from bus.storage import idempotency_store
-from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.tokens import TENANT_A, TENANT_B, TokenFactory, auth
 
 PUBLISH = "/system/events"
 BATCH = "/system/events/batch"

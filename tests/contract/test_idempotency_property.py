@@ -12,8 +12,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
 from tests.contract.test_property import json_values, mutated_seed, mutations, texts
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.tokens import TokenFactory, auth
 
 pytestmark = pytest.mark.slow  # generated cases: make test runs them, make check does not
 

@@ -30,7 +30,8 @@ from bus.events.schemas import (
     UUID_PATTERN,
 )
 from bus.read.cursors import CURSOR_PATTERN
-from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.tokens import TokenFactory, auth
 
 OPERATIONS = {
     ("get", "/system/events"): ("List Events", {"200", "400", "401", "403", "429", "500"}),

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from bus.auth import Principal
 from bus.publish import service
 from bus.runtime import Runtime
-from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
-from tests.contract.factories import event_values, make_events
+from tests.support.factories import SEED_PUBLISH_BODY, event_values, make_events
+from tests.support.tokens import TENANT_A, TENANT_B, TokenFactory, auth
 
 EVENTS = "/system/events"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bus.events.schemas import REQUIRED_FIELDS, parse_json_body
-from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.tokens import TokenFactory, auth
 
 EVENTS = "/system/events"
 DELETE = object()

@@ -14,9 +14,11 @@ from sqlalchemy import text
 from api.app import create_app
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.conftest import TENANT_A, TENANT_B, TokenFactory, auth, make_settings
-from tests.contract.factories import assert_error, event_values, make_events
-from tests.contract.test_batch import queued
+from tests.support.envelope import assert_envelope
+from tests.support.factories import event_values, make_events
+from tests.support.queues import queued
+from tests.support.services import make_settings
+from tests.support.tokens import TENANT_A, TENANT_B, TokenFactory, auth
 
 REPLAY = "/system/events/replay"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -179,7 +181,7 @@ def test_another_tenants_filter_matches_nothing(
     refused = client.post(
         REPLAY, headers=writer(token), params={"tenant_id": str(TENANT_B)}, json={}
     )
-    assert_error(refused, 403, "Insufficient permissions")
+    assert_envelope(refused, 403, "Insufficient permissions")
     assert statuses(runtime) == Counter({(str(TENANT_B), "warehouse", "failed"): 5})
     assert queued(settings, "warehouse") == []
 
@@ -216,7 +218,7 @@ def test_a_replay_needs_a_writer(
     response = client.post(REPLAY, headers=headers, json={"status": "failed"})
 
     message = "Insufficient permissions" if status == 403 else "Authentication required"
-    assert_error(response, status, message)
+    assert_envelope(response, status, message)
     assert statuses(runtime) == Counter({(str(TENANT_A), "warehouse", "failed"): 2})
 
 
@@ -265,14 +267,14 @@ def test_a_bad_body_is_refused_in_the_envelope(
 
     response = client.post(REPLAY, headers=writer(token), json=body)
 
-    assert_error(response, 400, message)
+    assert_envelope(response, 400, message)
     assert statuses(runtime) == Counter({(str(TENANT_A), "warehouse", "failed"): 2})
 
 
 def test_a_body_that_is_not_json_is_refused(client: TestClient, token: TokenFactory) -> None:
     response = client.post(REPLAY, headers=writer(token), content=b"{nope")
 
-    assert_error(response, 400, "Invalid JSON body")
+    assert_envelope(response, 400, "Invalid JSON body")
 
 
 def test_an_integral_max_may_be_written_as_a_float(
@@ -315,5 +317,5 @@ def test_the_query_takes_only_one_tenant_id(
 
     response = client.post(REPLAY, headers=writer(token), params=params, json={})
 
-    assert_error(response, 400, message)
+    assert_envelope(response, 400, message)
     assert statuses(runtime) == Counter({(str(TENANT_A), "warehouse", "failed"): 2})

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from bus.maintenance.counts import fold_counts
 from bus.runtime import Runtime
-from tests.conftest import TENANT_B, TokenFactory, auth
-from tests.contract.factories import event_values, make_events
+from tests.support.factories import event_values, make_events
+from tests.support.tokens import TENANT_B, TokenFactory, auth
 
 EVENTS = "/system/events"
 

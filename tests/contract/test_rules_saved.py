@@ -21,7 +21,7 @@ from bus.storage import event_store
 from bus.storage.db import transaction
 from bus.storage.models import EventStatus
 from bus.uow import HandlerMisuse, UnitOfWork
-from tests.contract.factories import event_values
+from tests.support.factories import event_values
 
 
 class Recorder:

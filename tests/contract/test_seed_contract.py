@@ -20,14 +20,6 @@ from bus.events.schemas import MAX_EVENT_DATA_DEPTH, REQUIRED_FIELDS, parse_time
 from bus.read import listing
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.conftest import NO_SUCH_EVENT, SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
-from tests.contract.factories import (
-    RFC3339_UTC,
-    as_seed,
-    assert_error,
-    make_event,
-    make_seed_event,
-)
 from tests.contract.seed import (
     SEED_FAILED_RESPONSE,
     SEED_LIST_RESPONSE,
@@ -35,17 +27,21 @@ from tests.contract.seed import (
     SEED_UPDATE_BODY,
     SEED_UPDATED_RESPONSE,
 )
+from tests.support.envelope import assert_envelope
+from tests.support.factories import (
+    NO_SUCH_EVENT,
+    RFC3339_UTC,
+    SEED_PUBLISH_BODY,
+    as_seed,
+    make_event,
+    make_seed_event,
+)
+from tests.support.tokens import TENANT_A, TENANT_B, TokenFactory, auth
 
 EVENTS = "/system/events"
 STRING_FIELDS = REQUIRED_FIELDS[:-1]
 MODULE_FIELDS = ("source_module", "target_module")
 FREE_TEXT_FIELDS = ("event_type", "entity_type", "entity_id")
-
-
-@pytest.fixture
-def h(token: TokenFactory) -> dict[str, str]:
-    """A manage:system user of tenant A."""
-    return auth(token())
 
 
 def publish(client: TestClient, h: dict[str, str], body: Any) -> Any:
@@ -110,7 +106,7 @@ def test_publish_without_tenant_id_acts_in_the_tokens_tenant(
 def test_each_required_field(client: TestClient, h: dict[str, str], name: str, absent: Any) -> None:
     response = publish(client, h, seed_body(**{name: absent}))
 
-    assert_error(response, 400, f"Field required {name}")
+    assert_envelope(response, 400, f"Field required {name}")
 
 
 @pytest.mark.parametrize("first", range(len(REQUIRED_FIELDS)))
@@ -124,14 +120,14 @@ def test_the_first_missing_field_in_the_seeds_order_is_named(
     # When it is published
     response = publish(client, h, body)
     # Then a missing field wins over a wrong one, and the first in the seed's order is named
-    assert_error(response, 400, f"Field required {REQUIRED_FIELDS[first]}")
+    assert_envelope(response, 400, f"Field required {REQUIRED_FIELDS[first]}")
 
 
 @pytest.mark.parametrize("data", [[1, 2], "a string", 42, 1.5, True, False, 0], ids=repr)
 def test_event_data_must_be_an_object(client: TestClient, h: dict[str, str], data: Any) -> None:
     response = publish(client, h, seed_body(event_data=data))
 
-    assert_error(response, 400, "Event data must be object")
+    assert_envelope(response, 400, "Event data must be object")
 
 
 def test_an_empty_object_is_event_data(client: TestClient, h: dict[str, str]) -> None:
@@ -150,7 +146,7 @@ def test_a_string_field_of_the_wrong_type_or_too_long(
 ) -> None:
     response = publish(client, h, seed_body(**{name: value}))
 
-    assert_error(response, 400, f"Invalid {name}")
+    assert_envelope(response, 400, f"Invalid {name}")
 
 
 @pytest.mark.parametrize("name", FREE_TEXT_FIELDS)
@@ -173,7 +169,7 @@ def test_module_names_are_restricted(
 ) -> None:
     response = publish(client, h, seed_body(**{name: value}))
 
-    assert_error(response, 400, f"Invalid {name}")
+    assert_envelope(response, 400, f"Invalid {name}")
 
 
 @pytest.mark.parametrize("value", ["a" * 64, "inventory_v2.eu-west", "0", "-", "."])
@@ -190,7 +186,7 @@ def test_a_lone_surrogate_is_not_text(client: TestClient, h: dict[str, str], nam
     # JSON can spell "\ud800", but no UTF-8 database can store it.
     raw = json.dumps(seed_body(**{name: "bad\ud800"})).encode()
 
-    assert_error(publish_raw(client, h, raw), 400, f"Invalid {name}")
+    assert_envelope(publish_raw(client, h, raw), 400, f"Invalid {name}")
 
 
 @pytest.mark.parametrize(
@@ -209,7 +205,7 @@ def test_event_data_postgresql_cannot_store(
 ) -> None:
     raw = json.dumps(seed_body(event_data=data)).encode()
 
-    assert_error(publish_raw(client, h, raw), 400, "Invalid event_data")
+    assert_envelope(publish_raw(client, h, raw), 400, "Invalid event_data")
 
 
 @pytest.mark.parametrize("number", [b"1e999", b"-1e999"])
@@ -219,7 +215,7 @@ def test_event_data_numbers_beyond_float_range(
     # Python reads 1e999 as infinity, which JSON has no spelling for.
     raw = json.dumps(seed_body(event_data={"n": 0})).encode().replace(b'"n": 0', b'"n": ' + number)
 
-    assert_error(publish_raw(client, h, raw), 400, "Invalid event_data")
+    assert_envelope(publish_raw(client, h, raw), 400, "Invalid event_data")
 
 
 def nested(depth: int) -> dict[str, Any]:
@@ -235,13 +231,15 @@ def test_event_data_nesting_is_bounded(client: TestClient, h: dict[str, str]) ->
     assert deepest.status_code == 201, deepest.text
     assert deepest.json()["event"]["event_data"] == nested(MAX_EVENT_DATA_DEPTH)
 
-    assert_error(
+    assert_envelope(
         publish(client, h, seed_body(event_data=nested(MAX_EVENT_DATA_DEPTH + 1))),
         400,
         "Invalid event_data",
     )
     # Deeper than the response serializer goes: refused before it is stored, not a 500 after.
-    assert_error(publish(client, h, seed_body(event_data=nested(400))), 400, "Invalid event_data")
+    assert_envelope(
+        publish(client, h, seed_body(event_data=nested(400))), 400, "Invalid event_data"
+    )
     assert client.get(EVENTS, headers=h).json()["total"] == 1
 
 
@@ -264,14 +262,14 @@ def test_event_data_is_capped(client: TestClient, h: dict[str, str], settings: S
     # When it is published, then it is accepted; one byte more is refused
     assert publish(client, h, seed_body(event_data=at_cap)).status_code == 201
     above = {"blob": at_cap["blob"] + "x"}
-    assert_error(publish(client, h, seed_body(event_data=above)), 413, "Event data too large")
+    assert_envelope(publish(client, h, seed_body(event_data=above)), 413, "Event data too large")
 
 
 def test_the_event_data_cap_counts_utf8_bytes(client: TestClient, h: dict[str, str]) -> None:
     # "é" is two bytes: 140 000 of them are 280 000 bytes, above 256 KiB.
     response = publish(client, h, seed_body(event_data={"t": "é" * 140_000}))
 
-    assert_error(response, 413, "Event data too large")
+    assert_envelope(response, 413, "Event data too large")
 
 
 @pytest.mark.parametrize(
@@ -295,13 +293,13 @@ def test_the_event_data_cap_counts_utf8_bytes(client: TestClient, h: dict[str, s
 def test_a_body_that_is_not_a_json_object(
     client: TestClient, h: dict[str, str], raw: bytes
 ) -> None:
-    assert_error(publish_raw(client, h, raw), 400, "Invalid JSON body")
+    assert_envelope(publish_raw(client, h, raw), 400, "Invalid JSON body")
 
 
 def test_a_body_above_the_cap(client: TestClient, h: dict[str, str], settings: Settings) -> None:
     raw = b" " * (settings.max_body_bytes + 1)
 
-    assert_error(publish_raw(client, h, raw), 413, "Request body too large")
+    assert_envelope(publish_raw(client, h, raw), 413, "Request body too large")
 
 
 def test_a_streamed_body_above_the_cap(
@@ -314,7 +312,7 @@ def test_a_streamed_body_above_the_cap(
 
     # When it is published, then it is refused while being read
     response = client.post(EVENTS, headers=h, content=chunks())
-    assert_error(response, 413, "Request body too large")
+    assert_envelope(response, 413, "Request body too large")
 
 
 def test_a_body_at_the_cap_is_read(
@@ -443,14 +441,14 @@ def test_processed_at_is_kept_in_utc(
 def test_update_needs_a_status(
     client: TestClient, h: dict[str, str], seed_pending: dict[str, Any], body: dict[str, Any]
 ) -> None:
-    assert_error(put(client, h, seed_pending["id"], body), 400, "Field required status")
+    assert_envelope(put(client, h, seed_pending["id"], body), 400, "Field required status")
 
 
 @pytest.mark.parametrize("status", ["done", "PROCESSED", " pending", 1, True, ["processed"], {}])
 def test_update_to_an_unknown_status(
     client: TestClient, h: dict[str, str], seed_pending: dict[str, Any], status: Any
 ) -> None:
-    assert_error(put(client, h, seed_pending["id"], {"status": status}), 400, "Invalid status")
+    assert_envelope(put(client, h, seed_pending["id"], {"status": status}), 400, "Invalid status")
 
 
 @pytest.mark.parametrize(
@@ -481,7 +479,7 @@ def test_update_with_a_bad_processed_at(
 ) -> None:
     body = {"status": "processed", "processed_at": processed_at}
 
-    assert_error(put(client, h, seed_pending["id"], body), 400, "Invalid processed_at")
+    assert_envelope(put(client, h, seed_pending["id"], body), 400, "Invalid processed_at")
 
 
 @pytest.mark.parametrize("error_message", [42, {"a": 1}, "nul\x00"], ids=repr)
@@ -490,7 +488,7 @@ def test_update_with_a_bad_error_message(
 ) -> None:
     body = {"status": "failed", "error_message": error_message}
 
-    assert_error(put(client, h, seed_pending["id"], body), 400, "Invalid error_message")
+    assert_envelope(put(client, h, seed_pending["id"], body), 400, "Invalid error_message")
 
 
 def test_update_body_that_is_not_a_json_object(
@@ -498,14 +496,14 @@ def test_update_body_that_is_not_a_json_object(
 ) -> None:
     for raw in (b"processed", b'["processed"]', b'{"status": NaN}'):
         response = client.put(f"{EVENTS}/{seed_pending['id']}", headers=h, content=raw)
-        assert_error(response, 400, "Invalid JSON body")
+        assert_envelope(response, 400, "Invalid JSON body")
 
 
 @pytest.mark.parametrize("event_id", ["not-a-uuid", "event-uuid-2", "1", "%00", NO_SUCH_EVENT])
 def test_update_of_an_event_that_does_not_exist(
     client: TestClient, h: dict[str, str], seed_pending: dict[str, Any], event_id: str
 ) -> None:
-    assert_error(put(client, h, event_id, SEED_UPDATE_BODY), 404, "Event not found")
+    assert_envelope(put(client, h, event_id, SEED_UPDATE_BODY), 404, "Event not found")
 
 
 def test_update_of_another_tenants_event(
@@ -514,7 +512,7 @@ def test_update_of_another_tenants_event(
     # Given tenant A's event, when a manage:system user of tenant B updates it
     response = put(client, auth(token(TENANT_B)), seed_pending["id"], SEED_UPDATE_BODY)
     # Then it does not exist for them, and it is unchanged
-    assert_error(response, 404, "Event not found")
+    assert_envelope(response, 404, "Event not found")
     event = client.get(EVENTS, headers=auth(token(TENANT_A))).json()["events"][0]
     assert event["status"] == "pending"
 
@@ -577,12 +575,12 @@ def test_list_echoes_page_and_limit(
 
 @pytest.mark.parametrize("page", ["0", "-1", "abc", "1.5", "1e3", "\u0661", "10000000000", " 1"])
 def test_list_with_a_bad_page(client: TestClient, h: dict[str, str], page: str) -> None:
-    assert_error(client.get(EVENTS, headers=h, params={"page": page}), 400, "Invalid page")
+    assert_envelope(client.get(EVENTS, headers=h, params={"page": page}), 400, "Invalid page")
 
 
 @pytest.mark.parametrize("limit", ["0", "1001", "-5", "ten", "100.0"])
 def test_list_with_a_bad_limit(client: TestClient, h: dict[str, str], limit: str) -> None:
-    assert_error(client.get(EVENTS, headers=h, params={"limit": limit}), 400, "Invalid limit")
+    assert_envelope(client.get(EVENTS, headers=h, params={"limit": limit}), 400, "Invalid limit")
 
 
 @pytest.mark.parametrize("limit", ["1", "1000"])
@@ -594,14 +592,14 @@ def test_list_limit_bounds(client: TestClient, h: dict[str, str], limit: str) ->
 
 @pytest.mark.parametrize("status", ["done", "PENDING", "pending,failed"])
 def test_list_with_a_bad_status_filter(client: TestClient, h: dict[str, str], status: str) -> None:
-    assert_error(client.get(EVENTS, headers=h, params={"status": status}), 400, "Invalid status")
+    assert_envelope(client.get(EVENTS, headers=h, params={"status": status}), 400, "Invalid status")
 
 
 @pytest.mark.parametrize("tenant_id", ["not-a-uuid", "tenant-uuid", "{{tenant_id}}"])
 def test_list_with_a_bad_tenant_id(client: TestClient, h: dict[str, str], tenant_id: str) -> None:
     response = client.get(EVENTS, headers=h, params={"tenant_id": tenant_id})
 
-    assert_error(response, 400, "Invalid tenant_id")
+    assert_envelope(response, 400, "Invalid tenant_id")
 
 
 @pytest.mark.parametrize("name", ["event_type", "source_module", "target_module", "entity_type"])
@@ -609,7 +607,7 @@ def test_list_with_a_nul_in_a_filter(client: TestClient, h: dict[str, str], name
     # PostgreSQL refuses a NUL in any text parameter: it must not turn into a 500.
     response = client.get(EVENTS, headers=h, params={name: "a\x00b"})
 
-    assert_error(response, 400, f"Invalid {name}")
+    assert_envelope(response, 400, f"Invalid {name}")
 
 
 def test_empty_filter_values_mean_no_filter(
@@ -649,14 +647,14 @@ def test_timestamps_are_rfc3339_utc(
 def test_an_unknown_route(client: TestClient, h: dict[str, str]) -> None:
     response = client.get("/system/nothing", headers=h)
 
-    assert_error(response, 404, "Not Found")
+    assert_envelope(response, 404, "Not Found")
 
 
 @pytest.mark.parametrize(("method", "path"), [("DELETE", EVENTS), ("PATCH", f"{EVENTS}/x")])
 def test_a_wrong_method(client: TestClient, h: dict[str, str], method: str, path: str) -> None:
     response = client.request(method, path, headers=h)
 
-    assert_error(response, 405, "Method Not Allowed")
+    assert_envelope(response, 405, "Method Not Allowed")
     assert response.headers["allow"]
 
 
@@ -671,8 +669,8 @@ def test_a_parameter_type_error_is_a_400_not_a_422() -> None:
 
     client = TestClient(app)
     # When FastAPI's own validation refuses them, then they are the envelope's 400s
-    assert_error(client.get("/items/x"), 400, "Invalid item_id")
-    assert_error(client.get("/items/1?size=big"), 400, "Invalid size")
+    assert_envelope(client.get("/items/x"), 400, "Invalid item_id")
+    assert_envelope(client.get("/items/1?size=big"), 400, "Invalid size")
     assert client.get("/items/1?size=2").json() == {"item_id": 1, "size": 2}
 
 
@@ -687,7 +685,7 @@ def test_an_unexpected_error_is_a_bare_500(
     # When it is called through the API
     response = client.get(EVENTS, headers=h)
     # Then the client sees the seed's 500 and nothing of the failure
-    assert_error(response, 500, "Internal server error")
+    assert_envelope(response, 500, "Internal server error")
     assert "hunter2" not in response.text and "Traceback" not in response.text
 
 
@@ -701,7 +699,7 @@ def test_an_unexpected_error_in_a_tiny_app_is_a_bare_500() -> None:
 
     response = TestClient(app, raise_server_exceptions=False).get("/boom")
 
-    assert_error(response, 500, "Internal server error")
+    assert_envelope(response, 500, "Internal server error")
     assert "internal detail" not in response.text
 
 
@@ -724,5 +722,5 @@ def test_401_asks_for_a_bearer_token(
 
     response = client.request(method, path, headers=headers, json=SEED_PUBLISH_BODY)
 
-    assert_error(response, 401, message)
+    assert_envelope(response, 401, message)
     assert response.headers["www-authenticate"] == "Bearer"

@@ -12,7 +12,8 @@ from sqlalchemy import text
 
 from api.app import create_app
 from bus.runtime import Runtime
-from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.tokens import TokenFactory, auth
 
 INTERNAL = {"success": False, "message": "Internal server error"}
 REQUEST_ID = "trace-me-0001"

@@ -1,5 +1,5 @@
 """Hostile broker messages: a real ``eventbus worker`` on the real Redis (and RabbitMQ) is fed
-every malformed item of tests/hostile/broker_payloads.py, then real events.
+every malformed item of tests/support/broker_payloads.py, then real events.
 
 What must hold: each bad item is refused on one log line, kept on ``<queue>.dead`` and counted;
 every real event is processed; the worker process is the same one throughout (never restarted).
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -24,8 +23,8 @@ from bus.broker import deadletter
 from bus.broker.queues import PROCESS_EVENTS_TASK, queue_name
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.conftest import REDIS_URL, TokenFactory
-from tests.hostile.broker_payloads import (
+from tests.hostile.celery_fault import FAULT_PREFIX
+from tests.support.broker_payloads import (
     FAR_ETA,
     PAST,
     body_of,
@@ -36,26 +35,19 @@ from tests.hostile.broker_payloads import (
     valid_item,
     valid_traced_item,
 )
-from tests.hostile.celery_fault import FAULT_PREFIX
-from tests.integration import conftest as integration
-from tests.integration.conftest import (
-    BIN,
-    RABBITMQ_URL,
-    WorkerFactory,
-    free_port,
-    publish,
-    settings_env,
-    wait_for,
-    wait_for_status,
-)
-from tests.procs import Proc
+from tests.support.processes import BIN, Proc, free_port, settings_env, wait_for
+from tests.support.services import RABBITMQ_URL, REDIS_URL
+from tests.support.tokens import TokenFactory
+from tests.support.workers import WORKER_SETTINGS, WorkerFactory, publish, wait_for_status
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("effects")]
 
-# The integration suite's fixtures: its settings (test handlers, no metrics port) and workers.
-settings = integration.settings
-start_worker = integration.start_worker
-effects = integration.effects
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """The integration suite's: the test handlers, fast retries, no metrics port."""
+    return dict(WORKER_SETTINGS)
+
 
 REAL_EVENTS = 20
 REJECTED_LINE = '"message": "rejected a message on '
@@ -70,6 +62,18 @@ def assert_same_worker(worker: Proc, pid: int) -> None:
     assert worker.popen.pid == pid
     assert "Unrecoverable error" not in worker.output
     assert worker.output.count(" ready.") == 1, "the worker restarted its consumer"
+
+
+def dead_count(dead: str) -> int:
+    """The messages ready on a RabbitMQ dead-letter queue (0 while it is not declared)."""
+    with Connection(RABBITMQ_URL, connect_timeout=5) as conn:
+        channel = conn.channel()
+        try:
+            return int(channel.queue_declare(dead, passive=True).message_count)
+        except conn.channel_errors:  # not declared yet
+            return 0
+        finally:
+            channel.close()
 
 
 def rejected_total(port: int, queue: str) -> float:
@@ -399,17 +403,7 @@ def test_every_hostile_amqp_message_is_refused_and_the_worker_goes_on(
                 content_encoding=values.get("content_encoding") or "binary",
                 headers=values.get("headers") or {},
             )
-
-        def dead_count() -> int:
-            channel = conn.channel()
-            try:
-                return int(channel.queue_declare(dead, passive=True).message_count)
-            except conn.channel_errors:  # not declared yet
-                return 0
-            finally:
-                channel.close()
-
-        wait_for(lambda: dead_count() == len(payloads), 60, "not every message was dead-lettered")
+    wait_for(lambda: dead_count(dead) == len(payloads), 60, "not every message was dead-lettered")
     # Then each was refused on one line, and real events are processed by the same worker
     assert len(rejected_lines(worker)) == len(payloads)
     rabbit_bus = Runtime(rabbit_settings)
@@ -425,6 +419,7 @@ def test_every_hostile_amqp_message_is_refused_and_the_worker_goes_on(
     # And the CLI lists them (leaving them in place) and purges them
     listed = dead_letters_cli(rabbit_settings, "warehouse", "--limit", "5")
     assert len(listed) == 5 and all(json.loads(line)["reason"] != "?" for line in listed)
-    time.sleep(0.5)  # the listing's unacknowledged fetches go back as its channel closes
+    # (the listing's unacknowledged fetches go back to the queue as its channel closes)
+    wait_for(lambda: dead_count(dead) == len(payloads), 10, "the listed messages never returned")
     purged = dead_letters_cli(rabbit_settings, "warehouse", "--purge")
     assert purged == [f"purged {len(payloads)} from {dead}"]

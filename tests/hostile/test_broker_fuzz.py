@@ -28,17 +28,21 @@ from bus.broker.queues import PROCESS_EVENTS_TASK, queue_name
 from bus.observability import tracing
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.conftest import REDIS_URL, TokenFactory
-from tests.hostile.broker_payloads import FAR_ETA, PAST, envelope, task_headers
 from tests.hostile.test_broker import assert_same_worker, rejected_lines
-from tests.integration import conftest as integration
-from tests.integration.conftest import WorkerFactory, publish, wait_for, wait_for_status
+from tests.support.broker_payloads import FAR_ETA, PAST, envelope, task_headers
+from tests.support.processes import wait_for
+from tests.support.services import REDIS_URL
+from tests.support.tokens import TokenFactory
+from tests.support.workers import WORKER_SETTINGS, WorkerFactory, publish, wait_for_status
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("effects")]
 
-settings = integration.settings
-start_worker = integration.start_worker
-effects = integration.effects
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """The integration suite's: the test handlers, fast retries, no metrics port."""
+    return dict(WORKER_SETTINGS)
+
 
 EXAMPLES = 200
 

@@ -17,9 +17,11 @@ import httpx
 import pytest
 
 from bus.settings import Settings
-from tests.chaos.services import free_port
-from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth, make_settings
-from tests.ops.support import Proc, eventbus, eventbus_env, parse, value, wait_for
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.processes import Proc, eventbus, eventbus_env, free_port, wait_for
+from tests.support.prometheus import parse, value
+from tests.support.services import make_settings
+from tests.support.tokens import TokenFactory, auth
 
 HEADER_CAP = 16 * 1024
 HEADER_TIMEOUT = 1.5

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 import tracemalloc
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,30 +25,20 @@ from bus.events.schemas import (
 from bus.read import listing
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.conftest import (
+from tests.support.envelope import assert_envelope
+from tests.support.factories import (
+    NO_SUCH_EVENT,
     SEED_PUBLISH_BODY,
-    TENANT_A,
-    TEST_SECRET,
-    TokenFactory,
-    auth,
-    make_settings,
+    event_values,
+    make_event,
+    make_events,
 )
-from tests.contract.factories import event_values, make_event, make_events
-from tests.contract.tokens import claims, hs256
+from tests.support.forged_tokens import claims, hs256
+from tests.support.services import make_settings
+from tests.support.tokens import TENANT_A, TEST_SECRET, TokenFactory, auth
 
 EVENTS = "/system/events"
 IDENTIFIERS = ("event_type", "entity_type", "entity_id")
-
-
-@pytest.fixture
-def h(token: TokenFactory) -> dict[str, str]:
-    return auth(token())
-
-
-def error(response: Any) -> tuple[int, str]:
-    body = response.json()
-    assert set(body) == {"success", "message"} and body["success"] is False, body
-    return response.status_code, body["message"]
 
 
 def publish(client: TestClient, h: dict[str, str], **changes: Any) -> Any:
@@ -64,7 +53,7 @@ def publish(client: TestClient, h: dict[str, str], **changes: Any) -> Any:
 def test_a_blank_required_string_is_missing(
     client: TestClient, h: dict[str, str], runtime: Runtime, name: str, blank: str
 ) -> None:
-    assert error(publish(client, h, **{name: blank})) == (400, f"Field required {name}")
+    assert_envelope(publish(client, h, **{name: blank}), 400, f"Field required {name}")
 
 
 @pytest.mark.parametrize("blank", ["  ", "\t"])
@@ -73,7 +62,7 @@ def test_a_blank_status_is_missing(
 ) -> None:
     event = make_event(runtime)
     response = client.put(f"{EVENTS}/{event['id']}", headers=h, json={"status": blank})
-    assert error(response) == (400, "Field required status")
+    assert_envelope(response, 400, "Field required status")
 
 
 # --- Control characters in identifiers ------------------------------------------------------
@@ -86,7 +75,7 @@ def test_a_control_character_in_an_identifier_is_invalid(
 ) -> None:
     # e.g. "inventory_updated\r\n{"level": "error"...}" would forge a line in a text log
     value = f"inventory{char}updated"
-    assert error(publish(client, h, **{name: value})) == (400, f"Invalid {name}")
+    assert_envelope(publish(client, h, **{name: value}), 400, f"Invalid {name}")
 
 
 @pytest.mark.parametrize("name", ["event_type", "source_module", "entity_type"])
@@ -94,7 +83,7 @@ def test_a_control_character_in_a_filter_is_invalid(
     client: TestClient, h: dict[str, str], name: str
 ) -> None:
     response = client.get(EVENTS, headers=h, params={name: "a\nb"})
-    assert error(response) == (400, f"Invalid {name}")
+    assert_envelope(response, 400, f"Invalid {name}")
 
 
 BIDI = ["\u202e", "\u202a", "\u202d", "\u2066", "\u2069", "\u200f", "\u061c"]
@@ -106,10 +95,10 @@ BIDI = ["\u202e", "\u202a", "\u202d", "\u2066", "\u2069", "\u200f", "\u061c"]
 def test_a_bidi_control_in_an_identifier_is_invalid(
     client: TestClient, h: dict[str, str], runtime: Runtime, name: str, char: str
 ) -> None:
-    assert error(publish(client, h, **{name: f"invoice{char}fdp.exe"})) == (400, f"Invalid {name}")
+    assert_envelope(publish(client, h, **{name: f"invoice{char}fdp.exe"}), 400, f"Invalid {name}")
     item = {**SEED_PUBLISH_BODY, name: f"{char}x"}
     batch = client.post(f"{EVENTS}/batch", headers=h, json={"events": [SEED_PUBLISH_BODY, item]})
-    assert error(batch) == (400, f"events[1]: Invalid {name}")
+    assert_envelope(batch, 400, f"events[1]: Invalid {name}")
 
 
 @pytest.mark.parametrize("name", ["event_type", "entity_type"])
@@ -117,12 +106,11 @@ def test_a_bidi_control_in_a_filter_is_invalid(
     client: TestClient, h: dict[str, str], name: str
 ) -> None:
     # No identifier holds one, as no identifier holds a control character
-    assert error(client.get(EVENTS, headers=h, params={name: "a\u202eb"})) == (
-        400,
-        f"Invalid {name}",
+    assert_envelope(
+        client.get(EVENTS, headers=h, params={name: "a\u202eb"}), 400, f"Invalid {name}"
     )
     replay = client.post(f"{EVENTS}/replay", headers=h, json={name: "a\u202eb", "dry_run": True})
-    assert error(replay) == (400, f"Invalid {name}")
+    assert_envelope(replay, 400, f"Invalid {name}")
 
 
 def test_event_data_holds_any_json_but_a_nul(client: TestClient, h: dict[str, str]) -> None:
@@ -132,7 +120,7 @@ def test_event_data_holds_any_json_but_a_nul(client: TestClient, h: dict[str, st
     assert created.status_code == 201, created.text
     assert created.json()["event"]["event_data"] == data
     # But a NUL, which jsonb cannot store, is refused (the document says so: propertyNames)
-    assert error(publish(client, h, event_data={"k\x00": 1})) == (400, "Invalid event_data")
+    assert_envelope(publish(client, h, event_data={"k\x00": 1}), 400, "Invalid event_data")
 
 
 # --- error_message is cut, never refused -----------------------------------------------------
@@ -169,7 +157,7 @@ def test_processed_at_is_rfc3339_only(
     event = make_event(runtime)
     body = {"status": "processed", "processed_at": value}
     response = client.put(f"{EVENTS}/{event['id']}", headers=h, json=body)
-    assert error(response) == (400, "Invalid processed_at")
+    assert_envelope(response, 400, "Invalid processed_at")
 
 
 def test_the_seeds_put_example_stays_valid(
@@ -203,7 +191,7 @@ def test_the_seeds_put_example_stays_valid(
 def test_token_claims_are_type_checked(client: TestClient, overrides: dict[str, Any]) -> None:
     tok = hs256(claims(**overrides), TEST_SECRET.encode())
     response = client.get(EVENTS, headers=auth(tok))
-    assert error(response) == (401, "Invalid token")
+    assert_envelope(response, 401, "Invalid token")
 
 
 @pytest.fixture
@@ -217,19 +205,16 @@ def test_a_token_living_longer_than_the_cap_is_invalid(
     capped_client: TestClient, token: TokenFactory
 ) -> None:
     assert capped_client.get(EVENTS, headers=auth(token(ttl=3600))).status_code == 200
-    assert error(capped_client.get(EVENTS, headers=auth(token(ttl=3601)))) == (
-        401,
-        "Invalid token",
-    )
+    assert_envelope(capped_client.get(EVENTS, headers=auth(token(ttl=3601))), 401, "Invalid token")
     no_iat = hs256(claims(iat=None, exp=int(time.time()) + 7200), TEST_SECRET.encode())
-    assert error(capped_client.get(EVENTS, headers=auth(no_iat))) == (401, "Invalid token")
+    assert_envelope(capped_client.get(EVENTS, headers=auth(no_iat)), 401, "Invalid token")
 
 
 def test_two_authorization_headers_are_refused(client: TestClient, token: TokenFactory) -> None:
     admin = token(None, [], admin=True)
     headers = [("authorization", f"Bearer {token()}"), ("authorization", f"Bearer {admin}")]
     response = client.get(EVENTS, headers=headers)
-    assert error(response) == (401, "Invalid token")
+    assert_envelope(response, 401, "Invalid token")
 
 
 # --- Query parameters -----------------------------------------------------------------------
@@ -241,7 +226,7 @@ def test_a_repeated_list_parameter_is_invalid(
 ) -> None:
     value = str(TENANT_A) if name == "tenant_id" else ("pending" if name == "status" else "1")
     response = client.get(EVENTS, headers=h, params=[(name, value), (name, value)])
-    assert error(response) == (400, f"Invalid {name}")
+    assert_envelope(response, 400, f"Invalid {name}")
 
 
 @pytest.mark.parametrize(
@@ -255,7 +240,7 @@ def test_a_repeated_tenant_id_is_invalid_everywhere(
     response = client.request(
         method, path, headers=h, params=params, json=None if method == "GET" else body
     )
-    assert error(response) == (400, "Invalid tenant_id")
+    assert_envelope(response, 400, "Invalid tenant_id")
 
 
 @pytest.mark.parametrize(
@@ -272,7 +257,7 @@ def test_an_unknown_query_parameter_is_refused(
         params={"evnt_type": "x"},
         json=SEED_PUBLISH_BODY if method == "POST" else None,
     )
-    assert error(response) == (400, "Unknown query parameter")
+    assert_envelope(response, 400, "Unknown query parameter")
 
 
 @pytest.mark.parametrize("path", [EVENTS, f"{EVENTS}/stats"])
@@ -294,7 +279,7 @@ def test_a_tenant_id_is_a_canonical_uuid(
     client: TestClient, h: dict[str, str], path: str, spelling: str
 ) -> None:
     response = client.get(path, headers=h, params={"tenant_id": spelling})
-    assert error(response) == (400, "Invalid tenant_id")
+    assert_envelope(response, 400, "Invalid tenant_id")
 
 
 # --- Duplicate keys --------------------------------------------------------------------------
@@ -307,7 +292,7 @@ def test_a_tenant_id_is_a_canonical_uuid(
         ("POST", EVENTS, '{"event_data": {"qty": 1, "qty": -1}}'),
         ("POST", f"{EVENTS}/batch", '{"events": [{"a": 1, "b": {"c": 1, "c": 2}}]}'),
         ("POST", f"{EVENTS}/batch", '{"events": [], "events": [{}]}'),
-        ("PUT", f"{EVENTS}/{uuid.uuid4()}", '{"status": "failed", "status": "processed"}'),
+        ("PUT", f"{EVENTS}/{NO_SUCH_EVENT}", '{"status": "failed", "status": "processed"}'),
         ("POST", f"{EVENTS}/replay", '{"dry_run": true, "dry_run": false}'),
     ],
     ids=["publish", "event_data", "batch item", "batch", "put", "replay"],
@@ -320,7 +305,7 @@ def test_a_key_twice_in_one_object_is_refused(
     if method == "POST" and path == EVENTS:  # the rest of a valid publish around the pair
         raw = json.dumps(SEED_PUBLISH_BODY)[:-1] + ", " + raw[1:]
     response = client.request(method, path, headers=h, content=raw)
-    assert error(response) == (400, "Duplicate key in JSON body")
+    assert_envelope(response, 400, "Duplicate key in JSON body")
     assert client.get(EVENTS, headers=h).json()["total"] == 0  # nothing stored
 
 
@@ -372,7 +357,7 @@ def test_a_number_lists_as_the_publish_answered(
 
 def test_a_trailing_slash_is_a_404_without_redirect(client: TestClient, h: dict[str, str]) -> None:
     response = client.get(f"{EVENTS}/", headers=h, follow_redirects=False)
-    assert error(response) == (404, "Not Found")
+    assert_envelope(response, 404, "Not Found")
     assert "location" not in response.headers
 
 
@@ -381,7 +366,7 @@ def test_a_trailing_slash_is_a_404_without_redirect(client: TestClient, h: dict[
     [
         ("DELETE", EVENTS, "GET, POST"),
         ("OPTIONS", EVENTS, "GET, POST"),
-        ("PATCH", f"{EVENTS}/{uuid.uuid4()}", "GET, PUT"),
+        ("PATCH", f"{EVENTS}/{NO_SUCH_EVENT}", "GET, PUT"),
         ("POST", f"{EVENTS}/stats", "GET"),  # a concrete path wins over /{event_id}
         ("PUT", EVENTS, "GET, POST"),
         # concrete paths the /{event_id} template also matches: an operation, not an event
@@ -396,7 +381,7 @@ def test_a_405_names_every_allowed_method(
     client: TestClient, h: dict[str, str], method: str, path: str, allow: str
 ) -> None:
     response = client.request(method, path, headers=h)
-    assert error(response) == (405, "Method Not Allowed")
+    assert_envelope(response, 405, "Method Not Allowed")
     assert response.headers["allow"] == allow
 
 

@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from bus.runtime import Runtime
-from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
-from tests.contract.factories import make_event
+from tests.support.envelope import assert_envelope
+from tests.support.factories import SEED_PUBLISH_BODY, make_event
 
 EVENTS = "/system/events"
 FREE_TEXT = ("event_type", "entity_type", "entity_id")
@@ -43,20 +43,6 @@ HOSTILE = [
     "<script>alert(1)</script>",
     "\uff4f\uff52\uff44\uff45\uff52\uff53",  # fullwidth "orders": not the ASCII name
 ]
-
-
-@pytest.fixture
-def h(token: TokenFactory) -> dict[str, str]:
-    return auth(token())
-
-
-def assert_envelope(response: Any, status: int | tuple[int, ...]) -> dict[str, Any]:
-    allowed = (status,) if isinstance(status, int) else status
-    assert response.status_code in allowed, (response.status_code, response.text)
-    body: dict[str, Any] = response.json()
-    if response.status_code >= 400:
-        assert set(body) == {"success", "message"} and body["success"] is False, body
-    return body
 
 
 def rows(runtime: Runtime) -> int:

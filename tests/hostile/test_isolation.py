@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from bus.runtime import Runtime
-from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
-from tests.contract.factories import make_event
+from tests.support.factories import SEED_PUBLISH_BODY, make_event
+from tests.support.tokens import TENANT_A, TENANT_B, TokenFactory, auth
 
 EVENTS = "/system/events"
 SECRET_MARK = "tenant-b-secret-marker"

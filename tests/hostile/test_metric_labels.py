@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 
 from bus.observability import metrics
 from bus.runtime import Runtime
-from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.tokens import TokenFactory, auth
 
 pytestmark = pytest.mark.integration
 

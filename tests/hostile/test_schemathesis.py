@@ -23,10 +23,10 @@ from schemathesis.specs.openapi.checks import ignored_auth
 
 from api.app import create_app
 from bus.runtime import Runtime
-from tests.chaos.services import free_port
-from tests.conftest import TENANT_A, TENANT_B, TokenFactory, auth, make_settings
-from tests.contract.factories import make_event
-from tests.ops.support import ROOT, Proc, eventbus, eventbus_env
+from tests.support.factories import make_event
+from tests.support.processes import ROOT, Proc, eventbus, eventbus_env, free_port
+from tests.support.services import make_settings
+from tests.support.tokens import TENANT_A, TENANT_B, TokenFactory, auth
 
 EXAMPLES = 40
 OPERATIONS = [

@@ -21,9 +21,9 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from bus.runtime import Runtime
-from tests.chaos.services import free_port
-from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TENANT_B, TokenFactory, auth
-from tests.ops.support import ROOT, Proc, eventbus, eventbus_env, wait_for
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.processes import ROOT, Proc, eventbus, eventbus_env, free_port, wait_for
+from tests.support.tokens import TENANT_A, TENANT_B, TokenFactory, auth
 
 EVENTS = 16_000
 LOAD_SECONDS = 20.0

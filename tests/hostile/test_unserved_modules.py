@@ -7,6 +7,7 @@ import signal
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -20,38 +21,26 @@ from bus.runtime import Runtime
 from bus.settings import Settings
 from bus.storage import heartbeat_store
 from bus.storage.db import transaction
-from tests.conftest import REDIS_URL, TokenFactory
-from tests.integration import conftest as integration
-from tests.integration.conftest import (
-    BIN,
-    WorkerFactory,
-    load,
-    publish,
-    settings_env,
-    wait_for,
-    wait_for_status,
-)
-from tests.integration.test_relay import insert_events
-from tests.procs import Proc
+from tests.support.factories import insert_events
+from tests.support.processes import BIN, Proc, settings_env, wait_for
+from tests.support.services import REDIS_URL
+from tests.support.tokens import TokenFactory
+from tests.support.workers import WORKER_SETTINGS, WorkerFactory, load, publish, wait_for_status
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("effects")]
 
 LEASE = 1.0
-start_worker = integration.start_worker
-effects = integration.effects
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return integration.make_settings(
-        database_url,
-        handlers=integration.HANDLERS,
-        metrics_port=0,
-        relay_lease_seconds=LEASE,
-        relay_interval_seconds=0.1,
-        worker_heartbeat_seconds=0.5,
-        **integration.FAST_RETRIES,
-    )
+def settings_overrides() -> dict[str, Any]:
+    """The integration suite's, with a short lease and quick heartbeats."""
+    return {
+        **WORKER_SETTINGS,
+        "relay_lease_seconds": LEASE,
+        "relay_interval_seconds": 0.1,
+        "worker_heartbeat_seconds": 0.5,
+    }
 
 
 def watch_depth(r: redis.Redis, queue: str, seconds: float) -> list[int]:

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bus.runtime import Runtime
-from tests.conftest import TokenFactory, auth
-from tests.integration.conftest import WorkerFactory, publish, wait_for_status
+from tests.support.tokens import TokenFactory, auth
+from tests.support.workers import WorkerFactory, publish, wait_for_status
 
 pytestmark = pytest.mark.integration
 

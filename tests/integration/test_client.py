@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,7 +18,6 @@ import pytest
 from sqlalchemy import func, select
 
 from bus.runtime import Runtime
-from bus.settings import Settings
 from bus.storage.models import SystemEvent
 from eventbus.client import (
     AsyncClient,
@@ -31,28 +29,12 @@ from eventbus.client import (
     Retry,
     ServerError,
 )
-from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TokenFactory
-from tests.integration.conftest import BIN, free_port, settings_env
-from tests.procs import Proc
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.tokens import TENANT_A, TokenFactory
 
 pytestmark = pytest.mark.integration
 
 FAST = Retry(attempts=4, base=0.01, cap=0.05)
-
-
-@pytest.fixture
-def api(runtime: Runtime, settings: Settings) -> Iterator[str]:
-    """`eventbus api` on a free loopback port, over the test's database."""
-    port = free_port()
-    proc = Proc(
-        [str(BIN / "eventbus"), "api", "--host", "127.0.0.1", "--port", str(port)],
-        settings_env(settings),
-    )
-    try:
-        proc.wait_for_output("Application startup complete", 30.0)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.stop()
 
 
 def stored(runtime: Runtime, **where: Any) -> int:

@@ -14,16 +14,10 @@ from bus.broker.dispatch import Dispatch
 from bus.broker.queues import queue_name
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.conftest import REDIS_URL, TokenFactory, auth
-from tests.integration.conftest import (
-    BIN,
-    WorkerFactory,
-    effects_of,
-    load,
-    publish,
-    settings_env,
-    wait_for_status,
-)
+from tests.support.processes import BIN, settings_env
+from tests.support.services import REDIS_URL
+from tests.support.tokens import TokenFactory, auth
+from tests.support.workers import WorkerFactory, effects_of, load, publish, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -80,8 +74,10 @@ def test_a_worker_runs_only_the_modules_it_serves(
     for_notifications = publish(client, tok, "notifications", write=True)
     # Then notifications' event is processed
     wait_for_status(runtime, for_notifications["id"], "processed", PROCESSING_BOUND)
-    # And warehouse's waits in its own queue, untouched
-    time.sleep(1.0)
+    # And once a later notifications event is processed too (the worker has fetched from its
+    # queues since warehouse's message arrived), warehouse's waits in its own queue, untouched
+    later = publish(client, tok, "notifications")
+    wait_for_status(runtime, later["id"], "processed", PROCESSING_BOUND)
     assert load(runtime, for_warehouse["id"]).status == "pending"
     assert effects_of(settings.database_url, for_warehouse["id"]) == []
     broker = redis.Redis.from_url(REDIS_URL)

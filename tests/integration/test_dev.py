@@ -19,8 +19,8 @@ from bus.storage import event_store
 from bus.storage.db import transaction
 from bus.storage.models import EventStatus
 from eventbus.dev import DEV_TENANT
-from tests.conftest import SEED_PUBLISH_BODY
-from tests.integration.conftest import BIN, Proc, free_port, wait_for
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.processes import BIN, Proc, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,9 @@ from sqlalchemy import text
 
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.chaos.services import free_port
-from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
-from tests.ops.support import Proc, eventbus, eventbus_env
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.processes import Proc, eventbus, eventbus_env, free_port
+from tests.support.tokens import TokenFactory, auth
 
 STARTUP = 30.0
 SENDERS = 8

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -29,17 +28,12 @@ from bus.settings import Settings
 from bus.storage.models import SystemEvent
 from eventbus import outbox
 from eventbus.errors import InvalidRequest
-from tests.conftest import (
-    PG_ADMIN_URL,
-    SEED_PUBLISH_BODY,
-    TENANT_A,
-    TokenFactory,
-    _database_url,
-)
-from tests.integration.conftest import BIN, WorkerFactory, settings_env, wait_for_status
-from tests.integration.test_client import api  # noqa: F401 - the live API fixture
-from tests.integration.test_relay import queued_ids
-from tests.procs import Proc, wait_for
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.processes import BIN, Proc, settings_env, wait_for
+from tests.support.queues import queued_ids
+from tests.support.services import create_database, drop_database
+from tests.support.tokens import TENANT_A, TokenFactory
+from tests.support.workers import WorkerFactory, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -50,18 +44,14 @@ ORDERS = "CREATE TABLE IF NOT EXISTS orders (id uuid PRIMARY KEY, item text NOT 
 def caller_url() -> Iterator[str]:
     """A database of the caller's own (not the bus's), with the outbox made by the CLI."""
     name = f"eventbus_caller_{os.getpid()}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = _database_url(name)
+    url = create_database(name)
     plain = url.replace("postgresql+psycopg://", "postgresql://", 1)  # as a user would type it
     proc = Proc(
         [str(BIN / "eventbus"), "outbox", "init", "--database-url", plain], dict(os.environ)
     )
     assert proc.popen.wait(60) == 0, proc.output
     yield url
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(name)
 
 
 @pytest.fixture
@@ -276,7 +266,7 @@ def test_forward_over_http_keys_each_row(
     caller_url: str,
     runtime: Runtime,
     settings: Settings,
-    api: str,  # noqa: F811
+    api: str,
     token: TokenFactory,
 ) -> None:
     # Given 5 rows forwarded over HTTP

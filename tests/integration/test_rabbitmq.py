@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,14 +15,15 @@ from bus.broker.queues import queue_name
 from bus.delivery.attempts import INTERRUPTED_MESSAGE
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.conftest import TokenFactory, auth
-from tests.integration.conftest import (
+from tests.support.processes import wait_for
+from tests.support.services import RABBITMQ_URL
+from tests.support.tokens import TokenFactory, auth
+from tests.support.workers import (
     FAST_RETRIES,
-    RABBITMQ_URL,
+    WORKER_SETTINGS,
     WorkerFactory,
     load,
     publish,
-    wait_for,
     wait_for_status,
 )
 
@@ -31,14 +33,19 @@ MODULES = ("warehouse", "flaky", "poison")
 
 
 @pytest.fixture
-def settings(settings: Settings) -> Iterator[Settings]:
-    """The integration settings, on RabbitMQ; the test's queues are deleted afterwards."""
-    on_rabbit = settings.model_copy(update={"broker_url": RABBITMQ_URL})
-    yield on_rabbit
+def settings_overrides() -> dict[str, Any]:
+    """The integration settings, on RabbitMQ."""
+    return {**WORKER_SETTINGS, "broker_url": RABBITMQ_URL}
+
+
+@pytest.fixture(autouse=True)
+def _delete_queues(settings: Settings) -> Iterator[None]:
+    """The test's RabbitMQ queues are deleted afterwards."""
+    yield
     with Connection(RABBITMQ_URL, connect_timeout=5) as conn:
         channel = conn.default_channel
         for module in MODULES:
-            channel.queue_delete(queue_name(module, on_rabbit.queue_prefix))
+            channel.queue_delete(queue_name(module, settings.queue_prefix))
 
 
 def test_end_to_end_on_rabbitmq(

@@ -30,8 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import BIN, free_port
-from tests.procs import ROOT, Proc
+from tests.support.processes import BIN, ROOT, Proc, free_port
 
 pytestmark = pytest.mark.integration
 

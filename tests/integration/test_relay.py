@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import ast
-import json
 import signal
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Any
 
 import pytest
 import redis
@@ -23,66 +19,16 @@ from bus.events.rules import utcnow
 from bus.maintenance.resend import run_once
 from bus.runtime import Runtime
 from bus.settings import Settings
-from bus.storage import event_store
-from bus.storage.db import transaction
 from bus.storage.models import EventStatus
-from tests.conftest import REDIS_URL, TENANT_A, TokenFactory
-from tests.integration.conftest import (
-    BIN,
-    Proc,
-    RedisServer,
-    WorkerFactory,
-    load,
-    publish,
-    settings_env,
-    wait_for,
-    wait_for_status,
-)
+from tests.support.factories import insert_events
+from tests.support.processes import BIN, Proc, settings_env, wait_for
+from tests.support.queues import queued_ids
+from tests.support.servers import RedisServer
+from tests.support.services import REDIS_URL
+from tests.support.tokens import TokenFactory
+from tests.support.workers import WorkerFactory, load, publish, wait_for_status
 
 pytestmark = pytest.mark.integration
-
-
-def insert_events(runtime: Runtime, count: int, **overrides: Any) -> list[uuid.UUID]:
-    """Rows as if published, without a send: pending and never stamped unless overridden."""
-    ids = [uuid.uuid4() for _ in range(count)]
-    now = utcnow()
-    with transaction(runtime.sessions) as session:
-        for n, event_id in enumerate(ids):
-            values: dict[str, Any] = {
-                "id": event_id,
-                "tenant_id": TENANT_A,
-                "event_type": "inventory_updated",
-                "source_module": "inventory",
-                "target_module": "warehouse",
-                "entity_type": "inventory_item",
-                "entity_id": f"item-{n}",
-                "event_data": {},
-                "status": EventStatus.PENDING,
-                "retry_count": 0,
-                "created_at": now,
-                "processed_at": None,
-                "error_message": None,
-                "dispatched_at": None,
-                "next_attempt_at": None,
-                "request_id": None,
-            }
-            values.update(overrides)
-            event_store.insert_event(session, values)
-    return ids
-
-
-def queued_ids(settings: Settings, module: str = "warehouse") -> Counter[str]:
-    """How many messages the module's Redis queue holds for each event id."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        raw = client.lrange(queue_name(module, settings.queue_prefix), 0, -1)
-    finally:
-        client.close()
-    ids: Counter[str] = Counter()
-    for item in raw:
-        (args,) = ast.literal_eval(json.loads(item)["headers"]["argsrepr"])
-        ids.update(args if isinstance(args, list) else [args])  # a batch, or one legacy id
-    return ids
 
 
 @pytest.fixture
@@ -221,7 +167,7 @@ def test_the_broker_dying_under_a_running_bus(
             before = publish(client, tok, "warehouse")
             wait_for_status(runtime, before["id"], "processed", 5)
             # When Redis dies (with every message it held) and an event is published meanwhile
-            dead_redis.stop()
+            dead_redis.kill()
             during = publish(client, tok, "warehouse")
             assert load(runtime, during["id"]).dispatched_at is None
             # And Redis comes back, empty, on the same port

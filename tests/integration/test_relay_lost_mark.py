@@ -15,8 +15,8 @@ from bus.events.rules import utcnow
 from bus.maintenance.resend import LEASE_EXPIRED_MESSAGE, run_once
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.conftest import REDIS_URL
-from tests.integration.test_relay import insert_events
+from tests.support.factories import insert_events
+from tests.support.services import REDIS_URL
 
 pytestmark = pytest.mark.integration
 

@@ -11,16 +11,10 @@ from fastapi.testclient import TestClient
 
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.conftest import TENANT_A, TokenFactory, auth
-from tests.contract.factories import event_values, make_events
-from tests.integration.conftest import (
-    BIN,
-    WorkerFactory,
-    effects_of,
-    load,
-    settings_env,
-    wait_for_status,
-)
+from tests.support.factories import event_values, make_events
+from tests.support.processes import BIN, settings_env
+from tests.support.tokens import TENANT_A, TokenFactory, auth
+from tests.support.workers import WorkerFactory, effects_of, load, wait_for_status
 
 pytestmark = pytest.mark.integration
 

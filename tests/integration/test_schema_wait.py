@@ -11,18 +11,16 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from bus.runtime import Runtime
 from bus.storage.migrate import NOT_CURRENT, upgrade
-from tests.conftest import TokenFactory, make_settings
-from tests.databases import empty_database
-from tests.integration.conftest import (
-    BIN,
+from tests.support.processes import BIN, Proc, settings_env
+from tests.support.services import empty_database, make_settings
+from tests.support.tokens import TokenFactory
+from tests.support.workers import (
     FAST_RETRIES,
     HANDLERS,
     WORKER_START_TIMEOUT,
     publish,
-    settings_env,
     wait_for_status,
 )
-from tests.procs import Proc
 
 
 @pytest.fixture

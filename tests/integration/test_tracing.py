@@ -4,8 +4,8 @@ The API runs in this process (its spans go to the SDK's in-memory exporter, thro
 ``bus.observability.tracing.use``); the worker is a subprocess, so its spans cannot reach that
 exporter: it
 exports them with the SDK's own OTLP/HTTP exporter, configured only by the standard ``OTEL_*``
-variables, to a tiny receiver in this process (``tests/spans.py``). The test then joins the two
-sets by trace and span ids, as a tracing backend would.
+variables, to a tiny receiver in this process (``tests/support/spans.py``). The test then joins
+the two sets by trace and span ids, as a tracing backend would.
 """
 
 from __future__ import annotations
@@ -31,16 +31,16 @@ from bus.runtime import Runtime
 from bus.settings import Settings
 from bus.storage import event_store
 from bus.storage.db import transaction
-from tests.conftest import REDIS_URL, SEED_PUBLISH_BODY, TENANT_A, TokenFactory, auth, make_settings
-from tests.integration.conftest import (
-    FAST_RETRIES,
-    HANDLERS,
-    RABBITMQ_URL,
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.services import RABBITMQ_URL, REDIS_URL
+from tests.support.spans import OtlpReceiver, SpanRecord, SpanStore, from_sdk, in_memory
+from tests.support.tokens import TENANT_A, TokenFactory, auth
+from tests.support.workers import (
+    WORKER_SETTINGS,
     WorkerFactory,
     publish,
     wait_for_status,
 )
-from tests.spans import OtlpReceiver, SpanRecord, SpanStore, from_sdk, in_memory
 
 pytestmark = pytest.mark.integration
 
@@ -50,10 +50,8 @@ TRACE_HEADERS = {tracing.TRACEPARENT, tracing.TRACESTATE, tracing.EVENT_TRACEPAR
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return make_settings(
-        database_url, handlers=HANDLERS, metrics_port=0, otel_enabled=True, **FAST_RETRIES
-    )
+def settings_overrides() -> dict[str, Any]:
+    return {**WORKER_SETTINGS, "otel_enabled": True}
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from bus.auth import mint_token
-from tests.conftest import TEST_SECRET
+from tests.support.tokens import TEST_SECRET
 
 CONCURRENCY = 16
 TENANTS = [uuid.UUID(f"{n:08x}-0000-4000-8000-0000000010ad") for n in range(1, 5)]

@@ -22,9 +22,10 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.chaos.services import RedisServer, free_port, wait_until
-from tests.conftest import make_settings
-from tests.integration.conftest import BIN, ROOT, Proc, settings_env
+from tests.support.processes import BIN, ROOT, Proc, free_port, settings_env, wait_for
+from tests.support.servers import RedisServer
+from tests.support.services import make_settings
+from tests.support.workers import HANDLERS, worker_answers
 
 RESULTS = Path(__file__).with_name("last_run.json")
 WARM_UP_SECONDS = 5.0
@@ -107,7 +108,7 @@ def run_load(
     settings = make_settings(
         database_url,
         broker_url=redis_server.url,
-        handlers="tests.integration.handlers",
+        handlers=HANDLERS,
         metrics_port=0,
     )
     env = settings_env(settings)
@@ -123,8 +124,8 @@ def run_load(
     }
     out = workdir / "loadgen.json"
     try:
-        wait_until(lambda: _answers(url), 30, "the API to answer")
-        time.sleep(3.0)  # the worker's start
+        wait_for(lambda: _answers(url), 30, "the API to answer")
+        wait_for(lambda: worker_answers(procs["worker"], settings), 60, "the worker never answered")
         sampler = RssSampler({name: p.popen.pid for name, p in procs.items()}).start()
         loadgen = subprocess.Popen(
             [sys.executable, "-m", "tests.load.loadgen", url, str(seconds), str(out)],

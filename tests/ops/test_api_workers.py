@@ -13,9 +13,10 @@ import pytest
 
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.chaos.services import free_port
-from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
-from tests.ops.support import Proc, eventbus, eventbus_env, parse, value
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.processes import Proc, eventbus, eventbus_env, free_port
+from tests.support.prometheus import parse, value
+from tests.support.tokens import TokenFactory, auth
 
 BURST = 40
 STARTUP = 30.0

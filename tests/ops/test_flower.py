@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import psutil
@@ -13,18 +14,18 @@ from fastapi.testclient import TestClient
 
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.chaos.services import free_port
-from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth, make_settings
 from tests.ops.handlers import MODULE
-from tests.ops.support import Proc, eventbus, eventbus_env, wait_for
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.processes import Proc, eventbus, eventbus_env, free_port, wait_for
+from tests.support.tokens import TokenFactory, auth
 
 CREDENTIALS = ("ops", "s3cret-for-tests")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return make_settings(database_url, handlers="tests.ops.handlers")
+def settings_overrides() -> dict[str, Any]:
+    return {"handlers": "tests.ops.handlers"}
 
 
 @pytest.fixture

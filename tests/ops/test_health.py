@@ -19,17 +19,11 @@ from api.app import create_app
 from bus.runtime import Runtime
 from bus.storage.db import make_engine
 from bus.storage.migrate import upgrade
-from tests.chaos.services import RedisServer, free_port
-from tests.conftest import (
-    NO_SUCH_EVENT,
-    REDIS_URL,
-    SEED_PUBLISH_BODY,
-    TokenFactory,
-    auth,
-    make_settings,
-)
-from tests.databases import empty_database
-from tests.ops.support import wait_for
+from tests.support.factories import NO_SUCH_EVENT, SEED_PUBLISH_BODY
+from tests.support.processes import free_port, wait_for
+from tests.support.servers import RedisServer
+from tests.support.services import REDIS_URL, empty_database, make_settings
+from tests.support.tokens import TokenFactory, auth
 
 NOT_LISTENING = f"127.0.0.1:{free_port()}"
 

@@ -14,7 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bus.observability import logs
-from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TokenFactory, auth
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.tokens import TENANT_A, TokenFactory, auth
 
 Lines = Callable[[], list[dict[str, Any]]]
 

@@ -14,9 +14,9 @@ from prometheus_client import REGISTRY, generate_latest
 from bus.auth import Principal
 from bus.publish import service
 from bus.runtime import Runtime
-from tests.conftest import SEED_PUBLISH_BODY, TENANT_A, TokenFactory, auth
-from tests.contract.factories import event_values, make_events
-from tests.ops.support import Samples, has, parse, value
+from tests.support.factories import SEED_PUBLISH_BODY, event_values, make_events
+from tests.support.prometheus import Samples, has, parse, value
+from tests.support.tokens import TENANT_A, TokenFactory, auth
 
 PUBLISHED = "eventbus_events_published_total"
 HTTP_COUNT = "eventbus_http_request_duration_seconds_count"
@@ -160,8 +160,8 @@ def test_metrics_answer_quickly_with_the_database_down(
     database_url: str, token: TokenFactory
 ) -> None:
     from api.app import create_app
-    from tests.chaos.services import free_port
-    from tests.conftest import make_settings
+    from tests.support.processes import free_port
+    from tests.support.services import make_settings
 
     dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
     down = Runtime(make_settings(dead))
@@ -177,7 +177,7 @@ def test_metrics_answer_quickly_with_the_database_down(
 def _drain(queue: str) -> None:
     import redis
 
-    from tests.conftest import REDIS_URL
+    from tests.support.services import REDIS_URL
 
     client = redis.Redis.from_url(REDIS_URL)
     try:

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from bus.runtime import Runtime
 from bus.storage.models import EventStatus
-from tests.conftest import TENANT_A, TENANT_B, TokenFactory, auth
-from tests.contract.factories import event_values, make_events
+from tests.support.factories import event_values, make_events
+from tests.support.tokens import TENANT_A, TENANT_B, TokenFactory, auth
 
 URL = "/system/events/stats"
 

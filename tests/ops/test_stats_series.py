@@ -23,8 +23,8 @@ from bus.storage.attempt_store import Entry, Outcome
 from bus.storage.db import transaction
 from bus.storage.migrate import upgrade
 from bus.storage.models import event_outcome_minutes
-from tests.conftest import TENANT_A, TENANT_B, TokenFactory, auth
-from tests.contract.factories import event_values, make_events
+from tests.support.factories import event_values, make_events
+from tests.support.tokens import TENANT_A, TENANT_B, TokenFactory, auth
 
 URL = "/system/events/stats"
 

@@ -14,32 +14,24 @@ from fastapi.testclient import TestClient
 
 from bus.runtime import Runtime
 from bus.settings import Settings
-from tests.chaos.services import free_port
-from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth, make_settings
 from tests.ops.handlers import MODULE
-from tests.ops.support import (
-    Proc,
-    Samples,
-    eventbus,
-    eventbus_env,
-    parse,
-    value,
-    wait_for,
-)
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.processes import Proc, eventbus, eventbus_env, free_port, wait_for
+from tests.support.prometheus import Samples, parse, value
+from tests.support.tokens import TokenFactory, auth
 
 OK, FAILING = 6, 2
 ATTEMPTS = 2  # each failing event: a first attempt, one retry, then it gives up
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return make_settings(
-        database_url,
-        handlers="tests.ops.handlers",
-        retry_max_attempts=ATTEMPTS,
-        retry_base_seconds=0.1,
-        retry_max_seconds=0.5,
-    )
+def settings_overrides() -> dict[str, Any]:
+    return {
+        "handlers": "tests.ops.handlers",
+        "retry_max_attempts": ATTEMPTS,
+        "retry_base_seconds": 0.1,
+        "retry_max_seconds": 0.5,
+    }
 
 
 def start_worker(settings: Settings, concurrency: int = 2) -> tuple[Proc, int]:

@@ -12,11 +12,9 @@ missing browser fails the tests, it never skips them (``.ci/run`` installs it).
 
 from __future__ import annotations
 
-import os
-import re
+import functools
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,53 +25,30 @@ from playwright.sync_api import (
     ConsoleMessage,
     Dialog,
     Page,
-    ViewportSize,
-    expect,
     sync_playwright,
 )
 
-from bus.auth import mint_token
-from bus.settings import Settings
-from tests.conftest import SEED_PUBLISH_BODY, TEST_SECRET, _drop_queues, make_settings
-from tests.integration.conftest import BIN, FAST_RETRIES, HANDLERS, free_port, settings_env
-from tests.procs import Proc, wait_for
-
-CHROMIUM = os.environ.get("EVENTBUS_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    # Without these Chromium keeps calling Google's services, on a network that has none.
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOTS = Path(__file__).parent / "screenshots"
-WORKER_MODULES = "warehouse,flaky"
-"""Modules the worker runs (tests/integration/handlers.py); ``IDLE_MODULE`` has no worker, so
-its events stay pending until a test changes them."""
-IDLE_MODULE = "ui-idle"
-DESKTOP: ViewportSize = {"width": 1280, "height": 800}
-PHONE: ViewportSize = {"width": 375, "height": 740}
-WAIT_MS = 8000
-"""Bounded waits in the browser: generous for a shared machine, far below a test's timeout."""
-
-saved_screenshots: list[Path] = []
-
-
-@dataclass(frozen=True)
-class Stack:
-    url: str
-    settings: Settings
-    api: Proc
-    worker: Proc
+from tests.support.processes import BIN, Proc, free_port, settings_env
+from tests.support.queues import drop_queues
+from tests.support.services import make_settings
+from tests.support.tokens import TokenFactory, make_token
+from tests.support.workers import WORKER_SETTINGS
+from tests.ui.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DESKTOP,
+    WAIT_MS,
+    WORKER_MODULES,
+    Stack,
+    Watch,
+    saved_screenshots,
+)
 
 
 @pytest.fixture(scope="package")
 def stack(database_url: str) -> Iterator[Stack]:
     """``eventbus api`` and ``eventbus worker`` subprocesses over the run's database."""
-    settings = make_settings(database_url, handlers=HANDLERS, metrics_port=0, **FAST_RETRIES)
+    settings = make_settings(database_url, **WORKER_SETTINGS)
     env = settings_env(settings)
     port = free_port()
     started: list[Proc] = []
@@ -94,7 +69,7 @@ def stack(database_url: str) -> Iterator[Stack]:
     finally:
         for proc in started:
             proc.stop()
-        _drop_queues(settings.queue_prefix)
+        drop_queues(settings.queue_prefix)
 
 
 @pytest.fixture(scope="package")
@@ -109,30 +84,6 @@ def browser() -> Iterator[Browser]:
         )
         yield instance
         instance.close()
-
-
-@dataclass
-class Watch:
-    """What a page said that no test expects: console errors, uncaught errors, native
-    dialogs (``alert`` from an injected handler, ``confirm``…)."""
-
-    console_errors: list[str] = field(default_factory=list)
-    page_errors: list[str] = field(default_factory=list)
-    dialogs: list[str] = field(default_factory=list)
-    allowed: list[re.Pattern[str]] = field(default_factory=list)
-
-    def allow(self, pattern: str) -> None:
-        """Console errors matching ``pattern`` are expected by this test (Chromium logs every
-        4xx answer to a fetch as "Failed to load resource")."""
-        self.allowed.append(re.compile(pattern))
-
-    def unexpected(self) -> list[str]:
-        console = [e for e in self.console_errors if not any(p.search(e) for p in self.allowed)]
-        return (
-            console
-            + [f"pageerror: {e}" for e in self.page_errors]
-            + [f"dialog: {d}" for d in self.dialogs]
-        )
 
 
 @pytest.fixture
@@ -176,112 +127,10 @@ def tenant() -> uuid.UUID:
     return uuid.uuid4()
 
 
-Minter = Callable[..., str]
-
-
 @pytest.fixture
-def mint() -> Minter:
+def mint() -> TokenFactory:
     """``mint(tenant, permissions=["manage:system"], admin=False, sub="operator")``."""
-
-    def make(
-        tenant: uuid.UUID | None,
-        permissions: list[str] | None = None,
-        *,
-        admin: bool = False,
-        sub: str = "operator",
-    ) -> str:
-        return mint_token(
-            TEST_SECRET,
-            sub=sub,
-            tenant_id=tenant,
-            permissions=["manage:system"] if permissions is None else permissions,
-            is_system_admin=admin,
-        )
-
-    return make
-
-
-def bearer(tok: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {tok}"}
-
-
-def publish(
-    http: httpx.Client,
-    tok: str,
-    target_module: str = "warehouse",
-    *,
-    event_type: str = "inventory_updated",
-    entity_id: str = "item-1",
-    **data: Any,
-) -> dict[str, Any]:
-    """POST an event through the live API; its data steers the test handler."""
-    body = {
-        **SEED_PUBLISH_BODY,
-        "event_type": event_type,
-        "target_module": target_module,
-        "entity_id": entity_id,
-        "event_data": data,
-    }
-    response = http.post("/system/events", headers=bearer(tok), json=body)
-    assert response.status_code == 201, response.text
-    event: dict[str, Any] = response.json()["event"]
-    return event
-
-
-def detail(http: httpx.Client, tok: str, event_id: str) -> dict[str, Any]:
-    response = http.get(f"/system/events/{event_id}", headers=bearer(tok))
-    assert response.status_code == 200, response.text
-    answer: dict[str, Any] = response.json()
-    return answer
-
-
-def wait_detail(
-    http: httpx.Client,
-    tok: str,
-    event_id: str,
-    until: Callable[[dict[str, Any]], bool],
-    what: str,
-    timeout: float = 20.0,
-) -> dict[str, Any]:
-    """Poll ``GET /system/events/{id}`` until ``until(answer)``; fail with the last answer."""
-    last: list[dict[str, Any]] = []
-
-    def reached() -> bool:
-        last[:] = [detail(http, tok, event_id)]
-        return until(last[0])
-
-    try:
-        wait_for(reached, timeout, f"event {event_id} never {what}", interval=0.1)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}: {last[0] if last else None}") from None
-    return last[0]
-
-
-def sign_in(page: Page, tok: str, path: str = "/ui") -> None:
-    """Open ``path`` and paste the token into the sign-in form."""
-    page.goto(path)
-    page.get_by_label("Bearer token").fill(tok)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
-
-
-def mark_document(page: Page) -> None:
-    """A marker on ``window`` that only a full page load would lose."""
-    page.evaluate("window.__uiTestMarker = 'still the same document'")
-
-
-def same_document(page: Page) -> bool:
-    return bool(page.evaluate("window.__uiTestMarker === 'still the same document'"))
-
-
-def screenshot(page: Page, name: str) -> Path:
-    """Save ``tests/ui/screenshots/<name>.png`` (gitignored); listed at the end of the run."""
-    SCREENSHOTS.mkdir(exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    saved_screenshots.append(path)
-    print(f"screenshot: {path}")
-    return path
+    return functools.partial(make_token, sub="operator")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

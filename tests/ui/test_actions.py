@@ -9,8 +9,8 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.ui.conftest import (
-    Minter,
+from tests.support.tokens import TokenFactory
+from tests.ui.browser import (
     detail,
     mark_document,
     publish,
@@ -28,7 +28,7 @@ shared machine (timing targets live in make bench, not in tests)."""
 
 
 def test_a_published_event_turns_processed_in_the_open_list(
-    page: Page, http: httpx.Client, mint: Minter, tenant: uuid.UUID
+    page: Page, http: httpx.Client, mint: TokenFactory, tenant: uuid.UUID
 ) -> None:
     # Given the events list open, its document marked
     tok = mint(tenant)
@@ -48,7 +48,7 @@ def test_a_published_event_turns_processed_in_the_open_list(
 
 
 def test_a_failed_event_shows_its_attempts_and_retry_runs_it_again(
-    page: Page, http: httpx.Client, mint: Minter, tenant: uuid.UUID
+    page: Page, http: httpx.Client, mint: TokenFactory, tenant: uuid.UUID
 ) -> None:
     # Given an event whose handler failed three times and gave up
     tok = mint(tenant)
@@ -99,7 +99,7 @@ def test_a_failed_event_shows_its_attempts_and_retry_runs_it_again(
 
 
 def test_replay_by_filter_previews_the_count_then_replays(
-    page: Page, http: httpx.Client, mint: Minter, tenant: uuid.UUID
+    page: Page, http: httpx.Client, mint: TokenFactory, tenant: uuid.UUID
 ) -> None:
     # Given three processed events of one type and one of another
     tok = mint(tenant)

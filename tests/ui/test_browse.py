@@ -11,13 +11,12 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from bus.runtime import Runtime
-from tests.contract.factories import make_event
-from tests.ui.conftest import (
+from tests.support.factories import make_event
+from tests.support.tokens import TokenFactory, auth
+from tests.ui.browser import (
     IDLE_MODULE,
     PHONE,
-    Minter,
     Stack,
-    bearer,
     publish,
     screenshot,
     sign_in,
@@ -28,7 +27,7 @@ pytestmark = pytest.mark.ui
 
 
 def test_sign_in_keeps_the_token_in_session_storage_only(
-    page: Page, stack: Stack, http: httpx.Client, mint: Minter, tenant: uuid.UUID
+    page: Page, stack: Stack, http: httpx.Client, mint: TokenFactory, tenant: uuid.UUID
 ) -> None:
     # Given a token of a tenant with a few events
     tok = mint(tenant, sub="ops-alice")
@@ -49,7 +48,7 @@ def test_sign_in_keeps_the_token_in_session_storage_only(
 
 
 def test_each_count_links_to_its_filtered_list_and_the_chart_draws_the_hour(
-    page: Page, http: httpx.Client, mint: Minter, tenant: uuid.UUID
+    page: Page, http: httpx.Client, mint: TokenFactory, tenant: uuid.UUID
 ) -> None:
     # Given one event processed, one that fails until it gives up, and one still pending
     tok = mint(tenant)
@@ -70,7 +69,7 @@ def test_each_count_links_to_its_filtered_list_and_the_chart_draws_the_hour(
         "1"
     )
     # ...and the chart draws the minutes in which handlers ran (4 outcomes: 1 + 3)
-    stats = http.get("/system/events/stats?series=minute", headers=bearer(tok)).json()
+    stats = http.get("/system/events/stats?series=minute", headers=auth(tok)).json()
     assert sum(p["processed"] + p["failed"] for p in stats["series"]) == 4, stats
     chart = page.locator('figure[data-chart="bars"]')
     expect(chart.locator("rect.bar-processed").first).to_be_attached()
@@ -93,7 +92,7 @@ def test_each_count_links_to_its_filtered_list_and_the_chart_draws_the_hour(
 
 
 def test_filters_live_in_the_url_and_the_cursor_pages_through(
-    page: Page, http: httpx.Client, mint: Minter, tenant: uuid.UUID
+    page: Page, http: httpx.Client, mint: TokenFactory, tenant: uuid.UUID
 ) -> None:
     # Given five events of one type and one of another, none of which a worker takes
     tok = mint(tenant)
@@ -136,7 +135,7 @@ def test_filters_live_in_the_url_and_the_cursor_pages_through(
 
 
 def test_the_list_fits_a_phone_screen(
-    page: Page, http: httpx.Client, mint: Minter, tenant: uuid.UUID
+    page: Page, http: httpx.Client, mint: TokenFactory, tenant: uuid.UUID
 ) -> None:
     # Given events with long identifiers, and a phone-width screen
     tok = mint(tenant)
@@ -173,7 +172,7 @@ WIDTHS = (
 
 
 def test_a_failed_event_with_a_retry_to_come_says_when(
-    page: Page, stack: Stack, mint: Minter, tenant: uuid.UUID
+    page: Page, stack: Stack, mint: TokenFactory, tenant: uuid.UUID
 ) -> None:
     # Given a failed event of a module with no worker, its automatic retry due in an hour
     due = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)

@@ -10,11 +10,10 @@ import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from bus.auth import mint_token
-from tests.ui.conftest import (
+from tests.support.tokens import TokenFactory, auth
+from tests.ui.browser import (
     IDLE_MODULE,
-    Minter,
     Watch,
-    bearer,
     publish,
     screenshot,
     sign_in,
@@ -27,7 +26,7 @@ HOSTILE_SCRIPT = "<script>alert(2)</script>"
 
 
 def test_a_tenant_token_never_shows_another_tenants_events(
-    page: Page, http: httpx.Client, mint: Minter, watch: Watch
+    page: Page, http: httpx.Client, mint: TokenFactory, watch: Watch
 ) -> None:
     # Given two events in tenant A and two in tenant B
     tenant_a, tenant_b = uuid.uuid4(), uuid.uuid4()
@@ -52,7 +51,9 @@ def test_a_tenant_token_never_shows_another_tenants_events(
     assert theirs[0] not in page.locator("main").inner_text()
 
 
-def test_a_system_admin_picks_a_tenant_or_all(page: Page, http: httpx.Client, mint: Minter) -> None:
+def test_a_system_admin_picks_a_tenant_or_all(
+    page: Page, http: httpx.Client, mint: TokenFactory
+) -> None:
     # Given an event in each of two tenants, and a system admin's token of no tenant
     tenant_a, tenant_b = uuid.uuid4(), uuid.uuid4()
     event_a = publish(http, mint(tenant_a), IDLE_MODULE)["id"]
@@ -76,7 +77,7 @@ def test_a_system_admin_picks_a_tenant_or_all(page: Page, http: httpx.Client, mi
 
 
 def test_markup_in_an_event_renders_as_text(
-    page: Page, http: httpx.Client, mint: Minter, tenant: uuid.UUID
+    page: Page, http: httpx.Client, mint: TokenFactory, tenant: uuid.UUID
 ) -> None:
     # Given an event whose type, entity, data and error hold markup and script
     tok = mint(tenant)
@@ -93,7 +94,7 @@ def test_markup_in_an_event_renders_as_text(
     error = f"{HOSTILE_HTML}{HOSTILE_SCRIPT}"
     failed = http.put(
         f"/system/events/{event['id']}",
-        headers=bearer(tok),
+        headers=auth(tok),
         json={"status": "failed", "error_message": error},
     )
     assert failed.status_code == 200, failed.text
@@ -117,7 +118,7 @@ def test_markup_in_an_event_renders_as_text(
     screenshot(page, "detail-hostile")
 
 
-def test_sign_out_clears_session_storage(page: Page, mint: Minter, tenant: uuid.UUID) -> None:
+def test_sign_out_clears_session_storage(page: Page, mint: TokenFactory, tenant: uuid.UUID) -> None:
     sign_in(page, mint(tenant))
     assert page.evaluate("sessionStorage.length") == 1
     page.get_by_role("button", name="Sign out").click()
@@ -130,7 +131,7 @@ def test_sign_out_clears_session_storage(page: Page, mint: Minter, tenant: uuid.
 
 
 def test_the_apis_refusals_are_shown_with_its_message(
-    page: Page, mint: Minter, tenant: uuid.UUID, watch: Watch
+    page: Page, mint: TokenFactory, tenant: uuid.UUID, watch: Watch
 ) -> None:
     watch.allow(r"status of 40[13]")
     # A token without manage:system: the API's 403, and the page stays signed in
@@ -148,7 +149,7 @@ def test_the_apis_refusals_are_shown_with_its_message(
 
 
 def test_the_dashboard_works_from_the_keyboard(
-    page: Page, http: httpx.Client, mint: Minter, tenant: uuid.UUID
+    page: Page, http: httpx.Client, mint: TokenFactory, tenant: uuid.UUID
 ) -> None:
     tok = mint(tenant)
     event = publish(http, tok, IDLE_MODULE)

@@ -13,7 +13,7 @@ import pytest
 from bus.broker import deadletter
 from bus.broker.celery_message import ETA_MARGIN_SECONDS, Bounds
 from bus.broker.queues import PROCESS_EVENTS_TASK
-from tests.hostile.broker_payloads import envelope, task_headers
+from tests.support.broker_payloads import envelope, task_headers
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 BOUNDS = Bounds(longest_delay=300.0, time_limit=300.0)

@@ -9,7 +9,7 @@ from typing import Any
 from bus.maintenance.chore import Chore
 from bus.maintenance.runner import Maintenance
 from bus.observability import metrics
-from tests.procs import wait_for
+from tests.support.processes import wait_for
 
 
 def _runtime() -> Any:

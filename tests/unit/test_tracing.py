@@ -16,9 +16,9 @@ from bus.broker import deadletter
 from bus.broker.dispatch import Dispatch, Dispatcher
 from bus.broker.queues import PROCESS_EVENTS_TASK
 from bus.observability import tracing
-from tests.hostile.broker_payloads import task_headers
-from tests.procs import ROOT
-from tests.spans import SpanRecord, from_sdk, in_memory
+from tests.support.broker_payloads import task_headers
+from tests.support.processes import ROOT
+from tests.support.spans import SpanRecord, from_sdk, in_memory
 
 QUEUE = "eventbus.warehouse"
 A, B, C = (str(uuid.uuid4()) for _ in range(3))

@@ -1,10 +1,12 @@
-"""A first end-to-end pass through the API on PostgreSQL (the contract suite goes further)."""
+"""A first end-to-end pass through the API on PostgreSQL: publish, list, update (the other
+contract tests go further)."""
 
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.conftest import SEED_PUBLISH_BODY, TokenFactory, auth
+from tests.support.factories import SEED_PUBLISH_BODY
+from tests.support.tokens import TokenFactory, auth
 
 
 def test_publish_list_update(client: TestClient, token: TokenFactory) -> None:

@@ -1,4 +1,5 @@
-"""Subprocesses of the tests (``eventbus`` commands) and bounded waits, shared by every suite."""
+"""Subprocesses of the tests (``eventbus`` commands), their environment, free ports, and the
+one bounded wait, :func:`wait_for`."""
 
 from __future__ import annotations
 
@@ -6,14 +7,19 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from bus.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / ".venv" / "bin"
 
 
 def wait_for(
@@ -28,6 +34,49 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise AssertionError(f"{message} (after {timeout:.1f}s)")
         time.sleep(interval)
+
+
+def eventbus(*args: str) -> list[str]:
+    """The argv of the venv's ``eventbus`` command."""
+    return [str(BIN / "eventbus"), *args]
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of an ``eventbus`` subprocess: every EVENTBUS_* variable taken from
+    ``settings`` (none inherited), this worktree first on the import path, then ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("EVENTBUS_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        env[f"EVENTBUS_{name.upper()}"] = value.value if isinstance(value, Enum) else str(value)
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def eventbus_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """:func:`settings_env` with JSON logs, for tests that read log records."""
+    return settings_env(settings, **{"EVENTBUS_LOG_FORMAT": "json", **extra})
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    """Whether something accepts connections on the loopback ``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 class Proc:

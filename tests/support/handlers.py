@@ -1,4 +1,5 @@
-"""Handlers for the integration tests, loaded by ``eventbus worker`` through EVENTBUS_HANDLERS.
+"""Handlers for tests that run real workers, loaded by ``eventbus worker`` through
+EVENTBUS_HANDLERS (:data:`tests.support.workers.HANDLERS`).
 
 One behaviour for every test module, steered by the event's data so each test says in its
 own body what the handler should do:
@@ -8,7 +9,8 @@ own body what the handler should do:
 * ``kill_until``: SIGKILL the running process while the attempt number is at most this;
 * ``kill_once``: a file; SIGKILL the running process if it does not exist yet (creating it), so
   exactly one run dies whatever its attempt number;
-* ``write``: insert a row into ``handler_effects`` through the handler's session;
+* ``write``: insert a row into ``handler_effects`` (:data:`tests.support.workers.EFFECTS_TABLE`)
+  through the handler's session;
 * ``trace``: a file to which each attempt appends ``<attempt> <unix time>``;
 * ``commit``: call ``session.commit()``, which a handler must not do.
 """
@@ -24,15 +26,6 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from workers import Event, handler
-
-EFFECTS_TABLE = """
-CREATE TABLE IF NOT EXISTS handler_effects (
-    id bigserial PRIMARY KEY,
-    event_id uuid NOT NULL,
-    attempt integer NOT NULL,
-    pid integer NOT NULL
-)
-"""
 
 
 def behave(event: Event, session: Session) -> None:

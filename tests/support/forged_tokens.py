@@ -9,7 +9,7 @@ import json
 import time
 from typing import Any
 
-from tests.conftest import TENANT_A
+from tests.support.tokens import TENANT_A
 
 
 def b64url(raw: bytes) -> str:

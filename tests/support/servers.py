@@ -1,6 +1,6 @@
 """Throwaway redis-server and PostgreSQL instances on free loopback ports.
 
-Chaos tests kill and restart these, never the machine's shared services.
+Tests kill and restart these, never the machine's shared services.
 """
 
 from __future__ import annotations
@@ -8,39 +8,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from tests.support.processes import free_port, port_open, wait_for
+
 PG_BIN = Path(os.environ.get("EVENTBUS_PG_BIN", "")) if os.environ.get("EVENTBUS_PG_BIN") else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(
-    check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 class RedisServer:
@@ -70,7 +44,7 @@ class RedisServer:
         else:
             args += ["--appendonly", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: port_open(self.port), 10, f"redis on {self.port}")
+        wait_for(lambda: port_open(self.port), 10, f"redis on {self.port} never answered")
         return self
 
     def kill(self) -> None:
@@ -78,7 +52,7 @@ class RedisServer:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
-        wait_until(lambda: not port_open(self.port), 10, "redis to go away")
+        wait_for(lambda: not port_open(self.port), 10, "redis never went away")
 
     def restart(self) -> None:
         self.kill()
@@ -151,7 +125,7 @@ class PostgresCluster:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        wait_until(self._ready, 30, f"postgres on {self.port}", interval=0.1)
+        wait_for(self._ready, 30, f"postgres on {self.port} never answered", interval=0.1)
         return self
 
     def _ready(self) -> bool:
@@ -171,10 +145,10 @@ class PostgresCluster:
             if pid:
                 os.kill(pid, signal.SIGKILL)
             self.proc.wait(30)
-        wait_until(lambda: not port_open(self.port), 30, "postgres to go away")
+        wait_for(lambda: not port_open(self.port), 30, "postgres never went away")
         # Orphaned backends exit once the postmaster is gone; wait for the shared memory to free.
-        wait_until(lambda: not (self.data / "postmaster.pid").exists() or self._stale_pid(),
-                   30, "postmaster.pid to clear")  # fmt: skip
+        wait_for(lambda: not (self.data / "postmaster.pid").exists() or self._stale_pid(),
+                 30, "postmaster.pid never cleared")  # fmt: skip
 
     def _postmaster_pid(self) -> int | None:
         pid_file = self.data / "postmaster.pid"
