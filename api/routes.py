@@ -1,4 +1,7 @@
-"""``/system/events``: list, publish, update status. Each route calls one service function."""
+"""``/system/events``: the seed's list, publish and status update, and the bus's own batch
+publish, stats, event detail and replay. Each route declares its caller and inputs through
+dependencies and calls one function of ``bus`` (a publish goes through the API's group commit,
+``api.publishing``); heavy calls (replay, batch, big pages) are admitted by ``api.limits``."""
 
 from __future__ import annotations
 

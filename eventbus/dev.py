@@ -1,16 +1,16 @@
-"""``eventbus dev``: API, worker and relay in one process, on a SQLite file, with no servers.
+"""``eventbus dev``: API, worker and maintenance in one process, on a SQLite file, with no servers.
 
 The broker is kombu's in-memory transport (``memory://``) with the worker in a thread of the
 same process. Chosen over kombu's SQLAlchemy transport on a second SQLite file because the bus
 already keeps every event in its own database, which is the outbox: whatever the in-memory
 queues held when the process stopped is sent again at the next start (the send stamps of
-unfinished events are forgotten and the relay sends them at once). So nothing is lost, there is
-no second file to lock against, and delivery is immediate: the worker polls the in-memory queue
-every 20 ms, where the SQLAlchemy transport would poll a table. What it cannot do is serve
+unfinished events are forgotten and the re-send chore sends them at once). So nothing is lost,
+there is no second file to lock against, and delivery is immediate: the worker polls the
+in-memory queue every 20 ms, where the SQLAlchemy transport would poll a table. What it cannot do is serve
 workers in other processes; use Redis or RabbitMQ for that.
 
 Data survives restarts (the SQLite file); Ctrl-C or SIGTERM stops it cleanly: the API stops
-accepting, the running handler finishes, the relay ends its batch.
+accepting, the running handler finishes, the maintenance chores end their pass.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _serve(settings: Settings, host: str, port: int, loglevel: str, stop: thread
     modules = resolve_modules(None, registry)
     runtime = Runtime(settings)
     if settings.otel_enabled:
-        tracing.setup("eventbus-dev")  # one process: the API's, the worker's, the relay's spans
+        tracing.setup("eventbus-dev")  # one process: the API's, the worker's, the re-send's spans
     if settings.broker_url.startswith("memory://"):
         with transaction(runtime.sessions) as session:
             resent = reset_dispatch_of_unfinished(session)
@@ -134,7 +134,7 @@ def _print_banner(settings: Settings, host: str, port: int, modules: list[str]) 
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     print(
         f"""
-eventbus dev is ready: API {base} (docs {base}/docs), worker for {", ".join(modules)}, relay.
+eventbus dev is ready: API {base} (docs {base}/docs), worker for {", ".join(modules)}, maintenance.
 Database {settings.database_url}, broker {settings.broker_url}. Ctrl-C stops it.
 
 export EVENTBUS_TOKEN={token}

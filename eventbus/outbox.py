@@ -132,8 +132,10 @@ def publish(
     event_data: Mapping[str, Any],
     max_event_data_bytes: int = DEFAULT_MAX_EVENT_DATA_BYTES,
 ) -> uuid.UUID:
-    """Add an event to the caller's transaction in ``session``; returns its id, which will be
-    the event's id in the bus. Nothing is published unless that transaction commits.
+    """Add an event to the caller's transaction in ``session``; returns the outbox row's id,
+    which is also the event's id in the bus when the row is forwarded straight into its database
+    (over ``--api`` the bus gives the event an id of its own). Nothing is published unless that
+    transaction commits.
 
     Checked by the API's rules first: a body the API would refuse raises
     :class:`~eventbus.errors.InvalidRequest` with the API's status and message
