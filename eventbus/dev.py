@@ -6,8 +6,8 @@ already keeps every event in its own database, which is the outbox: whatever the
 queues held when the process stopped is sent again at the next start (the send stamps of
 unfinished events are forgotten and the re-send chore sends them at once). So nothing is lost,
 there is no second file to lock against, and delivery is immediate: the worker polls the
-in-memory queue every 20 ms, where the SQLAlchemy transport would poll a table. What it cannot do is serve
-workers in other processes; use Redis or RabbitMQ for that.
+in-memory queue every 20 ms, where the SQLAlchemy transport would poll a table. What it cannot
+do is serve workers in other processes; use Redis or RabbitMQ for that.
 
 Data survives restarts (the SQLite file); Ctrl-C or SIGTERM stops it cleanly: the API stops
 accepting, the running handler finishes, the maintenance chores end their pass.
