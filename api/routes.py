@@ -191,10 +191,13 @@ async def publish_events(
 
     Same rights and tenant rules as a publish. An invalid item refuses the whole batch with
     `events[<index>]: <the publish's message>`. An `Idempotency-Key` works as on a publish.
-    A body of more than `EVENTBUS_MAX_BATCH_JSON_VALUES` keys and values is `413`. A batch is a
-    heavy call, as a replay is (`429 Too many concurrent requests` beyond the caps).
+    A body of more than `EVENTBUS_MAX_BATCH_JSON_VALUES` keys and values is `413`. A body above
+    `EVENTBUS_HEAVY_BATCH_BYTES` is a heavy call, as a replay is (`429 Too many concurrent
+    requests` beyond the caps); a smaller one runs as a publish does.
     """
-    async with work.heavy(caller) as heavy:  # read once admitted, parsed off the event loop
+    big = _body_length(request) > runtime.settings.heavy_batch_bytes
+    # read once admitted, parsed off the event loop either way
+    async with work.heavy(caller, when=big) as heavy:
         raw = await read_batch_body(request)
         body = await heavy.call(parse_batch_body, raw, runtime.settings.max_batch_json_values)
         events = await heavy.call(
@@ -320,3 +323,9 @@ async def get_event(
             "next_attempt_at": found.next_attempt_at,
         }
     )
+
+
+def _body_length(request: Request) -> float:
+    """The body's declared length; infinite when not declared (chunked) or not a number."""
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else float("inf")

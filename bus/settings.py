@@ -186,6 +186,12 @@ class Settings(BaseSettings):
     heavy_page_limit: int = Field(
         100, ge=1, description="a list page whose `limit` is above this is a heavy call"
     )
+    heavy_batch_bytes: int = Field(
+        1024 * 1024,
+        ge=0,
+        description="a batch body larger than this (or of unknown length) is a heavy call; a "
+        "smaller one is parsed on the request threads, off the event loop too",
+    )
     max_batch_json_values: int = Field(
         250_000,
         ge=1,

@@ -53,7 +53,9 @@ def client_with(runtime: Runtime, **settings: Any) -> Iterator[TestClient]:
 
 @pytest.fixture
 def limited(runtime: Runtime) -> Iterator[TestClient]:
-    with client_with(runtime, heavy_calls_per_tenant=2, heavy_calls_total=3) as client:
+    with client_with(
+        runtime, heavy_calls_per_tenant=2, heavy_calls_total=3, heavy_batch_bytes=0
+    ) as client:
         yield client
 
 
@@ -105,6 +107,22 @@ def test_light_calls_are_not_counted(limited: TestClient, token: TokenFactory) -
         assert limited.post("/system/events", json=SEED_PUBLISH_BODY, headers=a).status_code == 201
         assert limited.get("/system/events/stats", headers=a).status_code == 200
         assert limited.get("/healthz").status_code == 200
+
+
+def test_a_batch_is_heavy_only_above_its_byte_bound(runtime: Runtime, token: TokenFactory) -> None:
+    # Given a tenant at its cap of heavy calls, and batches heavy above 4,000 bytes
+    with (
+        client_with(runtime, heavy_calls_per_tenant=2, heavy_batch_bytes=4_000) as client,
+        in_flight(client, TENANT_A, TENANT_A),
+    ):
+        a = auth(token(TENANT_A))
+        # When it publishes a small batch: served as a publish is
+        small = client.post("/system/events/batch", headers=a, json={"events": [SEED_PUBLISH_BODY]})
+        assert small.status_code == 201, small.text
+        # and a big one: a heavy call, refused at the cap
+        big = {"events": [SEED_PUBLISH_BODY] * 40}
+        refused = client.post("/system/events/batch", headers=a, json=big)
+        assert (refused.status_code, refused.json()) == (429, TOO_MANY)
 
 
 def test_the_process_total_caps_every_tenant(limited: TestClient, token: TokenFactory) -> None:
