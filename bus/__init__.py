@@ -19,7 +19,8 @@ package; the tables and every SQL statement sit beneath them in ``storage``:
                     (``service``), once per ``Idempotency-Key`` (``idempotency``); a replay
                     publishes matching events again (``replay``).
 ``broker/``         2. the way to the workers: Celery app, Redis transport, messages and their
-                    sender (``dispatch``), queue names, dead letters, the broker for operators.
+                    sender (``dispatch``), queue names, the message Celery reads
+                    (``celery_message``) and dead letters, the broker for operators.
 ``delivery/``       3. an attempt: claim, run, record the outcome, retry (``attempts``,
                     ``retry``); the same outcome reported over HTTP (``status``).
 ``read/``           4. what callers read: the list (``listing``, ``pages``, ``cursors``), one

@@ -152,6 +152,7 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     """The bus's background chores (re-send, count folds, purges); loop until SIGTERM/SIGINT."""
     from bus.maintenance.resend import run_once
     from bus.maintenance.runner import Maintenance
+    from bus.observability import metrics
     from bus.runtime import Runtime
 
     _setup_logging(args.loglevel)
@@ -165,6 +166,7 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
             print(run_once(runtime))
             return 0
         maintenance = Maintenance(runtime)
+        stop_metrics = metrics.serve(args.metrics_port) if args.metrics_port else None
 
         def stop(_signum: int, _frame: FrameType | None) -> None:
             maintenance.stop()
@@ -174,7 +176,11 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
             return 0
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        maintenance.run()
+        try:
+            maintenance.run()
+        finally:
+            if stop_metrics is not None:
+                stop_metrics()
         return 0
     finally:
         runtime.close()
@@ -411,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     # "relay" is the name of releases before 0.2; it stays an alias for one release.
     p = sub.add_parser("maintenance", aliases=["relay"], help=cmd_maintenance.__doc__)
     p.add_argument("--once", action="store_true", help="re-send one batch, print how many, exit")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve /metrics (eventbus_maintenance_failures_total{chore}) on this port; 0: none",
+    )
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_maintenance)
 

@@ -1,5 +1,6 @@
 """The way to the workers: the Celery app (``celery_app``), the Redis transport
 (``transport``), the messages and who sends them (``dispatch``), queue names (``queues``),
-what a well-formed message is and where refused ones go (``deadletter``), and the broker as
+what a well-formed message is, to the type of every header Celery reads
+(``celery_message``), and where refused ones go (``deadletter``), and the broker as
 operators see it (``inspector``).
 """
