@@ -376,7 +376,13 @@ class Stack:
                     if self.procs[name].popen.poll() is not None:
                         self.fault()
                         restarts += 1
-                        self.start_workers(name, pool=self.pools[name])
+                        try:
+                            self.start_workers(name, pool=self.pools[name])
+                        except AssertionError:
+                            # It died again before printing " ready." (a restored poison
+                            # message can kill it that early under load): the next poll sees
+                            # the death and restarts it, counted, as a supervisor would.
+                            continue
 
         thread = in_thread(loop)
         self.threads.append(thread)
