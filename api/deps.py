@@ -197,9 +197,15 @@ async def _read_json(request: Request, cap: int) -> Any:
     return parse_json_body(await _read(request, cap))
 
 
+def declared_length(request: Request) -> float:
+    """The body's declared length; infinite when not declared (chunked) or not a number."""
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else float("inf")
+
+
 async def _read(request: Request, cap: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > cap:
+    declared = declared_length(request)
+    if declared != float("inf") and declared > cap:
         raise BodyTooLarge()
     chunks: list[bytes] = []
     size = 0

@@ -17,6 +17,7 @@ from api.deps import (
     SystemReader,
     SystemWriter,
     WorkDep,
+    declared_length,
     read_batch_body,
 )
 from api.envelopes import (
@@ -195,7 +196,7 @@ async def publish_events(
     `EVENTBUS_HEAVY_BATCH_BYTES` is a heavy call, as a replay is (`429 Too many concurrent
     requests` beyond the caps); a smaller one runs as a publish does.
     """
-    big = _body_length(request) > runtime.settings.heavy_batch_bytes
+    big = declared_length(request) > runtime.settings.heavy_batch_bytes
     # read once admitted, parsed off the event loop either way
     async with work.heavy(caller, when=big) as heavy:
         raw = await read_batch_body(request)
@@ -323,9 +324,3 @@ async def get_event(
             "next_attempt_at": found.next_attempt_at,
         }
     )
-
-
-def _body_length(request: Request) -> float:
-    """The body's declared length; infinite when not declared (chunked) or not a number."""
-    declared = request.headers.get("content-length", "")
-    return int(declared) if declared.isdigit() else float("inf")
