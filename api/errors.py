@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
@@ -53,8 +54,11 @@ def allowed_methods(request: Request) -> list[str]:
     ``/system/events`` would say ``GET`` although it takes ``POST`` too.
 
     As in OpenAPI, a concrete path wins over a template: ``/system/events/stats`` takes GET,
-    whatever ``/system/events/{event_id}`` would do with ``stats``."""
-    path = request.url.path
+    whatever ``/system/events/{event_id}`` would do with ``stats``.
+
+    Matched on the path Starlette's router matches, not ``request.url.path``: ``urlsplit``
+    drops a tab or newline from a URL, so ``…/events/%09`` would match no route there."""
+    path = get_route_path(request.scope)
     concrete: set[str] = set()
     templated: set[str] = set()
     for route in _routes(request.app.router.routes):

@@ -385,6 +385,17 @@ def test_a_405_names_every_allowed_method(
     assert response.headers["allow"] == allow
 
 
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+@pytest.mark.parametrize("event_id", ["%09", "%0A", "a%09b", "%0D"])
+def test_an_id_of_url_control_characters_is_not_found(
+    client: TestClient, h: dict[str, str], method: str, event_id: str
+) -> None:
+    # urlsplit drops tab/CR/LF: matched on request.url.path, /events/%09 took no method (405)
+    body = {"status": "processed"} if method == "PUT" else None
+    response = client.request(method, f"{EVENTS}/{event_id}", headers=h, json=body)
+    assert_envelope(response, 404)
+
+
 def test_responses_say_nosniff_and_no_store(client: TestClient, h: dict[str, str]) -> None:
     for response in (client.get(EVENTS, headers=h), client.get(EVENTS), client.get("/healthz")):
         assert response.headers["x-content-type-options"] == "nosniff"
