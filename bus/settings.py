@@ -98,6 +98,19 @@ class Settings(BaseSettings):
         600.0, gt=0, description="a sent but unprocessed event is sent again after this"
     )
     relay_batch_size: int = Field(500, ge=1, description="events sent per relay batch")
+    retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="events older than this leave the history: their day's partition is "
+        "dropped whole once no event in it is still in flight (SQLite: finished rows deleted)",
+    )
+    partitions_ahead_days: int = Field(
+        7,
+        ge=1,
+        le=366,
+        description="days of history partitions made ahead of time by `eventbus maintenance` "
+        "(a publish never waits for one: a missing day lands in the default partition)",
+    )
     attempts_retention_days: float = Field(
         30.0,
         gt=0,

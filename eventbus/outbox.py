@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -142,6 +142,7 @@ def publish(
     (``Field required entity_id``, ``Invalid target_module``, ``Event data too large``…).
     """
     from bus.errors import BusError
+    from bus.events.ids import new_event_id
     from bus.events.schemas import parse_new_event
 
     given_text = (event_type, source_module, target_module, entity_type, entity_id)
@@ -155,8 +156,11 @@ def publish(
         new = parse_new_event(body, max_event_data_bytes)
     except BusError as exc:
         raise InvalidRequest(exc.status_code, exc.message) from exc
-    event_id = uuid.uuid4()
-    session.execute(insert(outbox_table).values(id=event_id, tenant_id=tenant, **new.published()))
+    # A UUIDv7: the event's created_at in the bus will be this moment, the one its id names.
+    now = datetime.now(UTC)
+    event_id = new_event_id(now)
+    row = {"id": event_id, "tenant_id": tenant, "created_at": now, **new.published()}
+    session.execute(insert(outbox_table).values(row))
     return event_id
 
 

@@ -18,7 +18,9 @@ INTERVAL_SECONDS = 5.0
 def purge_attempts(runtime: Runtime, now: datetime | None = None) -> int:
     """Delete a bounded batch of attempt history entries older than
     ``EVENTBUS_ATTEMPTS_RETENTION_DAYS`` (``attempt_store.purge``)."""
-    keep = timedelta(days=runtime.settings.attempts_retention_days)
+    # never kept longer than their events
+    settings = runtime.settings
+    keep = timedelta(days=min(settings.attempts_retention_days, settings.retention_days))
     with transaction(runtime.sessions) as session:
         return attempt_store.purge(session, (now or utcnow()) - keep)
 

@@ -81,6 +81,10 @@ MAINTENANCE_FAILURES = Counter(
     "Maintenance chore passes that raised (each chore backs off alone)",
     ("chore",),
 )
+RETENTION_DROPPED = Counter(
+    "eventbus_retention_dropped_events",
+    "Events that left the history past EVENTBUS_RETENTION_DAYS (dropped with their partition)",
+)
 
 OTHER = "other"
 """The label value that stands for every value past a label's budget."""
@@ -143,6 +147,11 @@ def _labels(target_module: str, event_type: str) -> tuple[str, str]:
 def count_broker_rejected(queue: str) -> None:
     """One broker message refused on ``queue`` (one of the worker's own queues, so bounded)."""
     BROKER_REJECTED.labels(queue).inc()
+
+
+def count_retention_dropped(events: int) -> None:
+    """Events that left the history past ``EVENTBUS_RETENTION_DAYS`` (a dropped partition's)."""
+    RETENTION_DROPPED.inc(events)
 
 
 def count_maintenance_failure(chore: str) -> None:

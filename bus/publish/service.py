@@ -28,6 +28,7 @@ from bus.errors import (
     InvalidJSONBody,
     TooManyEvents,
 )
+from bus.events.ids import created_at_of, new_event_id
 from bus.events.rules import utcnow
 from bus.events.schemas import (
     NewEvent,
@@ -115,7 +116,7 @@ def _new_row(
     new: NewEvent, tenant_id: uuid.UUID, request_id: str | None, now: datetime
 ) -> EventRow:
     return EventRow(
-        id=uuid.uuid4(),
+        id=new_event_id(now),
         tenant_id=tenant_id,
         **new.published(),
         status=EventStatus.PENDING,
@@ -209,11 +210,14 @@ def new_event(
     now: datetime | None = None,
 ) -> EventRow:
     """A publish body checked by the API's rules, as a row to store, with the id given (the
-    outbox forwarder passes its row's id, so a forward repeated stores nothing new)."""
+    outbox forwarder passes its row's id, so a forward repeated stores nothing new). A UUIDv7
+    given names the event's ``created_at`` (when it was written to the outbox): the history
+    finds an event by its id's time (``bus.events.ids``)."""
     new = parse_new_event(body, settings.max_event_data_bytes)
     row = _new_row(new, tenant_id, request_id, now or utcnow())
     if event_id is not None:
         row.id = event_id
+        row.created_at = created_at_of(event_id) or row.created_at
     return row
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from bus.events.ids import window
 from bus.storage.models import (
     EventRow,
     EventStatus,
@@ -45,6 +46,19 @@ _table: Table = SystemEvent.__table__  # type: ignore[assignment]
 
 
 _INSERT = insert(_table)
+
+# Every look-up by id also bounds ``created_at`` to the ids' window (``bus.events.ids``): the
+# history is partitioned by ``created_at``, and the bound lets PostgreSQL read only the
+# partitions those ids can be in (one, for an id the bus made) instead of every day's.
+_NEAR = and_(
+    _table.c.created_at >= bindparam("lo", type_=_table.c.created_at.type),
+    _table.c.created_at < bindparam("hi", type_=_table.c.created_at.type),
+)
+
+
+def _near(event_ids: Collection[uuid.UUID]) -> dict[str, datetime]:
+    lo, hi = window(event_ids)
+    return {"lo": lo, "hi": hi}
 
 
 def insert_event(session: Session, values: dict[str, Any]) -> None:
@@ -83,7 +97,10 @@ def insert_events_once(session: Session, rows: Sequence[Mapping[str, Any]]) -> s
                 new.add(row["id"])
         return new
     columns = tuple(rows[0])
-    params = {name: [_array_value(name, row[name]) for row in rows] for name in columns}
+    params: dict[str, Any] = {
+        name: [_array_value(name, row[name]) for row in rows] for name in columns
+    }
+    params.update(_near([row["id"] for row in rows]))
     return set(connection.execute(_unnest_insert_once(columns), params).scalars())
 
 
@@ -113,10 +130,14 @@ def _unnest_insert(columns: tuple[str, ...]) -> TextClause:
 
 @functools.cache
 def _unnest_insert_once(columns: tuple[str, ...]) -> TextClause:
+    # The key is (id, created_at): an id stored already is looked for by id too, in case
+    # the row forwarded again carries another created_at (a version-4 outbox id).
     names = ", ".join(columns)
     return text(
         f"INSERT INTO {_table.name} ({names}) SELECT {names} FROM {_unnest(columns)} "  # noqa: S608
-        "ON CONFLICT (id) DO NOTHING RETURNING id"
+        f"WHERE NOT EXISTS (SELECT 1 FROM {_table.name} e WHERE e.id = v.id "
+        "AND e.created_at >= :lo AND e.created_at < :hi) "
+        "ON CONFLICT DO NOTHING RETURNING id"
     )
 
 
@@ -125,7 +146,8 @@ def _unnest_update(columns: tuple[str, ...]) -> TextClause:
     sets = ", ".join(f"{name} = v.{name}" for name in columns)
     return text(
         f"UPDATE {_table.name} AS e SET {sets} "  # noqa: S608
-        f"FROM {_unnest(('id', *columns))} WHERE e.id = v.id"
+        f"FROM {_unnest(('id', *columns))} WHERE e.id = v.id "
+        "AND e.created_at >= :lo AND e.created_at < :hi"
     )
 
 
@@ -134,14 +156,14 @@ def read_event(
 ) -> EventRow | None:
     """An event, unlocked: in ``tenant_id`` (any tenant when None). The tenant is in the WHERE,
     so another tenant's event is never fetched."""
-    stmt, params = _READ, {"event_id": event_id}
+    stmt, params = _READ, {"event_id": event_id, **_near((event_id,))}
     if tenant_id is not None:
         stmt, params = _READ_IN_TENANT, {**params, "tenant_id": tenant_id}
     row = session.connection().execute(stmt, params).mappings().first()
     return None if row is None else EventRow(**row)
 
 
-_READ = select(_table).where(_table.c.id == bindparam("event_id"))
+_READ = select(_table).where(_table.c.id == bindparam("event_id"), _NEAR)
 _READ_IN_TENANT = _READ.where(_table.c.tenant_id == bindparam("tenant_id"))
 
 
@@ -171,16 +193,16 @@ def claim_for_processing(
     else:
         _limit_lock_wait(session, wait_seconds)
         stmt = _CLAIM_WAITING
-    row = session.connection().execute(stmt, {"event_id": event_id}).mappings().first()
+    params = {"event_id": event_id, **_near((event_id,))}
+    row = session.connection().execute(stmt, params).mappings().first()
     return None if row is None else EventRow(**row)
 
 
 # Built once: a worker runs these for every event, and building a statement (and its cache key)
 # costs more CPU than sending it. Executed on the session's connection, past the ORM.
-_CLAIM = (
-    select(_table).where(_table.c.id == bindparam("event_id")).with_for_update(skip_locked=True)
-)
-_CLAIM_WAITING = select(_table).where(_table.c.id == bindparam("event_id")).with_for_update()
+_BY_ID = select(_table).where(_table.c.id == bindparam("event_id"), _NEAR)
+_CLAIM = _BY_ID.with_for_update(skip_locked=True)
+_CLAIM_WAITING = _BY_ID.with_for_update()
 
 
 @functools.cache
@@ -188,7 +210,7 @@ def _update_statement(columns: tuple[str, ...]) -> Update:
     """``UPDATE system_events SET <columns> WHERE id = :event_id``, built once per column set."""
     return (
         update(_table)
-        .where(_table.c.id == bindparam("event_id"))
+        .where(_table.c.id == bindparam("event_id"), _NEAR)
         .values({name: bindparam(f"new_{name}") for name in columns})
     )
 
@@ -204,12 +226,15 @@ def save_outcomes(
     connection = session.connection()
     columns = tuple(outcomes[0][1])
     if len(outcomes) > 1 and connection.dialect.name == "postgresql":
-        params = {name: [_array_value(name, v[name]) for _, v in outcomes] for name in columns}
+        params: dict[str, Any] = {
+            name: [_array_value(name, v[name]) for _, v in outcomes] for name in columns
+        }
         params["id"] = [event_id for event_id, _ in outcomes]
+        params.update(_near(params["id"]))
         connection.execute(_unnest_update(columns), params)
         return
     rows = [
-        {"event_id": event_id, **{f"new_{name}": v[name] for name in columns}}
+        {"event_id": event_id, **_near((event_id,)), **{f"new_{name}": v[name] for name in columns}}
         for event_id, v in outcomes
     ]
     connection.execute(_update_statement(columns), rows[0] if len(rows) == 1 else rows)
@@ -219,13 +244,14 @@ def claim_many(session: Session, event_ids: Sequence[uuid.UUID]) -> list[EventRo
     """Lock every event of a batch that no other transaction holds, in one statement
     (``FOR UPDATE SKIP LOCKED``), read as :func:`claim_for_processing`'s;
     the ones missing are locked elsewhere or gone (see :func:`existing`)."""
-    result = session.connection().execute(_CLAIM_MANY, {"ids": list(event_ids)})
+    params = {"ids": list(event_ids), **_near(event_ids)}
+    result = session.connection().execute(_CLAIM_MANY, params)
     return [EventRow(**row) for row in result.mappings()]
 
 
 _CLAIM_MANY = (
     select(_table)
-    .where(_table.c.id.in_(bindparam("ids", expanding=True)))
+    .where(_table.c.id.in_(bindparam("ids", expanding=True)), _NEAR)
     .with_for_update(skip_locked=True)
 )
 
@@ -234,17 +260,18 @@ def unprocessed_targets(session: Session, event_ids: Collection[uuid.UUID]) -> d
     """The target module of each of these events that exists and is not processed; reads no
     lock."""
     stmt = select(_table.c.id, _table.c.target_module).where(
-        _table.c.id.in_(list(event_ids)), _table.c.status != EventStatus.PROCESSED
+        _table.c.id.in_(list(event_ids)), _NEAR, _table.c.status != EventStatus.PROCESSED
     )
-    return {event_id: module for event_id, module in session.execute(stmt)}
+    rows = session.execute(stmt, _near(event_ids))
+    return {event_id: module for event_id, module in rows}
 
 
 def existing(session: Session, event_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
     """Which of these ids name an event (in any tenant); reads no lock."""
     if not event_ids:
         return set()
-    stmt = select(_table.c.id).where(_table.c.id.in_(list(event_ids)))
-    return set(session.scalars(stmt))
+    stmt = select(_table.c.id).where(_table.c.id.in_(list(event_ids)), _NEAR)
+    return set(session.scalars(stmt, _near(event_ids)))
 
 
 def lock_event(
@@ -253,14 +280,16 @@ def lock_event(
     """An event in a tenant (any tenant when None), row-locked until the transaction ends,
     read as :func:`claim_for_processing`'s."""
     stmt = _CLAIM_WAITING if tenant_id is None else _LOCK_IN_TENANT
-    params = {"event_id": event_id, "tenant_id": tenant_id}
+    params = {"event_id": event_id, "tenant_id": tenant_id, **_near((event_id,))}
     row = session.connection().execute(stmt, params).mappings().first()
     return None if row is None else EventRow(**row)
 
 
 _LOCK_IN_TENANT = (
     select(_table)
-    .where(_table.c.id == bindparam("event_id"), _table.c.tenant_id == bindparam("tenant_id"))
+    .where(
+        _table.c.id == bindparam("event_id"), _NEAR, _table.c.tenant_id == bindparam("tenant_id")
+    )
     .with_for_update()
 )
 
@@ -275,7 +304,8 @@ def _limit_lock_wait(session: Session, seconds: float) -> None:
 def mark_unsent(session: Session, event_ids: Sequence[uuid.UUID]) -> None:
     """Undo an optimistic send stamp so the relay picks the events up at once."""
     if event_ids:
-        session.execute(update(_table).where(_table.c.id.in_(event_ids)).values(dispatched_at=None))
+        stmt = update(_table).where(_table.c.id.in_(event_ids), _NEAR).values(dispatched_at=None)
+        session.execute(stmt, _near(event_ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,9 +366,9 @@ def take_due_for_dispatch(
             for r in session.execute(stmt)
         )
     if rows:
-        session.execute(
-            update(_table).where(_table.c.id.in_([r.id for r in rows])).values(dispatched_at=now)
-        )
+        ids = [r.id for r in rows]
+        stamp = update(_table).where(_table.c.id.in_(ids), _NEAR).values(dispatched_at=now)
+        session.execute(stamp, _near(ids))
     return rows
 
 

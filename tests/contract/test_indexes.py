@@ -62,10 +62,37 @@ def loaded(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+# A partition's index is named by PostgreSQL (system_events_p20261203_tenant_id_…_idx): the
+# plan is read with the name of the history's index it belongs to.
+PARENT_INDEX = """
+SELECT c.relname, p.relname FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+WHERE c.relkind = 'i'
+"""
+
+
+PARTITIONS = """
+SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'system_events'::regclass
+"""
+
+
 def plan_of(engine: Engine, stmt: Select[Any]) -> dict[str, Any]:
     sql = stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
     with engine.connect() as conn:
         plan: dict[str, Any] = conn.execute(text(f"EXPLAIN (FORMAT JSON) {sql}")).scalar_one()[0]
+        parents = dict(conn.execute(text(PARENT_INDEX)).all())
+        empty = {
+            name
+            for (name,) in conn.execute(text(PARTITIONS))
+            if not conn.execute(text(f"SELECT EXISTS (SELECT FROM {name})")).scalar_one()  # noqa: S608
+        }
+    for node in nodes(plan["Plan"]):
+        if "Index Name" in node:
+            node["Index Name"] = parents.get(node["Index Name"], node["Index Name"])
+        # A day with no event yet is read whole for free (and the planner knows it is empty)
+        if node["Node Type"] == "Seq Scan" and node.get("Relation Name") in empty:
+            node["Node Type"] = "Seq Scan of an empty partition"
     return plan["Plan"]
 
 

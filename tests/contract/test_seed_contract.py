@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api import errors as api_errors
+from bus.events.ids import created_at_of
 from bus.events.schemas import MAX_EVENT_DATA_DEPTH, REQUIRED_FIELDS, parse_timestamp
 from bus.read import listing
 from bus.runtime import Runtime
@@ -74,7 +75,12 @@ def test_publish_answers_the_seeds_envelope(client: TestClient, h: dict[str, str
     assert response.status_code == 201, response.text
     body = response.json()
     event = body["event"]
-    assert uuid.UUID(event["id"]).version == 4
+    # A UUID (all the seed promises): a version 7 one, naming its created_at's millisecond
+    event_id = uuid.UUID(event["id"])
+    assert event_id.version == 7
+    assert created_at_of(event_id) == parse_timestamp(event["created_at"], "t").replace(
+        microsecond=parse_timestamp(event["created_at"], "t").microsecond // 1000 * 1000
+    )
     assert event["tenant_id"] == str(TENANT_A)
     assert RFC3339_UTC.fullmatch(event["created_at"])
     assert between(event["created_at"], before, datetime.now(UTC))

@@ -1,0 +1,92 @@
+"""The history's days: partitions made ahead, and dropped whole past the retention
+(``bus.storage.partitions`` says how; SQLite deletes finished rows instead)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from bus.events.rules import utcnow
+from bus.maintenance.chore import Chore
+from bus.observability import metrics
+from bus.runtime import Runtime
+from bus.storage import partitions
+from bus.storage.db import transaction
+
+log = logging.getLogger(__name__)
+
+INTERVAL_SECONDS = 60.0
+"""Between passes: a day changes once a day, and a pass reads only the catalog when there is
+nothing to do."""
+
+DELETE_BATCH = 5000
+"""Rows a pass deletes from the default partition (or SQLite's table); a full batch runs
+again at once."""
+
+
+def make_days(runtime: Runtime, now: datetime | None = None) -> int:
+    """Make the partitions of yesterday to ``EVENTBUS_PARTITIONS_AHEAD_DAYS`` on, each in a
+    transaction of its own; returns how many were missing and made."""
+    today = (now or utcnow()).date()
+    made = 0
+    for offset in range(-1, runtime.settings.partitions_ahead_days + 1):
+        with transaction(runtime.sessions) as session:
+            connection = session.connection()
+            if not partitions.is_partitioned(connection):
+                return 0
+            if partitions.make_day(connection, today + timedelta(days=offset)):
+                made += 1
+    return made
+
+
+class Retention:
+    """Drops the days past ``EVENTBUS_RETENTION_DAYS``: a day whose events are all finished
+    goes whole; a day still holding an event in flight waits for it (said once per day)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._held: set[str] = set()
+
+    def run(self, now: datetime | None = None) -> int:
+        """One pass; returns how many events left the history."""
+        before = (now or utcnow()) - timedelta(days=self._runtime.settings.retention_days)
+        with transaction(self._runtime.sessions) as session:
+            connection = session.connection()
+            if not partitions.is_partitioned(connection):
+                # SQLite (eventbus dev): one table, finished rows deleted a batch at a time
+                return partitions.delete_finished(
+                    connection, partitions.PARENT, before, DELETE_BATCH
+                )
+            expired = partitions.expired(connection, before)
+        gone = sum(self._drop(p.name) for p in expired)
+        with transaction(self._runtime.sessions) as session:
+            stray = partitions.delete_finished(
+                session.connection(), partitions.DEFAULT, before, DELETE_BATCH
+            )
+        return gone + stray
+
+    def _drop(self, name: str) -> int:
+        with transaction(self._runtime.sessions) as session:
+            gone, waiting = partitions.drop(session.connection(), name)
+        if waiting:
+            if name not in self._held:
+                self._held.add(name)
+                log.warning(
+                    "history partition %s is past the retention but kept: %d of its events "
+                    "are still in flight (it goes once they finish)",
+                    name,
+                    waiting,
+                )
+            return 0
+        self._held.discard(name)
+        metrics.count_retention_dropped(gone)
+        log.info("history partition %s dropped: %d events past the retention", name, gone)
+        return gone
+
+
+def chores(runtime: Runtime) -> list[Chore]:
+    retention = Retention(runtime)
+    return [
+        Chore("make_partitions", INTERVAL_SECONDS, lambda: make_days(runtime)),
+        Chore("retention", INTERVAL_SECONDS, retention.run, batch=DELETE_BATCH),
+    ]
