@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,11 @@ from sqlalchemy import text
 
 from bus.auth import Principal, mint_token
 from bus.broker.queues import queue_name
+from bus.events.ids import new_event_id
 from bus.publish import service
 from bus.runtime import Runtime
 from bus.settings import Environment, Settings
+from bus.storage import event_store, partitions
 from tests.chaos.ledger import LEDGER_TRUNCATE, MODULES, POISON_MODULE
 from tests.support.processes import BIN, Proc, free_port, settings_env, wait_for
 from tests.support.servers import PostgresCluster, RedisServer
@@ -45,6 +48,11 @@ UNSETTLED = (
     "SELECT status, retry_count, next_attempt_at IS NOT NULL AS retry, "  # noqa: S608
     "dispatched_at IS NULL AS unsent, count(*) FROM system_events "
     f"WHERE NOT ({FINAL}) GROUP BY 1, 2, 3, 4"
+)
+
+LEDGER_COLUMNS = (
+    "id, status, retry_count, next_attempt_at, error_message, event_data->>'expect' AS expect, "
+    "(event_data->>'kill_until') IS NOT NULL AS poison"
 )
 
 # Quick retries keep a scenario short; the ratios are the production ones.
@@ -232,6 +240,8 @@ class Stack:
         self.stopping_hooks: list[Callable[[], None]] = []
         """Held while a batch is published in-process: a PostgreSQL restart waits for it."""
         self.api_port = free_port()
+        self.history = "system_events"
+        """Where the count reads the events: a scenario that drops history adds its copy."""
         self.started = time.monotonic()
         with self.runtime.engine.begin() as conn:
             conn.execute(text("TRUNCATE system_events"))
@@ -446,17 +456,39 @@ class Stack:
 
         return result
 
-    def insert_unsent(self, planned: Sequence[Planned]) -> list[uuid.UUID]:
-        """Publish as if the broker refused every send: committed, unstamped, no message."""
+    def insert_unsent(
+        self, planned: Sequence[Planned], at: datetime | None = None
+    ) -> list[uuid.UUID]:
+        """Publish as if the broker refused every send: committed, unstamped, no message.
+        ``at``: as if published then (ids naming that time, as the bus makes them)."""
         ids: list[uuid.UUID] = []
         with self.runtime.unit_of_work() as uow:
             for item in planned:
-                view = service.publish(uow, self.settings, _principal(item.tenant), None, item.body)
-                ids.append(uuid.UUID(str(view["id"])))
+                if at is None:
+                    view = service.publish(
+                        uow, self.settings, _principal(item.tenant), None, item.body
+                    )
+                    ids.append(uuid.UUID(str(view["id"])))
+                    continue
+                row = service.new_event(
+                    item.body, self.settings, item.tenant, event_id=new_event_id(at)
+                )
+                event_store.insert_events(uow.session, [row.values()])
+                ids.append(row.id)
             # Committed by hand, not through the unit of work: its sends must never be made.
             uow.session.execute(text("UPDATE system_events SET dispatched_at = NULL"))
             uow.session.commit()
         return ids
+
+    def homes(self, ids: Iterable[uuid.UUID]) -> set[str]:
+        """The partitions these events sit in."""
+        sql = "SELECT DISTINCT tableoid::regclass::text FROM system_events WHERE id = ANY(:ids)"
+        with self.runtime.engine.connect() as conn:
+            return set(conn.execute(text(sql), {"ids": list(ids)}).scalars())
+
+    def partition_names(self) -> list[str]:
+        with self.runtime.engine.connect() as conn:
+            return [p.name for p in partitions.partitions(conn)]
 
     def publish_http(
         self,
@@ -557,16 +589,9 @@ class Stack:
     def _read_ledger(self) -> Ledger:
         ledger = Ledger()
         with self.runtime.engine.connect() as conn:
-            ledger.events = {
-                r.id: r
-                for r in conn.execute(
-                    text(
-                        "SELECT id, status, retry_count, next_attempt_at, error_message, "
-                        "event_data->>'expect' AS expect, "
-                        "(event_data->>'kill_until') IS NOT NULL AS poison FROM system_events"
-                    )
-                )
-            }
+            # the history, or a scenario's copy beside it (a constant: never outside input)
+            events = f"SELECT {LEDGER_COLUMNS} FROM {self.history}"  # noqa: S608
+            ledger.events = {r.id: r for r in conn.execute(text(events))}
             poison = {event_id for event_id, row in ledger.events.items() if row.poison}
             marks = conn.execute(text("SELECT event_id, attempt, kind, at, pid FROM chaos_ledger"))
             for event_id, attempt, kind, at, pid in marks:

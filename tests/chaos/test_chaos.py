@@ -11,11 +11,18 @@ import random
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from kombu import Connection
+from sqlalchemy import text
 
-from tests.chaos.harness import StackFactory, plan
+from bus.maintenance import retention
+from bus.storage import partitions
+from tests.chaos.harness import StackFactory, in_thread, plan
+from tests.support.processes import wait_for
 from tests.support.servers import PostgresCluster
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
@@ -419,3 +426,76 @@ def test_poison_event_inside_a_batch(stack: StackFactory) -> None:
     # 3 counted runs per poison event, each cut short, plus its first, uncounted one unless the
     # other poison event of its batch killed the batch before its turn
     assert 2 * 3 <= counts.cut_short - counts.cut_by_poison_batchmate <= 2 * 4, counts
+
+
+DROPPED_COPY = """
+CREATE TABLE IF NOT EXISTS chaos_dropped_events (LIKE system_events);
+TRUNCATE chaos_dropped_events;
+"""
+
+
+def test_old_day_dropped_while_workers_finish_it(
+    stack: StackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a day 45 days old whose 600 events are still to run (sent by the relay), and 1,400
+    # events published now; the relay's own retention is off, the scenario's runs beside it
+    s = stack(relay_lease_seconds=8.0, retention_days=36500.0)
+    old_day = datetime.now(UTC).date() - timedelta(days=45)
+    with s.runtime.engine.begin() as conn:
+        conn.execute(text(DROPPED_COPY))
+        partitions.make_day(conn, old_day)
+    planned = plan(EVENTS, seed=13)
+    old, new = planned[:600], planned[600:]
+    old_ids = s.insert_unsent(old, at=partitions.midnight(old_day) + timedelta(hours=9))
+    assert {partitions.day_name(old_day)} == s.homes(old_ids)
+    # The drop keeps a copy of the rows it drops, in the dropping transaction, for the count
+    s.history = "(SELECT * FROM system_events UNION ALL SELECT * FROM chaos_dropped_events) AS e"
+    drop = partitions.drop
+
+    def drop_keeping_a_copy(connection: Any, name: str) -> tuple[int, int]:
+        connection.execute(text(f"LOCK TABLE {name} IN SHARE MODE"))
+        waiting = f"SELECT count(*) FROM {name} WHERE {partitions.IN_FLIGHT}"  # noqa: S608
+        if connection.execute(text(waiting)).scalar_one() == 0:
+            connection.execute(text(f"INSERT INTO chaos_dropped_events SELECT * FROM {name}"))  # noqa: S608
+        return drop(connection, name)
+
+    monkeypatch.setattr(partitions, "drop", drop_keeping_a_copy)
+    keeper = retention.Retention(
+        SimpleNamespace(
+            settings=s.settings.model_copy(update={"retention_days": 30.0}),
+            sessions=s.runtime.sessions,
+        )
+    )
+    passes = {"held": 0, "failed": 0, "dropped": 0}
+
+    def retain() -> None:
+        while not s.stopping.is_set() and not passes["dropped"]:
+            try:
+                passes["dropped" if keeper.run() else "held"] += 1
+            except Exception:
+                passes["failed"] += 1  # a lock wait ran out: the next pass tries again
+            time.sleep(0.1)
+
+    s.threads.append(in_thread(retain))
+    # When workers run them all while retention passes every 0.1 s
+    s.start_workers("w1", "w2")
+    s.start_relay()
+    new_ids = s.publish_inprocess(new, batch=50, rate=300.0)
+    wait_for(lambda: passes["dropped"] > 0, 150, "the old day to be dropped", interval=0.2)
+    s.settle(len(new_ids))
+    counts = s.count(
+        "history_drop",
+        "a 45-day-old partition of 600 events in flight, with retention passing every 0.1 s "
+        "while workers finish them",
+        "retention drops a day only when none of its events is in flight, under a SHARE lock "
+        "taken before it looks; a message for a dropped event finds no row and is let go",
+        answered=[*old_ids, *new_ids],
+        cuts_expected=False,
+    )
+    counts.record()
+    counts.check()
+    # Then the day went only after its last event finished, all 600 with it
+    assert passes["held"] >= 1, passes
+    assert partitions.day_name(old_day) not in s.partition_names()
+    assert s.count_where("true") == len(new_ids)
+    assert counts.processed + counts.failed_as_scripted == EVENTS
