@@ -218,3 +218,15 @@ def test_the_chore_makes_the_days_ahead(runtime: Runtime, made_days: list[date])
     names = [p.name for p in days(runtime)]
     assert all(partitions.day_name(day) in names for day in wanted)
     assert retention.make_days(runtime, now=at(later)) == 0
+
+
+def test_the_database_reads_an_ids_time_as_the_bus_does(runtime: Runtime) -> None:
+    ids = [new_event_id(at(TODAY) + timedelta(microseconds=n * 7919)) for n in range(50)]
+    with runtime.engine.connect() as conn:
+        read = conn.execute(
+            text("SELECT eventbus_id_time(i) FROM unnest(CAST(:ids AS uuid[])) AS i"),
+            {"ids": ids},
+        ).scalars()
+        assert list(read) == [created_at_of(i) for i in ids]
+        other = conn.execute(text("SELECT eventbus_id_time(gen_random_uuid())")).scalar()
+    assert other is None
