@@ -104,12 +104,19 @@ class Settings(BaseSettings):
         description="events older than this leave the history: their day's partition is "
         "dropped whole once no event in it is still in flight (SQLite: finished rows deleted)",
     )
-    partitions_ahead_days: int = Field(
+    partition_minutes: int = Field(
+        1440,
+        ge=1,
+        le=1440,
+        description="the span of one history partition (PostgreSQL): a day; less only for "
+        "tests and soaks; must divide a day evenly",
+    )
+    partitions_ahead: int = Field(
         7,
         ge=1,
-        le=366,
-        description="days of history partitions made ahead of time by `eventbus maintenance` "
-        "(a publish never waits for one: a missing day lands in the default partition)",
+        le=1000,
+        description="history partitions `eventbus maintenance` makes ahead of time (a publish "
+        "never waits for one: a missing span lands in the default partition)",
     )
     attempts_retention_days: float = Field(
         30.0,
@@ -239,6 +246,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "EVENTBUS_MAX_RESPONSE_BYTES must exceed EVENTBUS_MAX_EVENT_DATA_BYTES by "
                 f"{LARGEST_EVENT_OVERHEAD} bytes: a list page holds at least one event"
+            )
+        if 1440 % self.partition_minutes:
+            raise ValueError(
+                "EVENTBUS_PARTITION_MINUTES must divide a day (1440) evenly: 1440, 60, 5, 1…"
             )
         weak = self.jwt_secret.strip().lower() in _PLACEHOLDER_SECRETS or len(self.jwt_secret) < 32
         if self.env is Environment.PRODUCTION and not self.jwt_public_key and weak:

@@ -17,24 +17,27 @@ log = logging.getLogger(__name__)
 
 INTERVAL_SECONDS = 60.0
 """Between passes: a day changes once a day, and a pass reads only the catalog when there is
-nothing to do."""
+nothing to do (spans shorter than 10 minutes pass every tenth of a span)."""
 
 DELETE_BATCH = 5000
 """Rows a pass deletes from the default partition (or SQLite's table); a full batch runs
 again at once."""
 
 
-def make_days(runtime: Runtime, now: datetime | None = None) -> int:
-    """Make the partitions of yesterday to ``EVENTBUS_PARTITIONS_AHEAD_DAYS`` on, each in a
-    transaction of its own; returns how many were missing and made."""
-    today = (now or utcnow()).date()
+def make_ahead(runtime: Runtime, now: datetime | None = None) -> int:
+    """Make the partitions of the span before this one to ``EVENTBUS_PARTITIONS_AHEAD`` spans
+    on (days, unless ``EVENTBUS_PARTITION_MINUTES`` says less), each in a transaction of its
+    own; returns how many were missing and made."""
+    settings = runtime.settings
+    span = timedelta(minutes=settings.partition_minutes)
+    current = partitions.span_start(now or utcnow(), span)
     made = 0
-    for offset in range(-1, runtime.settings.partitions_ahead_days + 1):
+    for offset in range(-1, settings.partitions_ahead + 1):
         with transaction(runtime.sessions) as session:
             connection = session.connection()
             if not partitions.is_partitioned(connection):
                 return 0
-            if partitions.make_day(connection, today + timedelta(days=offset)):
+            if partitions.make_span(connection, current + offset * span, span):
                 made += 1
     return made
 
@@ -86,7 +89,8 @@ class Retention:
 
 def chores(runtime: Runtime) -> list[Chore]:
     retention = Retention(runtime)
+    every = min(INTERVAL_SECONDS, runtime.settings.partition_minutes * 6.0)
     return [
-        Chore("make_partitions", INTERVAL_SECONDS, lambda: make_days(runtime)),
-        Chore("retention", INTERVAL_SECONDS, retention.run, batch=DELETE_BATCH),
+        Chore("make_partitions", every, lambda: make_ahead(runtime)),
+        Chore("retention", every, retention.run, batch=DELETE_BATCH),
     ]

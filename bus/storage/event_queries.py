@@ -83,7 +83,8 @@ def list_statement(
     )
     return (
         select(SystemEvent)
-        .join(keys, SystemEvent.id == keys.c.id)
+        # created_at too: the partition key, so each row is read from its own day only
+        .join(keys, (SystemEvent.id == keys.c.id) & (SystemEvent.created_at == keys.c.created_at))
         .order_by(keys.c.created_at.desc(), keys.c.id.desc())
     )
 

@@ -67,6 +67,22 @@ def day_name(day: date) -> str:
     return f"{PARENT}_p{day:%Y%m%d}"
 
 
+DAY = timedelta(days=1)
+
+
+def span_start(at: datetime, span: timedelta) -> datetime:
+    """The start of the span holding ``at``; spans divide a UTC day evenly from midnight."""
+    day = midnight(at.astimezone(UTC).date())
+    return day + (at - day) // span * span
+
+
+def span_name(lo: datetime, span: timedelta) -> str:
+    """``system_events_p20261203`` for a day, ``system_events_p20261203_1605`` for less."""
+    if span == DAY:
+        return day_name(lo.date())
+    return f"{PARENT}_p{lo:%Y%m%d_%H%M}"
+
+
 def is_partitioned(connection: Connection) -> bool:
     if connection.dialect.name != "postgresql":
         return False
@@ -105,13 +121,18 @@ def _bound(value: str) -> datetime | None:
 
 
 def make_day(connection: Connection, day: date) -> bool:
-    """Make the partition of ``day`` unless a partition covers part of it already; rows of
-    that day waiting in the default partition move into it. True when it was made."""
-    lo, hi = midnight(day), midnight(day + timedelta(days=1))
+    """Make the partition of ``day`` (see :func:`make_span`)."""
+    return make_span(connection, midnight(day), DAY)
+
+
+def make_span(connection: Connection, lo: datetime, span: timedelta) -> bool:
+    """Make the partition of ``[lo, lo + span)`` unless a partition covers part of it already;
+    rows of that span waiting in the default partition move into it. True when it was made."""
+    hi = lo + span
     for p in partitions(connection):
         if not p.default and (p.lo is None or p.lo < hi) and (p.hi is None or p.hi > lo):
             return False
-    name = day_name(day)
+    name = span_name(lo, span)
     bounds = {"lo": lo, "hi": hi}
     connection.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
     waiting = connection.execute(

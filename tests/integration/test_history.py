@@ -208,16 +208,16 @@ def test_stray_old_events_in_the_default_partition_are_deleted_when_finished(
 
 
 def test_the_chore_makes_the_days_ahead(runtime: Runtime, made_days: list[date]) -> None:
-    ahead = runtime.settings.partitions_ahead_days
+    ahead = runtime.settings.partitions_ahead
     last = max(p.hi for p in days(runtime) if p.hi is not None).date()  # exclusive
     # a pass some days later makes the days that are then ahead, and only those
     later = last - timedelta(days=ahead - 1)
     wanted = [later + timedelta(days=n) for n in range(ahead + 1) if later + timedelta(n) >= last]
     made_days.extend(wanted)
-    assert retention.make_days(runtime, now=at(later)) == len(wanted) == 2
+    assert retention.make_ahead(runtime, now=at(later)) == len(wanted) == 2
     names = [p.name for p in days(runtime)]
     assert all(partitions.day_name(day) in names for day in wanted)
-    assert retention.make_days(runtime, now=at(later)) == 0
+    assert retention.make_ahead(runtime, now=at(later)) == 0
 
 
 def test_the_database_reads_an_ids_time_as_the_bus_does(runtime: Runtime) -> None:
@@ -230,3 +230,21 @@ def test_the_database_reads_an_ids_time_as_the_bus_does(runtime: Runtime) -> Non
         assert list(read) == [created_at_of(i) for i in ids]
         other = conn.execute(text("SELECT eventbus_id_time(gen_random_uuid())")).scalar()
     assert other is None
+
+
+def test_spans_shorter_than_a_day_for_soaks(runtime: Runtime) -> None:
+    runtime.settings = runtime.settings.model_copy(update={"partition_minutes": 5})
+    later = at(TODAY + timedelta(days=40), hour=10) + timedelta(minutes=7)
+    try:
+        assert retention.make_ahead(runtime, now=later) == runtime.settings.partitions_ahead + 2
+        spans = [p for p in days(runtime) if p.lo is not None and p.lo.date() == later.date()]
+        assert [p.name for p in spans][:2] == [
+            f"system_events_p{later:%Y%m%d}_1000",
+            f"system_events_p{later:%Y%m%d}_1005",
+        ]
+        assert all(p.hi is not None and p.hi - p.lo == timedelta(minutes=5) for p in spans)
+    finally:
+        with runtime.engine.begin() as conn:
+            for p in days(runtime):
+                if p.lo is not None and p.lo.date() == later.date():
+                    conn.execute(text(f"DROP TABLE {p.name}"))

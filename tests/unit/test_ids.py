@@ -40,3 +40,13 @@ def test_the_window_holds_every_created_at_of_its_ids() -> None:
     # one id of no time, and the window is every time there is
     assert window([*ids, uuid.uuid4()]) == (EARLIEST, LATEST)
     assert window([]) == (EARLIEST, LATEST)
+
+
+def test_spans_divide_a_day_from_midnight() -> None:
+    from bus.storage.partitions import DAY, span_name, span_start
+
+    five = timedelta(minutes=5)
+    assert span_start(AT, five) == datetime(2026, 12, 3, 16, 5, tzinfo=UTC)
+    assert span_start(AT, DAY) == datetime(2026, 12, 3, tzinfo=UTC)
+    assert span_name(span_start(AT, DAY), DAY) == "system_events_p20261203"
+    assert span_name(span_start(AT, five), five) == "system_events_p20261203_1605"
