@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: dev check test lint fmt bench bench-quick soak load chaos reliability-doc clean
+.PHONY: dev check test lint fmt bench bench-quick soak soak-retention load chaos reliability-doc clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ check: lint  ## the fast loop, ~1.5 min (needs PostgreSQL): lint, types, import 
 	$(BIN)/pytest -q -x -n 2 -m "not slow" tests/unit tests/contract
 
 test: lint  ## needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1 (.ci/run starts them)
-	$(BIN)/pytest -m "not soak and not load"
+	$(BIN)/pytest -m "not soak and not load and not retention_soak"
 
 bench: $(STAMP)  ## full run + profiles, ~20-25 min: bench/results.{json,md}; ends with the 3 ratio lines
 	$(BIN)/python -m bench --profile
@@ -42,6 +42,9 @@ chaos: $(STAMP)  ## the chaos suite alone (part of make test), ~6 min; tests/cha
 
 soak: $(STAMP)  ## 20,000 events through several faults in a row, ~10 min
 	$(BIN)/pytest -m soak -s
+
+soak-retention: $(STAMP)  ## ~22 min: partitions of a minute, retention of five; size, p99 and DELETEs per minute
+	$(BIN)/pytest -m retention_soak -s
 
 load: $(STAMP)  ## 60 s of HTTP load on loopback: rps, error rate, RSS growth per process
 	$(BIN)/pytest -m load -s
