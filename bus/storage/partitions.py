@@ -27,9 +27,9 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, bindparam, text
 
-from bus.storage.models import COUNT_KEY
+from bus.storage.models import COUNT_KEY, UTCDateTime
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +198,12 @@ def delete_finished(connection: Connection, table: str, before: datetime, limit:
         f"SELECT id FROM {table} WHERE created_at < :before AND NOT {IN_FLIGHT} "  # noqa: S608
         "ORDER BY created_at LIMIT :limit"
     )
+    # SQLite keeps created_at as naive UTC text: the bound goes through the column's type
+    typed = [bindparam("before", type_=UTCDateTime())]
     if connection.dialect.name != "postgresql":
         return int(
             connection.execute(
-                text(f"DELETE FROM {table} WHERE id IN ({chosen})"),  # noqa: S608
+                text(f"DELETE FROM {table} WHERE id IN ({chosen})").bindparams(*typed),  # noqa: S608
                 params,
             ).rowcount
         )
@@ -212,7 +214,7 @@ def delete_finished(connection: Connection, table: str, before: datetime, limit:
                 f"noted AS (INSERT INTO event_count_changes ({_KEY}, n) "
                 f"SELECT {_KEY}, -count(*) FROM gone GROUP BY {_KEY}) "
                 "SELECT count(*) FROM gone"
-            ),
+            ).bindparams(*typed),
             params,
         ).scalar_one()
     )

@@ -248,3 +248,26 @@ def test_spans_shorter_than_a_day_for_soaks(runtime: Runtime) -> None:
             for p in days(runtime):
                 if p.lo is not None and p.lo.date() == later.date():
                     conn.execute(text(f"DROP TABLE {p.name}"))
+
+
+def test_sqlite_keeps_one_table_and_deletes_finished_old_rows(tmp_path: Any) -> None:
+    from bus.settings import Settings
+    from bus.storage.migrate import upgrade
+    from tests.support.services import make_settings
+
+    url = f"sqlite:///{tmp_path / 'dev.db'}"
+    upgrade(url)
+    settings: Settings = make_settings(url)
+    lite = Runtime(settings)
+    try:
+        long_ago = TODAY - timedelta(days=45)
+        make_events(lite, old_events(3, long_ago))
+        make_events(lite, old_events(1, long_ago, status=EventStatus.PENDING))
+        make_events(lite, old_events(2, TODAY))
+        assert retention.make_ahead(lite) == 0  # nothing to partition
+        assert retention.Retention(lite).run() == 3
+        with lite.engine.connect() as conn:
+            left = conn.execute(text("SELECT status FROM system_events")).scalars().all()
+        assert sorted(left) == ["pending", "processed", "processed"]
+    finally:
+        lite.close()
