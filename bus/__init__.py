@@ -14,7 +14,8 @@ package; the tables and every SQL statement sit beneath them in ``storage``:
                     at an edge (a request, a task, a CLI command), with the messages it sends
                     after the commit.
 ``events/``         what an event is: input rules and the seed's output shape (``schemas``);
-                    the status rules every change goes through (``rules``).
+                    the status rules every change goes through (``rules``); ids that name
+                    their time (``ids``).
 ``publish/``        1. publish: a body becomes a stored event and a message
                     (``service``), once per ``Idempotency-Key`` (``idempotency``); a replay
                     publishes matching events again (``replay``).
@@ -26,9 +27,11 @@ package; the tables and every SQL statement sit beneath them in ``storage``:
 ``read/``           4. what callers read: the list (``listing``, ``pages``, ``cursors``), one
                     event with its attempts (``detail``), the counts (``stats``).
 ``maintenance/``    5. background chores, one module each (``resend``, ``counts``,
-                    ``outcomes``, ``purges``), run by :class:`bus.maintenance.runner.Maintenance`.
+                    ``outcomes``, ``purges``, ``retention``), run by
+                    :class:`bus.maintenance.runner.Maintenance`.
 ``storage/``        PostgreSQL (SQLite for ``eventbus dev``): engines and sessions, tables,
-                    migrations, and every SQL statement, one module per table or concern.
+                    migrations, and every SQL statement, one module per table or concern;
+                    the history's partitions (a day each) in ``partitions``.
 ``observability/``  logs, Prometheus metrics, tracing, readiness and backlog probes.
 
 Rules the layout keeps (``[tool.importlinter]`` in ``pyproject.toml``, run by ``make check``):
