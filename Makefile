@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: dev check test lint fmt bench bench-quick soak soak-retention load chaos reliability-doc clean
+.PHONY: dev check test lint fmt bench bench-quick bench-history soak soak-retention load chaos reliability-doc clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench: $(STAMP)  ## full run + profiles, ~20-25 min: bench/results.{json,md}; en
 
 bench-quick: $(STAMP)  ## the same harness at smoke size; results stay in bench/out/
 	$(BIN)/python -m bench --quick --out bench/out/results-quick.json
+
+bench-history: $(STAMP)  ## e2e rates, list/get p99 on an empty store, then with 20M events of history (ROWS=200000 or ARGS=--quick for less), ~30-40 min; ends with the history line
+	$(BIN)/python -m bench.history $(if $(ROWS),--rows $(ROWS)) $(ARGS)
 
 chaos: $(STAMP)  ## the chaos suite alone (part of make test), ~6 min; tests/chaos/last_run.json
 	$(BIN)/pytest -m chaos

@@ -103,13 +103,13 @@ SELECT count(*),
        extract(epoch FROM max(processed_at - created_at)),
        sum(retry_count),
        count(*) FILTER (WHERE processed_at > to_timestamp(%s))
-FROM system_events WHERE target_module = %s
+FROM system_events WHERE tenant_id = %s AND target_module = %s
 """
 
 
 def _row_stats(db: Database, publish_ended: float) -> dict[str, Any]:
     with psycopg.connect(db.dsn) as conn:
-        row = conn.execute(_STATS, (publish_ended, E2E_MODULE)).fetchone()
+        row = conn.execute(_STATS, (publish_ended, E2E_TENANT, E2E_MODULE)).fetchone()
     assert row is not None
     published, processed, failed, first_created, last_processed, pcts, worst, retries, after = row
     pcts = pcts or [float("nan")] * 3
@@ -138,9 +138,9 @@ def wait_all_settled(db: Database, count: int, procs: list[Proc]) -> None:
             for proc in procs:
                 proc.check_alive()
             row = conn.execute(
-                "SELECT count(*) FROM system_events WHERE target_module = %s"
+                "SELECT count(*) FROM system_events WHERE tenant_id = %s AND target_module = %s"
                 " AND status <> 'pending'",
-                (E2E_MODULE,),
+                (E2E_TENANT, E2E_MODULE),
             ).fetchone()
             return row is not None and int(row[0]) >= count
 
@@ -172,12 +172,19 @@ def _warm_up(
     )
     run_load(stack, monitor, out_dir, port, [scenario], "e2e-warmup")
     with psycopg.connect(db.dsn, autocommit=True) as conn:
-        conn.execute("DELETE FROM system_events WHERE target_module = %s", (WARM_MODULE,))
+        conn.execute(
+            "DELETE FROM system_events WHERE tenant_id = %s AND target_module = %s",
+            (E2E_TENANT, WARM_MODULE),
+        )
     flush_queues(config.broker_url, queue_name(WARM_MODULE, config.queue_prefix))
 
 
 Then = Callable[[dict[str, Any]], "tuple[Load, int, str] | None"]
 """Given a run's result, another (load, count, tag) to measure on the same processes, or None."""
+
+Reset = Callable[[Database], None]
+"""Clears the rows of earlier runs before a run: ``Database.truncate`` unless told otherwise
+(``bench.history`` keeps its history and deletes only the bench's own tenant's rows)."""
 
 
 def run_e2e(
@@ -193,14 +200,19 @@ def run_e2e(
     load: Load | None = None,
     warmup_seconds: float = 1.0,
     then: Then | None = None,
+    reset: Reset | None = None,
 ) -> dict[str, Any]:
     """Publish ``count`` events as ``load`` says while the workers drain them.
+
+    Every statement on the events is bounded by the bench's tenant (``E2E_TENANT``): an index
+    seek however much history the table holds.
 
     ``count`` is rounded up to a whole number of batches. ``then``, if given, may ask for one
     more measurement on the same API and workers (its result is the result's ``then``).
     """
     load = load or Load()
-    db.truncate()
+    reset = reset or Database.truncate
+    reset(db)
     flush_queues(config.broker_url, config.queue_prefix)
     token = system_token(config.jwt_secret, E2E_TENANT)
     started: list[Proc] = []
@@ -239,7 +251,7 @@ def run_e2e(
         if follow is not None:
             # The queues are empty once every event settled; only the rows are cleared (the
             # workers' queue bindings must stay).
-            db.truncate()
+            reset(db)
             result["then"] = run.measure(*follow)
     finally:
         for proc in reversed(started):

@@ -244,6 +244,31 @@ def explain_case(engine: Engine, case: Case, repeats: int) -> dict[str, Any]:
     }
 
 
+def list_scenarios(
+    config: BusConfig, chosen: list[Case], requests: int, warmup_requests: int
+) -> list[dict[str, Any]]:
+    """The load generator's scenarios for ``chosen``: one request at a time, each case with
+    an operator's token of its tenant."""
+    tokens = {
+        label: reader_token(config.jwt_secret, tenant_id(number))
+        for label, number in (("big", BIG_TENANT), ("typical", TYPICAL_TENANT))
+    }
+    return [
+        {
+            "name": c.name,
+            "method": "GET",
+            "path": "/system/events?" + urlencode(c.params()),
+            "headers": {"Authorization": f"Bearer {tokens[c.tenant_label]}"},
+            "concurrency": 1,
+            "count": requests,
+            "warmup_count": warmup_requests,
+            "expect_status": 200,
+            "max_seconds": 120.0,
+        }
+        for c in chosen
+    ]
+
+
 def run_listing(
     stack: Stack,
     monitor: Monitor,
@@ -267,24 +292,7 @@ def run_listing(
         }
     finally:
         engine.dispose()
-    tokens = {
-        label: reader_token(config.jwt_secret, tenant_id(number))
-        for label, number in (("big", BIG_TENANT), ("typical", TYPICAL_TENANT))
-    }
-    scenarios = [
-        {
-            "name": c.name,
-            "method": "GET",
-            "path": "/system/events?" + urlencode(c.params()),
-            "headers": {"Authorization": f"Bearer {tokens[c.tenant_label]}"},
-            "concurrency": 1,
-            "count": requests,
-            "warmup_count": warmup_requests,
-            "expect_status": 200,
-            "max_seconds": 120.0,
-        }
-        for c in cases()
-    ]
+    scenarios = list_scenarios(config, cases(), requests, warmup_requests)
     api = start_api(stack, out_dir, config, api_workers, tag="listing")
     monitor.watch("api", api.proc.pid)
     try:

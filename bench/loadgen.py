@@ -43,6 +43,9 @@ class Scenario:
     max_seconds: float = 600.0
     timeout: float = 30.0
     rate: float | None = None
+    paths: list[str] | None = None
+    """When set, request *i* goes to ``paths[i % len(paths)]`` instead of ``path`` (a GET of
+    many ids); bodies are not templated then."""
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Scenario:
@@ -53,6 +56,7 @@ class Scenario:
 class _Run:
     scenario: Scenario
     head: bytes
+    heads: list[bytes] = field(default_factory=list)
     measuring: bool = False
     stop: bool = False
     issued: int = 0
@@ -65,12 +69,14 @@ class _Run:
     """``time.perf_counter()`` when the scenario started: request *i* of a rate is due then."""
 
 
-def _request_bytes(scenario: Scenario, host: str, port: int, seq: int) -> bytes:
+def _request_bytes(
+    scenario: Scenario, host: str, port: int, seq: int, path: str | None = None
+) -> bytes:
     body = b""
     if scenario.body is not None:
         text = scenario.body.replace(SEQ, str(seq)) if SEQ in scenario.body else scenario.body
         body = text.encode()
-    lines = [f"{scenario.method} {scenario.path} HTTP/1.1", f"Host: {host}:{port}"]
+    lines = [f"{scenario.method} {path or scenario.path} HTTP/1.1", f"Host: {host}:{port}"]
     lines += [f"{k}: {v}" for k, v in scenario.headers.items()]
     if scenario.body is not None:
         lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
@@ -105,11 +111,12 @@ async def _connection(run: _Run, host: str, port: int, deadline: float) -> None:
             seq = run.issued
             run.issued += 1
             measured = run.measuring and seq >= scenario.warmup_count
-            payload = (
-                run.head
-                if scenario.body is None or SEQ not in scenario.body
-                else _request_bytes(scenario, host, port, seq)
-            )
+            if run.heads:
+                payload = run.heads[seq % len(run.heads)]
+            elif scenario.body is None or SEQ not in scenario.body:
+                payload = run.head
+            else:
+                payload = _request_bytes(scenario, host, port, seq)
             due_ns: int | None = None
             if scenario.rate:
                 due = run.started + seq / scenario.rate
@@ -149,6 +156,7 @@ def _percentile(sorted_values: list[int], q: float) -> float:
 
 async def run_scenario(scenario: Scenario, host: str, port: int) -> dict[str, Any]:
     run = _Run(scenario, _request_bytes(scenario, host, port, 0))
+    run.heads = [_request_bytes(scenario, host, port, 0, p) for p in scenario.paths or []]
     hard_deadline = time.monotonic() + scenario.max_seconds
     run.measuring = scenario.warmup <= 0
     run.started = time.perf_counter()

@@ -119,6 +119,8 @@ class BusConfig:
     # Celery task events (Flower's task list) are a documented setting; bare Celery sends none
     # by default, so the bus is measured without them too, and the report says so.
     task_events: bool = False
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """More ``EVENTBUS_*`` settings for every bus process (``bench.history``: the retention)."""
 
     def env(self, **extra: str) -> dict[str, str]:
         """Production settings: HS256 with a real secret, handlers of the bench loaded."""
@@ -134,6 +136,7 @@ class BusConfig:
                 # Several workers per machine: they cannot all serve /metrics on one port (the
                 # counters still run; only the HTTP endpoint is off).
                 "EVENTBUS_METRICS_PORT": "0",
+                **self.extra_env,
                 **extra,
             }
         )
