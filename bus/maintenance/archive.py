@@ -75,6 +75,7 @@ RESTORE_BATCH = 1000
 """Events per INSERT on restore (16 parameters each)."""
 
 _UUIDS = frozenset({"id", "tenant_id"})
+"""An event's uuid columns (an attempt's ``id`` is a number)."""
 _TIMES = frozenset(
     {"created_at", "processed_at", "dispatched_at", "next_attempt_at", "started_at", "finished_at"}
 )
@@ -157,7 +158,7 @@ def _plain(name: str, value: Any) -> Any:
         return None
     if name in _TIMES:
         return format_timestamp(value)
-    if name in _UUIDS or isinstance(value, uuid.UUID):
+    if isinstance(value, uuid.UUID):
         return str(value)
     return value
 
@@ -172,12 +173,12 @@ def encode(event: StoredEvent) -> bytes:
     return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
-def _typed(name: str, value: Any) -> Any:
+def _typed(name: str, value: Any, uuids: frozenset[str] = _UUIDS) -> Any:
     if value is None:
         return None
     if name in _TIMES:
         return datetime.fromisoformat(value).astimezone(UTC)
-    if name in _UUIDS:
+    if name in uuids:
         return uuid.UUID(value)
     return value
 
@@ -192,7 +193,9 @@ def decode(line: bytes) -> StoredEvent:
         if set(data) != set(EVENT_COLUMNS):
             raise ArchiveError(f"not an archived event: fields {sorted(data)}")
         values = {name: _typed(name, data[name]) for name in EVENT_COLUMNS}
-        rows = [{name: _typed(name, a[name]) for name in ATTEMPT_COLUMNS} for a in attempts]
+        rows = [
+            {name: _typed(name, a[name], frozenset()) for name in ATTEMPT_COLUMNS} for a in attempts
+        ]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArchiveError(f"not an archived event: {exc}") from exc
     in_flight = values["status"] == EventStatus.PENDING or (

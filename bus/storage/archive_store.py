@@ -90,7 +90,7 @@ def insert_events(connection: Connection, rows: Sequence[Mapping[str, Any]]) -> 
     if not rows:
         return 0
     stmt = pg_insert(SystemEvent).values([dict(row) for row in rows]).on_conflict_do_nothing()
-    return int(connection.execute(stmt).rowcount)
+    return len(connection.execute(stmt.returning(SystemEvent.id)).all())
 
 
 def insert_attempts(connection: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -104,7 +104,7 @@ def insert_attempts(connection: Connection, rows: Sequence[Mapping[str, Any]]) -
             for row in rows[start : start + _ATTEMPT_INSERT_ROWS]
         ]
         stmt = pg_insert(event_attempts).values(chunk).on_conflict_do_nothing()
-        done += int(connection.execute(stmt).rowcount)
+        done += len(connection.execute(stmt.returning(event_attempts.c.id)).all())
     return done
 
 
