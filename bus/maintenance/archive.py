@@ -153,24 +153,23 @@ def manifest_name(data_name: str) -> str:
     return data_name.removesuffix(DATA) + MANIFEST
 
 
-def _plain(name: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if name in _TIMES:
+def _plain(value: Any) -> Any:
+    """What JSON has no type for: a timestamp (RFC 3339, UTC) or a uuid (text)."""
+    if isinstance(value, datetime):
         return format_timestamp(value)
     if isinstance(value, uuid.UUID):
         return str(value)
-    return value
+    raise TypeError(f"{type(value).__name__} is not archived")
 
 
 def encode(event: StoredEvent) -> bytes:
     """One event and its attempts as a line of JSON (``\\n`` included)."""
-    line = {name: _plain(name, event.values[name]) for name in EVENT_COLUMNS}
-    line["attempts"] = [
-        {name: _plain(name, attempt[name]) for name in ATTEMPT_COLUMNS}
-        for attempt in event.attempts
-    ]
-    return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    line = {name: event.values[name] for name in EVENT_COLUMNS}
+    line["attempts"] = [{name: a[name] for name in ATTEMPT_COLUMNS} for a in event.attempts]
+    return _ENCODER.encode(line).encode() + b"\n"
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_plain)
 
 
 def _typed(name: str, value: Any, uuids: frozenset[str] = _UUIDS) -> Any:

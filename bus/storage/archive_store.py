@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, text
+from psycopg.types.json import Jsonb
+from sqlalchemy import Connection, Table, TextClause, delete, select, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from bus.storage.models import EVENT_COLUMNS, SystemEvent, event_attempts, restored_days
@@ -27,8 +29,7 @@ ATTEMPT_COLUMNS: tuple[str, ...] = tuple(c.name for c in event_attempts.c if c.n
 """An archived attempt's fields (its event is the line that holds it)."""
 
 _COLUMNS = ", ".join(EVENT_COLUMNS)
-_ATTEMPT_INSERT_ROWS = 5000
-"""Attempts per INSERT on restore: 8 parameters each stays well under PostgreSQL's 65,535."""
+_EVENTS: Table = SystemEvent.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +58,8 @@ def read_partition(
         params: dict[str, Any] = {"n": batch}
         if last is not None:
             params.update(created_at=last["created_at"], id=last["id"])
-        rows = [
-            dict(row) for row in connection.execute(after if last else first, params).mappings()
-        ]
+        found = connection.execute(after if last else first, params)
+        rows = [dict(zip(EVENT_COLUMNS, row, strict=True)) for row in found]
         if not rows:
             return
         attempts = _attempts_of(connection, [row["id"] for row in rows])
@@ -73,39 +73,58 @@ def _attempts_of(
     connection: Connection, event_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[dict[str, Any]]]:
     found: dict[uuid.UUID, list[dict[str, Any]]] = {}
-    stmt = (
-        select(event_attempts)
-        .where(event_attempts.c.event_id.in_(event_ids))
-        .order_by(event_attempts.c.event_id, event_attempts.c.attempt)
-    )
-    for row in connection.execute(stmt).mappings():
-        found.setdefault(row["event_id"], []).append({c: row[c] for c in ATTEMPT_COLUMNS})
+    for row in connection.execute(_ATTEMPTS_OF, {"ids": list(event_ids)}):
+        found.setdefault(row[0], []).append(dict(zip(ATTEMPT_COLUMNS, row[1:], strict=True)))
     return found
+
+
+_ATTEMPTS_OF = text(
+    f"SELECT event_id, {', '.join(ATTEMPT_COLUMNS)} FROM event_attempts "  # noqa: S608
+    "WHERE event_id = ANY(CAST(:ids AS uuid[])) ORDER BY event_id, attempt"
+)
 
 
 def insert_events(connection: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
     """Archived events back into the history, through the parent table (so each lands in its
     day's partition and the count triggers count it); one already stored is left alone
-    (``ON CONFLICT DO NOTHING`` on the key (id, created_at)). Returns how many were new."""
+    (``ON CONFLICT DO NOTHING`` on the key (id, created_at)). ONE statement per batch, its
+    text the same for any number of rows (``unnest`` of an array per column). Returns how
+    many were new."""
     if not rows:
         return 0
-    stmt = pg_insert(SystemEvent).values([dict(row) for row in rows]).on_conflict_do_nothing()
-    return len(connection.execute(stmt.returning(SystemEvent.id)).all())
+    params = {
+        name: [Jsonb(row[name]) if name == "event_data" else row[name] for row in rows]
+        for name in EVENT_COLUMNS
+    }
+    return len(connection.execute(_INSERT_EVENTS, params).all())
 
 
 def insert_attempts(connection: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
     """Archived attempts (each with its ``event_id``) back, numbered as they were; one whose
     (event_id, attempt) is stored already is left alone. The archived ``id`` is not restored:
     the table's identity gives a new one, so an old number never meets the sequence later."""
-    done = 0
-    for start in range(0, len(rows), _ATTEMPT_INSERT_ROWS):
-        chunk = [
-            {name: value for name, value in row.items() if name != "id"}
-            for row in rows[start : start + _ATTEMPT_INSERT_ROWS]
-        ]
-        stmt = pg_insert(event_attempts).values(chunk).on_conflict_do_nothing()
-        done += len(connection.execute(stmt.returning(event_attempts.c.id)).all())
-    return done
+    if not rows:
+        return 0
+    params = {name: [row[name] for row in rows] for name in _ATTEMPT_INSERTED}
+    return len(connection.execute(_INSERT_ATTEMPTS, params).all())
+
+
+def _unnest_insert(table: Table, columns: Sequence[str]) -> TextClause:
+    arrays = ", ".join(
+        f"CAST(:{name} AS {table.c[name].type.compile(dialect=_PG)}[])" for name in columns
+    )
+    names = ", ".join(columns)
+    return text(
+        f"INSERT INTO {table.name} ({names}) SELECT {names} FROM unnest({arrays}) "  # noqa: S608
+        f"AS v({names}) ON CONFLICT DO NOTHING RETURNING 1"
+    )
+
+
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
+_ATTEMPT_INSERTED = ("event_id", *(c for c in ATTEMPT_COLUMNS if c != "id"))
+# Built from the tables' own column names, never from input.
+_INSERT_EVENTS = _unnest_insert(_EVENTS, EVENT_COLUMNS)
+_INSERT_ATTEMPTS = _unnest_insert(event_attempts, _ATTEMPT_INSERTED)
 
 
 def keep(connection: Connection, names: Sequence[str], now: datetime, until: datetime) -> None:
