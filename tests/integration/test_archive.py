@@ -302,6 +302,7 @@ def test_archive_list_shows_each_archived_day(
 ) -> None:
     fill_day(runtime, OLDER, made_days)
     fill_day(runtime, OLD, made_days)
+    made_days.append(OLD - timedelta(days=2))  # the retention gives it a partition
     make_events(runtime, old_events(4, OLD - timedelta(days=2)))  # no partition: default
     assert retention.Retention(runtime).run() == 18
 
