@@ -118,6 +118,13 @@ class Settings(BaseSettings):
         description="history partitions `eventbus maintenance` makes ahead of time (a publish "
         "never waits for one: a missing span lands in the default partition)",
     )
+    archive_url: str | None = Field(
+        None,
+        description="a directory or fsspec URL (file://, s3://…): before retention drops a day's "
+        "partition, its events and their attempts are written there as gzipped JSON lines "
+        "(`eventbus archive list|restore`); PostgreSQL only: on SQLite, when set, retention "
+        "deletes nothing",
+    )
     attempts_retention_days: float = Field(
         30.0,
         gt=0,

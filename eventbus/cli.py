@@ -1,5 +1,5 @@
 """``eventbus <command>``: migrate, api, worker, maintenance (``relay``, its old name), dev,
-flower, token, dead-letters, outbox init, forward.
+flower, token, dead-letters, outbox init, forward, archive (``eventbus.archive_cli``).
 
 Commands import what they need inside their function: ``PROMETHEUS_MULTIPROC_DIR`` must be set
 (:mod:`bus.observability.multiprocess`) before anything imports prometheus_client, which
@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING
 
 from bus.observability import logs, multiprocess
 from bus.settings import Settings, get_settings
+from eventbus import archive_cli
 
 if TYPE_CHECKING:
     from bus.runtime import Runtime
 
 log = logging.getLogger("eventbus.cli")
-
-Command = Callable[[argparse.Namespace], int]
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -460,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100, help="at most this many (newest first)")
     p.set_defaults(func=cmd_dead_letters)
     _add_outbox_commands(sub)
+    archive_cli.add_commands(sub)
     return parser
 
 
@@ -495,5 +495,4 @@ def _add_outbox_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    func: Command = args.func
-    return func(args)
+    return int(args.func(args))

@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import datetime, timedelta
 
 from bus.events.rules import utcnow
+from bus.maintenance import archive
 from bus.maintenance.chore import Chore
 from bus.observability import metrics
 from bus.runtime import Runtime
-from bus.storage import partitions
+from bus.storage import archive_store, partitions
 from bus.storage.db import transaction
 
 log = logging.getLogger(__name__)
@@ -44,33 +46,49 @@ def make_ahead(runtime: Runtime, now: datetime | None = None) -> int:
 
 class Retention:
     """Drops the days past ``EVENTBUS_RETENTION_DAYS``: a day whose events are all finished
-    goes whole; a day still holding an event in flight waits for it (said once per day)."""
+    goes whole; a day still holding an event in flight waits for it (said once per day).
+    With ``EVENTBUS_ARCHIVE_URL``, a day is archived first (:mod:`bus.maintenance.archive`),
+    and a day brought back by ``eventbus archive restore`` stays until its keep time."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         self._held: set[str] = set()
+        url = runtime.settings.archive_url
+        self._archive = archive.Archive(url) if url else None
 
     def run(self, now: datetime | None = None) -> int:
         """One pass; returns how many events left the history."""
-        before = (now or utcnow()) - timedelta(days=self._runtime.settings.retention_days)
+        now = now or utcnow()
+        before = now - timedelta(days=self._runtime.settings.retention_days)
         with transaction(self._runtime.sessions) as session:
             connection = session.connection()
             if not partitions.is_partitioned(connection):
+                if self._archive is not None:  # no archive on SQLite: nothing leaves unarchived
+                    return 0
                 # SQLite (eventbus dev): one table, finished rows deleted a batch at a time
                 return partitions.delete_finished(
                     connection, partitions.PARENT, before, DELETE_BATCH
                 )
-            expired = partitions.expired(connection, before)
-        gone = sum(self._drop(p.name) for p in expired)
+            restored = archive_store.kept(connection, now)
+            expired = [p for p in partitions.expired(connection, before) if p.name not in restored]
+        gone = sum(self._drop(p) for p in expired)
+        if self._archive is not None:  # old strays get a day, archived and dropped next pass
+            archive.house_strays(self._runtime, before)
+            return gone
         with transaction(self._runtime.sessions) as session:
             stray = partitions.delete_finished(
                 session.connection(), partitions.DEFAULT, before, DELETE_BATCH
             )
         return gone + stray
 
-    def _drop(self, name: str) -> int:
+    def _drop(self, partition: partitions.Partition) -> int:
+        name = partition.name
         with transaction(self._runtime.sessions) as session:
-            gone, waiting = partitions.drop(session.connection(), name)
+            connection = session.connection()
+            write = None
+            if self._archive is not None:  # written out, complete, before the drop commits
+                write = functools.partial(self._archive.write, connection, partition)
+            gone, waiting = partitions.drop(connection, name, before=write)
         if waiting:
             if name not in self._held:
                 self._held.add(name)

@@ -282,3 +282,13 @@ event_outcome_minutes = Table(
 )
 """Handler outcomes per (tenant, target module, minute, outcome), appended by a PostgreSQL
 trigger on :data:`event_attempts` (migration 0007), folded per closed minute by the relay."""
+
+restored_days = Table(
+    "restored_days",
+    Base.metadata,
+    Column("partition", String(63), primary_key=True),
+    Column("restored_at", UTCDateTime(), nullable=False),
+    Column("keep_until", UTCDateTime(), nullable=False),
+)
+"""History partitions brought back from an archive (``eventbus archive restore``), each kept
+out of the retention's drops until ``keep_until`` (see :mod:`bus.storage.archive_store`)."""

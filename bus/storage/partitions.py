@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -166,11 +167,16 @@ def expired(connection: Connection, before: datetime) -> list[Partition]:
     return [p for p in partitions(connection) if p.hi is not None and p.hi <= before]
 
 
-def drop(connection: Connection, name: str) -> tuple[int, int]:
+def drop(
+    connection: Connection, name: str, before: Callable[[], object] | None = None
+) -> tuple[int, int]:
     """Drop one partition and take its rows out of the counts, in the caller's transaction,
     unless an event in it is still in flight. Returns (events dropped, events in flight): one
     of the two is 0. The SHARE lock, taken first, keeps every write off the partition from the
-    look to the drop; the in-flight look reads the two partial relay indexes only."""
+    look to the drop; the in-flight look reads the two partial relay indexes only.
+
+    ``before`` runs once nothing is in flight, under that lock, before anything changes (the
+    archive writes the partition out there); if it raises, nothing is dropped."""
     connection.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
     connection.execute(text(f"LOCK TABLE {name} IN SHARE MODE"))
     waiting = connection.execute(
@@ -178,6 +184,8 @@ def drop(connection: Connection, name: str) -> tuple[int, int]:
     ).scalar_one()
     if waiting:
         return 0, int(waiting)
+    if before is not None:
+        before()
     gone = connection.execute(
         text(
             f"WITH gone AS (SELECT {_KEY}, count(*) AS n FROM {name} GROUP BY {_KEY}), "  # noqa: S608

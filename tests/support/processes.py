@@ -51,6 +51,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     }
     for name in Settings.model_fields:
         value = getattr(settings, name)
+        if value is None:  # unset (EVENTBUS_ARCHIVE_URL): "None" would be a value
+            continue
         env[f"EVENTBUS_{name.upper()}"] = value.value if isinstance(value, Enum) else str(value)
     env["PYTHONPATH"] = str(ROOT)
     env["PYTHONUNBUFFERED"] = "1"
