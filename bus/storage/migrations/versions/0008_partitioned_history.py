@@ -23,7 +23,9 @@ Online, without a long lock, while publishes and workers go on:
 A database without events (a new one) gets no legacy partition: days from yesterday.
 
 The outcome-minutes trigger (0007) finds each attempt's event by its id and created_at
-bounds, so it reads one partition per attempt, not every partition.
+bounds, so it reads one partition per attempt, not every partition; and it passes over
+attempts that finished before the chart's two hours (an archive's restored attempts), which
+the fold would purge at once.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ BEGIN
                                       'infinity')
         LIMIT 1
     ) e
+    WHERE a.finished_at >= now() - interval '2 hours'
     GROUP BY 1, 2, 3, 4;
     RETURN NULL;
 END $$;
