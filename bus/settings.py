@@ -258,6 +258,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "EVENTBUS_PARTITION_MINUTES must divide a day (1440) evenly: 1440, 60, 5, 1…"
             )
+        if self.archive_url and self.partition_minutes != 1440:
+            raise ValueError(
+                "EVENTBUS_ARCHIVE_URL archives whole days: leave EVENTBUS_PARTITION_MINUTES at 1440"
+            )
         weak = self.jwt_secret.strip().lower() in _PLACEHOLDER_SECRETS or len(self.jwt_secret) < 32
         if self.env is Environment.PRODUCTION and not self.jwt_public_key and weak:
             raise ValueError(

@@ -113,3 +113,16 @@ def test_the_defaults_are_consistent() -> None:
     )
     assert settings.max_event_data_bytes == 256 * 1024
     assert settings.max_event_data_bytes < settings.max_body_bytes
+
+
+@pytest.mark.parametrize("minutes", [7, 11, 1439])
+def test_a_partition_span_must_divide_a_day(minutes: int) -> None:
+    with pytest.raises(ValidationError, match="divide a day"):
+        Settings(partition_minutes=minutes)
+
+
+def test_the_archive_keeps_whole_days() -> None:
+    assert Settings(partition_minutes=5).partition_minutes == 5
+    assert Settings(archive_url="/tmp/archive").archive_url == "/tmp/archive"
+    with pytest.raises(ValidationError, match="archives whole days"):
+        Settings(archive_url="/tmp/archive", partition_minutes=60)
