@@ -123,6 +123,6 @@ def test_a_partition_span_must_divide_a_day(minutes: int) -> None:
 
 def test_the_archive_keeps_whole_days() -> None:
     assert Settings(partition_minutes=5).partition_minutes == 5
-    assert Settings(archive_url="/tmp/archive").archive_url == "/tmp/archive"
+    assert Settings(archive_url="memory://archive").archive_url == "memory://archive"
     with pytest.raises(ValidationError, match="archives whole days"):
-        Settings(archive_url="/tmp/archive", partition_minutes=60)
+        Settings(archive_url="memory://archive", partition_minutes=60)
