@@ -77,14 +77,14 @@ def cmd_archive_restore(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``archive list`` and ``archive restore`` under the ``eventbus`` parser (importing no
     more of the bus: ``eventbus api`` builds this parser before prometheus_client's set-up)."""
-    p = sub.add_parser("archive", help="the history's days archived by the retention")
-    archive = p.add_subparsers(dest="archive_command", required=True)
-    q = archive.add_parser("list", help=cmd_archive_list.__doc__)
-    q.add_argument("--url", default=None, help="default: EVENTBUS_ARCHIVE_URL")
-    q.set_defaults(func=cmd_archive_list)
-    q = archive.add_parser("restore", help=cmd_archive_restore.__doc__)
+    where = argparse.ArgumentParser(add_help=False)  # --url, shared by both commands
+    where.add_argument("--url", default=None, help="default: EVENTBUS_ARCHIVE_URL")
+    archive = sub.add_parser("archive", help="the history's days archived by the retention")
+    commands = archive.add_subparsers(dest="archive_command", required=True)
+    listing = commands.add_parser("list", parents=[where], help=cmd_archive_list.__doc__)
+    listing.set_defaults(func=cmd_archive_list)
+    q = commands.add_parser("restore", parents=[where], help=cmd_archive_restore.__doc__)
     q.add_argument("file", help="an archive's file name (in EVENTBUS_ARCHIVE_URL), path or URL")
-    q.add_argument("--url", default=None, help="default: EVENTBUS_ARCHIVE_URL")
     q.add_argument(
         "--keep-days",
         type=float,

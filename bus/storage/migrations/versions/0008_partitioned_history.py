@@ -46,18 +46,12 @@ DAYS_MADE = 8
 
 _CUTOVER_CHECK = "ck_system_events_before_partitions"
 _NEW_KEY = "ux_system_events_id_created_at"
-_TRIGGERS = """
-CREATE TRIGGER eventbus_count_inserted AFTER INSERT ON system_events
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION eventbus_count_inserted();
-CREATE TRIGGER eventbus_count_deleted AFTER DELETE ON system_events
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION eventbus_count_deleted();
-CREATE TRIGGER eventbus_count_updated AFTER UPDATE ON system_events
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION eventbus_count_updated();
-CREATE TRIGGER eventbus_count_truncated AFTER TRUNCATE ON system_events
-    FOR EACH STATEMENT EXECUTE FUNCTION eventbus_count_truncated();
-"""
-_TRIGGER_NAMES = ("inserted", "deleted", "updated", "truncated")
+_COUNT_TRIGGERS = {  # migration 0004's, made again on the partitioned table
+    "inserted": ("INSERT", "REFERENCING NEW TABLE AS new_rows"),
+    "deleted": ("DELETE", "REFERENCING OLD TABLE AS old_rows"),
+    "updated": ("UPDATE", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+    "truncated": ("TRUNCATE", ""),
+}
 
 ID_TIME = r"""
 CREATE FUNCTION eventbus_id_time(id uuid) RETURNS timestamptz
@@ -137,7 +131,7 @@ def _swap(cutover: datetime, now: datetime) -> None:
     )
     for name in _index_names():
         op.execute(f"ALTER INDEX {name} RENAME TO {name}_legacy")
-    for name in _TRIGGER_NAMES:
+    for name in _COUNT_TRIGGERS:
         op.execute(f"DROP TRIGGER eventbus_count_{name} ON {partitions.LEGACY}")
     op.execute(
         f"CREATE TABLE system_events (LIKE {partitions.LEGACY} INCLUDING DEFAULTS "
@@ -152,7 +146,11 @@ def _swap(cutover: datetime, now: datetime) -> None:
     )
     for ddl in _index_ddl():
         op.execute(ddl)
-    op.execute(_TRIGGERS)
+    for name, (event, transition) in _COUNT_TRIGGERS.items():
+        op.execute(
+            f"CREATE TRIGGER eventbus_count_{name} AFTER {event} ON system_events {transition} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION eventbus_count_{name}()"
+        )
     op.execute(f"CREATE TABLE {partitions.DEFAULT} PARTITION OF system_events DEFAULT")
     connection = op.get_bind()
     if held:
