@@ -401,7 +401,10 @@ class Stack:
         def stop() -> int:
             done.set()
             thread.join(60)
-            return restarts
+            # A death the loop had no time to see (it was still bringing the other worker up
+            # when stopped) is one it would have restarted: counted, so deaths all are.
+            unseen = sum(1 for name in names if self.procs[name].popen.poll() is not None)
+            return restarts + unseen
 
         return stop
 
