@@ -118,6 +118,15 @@ class Settings(BaseSettings):
         description="history partitions `eventbus maintenance` makes ahead of time (a publish "
         "never waits for one: a missing span lands in the default partition)",
     )
+    history_fillfactor: int = Field(
+        50,
+        ge=10,
+        le=100,
+        description="percent of each history page filled by publishes (PostgreSQL, partitions "
+        "made from now on): the rest is room for the events' next versions, so a status change "
+        "writes no index entry (a HOT update). 50 lets every event of a page change in one "
+        "transaction (a worker's batch); higher stores less and keeps that for some of a batch",
+    )
     archive_url: str | None = Field(
         None,
         description="a directory or fsspec URL (file://, s3://…): before retention drops a day's "

@@ -411,7 +411,8 @@ def restore(
             raise ArchiveError("restore needs PostgreSQL's partitioned history (not SQLite)")
     for day in sorted(days):
         with transaction(runtime.sessions) as session:
-            partitions.make_day(session.connection(), day)
+            # finished events, read and not changed: pages filled whole
+            partitions.make_day(session.connection(), day, fillfactor=100)
     new_events = new_attempts = 0
     with transaction(runtime.sessions) as session:
         connection = session.connection()

@@ -39,7 +39,8 @@ def make_ahead(runtime: Runtime, now: datetime | None = None) -> int:
             connection = session.connection()
             if not partitions.is_partitioned(connection):
                 return 0
-            if partitions.make_span(connection, current + offset * span, span):
+            start = current + offset * span
+            if partitions.make_span(connection, start, span, settings.history_fillfactor):
                 made += 1
     return made
 
@@ -88,7 +89,7 @@ class Retention:
             write = None
             if self._archive is not None:  # written out, complete, before the drop commits
                 write = functools.partial(self._archive.write, connection, partition)
-            gone, waiting = partitions.drop(connection, name, before=write)
+            gone, waiting = partitions.drop(connection, partition, before=write)
         if waiting:
             if name not in self._held:
                 self._held.add(name)

@@ -27,6 +27,7 @@ from bus.storage.models import (
     event_count_changes,
     event_counts,
     event_outcome_minutes,
+    event_queue,
 )
 
 if TYPE_CHECKING:
@@ -50,9 +51,9 @@ def stats_by_module(session: Session, tenant_id: uuid.UUID | None) -> list[Modul
     """Counts by target module and status in a tenant (every tenant when None), sorted by module.
 
     On PostgreSQL the counts are the counts kept as data (migration 0004) and each module's
-    oldest pending event one seek of ``ix_events_tenant_target_status_created``: a dashboard
-    polling it reads a few rows per key, not every event. Elsewhere one GROUP BY over that
-    index. The retries to come are the few rows of the partial index ``ix_events_relay_failed``.
+    oldest pending event one seek of the in-flight set (``event_queue``): a dashboard polling it
+    reads a few rows per key, not every event. Elsewhere one GROUP BY over the events. The
+    retries to come are counted in the in-flight set.
     """
     if session.get_bind().dialect.name == "postgresql":
         rows: Iterable[Any] = (
@@ -77,12 +78,12 @@ def stats_by_module(session: Session, tenant_id: uuid.UUID | None) -> list[Modul
         if status == EventStatus.PENDING:
             entry["oldest_pending_created_at"] = oldest
     retries = (
-        select(SystemEvent.target_module, func.count())
-        .where(SystemEvent.status == EventStatus.FAILED, SystemEvent.next_attempt_at.is_not(None))
-        .group_by(SystemEvent.target_module)
+        select(event_queue.c.target_module, func.count())
+        .where(event_queue.c.status == EventStatus.FAILED, event_queue.c.due_at.is_not(None))
+        .group_by(event_queue.c.target_module)
     )
     if tenant_id is not None:
-        retries = retries.where(SystemEvent.tenant_id == tenant_id)
+        retries = retries.where(event_queue.c.tenant_id == tenant_id)
     for module, count in session.execute(retries):
         counts.setdefault(module, {})["retry_scheduled"] = int(count)
     return [ModuleCounts(module, **counts[module]) for module in sorted(counts)]
@@ -101,7 +102,7 @@ def _stats_statement(tenant_filter: str) -> TextualSelect:
         )
         SELECT c.target_module, c.status, sum(c.n) AS n, min(o.oldest) AS oldest
         FROM counted c LEFT JOIN LATERAL (
-            SELECT min(e.created_at) AS oldest FROM system_events e
+            SELECT min(e.created_at) AS oldest FROM event_queue e
             WHERE e.tenant_id = c.tenant_id AND e.target_module = c.target_module
               AND e.status = 'pending'
         ) o ON c.status = 'pending'
@@ -217,13 +218,13 @@ class PendingModule:
 def pending_backlog(session: Session) -> list[PendingModule]:
     """Pending events per target module across every tenant, for the backlog gauges.
 
-    Reads the partial index ``ix_events_relay_pending``: the pending rows only.
+    Reads the in-flight set: the unfinished events only.
     """
     stmt = (
-        select(SystemEvent.target_module, func.count(), func.min(SystemEvent.created_at))
-        .where(SystemEvent.status == EventStatus.PENDING)
-        .group_by(SystemEvent.target_module)
-        .order_by(SystemEvent.target_module)
+        select(event_queue.c.target_module, func.count(), func.min(event_queue.c.created_at))
+        .where(event_queue.c.status == EventStatus.PENDING)
+        .group_by(event_queue.c.target_module)
+        .order_by(event_queue.c.target_module)
     )
     return [PendingModule(m, int(n), oldest) for m, n, oldest in session.execute(stmt)]
 

@@ -11,9 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Select,
+    Subquery,
     Table,
+    and_,
     func,
     literal,
+    not_,
     select,
     tuple_,
 )
@@ -24,12 +27,15 @@ from bus.storage.models import (
     EventRow,
     EventStatus,
     SystemEvent,
+    event_queue,
 )
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 _table: Table = SystemEvent.__table__  # type: ignore[assignment]
+_queue = event_queue
+_SAME_EVENT = and_(_table.c.id == _queue.c.id, _table.c.created_at == _queue.c.created_at)
 
 
 def _filtered(stmt: Select[Any], tenant_id: uuid.UUID | None, query: ListQuery) -> Select[Any]:
@@ -39,13 +45,58 @@ def _filtered(stmt: Select[Any], tenant_id: uuid.UUID | None, query: ListQuery) 
         if name != RETRY_SCHEDULED:
             stmt = stmt.where(getattr(SystemEvent, name) == value)
         elif value == "true":
-            # Spelled as the partial index ix_events_relay_failed is, so it can serve it.
             stmt = stmt.where(
                 SystemEvent.status == EventStatus.FAILED, SystemEvent.next_attempt_at.is_not(None)
             )
         else:
             stmt = stmt.where(SystemEvent.next_attempt_at.is_(None))
     return stmt
+
+
+def _in_flight(filters: Mapping[str, str]) -> bool:
+    """True when only unfinished events can match (``status`` pending or failed, or a retry to
+    come): the in-flight set holds them all, with every column a filter reads, so the keys are
+    found there and the history is read for the page's rows only. No index of the history
+    holds ``status`` (a completion would have to rewrite it)."""
+    status = filters.get("status")
+    if status is not None:
+        return status != EventStatus.PROCESSED
+    return filters.get(RETRY_SCHEDULED) == "true"
+
+
+def _queued(stmt: Select[Any], tenant_id: uuid.UUID | None, query: ListQuery) -> Select[Any]:
+    """:func:`_filtered` on the in-flight set's copy of the filtered columns."""
+    if tenant_id is not None:
+        stmt = stmt.where(_queue.c.tenant_id == tenant_id)
+    scheduled = and_(_queue.c.status == EventStatus.FAILED, _queue.c.due_at.is_not(None))
+    for name, value in query.filters.items():
+        if name != RETRY_SCHEDULED:
+            stmt = stmt.where(_queue.c[name] == value)
+        else:
+            stmt = stmt.where(scheduled if value == "true" else not_(scheduled))
+    return stmt
+
+
+def _keys(tenant_id: uuid.UUID | None, query: ListQuery) -> tuple[Table, Select[Any]]:
+    """The table the page's keys (id, created_at) are read from, and their filtered SELECT."""
+    if _in_flight(query.filters):
+        return _queue, _queued(select(_queue.c.id, _queue.c.created_at), tenant_id, query)
+    return _table, _filtered(select(_table.c.id, _table.c.created_at), tenant_id, query)
+
+
+def _rows_of(keys: Subquery, *order: Any) -> Select[Any]:
+    return (
+        select(SystemEvent)
+        # created_at too: the partition key, so each row is read from its own day only
+        .join(keys, (SystemEvent.id == keys.c.id) & (SystemEvent.created_at == keys.c.created_at))
+        .order_by(*order)
+    )
+
+
+def _below(table: Table, at: tuple[datetime, uuid.UUID]) -> Any:
+    return tuple_(table.c.created_at, table.c.id) < tuple_(
+        literal(at[0], table.c.created_at.type), literal(at[1], table.c.id.type)
+    )
 
 
 def list_statement(
@@ -58,39 +109,36 @@ def list_statement(
     """The SELECT of one page: newest first, id breaking ties so pages never overlap; ``peek``
     rows more than the page, to tell whether another page follows.
 
-    Every filter combination the API offers has an ``ix_events_*`` index that serves this order.
-    ``after`` (a cursor's position: created_at, id) reads the page below it by keyset, a range
-    on that same index. Past the first page by number the page's keys are found first, on the
-    index alone, and only its rows are read: an OFFSET over whole rows would read (and throw
-    away) every row before the page.
+    Every filter combination the API offers has an index that serves this order: an
+    ``ix_events_*`` of the history, or, for the unfinished statuses, an ``ix_event_queue_*``
+    of the in-flight set. ``after`` (a cursor's position: created_at, id) reads the page below
+    it by keyset, a range on that same index. Past the first page by number the page's keys
+    are found first, on the index alone, and only its rows are read: an OFFSET over whole rows
+    would read (and throw away) every row before the page.
     """
     order = (_table.c.created_at.desc(), _table.c.id.desc())
     limit = query.limit + peek
-    if after is not None:
-        below = tuple_(_table.c.created_at, _table.c.id) < tuple_(
-            literal(after[0], _table.c.created_at.type), literal(after[1], _table.c.id.type)
-        )
-        stmt = _filtered(select(SystemEvent), tenant_id, query).where(below)
+    source, keys = _keys(tenant_id, query)
+    if source is _table and query.offset == 0:
+        stmt = _filtered(select(SystemEvent), tenant_id, query)
+        if after is not None:
+            stmt = stmt.where(_below(_table, after))
         return stmt.order_by(*order).limit(limit)
-    if query.offset == 0:
-        return _filtered(select(SystemEvent), tenant_id, query).order_by(*order).limit(limit)
-    keys = (
-        _filtered(select(_table.c.id, _table.c.created_at), tenant_id, query)
-        .order_by(*order)
-        .offset(query.offset)
+    if after is not None:
+        keys = keys.where(_below(source, after))
+    page = (
+        keys.order_by(source.c.created_at.desc(), source.c.id.desc())
+        .offset(query.offset if after is None else 0)
         .limit(limit)
         .subquery("page")
     )
-    return (
-        select(SystemEvent)
-        # created_at too: the partition key, so each row is read from its own day only
-        .join(keys, (SystemEvent.id == keys.c.id) & (SystemEvent.created_at == keys.c.created_at))
-        .order_by(keys.c.created_at.desc(), keys.c.id.desc())
-    )
+    return _rows_of(page, page.c.created_at.desc(), page.c.id.desc())
 
 
 def count_statement(tenant_id: uuid.UUID | None, query: ListQuery) -> Select[int]:
     """The COUNT of every event the page's filters match."""
+    if _in_flight(query.filters):
+        return _queued(select(func.count()).select_from(_queue), tenant_id, query)
     return _filtered(select(func.count()).select_from(_table), tenant_id, query)
 
 
@@ -129,8 +177,8 @@ def count_events(session: Session, tenant_id: uuid.UUID | None, query: ListQuery
     as data (:func:`tally`), or a COUNT where none are kept.
 
     ``retry_scheduled`` is no key of the counts: ``true`` is a COUNT of the few events with a
-    retry to come (the partial index ``ix_events_relay_failed``), ``false`` the tally of the
-    other filters less that COUNT."""
+    retry to come (in the in-flight set), ``false`` the tally of the other filters less that
+    COUNT."""
     flag = query.filters.get(RETRY_SCHEDULED)
     if flag is not None:
         rest = {name: value for name, value in query.filters.items() if name != RETRY_SCHEDULED}
@@ -146,12 +194,15 @@ def count_events(session: Session, tenant_id: uuid.UUID | None, query: ListQuery
 
 
 def _created_between(
-    stmt: Select[Any], created_after: datetime | None, created_before: datetime | None
+    stmt: Select[Any],
+    created_after: datetime | None,
+    created_before: datetime | None,
+    table: Table = _table,
 ) -> Select[Any]:
     if created_after is not None:
-        stmt = stmt.where(_table.c.created_at >= created_after)
+        stmt = stmt.where(table.c.created_at >= created_after)
     if created_before is not None:
-        stmt = stmt.where(_table.c.created_at < created_before)
+        stmt = stmt.where(table.c.created_at < created_before)
     return stmt
 
 
@@ -167,8 +218,9 @@ def count_matching(
     query = ListQuery(filters)
     if created_after is None and created_before is None:
         return count_events(session, tenant_id, query)
-    stmt = _created_between(count_statement(tenant_id, query), created_after, created_before)
-    return int(session.scalar(stmt) or 0)
+    source = _queue if _in_flight(filters) else _table
+    stmt = count_statement(tenant_id, query)
+    return int(session.scalar(_created_between(stmt, created_after, created_before, source)) or 0)
 
 
 def lock_for_replay(
@@ -184,18 +236,25 @@ def lock_for_replay(
     ``after`` (the last of the previous batch: created_at, id), row-locked; events another
     transaction holds (a worker's attempt right now) are skipped (``SKIP LOCKED``). Read as
     :func:`claim_for_processing`'s, for ``bus.events.rules.save_changes``."""
-    stmt = _filtered(select(_table), tenant_id, ListQuery(filters))
-    stmt = _created_between(stmt, created_after, created_before)
+    query = ListQuery(filters)
+    if _in_flight(filters):
+        # Ordered by the in-flight set's index, each row locked in its history partition; a
+        # row skipped as locked lets the scan go on to the next (the LIMIT is above the lock).
+        source = _queue
+        stmt = _queued(select(_table).join_from(_queue, _table, _SAME_EVENT), tenant_id, query)
+    else:
+        source, stmt = _table, _filtered(select(_table), tenant_id, query)
+    stmt = _created_between(stmt, created_after, created_before, source)
     if after is not None:
         stmt = stmt.where(
-            tuple_(_table.c.created_at, _table.c.id)
+            tuple_(source.c.created_at, source.c.id)
             > tuple_(
-                literal(after[0], _table.c.created_at.type), literal(after[1], _table.c.id.type)
+                literal(after[0], source.c.created_at.type), literal(after[1], source.c.id.type)
             )
         )
     stmt = (
-        stmt.order_by(_table.c.created_at, _table.c.id)
+        stmt.order_by(source.c.created_at, source.c.id)
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update(of=_table, skip_locked=True)
     )
     return [EventRow(**row) for row in session.connection().execute(stmt).mappings()]

@@ -1,5 +1,6 @@
 """The SQL of single events in ``system_events``: insert, read, claim, lock, save an
-outcome, and the dispatch marks the relay reads (named for their intent).
+outcome (named for their intent); and the relay's send stamps, kept in the in-flight set
+(``event_queue``, which the database keeps beside every write of an event).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from bus.storage.models import (
     EventRow,
     EventStatus,
     SystemEvent,
+    due_by,
+    event_queue,
 )
 
 if TYPE_CHECKING:
@@ -43,6 +46,7 @@ _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 _table: Table = SystemEvent.__table__  # type: ignore[assignment]
+_queue = event_queue
 
 
 _INSERT = insert(_table)
@@ -304,8 +308,8 @@ def _limit_lock_wait(session: Session, seconds: float) -> None:
 def mark_unsent(session: Session, event_ids: Sequence[uuid.UUID]) -> None:
     """Undo an optimistic send stamp so the relay picks the events up at once."""
     if event_ids:
-        stmt = update(_table).where(_table.c.id.in_(event_ids), _NEAR).values(dispatched_at=None)
-        session.execute(stmt, _near(event_ids))
+        stmt = update(_queue).where(_queue.c.id.in_(event_ids)).values(dispatched_at=None)
+        session.execute(stmt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,47 +332,38 @@ def take_due_for_dispatch(
 ) -> list[DueEvent]:
     """Lock and stamp events that should be on a queue but may not be.
 
-    Pending and never sent (or sent longer than a lease ago), or failed with a due retry and no
-    send within the lease. SKIP LOCKED lets several relays share the work and passes over events
-    a worker is processing right now. Events of the ``hold`` modules are sent only if never
-    sent (their earlier copy may still be waiting: see :mod:`bus.maintenance.resend`).
+    From the in-flight set: due (pending, or failed with its retry's time come) and never sent,
+    or sent longer than a lease ago; oldest due first. Each is locked with its history row,
+    SKIP LOCKED: several relays share the work, and an event a worker is processing right now
+    (its row locked by the claim) is passed over. Events of the ``hold`` modules are sent only
+    if never sent (their earlier copy may still be waiting: see :mod:`bus.maintenance.resend`).
     """
-    stale = now - lease
-    expired = SystemEvent.dispatched_at < stale
+    expired = _queue.c.dispatched_at < now - lease
     if hold:
-        expired = and_(expired, SystemEvent.target_module.not_in(list(hold)))
-    unsent = or_(SystemEvent.dispatched_at.is_(None), expired)
-    rows: list[DueEvent] = []
-    for due in (
-        SystemEvent.status == EventStatus.PENDING,
-        and_(
-            SystemEvent.status == EventStatus.FAILED,
-            SystemEvent.next_attempt_at.is_not(None),
-            SystemEvent.next_attempt_at <= now,
-        ),
-    ):
-        if len(rows) >= limit:
-            break
-        stmt = (
-            select(
-                SystemEvent.id,
-                SystemEvent.target_module,
-                SystemEvent.request_id,
-                SystemEvent.dispatched_at.is_not(None).label("resent"),
-            )
-            .where(due, unsent)
-            .order_by(SystemEvent.created_at)
-            .limit(limit - len(rows))
-            .with_for_update(skip_locked=True)
+        expired = and_(expired, _queue.c.target_module.not_in(list(hold)))
+    stmt = (
+        select(
+            _queue.c.id,
+            _queue.c.target_module,
+            _queue.c.request_id,
+            _queue.c.dispatched_at.is_not(None).label("resent"),
         )
-        rows.extend(
-            DueEvent(r.id, r.target_module, r.request_id, bool(r.resent))
-            for r in session.execute(stmt)
+        .join(_table, and_(_table.c.id == _queue.c.id, _table.c.created_at == _queue.c.created_at))
+        .where(
+            due_by(now),
+            or_(_queue.c.dispatched_at.is_(None), expired),
+            _table.c.status != EventStatus.PROCESSED,
         )
+        .order_by(_queue.c.due_at)
+        .limit(limit)
+        .with_for_update(of=[_queue, _table], skip_locked=True)
+    )
+    rows = [
+        DueEvent(r.id, r.target_module, r.request_id, bool(r.resent)) for r in session.execute(stmt)
+    ]
     if rows:
-        ids = [r.id for r in rows]
-        stamp = update(_table).where(_table.c.id.in_(ids), _NEAR).values(dispatched_at=now)
-        session.execute(stamp, _near(ids))
+        stamp = update(_queue).where(_queue.c.id.in_([r.id for r in rows]))
+        session.execute(stamp.values(dispatched_at=now))
     return rows
 
 
@@ -376,13 +371,9 @@ def reset_dispatch_of_unfinished(session: Session) -> int:
     """Forget the send stamps of events still to run: pending ones and failed ones with a retry
     scheduled. For a broker that keeps messages in memory: after a restart it holds none, so
     the relay must send them all again at once rather than after its lease."""
-    unfinished = or_(
-        _table.c.status == EventStatus.PENDING,
-        and_(_table.c.status == EventStatus.FAILED, _table.c.next_attempt_at.is_not(None)),
-    )
     result = session.execute(
-        update(_table)
-        .where(unfinished, _table.c.dispatched_at.is_not(None))
+        update(_queue)
+        .where(_queue.c.due_at.is_not(None), _queue.c.dispatched_at.is_not(None))
         .values(dispatched_at=None)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -20,16 +20,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Select, Table, and_, delete, func, or_, select, update
+from sqlalchemy import Select, Table, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bus.storage.models import EventStatus, SystemEvent, WorkerHeartbeat
+from bus.storage.models import EventStatus, WorkerHeartbeat, due_by, event_queue
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 _table: Table = WorkerHeartbeat.__table__  # type: ignore[assignment]
-_events: Table = SystemEvent.__table__  # type: ignore[assignment]
+_events: Table = event_queue  # the in-flight set: every event not processed
 
 LIVE_BEATS = 3
 """Intervals without a heartbeat after which a worker counts as gone (one late beat, under
@@ -105,19 +105,11 @@ def live_modules(session: Session, queue_prefix: str, since: datetime) -> set[st
 
 def modules_with_expired_leases(session: Session, now: datetime, lease: timedelta) -> list[str]:
     """Modules with events the relay would send again: stamped longer than ``lease`` ago and
-    pending, or failed with a due retry (the relay's two partial indexes serve it)."""
+    pending, or failed with a due retry (read from the in-flight set)."""
     stale = now - lease
-    due = or_(
-        _events.c.status == EventStatus.PENDING,
-        and_(
-            _events.c.status == EventStatus.FAILED,
-            _events.c.next_attempt_at.is_not(None),
-            _events.c.next_attempt_at <= now,
-        ),
-    )
     stmt = (
         select(_events.c.target_module)
-        .where(due, _events.c.dispatched_at < stale)
+        .where(due_by(now), _events.c.dispatched_at < stale)
         .distinct()
         .order_by(_events.c.target_module)
     )
@@ -139,7 +131,7 @@ def pending_without_live_worker(
     """Modules with pending events (every tenant) and no heartbeat at or after ``since``.
 
     For stats and logs: what an operator must start a worker for (or what was published to a
-    module nobody runs). Reads the partial index of pending rows.
+    module nobody runs). Reads the in-flight set.
     """
     stmt = (
         select(_events.c.target_module, func.count(), func.min(_events.c.created_at))

@@ -25,10 +25,13 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    and_,
+    or_,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 
 class EventStatus(StrEnum):
@@ -92,7 +95,8 @@ class SystemEvent(Base):
 
     # Bus bookkeeping, never shown in the seed's envelopes.
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    """When a message was last handed to the broker; null: never sent, or the send failed."""
+    """When a message was handed to the broker as of the last status change (the publish's or
+    the rules' stamp). The relay's stamps after that are kept in :data:`event_queue` only."""
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     """When the next retry is due after a failure; null when none is scheduled."""
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -100,39 +104,74 @@ class SystemEvent(Base):
 
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'processed', 'failed')", name="status"),
-        # Tenant-scoped pages, newest first; the trailing id makes the order total.
+        # Tenant-scoped pages, newest first; the trailing id makes the order total. No index
+        # holds a column a status change writes (status, retry_count, processed_at,
+        # error_message, next_attempt_at, dispatched_at): a completion is then a HOT update,
+        # which writes no index entry (partitions keep free room for it: ``FILLFACTOR``).
+        # Lists by status read the in-flight set (:data:`event_queue`) where they can.
         Index("ix_events_tenant_created", "tenant_id", "created_at", "id"),
-        Index("ix_events_tenant_status_created", "tenant_id", "status", "created_at", "id"),
-        Index(
-            "ix_events_tenant_target_status_created",
-            "tenant_id",
-            "target_module",
-            "status",
-            "created_at",
-            "id",
-        ),
+        Index("ix_events_tenant_target_created", "tenant_id", "target_module", "created_at", "id"),
         Index("ix_events_tenant_type_created", "tenant_id", "event_type", "created_at", "id"),
         Index("ix_events_tenant_source_created", "tenant_id", "source_module", "created_at"),
         Index("ix_events_tenant_entity_created", "tenant_id", "entity_type", "created_at"),
-        # The list's exact ``total``: a COUNT reads every matching entry, so it reads the
-        # narrowest index that has them; repeated keys are deduplicated, so it stays small
-        # (a tenant's, or a tenant's events of one status, are one run of it).
-        Index("ix_events_tenant_status", "tenant_id", "status"),
         # A system admin's all-tenant listing.
         Index("ix_events_created", "created_at", "id"),
-        # The relay's two scans stay small: only rows that may need a send.
-        Index(
-            "ix_events_relay_pending",
-            "dispatched_at",
-            postgresql_where=text("status = 'pending'"),
-            sqlite_where=text("status = 'pending'"),
-        ),
-        Index(
-            "ix_events_relay_failed",
-            "next_attempt_at",
-            postgresql_where=text("status = 'failed' AND next_attempt_at IS NOT NULL"),
-            sqlite_where=text("status = 'failed' AND next_attempt_at IS NOT NULL"),
-        ),
+    )
+
+
+FILLFACTOR = 50
+"""Percent of a history page filled by inserts (``EVENTBUS_HISTORY_FILLFACTOR``'s default):
+the rest is where an event's new version goes when its status changes, on the same page (a HOT
+update). A completion changes only columns no index holds, so with room on the page it writes
+no index entry at all; at 50 every event of a page can change in one transaction, as a
+worker's batch does (measured: 500 of 500 updates HOT at 50, 356 at 60, 138 at 80)."""
+
+
+event_queue = Table(
+    "event_queue",
+    Base.metadata,
+    Column("id", Uuid(), primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("tenant_id", Uuid(), nullable=False),
+    Column("event_type", String(255), nullable=False),
+    Column("source_module", String(64), nullable=False),
+    Column("target_module", String(64), nullable=False),
+    Column("entity_type", String(255), nullable=False),
+    Column("entity_id", String(255), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("due_at", UTCDateTime(), nullable=True),
+    Column("dispatched_at", UTCDateTime(), nullable=True),
+    Column("request_id", String(64), nullable=True),
+    CheckConstraint("status IN ('pending', 'failed')", name="status"),
+    # The lists by status (a tenant's, and a tenant's of one module), newest first, and the
+    # oldest pending event of a module.
+    Index("ix_event_queue_tenant_status_created", "tenant_id", "status", "created_at", "id"),
+    Index(
+        "ix_event_queue_tenant_target_status_created",
+        "tenant_id",
+        "target_module",
+        "status",
+        "created_at",
+        "id",
+    ),
+    # The relay's look for events never sent, or sent longer than a lease ago.
+    Index("ix_event_queue_dispatched_at", "dispatched_at"),
+)
+"""The in-flight set: one row per event of ``system_events`` that is not processed (pending,
+or failed: ``due_at`` is its retry's time, or null when none is to come), with what the relay,
+the lists by status and the scheduler read. Its size follows the backlog (and the failures
+waiting for a person), not the history. Kept by the database in the transaction that writes
+the event (triggers of migration 0010, PostgreSQL and SQLite alike), so no writer of
+``system_events`` can forget it; the relay's send stamp (``dispatched_at``) is kept here only.
+"""
+
+
+def due_by(now: datetime) -> ColumnElement[bool]:
+    """An event of :data:`event_queue` to run by ``now``: pending (whatever its clock said when
+    it was made), or failed with its retry's time come."""
+    return or_(
+        event_queue.c.status == EventStatus.PENDING,
+        and_(event_queue.c.status == EventStatus.FAILED, event_queue.c.due_at <= now),
     )
 
 

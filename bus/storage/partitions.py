@@ -30,7 +30,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import Connection, bindparam, text
 
-from bus.storage.models import COUNT_KEY, UTCDateTime
+from bus.storage.models import COUNT_KEY, FILLFACTOR, UTCDateTime
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ DEFAULT = "system_events_default"
 LEGACY = "system_events_legacy"
 
 IN_FLIGHT = "(status = 'pending' OR (status = 'failed' AND next_attempt_at IS NOT NULL))"
-"""An event a worker will still run: the predicate of the two partial relay indexes."""
+"""An event a worker will still run, said on the history's own columns (no index serves it:
+a drop asks the in-flight set, ``event_queue``, instead)."""
 
 LOCK_TIMEOUT = "2s"
 """How long a drop or a made partition waits for the lock on the history; past it, the pass
@@ -121,14 +122,17 @@ def _bound(value: str) -> datetime | None:
     return datetime.fromisoformat(value.strip("'")).astimezone(UTC)
 
 
-def make_day(connection: Connection, day: date) -> bool:
+def make_day(connection: Connection, day: date, fillfactor: int = FILLFACTOR) -> bool:
     """Make the partition of ``day`` (see :func:`make_span`)."""
-    return make_span(connection, midnight(day), DAY)
+    return make_span(connection, midnight(day), DAY, fillfactor)
 
 
-def make_span(connection: Connection, lo: datetime, span: timedelta) -> bool:
+def make_span(
+    connection: Connection, lo: datetime, span: timedelta, fillfactor: int = FILLFACTOR
+) -> bool:
     """Make the partition of ``[lo, lo + span)`` unless a partition covers part of it already;
-    rows of that span waiting in the default partition move into it. True when it was made."""
+    rows of that span waiting in the default partition move into it. True when it was made.
+    Its pages are filled to ``fillfactor`` percent by inserts (see ``FILLFACTOR``)."""
     hi = lo + span
     for p in partitions(connection):
         if not p.default and (p.lo is None or p.lo < hi) and (p.hi is None or p.hi > lo):
@@ -141,14 +145,18 @@ def make_span(connection: Connection, lo: datetime, span: timedelta) -> bool:
         bounds,
     ).first()
     values = f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
+    storage = f"WITH (fillfactor = {int(fillfactor)})"
     if waiting is None:
-        connection.execute(text(f"CREATE TABLE {name} PARTITION OF {PARENT} {values}"))
+        connection.execute(text(f"CREATE TABLE {name} PARTITION OF {PARENT} {values} {storage}"))
         return True
     # Rows of that day sit in the default partition: a partition cannot be made over them, so
     # they move into a table made for them, which is then attached (counts unchanged: the
     # rows stay, and no statement on the parent ran).
     connection.execute(
-        text(f"CREATE TABLE {name} (LIKE {PARENT} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        text(
+            f"CREATE TABLE {name} (LIKE {PARENT} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) "
+            f"{storage}"
+        )
     )
     moved = connection.execute(
         text(
@@ -168,19 +176,25 @@ def expired(connection: Connection, before: datetime) -> list[Partition]:
 
 
 def drop(
-    connection: Connection, name: str, before: Callable[[], object] | None = None
+    connection: Connection, partition: Partition, before: Callable[[], object] | None = None
 ) -> tuple[int, int]:
-    """Drop one partition and take its rows out of the counts, in the caller's transaction,
-    unless an event in it is still in flight. Returns (events dropped, events in flight): one
-    of the two is 0. The SHARE lock, taken first, keeps every write off the partition from the
-    look to the drop; the in-flight look reads the two partial relay indexes only.
+    """Drop one partition and take its rows out of the counts and the in-flight set, in the
+    caller's transaction, unless an event in it is still in flight. Returns (events dropped,
+    events in flight): one of the two is 0. The SHARE lock, taken first, keeps every write off
+    the partition from the look to the drop (an event of it changes only with its row); the
+    in-flight look reads ``event_queue``, whose rows of the partition's span are then only
+    failed events with no retry to come, which leave with it.
 
     ``before`` runs once nothing is in flight, under that lock, before anything changes (the
     archive writes the partition out there); if it raises, nothing is dropped."""
+    name = partition.name
     connection.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
     connection.execute(text(f"LOCK TABLE {name} IN SHARE MODE"))
+    span = _QUEUE_SPAN[partition.lo is None]
+    bounds = {"lo": partition.lo, "hi": partition.hi}
     waiting = connection.execute(
-        text(f"SELECT count(*) FROM {name} WHERE {IN_FLIGHT}")  # noqa: S608
+        text(f"SELECT count(*) FROM event_queue WHERE {span} AND due_at IS NOT NULL"),  # noqa: S608
+        bounds,
     ).scalar_one()
     if waiting:
         return 0, int(waiting)
@@ -193,14 +207,22 @@ def drop(
             f"SELECT {_KEY}, -n FROM gone) SELECT coalesce(sum(n), 0) FROM gone"
         )
     ).scalar_one()
+    connection.execute(text(f"DELETE FROM event_queue WHERE {span}"), bounds)  # noqa: S608
     connection.execute(text(f"DROP TABLE {name}"))
     return int(gone), 0
 
 
+_QUEUE_SPAN = {
+    False: "created_at >= :lo AND created_at < :hi",
+    True: "created_at < :hi",  # the legacy partition: from MINVALUE
+}
+
+
 def delete_finished(connection: Connection, table: str, before: datetime, limit: int) -> int:
     """Delete up to ``limit`` finished events older than ``before`` from one table: the
-    default partition on PostgreSQL (its counts noted as a drop's are), the whole history on
-    SQLite (which counts its rows when asked)."""
+    default partition on PostgreSQL (its counts and in-flight rows, failed events with no
+    retry, taken out as a drop's are: no trigger of the parent sees a statement on a
+    partition), the whole history on SQLite (whose row triggers do that)."""
     params = {"before": before, "limit": limit}
     chosen = (
         f"SELECT id FROM {table} WHERE created_at < :before AND NOT {IN_FLIGHT} "  # noqa: S608
@@ -218,9 +240,11 @@ def delete_finished(connection: Connection, table: str, before: datetime, limit:
     return int(
         connection.execute(
             text(
-                f"WITH gone AS (DELETE FROM {table} WHERE id IN ({chosen}) RETURNING {_KEY}), "  # noqa: S608
+                f"WITH gone AS (DELETE FROM {table} WHERE id IN ({chosen}) "  # noqa: S608
+                f"RETURNING id, {_KEY}), "
                 f"noted AS (INSERT INTO event_count_changes ({_KEY}, n) "
-                f"SELECT {_KEY}, -count(*) FROM gone GROUP BY {_KEY}) "
+                f"SELECT {_KEY}, -count(*) FROM gone GROUP BY {_KEY}), "
+                "unqueued AS (DELETE FROM event_queue WHERE id IN (SELECT id FROM gone)) "
                 "SELECT count(*) FROM gone"
             ).bindparams(*typed),
             params,

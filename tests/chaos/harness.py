@@ -44,10 +44,11 @@ HANDLERS = "tests.chaos.handlers"
 TENANTS = tuple(uuid.UUID(f"{n:08x}-0000-4000-8000-00000000c4a0") for n in range(1, 5))
 SERVED = ",".join((*MODULES, POISON_MODULE))
 FINAL = "status = 'processed' OR (status = 'failed' AND next_attempt_at IS NULL)"
-UNSETTLED = (
-    "SELECT status, retry_count, next_attempt_at IS NOT NULL AS retry, "  # noqa: S608
-    "dispatched_at IS NULL AS unsent, count(*) FROM system_events "
-    f"WHERE NOT ({FINAL}) GROUP BY 1, 2, 3, 4"
+UNSETTLED = (  # what is still to run: the in-flight set's rows with a time to run
+    "SELECT q.status, e.retry_count, q.status = 'failed' AS retry, "
+    "q.dispatched_at IS NULL AS unsent, count(*) FROM event_queue q "
+    "JOIN system_events e ON e.id = q.id AND e.created_at = q.created_at "
+    "WHERE q.due_at IS NOT NULL GROUP BY 1, 2, 3, 4"
 )
 
 LEDGER_COLUMNS = (
@@ -479,7 +480,7 @@ class Stack:
                 event_store.insert_events(uow.session, [row.values()])
                 ids.append(row.id)
             # Committed by hand, not through the unit of work: its sends must never be made.
-            uow.session.execute(text("UPDATE system_events SET dispatched_at = NULL"))
+            uow.session.execute(text("UPDATE event_queue SET dispatched_at = NULL"))
             uow.session.commit()
         return ids
 

@@ -452,12 +452,15 @@ def test_old_day_dropped_while_workers_finish_it(
     s.history = "(SELECT * FROM system_events UNION ALL SELECT * FROM chaos_dropped_events) AS e"
     drop = partitions.drop
 
-    def drop_keeping_a_copy(connection: Any, name: str, before: Any = None) -> tuple[int, int]:
+    def drop_keeping_a_copy(
+        connection: Any, partition: partitions.Partition, before: Any = None
+    ) -> tuple[int, int]:
+        name = partition.name
         connection.execute(text(f"LOCK TABLE {name} IN SHARE MODE"))
         waiting = f"SELECT count(*) FROM {name} WHERE {partitions.IN_FLIGHT}"  # noqa: S608
         if connection.execute(text(waiting)).scalar_one() == 0:
             connection.execute(text(f"INSERT INTO chaos_dropped_events SELECT * FROM {name}"))  # noqa: S608
-        return drop(connection, name, before=before)
+        return drop(connection, partition, before=before)
 
     monkeypatch.setattr(partitions, "drop", drop_keeping_a_copy)
     keeper = retention.Retention(

@@ -68,8 +68,9 @@ def snapshot(runtime: Runtime) -> list[tuple[Any, ...]]:
     with runtime.engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT id, status, retry_count, processed_at, error_message, dispatched_at "
-                "FROM system_events WHERE tenant_id = :b ORDER BY id"
+                "SELECT e.id, e.status, e.retry_count, e.processed_at, e.error_message, "
+                "e.dispatched_at, q.dispatched_at FROM system_events e "
+                "LEFT JOIN event_queue q ON q.id = e.id WHERE e.tenant_id = :b ORDER BY e.id"
             ),
             {"b": TENANT_B},
         )

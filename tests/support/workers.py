@@ -6,16 +6,17 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
 from bus.broker.celery_app import make_celery
 from bus.broker.queues import queue_name
 from bus.runtime import Runtime
 from bus.settings import Settings
-from bus.storage.models import SystemEvent
+from bus.storage.models import SystemEvent, event_queue
 from tests.support.factories import SEED_PUBLISH_BODY
 from tests.support.processes import Proc, eventbus, settings_env, wait_for
 from tests.support.queues import queue_length
@@ -109,6 +110,17 @@ def load(runtime: Runtime, event_id: str | uuid.UUID) -> SystemEvent:
         row = session.get(SystemEvent, uuid.UUID(str(event_id)))
         assert row is not None, f"event {event_id} is not in the database"
         return row
+
+
+def send_stamp(runtime: Runtime, event_id: str | uuid.UUID) -> datetime | None:
+    """When the event was last sent, as the relay reads it (the in-flight set's stamp); the
+    event must still be in flight."""
+    with runtime.engine.connect() as conn:
+        row = conn.execute(
+            select(event_queue.c.dispatched_at).where(event_queue.c.id == uuid.UUID(str(event_id)))
+        ).first()
+    assert row is not None, f"event {event_id} is not in flight"
+    return row.dispatched_at
 
 
 def wait_for_status(runtime: Runtime, event_id: str, status: str, timeout: float) -> SystemEvent:

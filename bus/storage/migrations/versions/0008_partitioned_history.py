@@ -36,7 +36,6 @@ from alembic import op
 from sqlalchemy import text
 
 from bus.storage import partitions
-from bus.storage.models import SystemEvent
 
 revision = "0008"
 down_revision = "0007"
@@ -85,19 +84,30 @@ END $$;
 """
 
 
-_INDEXES = SystemEvent.__table__.indexes  # type: ignore[attr-defined]
+# The indexes of ``system_events`` as 0001-0004 made them, written out: this migration must
+# make the same ones whatever the model says later (0010 trims them).
+_INDEX_DDL = {
+    "ix_events_relay_pending": "(dispatched_at) WHERE status = 'pending'",
+    "ix_events_relay_failed": (
+        "(next_attempt_at) WHERE status = 'failed' AND next_attempt_at IS NOT NULL"
+    ),
+    "ix_events_tenant_source_created": "(tenant_id, source_module, created_at)",
+    "ix_events_tenant_type_created": "(tenant_id, event_type, created_at, id)",
+    "ix_events_created": "(created_at, id)",
+    "ix_events_tenant_created": "(tenant_id, created_at, id)",
+    "ix_events_tenant_status_created": "(tenant_id, status, created_at, id)",
+    "ix_events_tenant_entity_created": "(tenant_id, entity_type, created_at)",
+    "ix_events_tenant_status": "(tenant_id, status)",
+    "ix_events_tenant_target_status_created": "(tenant_id, target_module, status, created_at, id)",
+}
 
 
 def _index_names() -> list[str]:
-    return [str(index.name) for index in _INDEXES]
+    return list(_INDEX_DDL)
 
 
 def _index_ddl() -> list[str]:
-    from sqlalchemy.dialects import postgresql
-    from sqlalchemy.schema import CreateIndex
-
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    return [str(CreateIndex(index).compile(dialect=dialect)) for index in _INDEXES]
+    return [f"CREATE INDEX {name} ON system_events {on}" for name, on in _INDEX_DDL.items()]
 
 
 def upgrade() -> None:
