@@ -14,6 +14,7 @@ only pool, process count and concurrency vary.
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -179,6 +180,40 @@ def _warm_up(
     flush_queues(config.broker_url, queue_name(WARM_MODULE, config.queue_prefix))
 
 
+STATS_FLUSH_SECONDS = 11.0
+"""PostgreSQL 15's backends report their table counters when idle, at most 10 s late."""
+
+_WRITES = """
+SELECT coalesce(sum(n_tup_upd), 0), coalesce(sum(n_tup_hot_upd), 0),
+       (SELECT count(*) FROM pg_index WHERE indrelid = 'system_events'::regclass)
+FROM pg_stat_user_tables
+WHERE relid IN (SELECT relid FROM pg_partition_tree('system_events') WHERE isleaf)
+"""
+
+
+def history_writes(db: Database) -> tuple[int, int, int]:
+    """Updates and HOT updates of the history's partitions so far, and its indexes."""
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        row = conn.execute(_WRITES).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def completion_writes(before: tuple[int, int, int], after: tuple[int, int, int]) -> dict[str, Any]:
+    """What the run's status changes wrote to the history: updates, the HOT share, and index
+    entries per update (a HOT update writes none; any other one entry in every index)."""
+    updates, hot = after[0] - before[0], after[1] - before[1]
+    if updates <= 0:
+        return {"updates": 0}
+    return {
+        "updates": updates,
+        "hot": hot,
+        "hot_share": round(hot / updates, 3),
+        "indexes": after[2],
+        "index_entries_per_update": round((updates - hot) * after[2] / updates, 2),
+    }
+
+
 Then = Callable[[dict[str, Any]], "tuple[Load, int, str] | None"]
 """Given a run's result, another (load, count, tag) to measure on the same processes, or None."""
 
@@ -273,6 +308,9 @@ class _Measure:
 
     def measure(self, load: Load, count: int, tag: str) -> dict[str, Any]:
         """One measured run on processes that are up: publish, wait until settled, read rows."""
+        # What completions write, for the batched final runs (the figure issue 19 asks for):
+        # reading it costs a wait for PostgreSQL's counters.
+        writes_before = history_writes(self.db) if tag.startswith("bfinal") else None
         requests = math.ceil(count / load.batch)
         count = requests * load.batch
         with self.monitor.phase(f"e2e:{tag}") as usage:
@@ -297,7 +335,12 @@ class _Measure:
                 )
             wait_all_settled(self.db, count, self.started)
         stats = _row_stats(self.db, published["last_done_epoch"])
-        return _result(self.layout, load, count, published, stats, usage, tag)
+        result = _result(self.layout, load, count, published, stats, usage, tag)
+        if writes_before is not None:
+            time.sleep(STATS_FLUSH_SECONDS)
+            after = history_writes(self.db)
+            result["completion_writes"] = completion_writes(writes_before, after)
+        return result
 
 
 def _result(

@@ -576,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     _progress(f"wrote {out} and {out.with_suffix('.md')}")
-    # The three ratio lines are the run's last output.
+    # The three ratio lines and the batched run's PostgreSQL line are the run's last output.
     for line in results["headline"]["lines"]:
         print(line, flush=True)
     return 0

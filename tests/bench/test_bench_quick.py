@@ -22,6 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 HEADLINE = re.compile(r"^end-to-end: \d+ events/s = \d+\.\d\d x bare Celery$")
 BATCHED = re.compile(r"^end-to-end batched: \d+ events/s = \d+\.\d\d x bare Celery$")
 VS_PGQ = re.compile(r"^vs PgQueuer: \d+\.\d\d x$")
+POSTGRES = re.compile(
+    r"^batched, PostgreSQL: \d+\.\d{3} ms CPU per event \(target <= 0\.07\); "
+    r"\d+\.\d\d index entries per completion \(\d+% HOT, \d+ indexes\)$"
+)
 
 pytestmark = pytest.mark.integration
 
@@ -47,9 +51,10 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         timeout=190,
     )  # fmt: skip
 
-    # Then it succeeds, and its last three lines are the ratios
+    # Then it succeeds, and its last lines are the ratios and what PostgreSQL did
     assert proc.returncode == 0, proc.stderr[-4000:]
-    single, batched, vs_pgq = proc.stdout.strip().splitlines()[-3:]
+    single, batched, vs_pgq, postgres = proc.stdout.strip().splitlines()[-4:]
+    assert POSTGRES.match(postgres), proc.stdout
     assert HEADLINE.match(single), proc.stdout
     results = json.loads(out.read_text())
     # and the batch endpoint answered: "not available" (404/405) is a regression, not a skip
@@ -110,6 +115,8 @@ def _assert_batched_and_peers(
     assert batched_run["processed"] == batched_run["events"] and batched_run["failed"] == 0
     assert _number(batched_run["rate"]) and batched_run["rate"] > 0
     assert batched_run["load"]["batch"] >= 100
+    writes = batched_run["completion_writes"]
+    assert writes["updates"] > 0 and 0 <= writes["hot_share"] <= 1
 
     pgq = results["pgqueuer"]["final"]
     assert _number(pgq["rate"]) and pgq["rate"] > 0 and pgq["not_successful"] == 0
