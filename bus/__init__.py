@@ -31,7 +31,9 @@ package; the tables and every SQL statement sit beneath them in ``storage``:
                     :class:`bus.maintenance.runner.Maintenance`.
 ``storage/``        PostgreSQL (SQLite for ``eventbus dev``): engines and sessions, tables,
                     migrations, and every SQL statement, one module per table or concern;
-                    the history's partitions (a day each) in ``partitions``.
+                    the history's partitions (a day each) in ``partitions``; beside the
+                    history, the in-flight set (``models.event_queue``: the events not yet
+                    processed), kept by the database's triggers with every write of an event.
 ``observability/``  logs, Prometheus metrics, tracing, readiness and backlog probes.
 
 Rules the layout keeps (``[tool.importlinter]`` in ``pyproject.toml``, run by ``make check``):
