@@ -131,8 +131,11 @@ def _row_stats(db: Database, publish_ended: float) -> dict[str, Any]:
     }
 
 
-def wait_all_settled(db: Database, count: int, procs: list[Proc]) -> None:
-    """Poll until ``count`` events are no longer pending; bounded by a 20 events/s floor."""
+def wait_all_settled(
+    db: Database, count: int, procs: list[Proc], tenant: uuid.UUID = E2E_TENANT
+) -> None:
+    """Poll until ``count`` events of ``tenant`` are no longer pending; bounded by a 20
+    events/s floor."""
     with psycopg.connect(db.dsn, autocommit=True) as conn:
 
         def settled() -> bool:
@@ -141,7 +144,7 @@ def wait_all_settled(db: Database, count: int, procs: list[Proc]) -> None:
             row = conn.execute(
                 "SELECT count(*) FROM system_events WHERE tenant_id = %s AND target_module = %s"
                 " AND status <> 'pending'",
-                (E2E_TENANT, E2E_MODULE),
+                (tenant, E2E_MODULE),
             ).fetchone()
             return row is not None and int(row[0]) >= count
 

@@ -138,7 +138,7 @@ def profile_worker(
         # Attach once it consumes: its start-up (imports) is not what it costs per event.
         wait_for_bus_workers(config.broker_url, 1, timeout=90)
         spy = _py_spy(stack, out_dir, "profile-worker-drain", worker.pid, seconds=None)
-        wait_all_settled(db, count, [worker])
+        wait_all_settled(db, count, [worker], PROFILE_TENANT)
         spy.interrupt()
         stack.stop(spy)
     finally:

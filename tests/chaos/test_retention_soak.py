@@ -41,6 +41,13 @@ LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
 WHERE i.inhparent = 'system_events'::regclass
 """
 
+QUEUE = """
+SELECT (SELECT count(*) FROM event_queue), pg_total_relation_size('event_queue'),
+       coalesce(s.n_dead_tup, 0)
+FROM pg_stat_user_tables s WHERE s.relname = 'event_queue'
+"""
+"""The in-flight set: its rows (the backlog), its size with its indexes, its dead rows."""
+
 LATENCY = """
 SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY at - eventbus_id_time(event_id)),
        count(*)
@@ -58,12 +65,16 @@ class Sample:
     deleted: int
     p99_ms: float
     completed: int
+    in_flight: int
+    in_flight_mib: float
+    in_flight_dead: int
 
     def line(self) -> str:
         return (
             f"minute {self.minute:2d}: {self.partitions:3d} partitions, {self.mib:8.1f} MiB, "
             f"{self.live:8d} live, {self.dead:7d} dead, {self.deleted} deleted, "
-            f"p99 {self.p99_ms:7.0f} ms over {self.completed} completions"
+            f"p99 {self.p99_ms:7.0f} ms over {self.completed} completions; in flight "
+            f"{self.in_flight} ({self.in_flight_mib:.1f} MiB, {self.in_flight_dead} dead)"
         )
 
 
@@ -71,6 +82,7 @@ def sample(s: Stack, minute: int) -> Sample:
     with s.runtime.engine.connect() as conn:
         parts, size, live, dead, deleted = conn.execute(text(HISTORY)).one()
         p99, done = conn.execute(text(LATENCY), {"window": SAMPLE_SECONDS}).one()
+        queued, queue_bytes, queue_dead = conn.execute(text(QUEUE)).one()
     return Sample(
         minute,
         int(parts),
@@ -80,6 +92,9 @@ def sample(s: Stack, minute: int) -> Sample:
         int(deleted),
         p99.total_seconds() * 1000 if p99 is not None else 0.0,
         int(done),
+        int(queued),
+        int(queue_bytes) / 2**20,
+        int(queue_dead),
     )
 
 
@@ -140,10 +155,15 @@ def test_history_turns_over_at_a_flat_size(stack: StackFactory) -> None:
         f"retention soak: size {min(sizes):.1f}-{max(sizes):.1f} MiB (median {median_size:.1f}), "
         f"p99 {min(p99s):.0f}-{max(p99s):.0f} ms (median {median_p99:.0f}), "
         f"deleted {max(x.deleted for x in samples)}, dead at most "
-        f"{max(x.dead for x in settled)}",
+        f"{max(x.dead for x in settled)}; in flight at most "
+        f"{max(x.in_flight for x in settled)} events, "
+        f"{max(x.in_flight_mib for x in settled):.1f} MiB",
         flush=True,
     )
     assert all(x.deleted == 0 for x in samples), "a row of the history was DELETEd"
     assert max(sizes) <= 1.5 * median_size, sizes
     assert max(p99s) <= max(2 * median_p99, median_p99 + 1000), p99s
     assert all(x.dead <= max(x.live, 10_000) for x in settled), "autovacuum fell behind"
+    # the in-flight set follows the backlog (a few seconds of events), not the history
+    assert all(x.in_flight <= RATE * 30 for x in settled), [x.in_flight for x in settled]
+    assert all(x.in_flight_mib <= 0.2 * x.mib for x in settled), "the in-flight set grew"
