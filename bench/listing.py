@@ -113,7 +113,8 @@ def bulk_load(db: Database, rows: int) -> dict[str, Any]:
         timings["insert_s"] = time.monotonic() - started
         started = time.monotonic()
         for _, definition in indexes:
-            conn.execute(definition)
+            # A partitioned table's index reads "ON ONLY": made so, it would cover no partition
+            conn.execute(definition.replace(" ON ONLY ", " ON ", 1))
         timings["index_s"] = time.monotonic() - started
         started = time.monotonic()
         # VACUUM as well as ANALYZE: it sets the visibility map, as autovacuum would soon do on

@@ -445,6 +445,15 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"## Listing: {data['rows']:,} rows, {data['tenants']} tenants, {data['modules']} "
         "modules, 3 statuses",
         "",
+        *(
+            [
+                f"Re-run alone (`python -m bench --listing-only`) at {rerun['at']}, commit "
+                f"{rerun['commit']}; the other sections are the full run's.",
+                "",
+            ]
+            if (rerun := results["meta"].get("listing_rerun"))
+            else []
+        ),
         f'One tenant ("big") holds {data["big_tenant_share"]:.0%} of the rows, the other '
         f'{data["tenants"] - 1} share the rest ("typical"); statuses '
         + ", ".join(f"{k} {v:.0%}" for k, v in data["status_mix"].items())
