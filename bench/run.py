@@ -576,7 +576,7 @@ def listing_only(plan: Plan, out: Path, work_dir: Path, db_name: str) -> int:
             db.drop()
     results["meta"]["listing_rerun"] = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": _git("rev-parse", "--short", "HEAD"),
+        "commit": _git("rev-parse", "--short", "HEAD").strip(),
     }
     results["targets"] = targets(results)
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")
