@@ -489,16 +489,7 @@ def run(plan: Plan, out: Path, work_dir: Path, db_name: str, profile: bool) -> d
             plan.batch_events,
             plan.final_repeats,
         )
-        results["listing"] = run_listing(
-            stack,
-            monitor,
-            work_dir,
-            db,
-            config,
-            rows=plan.listing_rows,
-            requests=plan.listing_requests,
-            warmup_requests=plan.listing_warmup,
-        )
+        results["listing"] = _listing(plan, work_dir, stack, monitor, db, config)
         if profile:
             results["profiles"] = run_profiles(stack, monitor, work_dir, db, config)
         results["memory"] = {"peak_rss": monitor.peaks(), "per_phase": monitor.phases}
@@ -519,8 +510,26 @@ def run(plan: Plan, out: Path, work_dir: Path, db_name: str, profile: bool) -> d
     return results
 
 
-def profile_only(work_dir: Path, db_name: str) -> int:
-    """The profiles alone, on a fresh stack: for looking into a slow path between full runs."""
+def _listing(
+    plan: Plan, work_dir: Path, stack: Stack, monitor: Monitor, db: Database, config: BusConfig
+) -> dict[str, Any]:
+    return run_listing(
+        stack,
+        monitor,
+        work_dir,
+        db,
+        config,
+        rows=plan.listing_rows,
+        requests=plan.listing_requests,
+        warmup_requests=plan.listing_warmup,
+    )
+
+
+def _alone(
+    work_dir: Path, db_name: str, phase: Callable[[Stack, Monitor, Database, BusConfig], T]
+) -> T | None:
+    """One phase on a fresh stack (its own Redis and database, dropped after); None when it
+    failed (said on stderr)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack()
     monitor = Monitor()
@@ -529,15 +538,26 @@ def profile_only(work_dir: Path, db_name: str) -> int:
     try:
         _, broker_url = start_redis(stack, work_dir)
         db.create()
-        profiles = run_profiles(stack, monitor, work_dir, db, BusConfig(db.url, broker_url))
+        return phase(stack, monitor, db, BusConfig(db.url, broker_url))
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
+        return None
     finally:
         stack.stop_all()
         monitor.close()
         with contextlib.suppress(Exception):
             db.drop()
+
+
+def profile_only(work_dir: Path, db_name: str) -> int:
+    """The profiles alone, on a fresh stack: for looking into a slow path between full runs."""
+    profiles = _alone(
+        work_dir,
+        db_name,
+        lambda stack, monitor, db, config: run_profiles(stack, monitor, work_dir, db, config),
+    )
+    if profiles is None:
+        return 1
     out = work_dir / "profiles.json"
     out.write_text(json.dumps(profiles, indent=1) + "\n")
     _progress(f"wrote {out}")
@@ -548,32 +568,14 @@ def listing_only(plan: Plan, out: Path, work_dir: Path, db_name: str) -> int:
     """The listing phase alone, on a fresh stack, written into the results ``out`` holds (its
     other figures kept): for a listing fix between full runs. Noted in the results' meta."""
     results = json.loads(out.read_text())
-    work_dir.mkdir(parents=True, exist_ok=True)
-    stack = Stack()
-    monitor = Monitor()
-    monitor.start()
-    db = Database(db_name)
-    try:
-        _, broker_url = start_redis(stack, work_dir)
-        db.create()
-        results["listing"] = run_listing(
-            stack,
-            monitor,
-            work_dir,
-            db,
-            BusConfig(db.url, broker_url),
-            rows=plan.listing_rows,
-            requests=plan.listing_requests,
-            warmup_requests=plan.listing_warmup,
-        )
-    except BenchError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
+    listing = _alone(
+        work_dir,
+        db_name,
+        lambda stack, monitor, db, config: _listing(plan, work_dir, stack, monitor, db, config),
+    )
+    if listing is None:
         return 1
-    finally:
-        stack.stop_all()
-        monitor.close()
-        with contextlib.suppress(Exception):
-            db.drop()
+    results["listing"] = listing
     results["meta"]["listing_rerun"] = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": _git("rev-parse", "--short", "HEAD").strip(),

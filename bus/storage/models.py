@@ -127,54 +127,6 @@ no index entry at all; at 50 every event of a page can change in one transaction
 worker's batch does (measured: 500 of 500 updates HOT at 50, 356 at 60, 138 at 80)."""
 
 
-event_queue = Table(
-    "event_queue",
-    Base.metadata,
-    Column("id", Uuid(), primary_key=True),
-    Column("created_at", UTCDateTime(), nullable=False),
-    Column("tenant_id", Uuid(), nullable=False),
-    Column("event_type", String(255), nullable=False),
-    Column("source_module", String(64), nullable=False),
-    Column("target_module", String(64), nullable=False),
-    Column("entity_type", String(255), nullable=False),
-    Column("entity_id", String(255), nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("due_at", UTCDateTime(), nullable=True),
-    Column("dispatched_at", UTCDateTime(), nullable=True),
-    Column("request_id", String(64), nullable=True),
-    CheckConstraint("status IN ('pending', 'failed')", name="status"),
-    # The lists by status (a tenant's, and a tenant's of one module), newest first, and the
-    # oldest pending event of a module.
-    Index("ix_event_queue_tenant_status_created", "tenant_id", "status", "created_at", "id"),
-    Index(
-        "ix_event_queue_tenant_target_status_created",
-        "tenant_id",
-        "target_module",
-        "status",
-        "created_at",
-        "id",
-    ),
-    # The relay's look for events never sent, or sent longer than a lease ago.
-    Index("ix_event_queue_dispatched_at", "dispatched_at"),
-)
-"""The in-flight set: one row per event of ``system_events`` that is not processed (pending,
-or failed: ``due_at`` is its retry's time, or null when none is to come), with what the relay,
-the lists by status and the scheduler read. Its size follows the backlog (and the failures
-waiting for a person), not the history. Kept by the database in the transaction that writes
-the event (triggers of migration 0010, PostgreSQL and SQLite alike), so no writer of
-``system_events`` can forget it; the relay's send stamp (``dispatched_at``) is kept here only.
-"""
-
-
-def due_by(now: datetime) -> ColumnElement[bool]:
-    """An event of :data:`event_queue` to run by ``now``: pending (whatever its clock said when
-    it was made), or failed with its retry's time come."""
-    return or_(
-        event_queue.c.status == EventStatus.PENDING,
-        and_(event_queue.c.status == EventStatus.FAILED, event_queue.c.due_at <= now),
-    )
-
-
 @dataclass(slots=True, kw_only=True)
 class EventRow:
     """One row of ``system_events`` read through Core, or one about to be written: the
@@ -237,6 +189,49 @@ def _count_key() -> list[Column[Any]]:
         Column("entity_type", String(255), nullable=False),
         Column("status", String(16), nullable=False),
     ]
+
+
+event_queue = Table(
+    "event_queue",
+    Base.metadata,
+    Column("id", Uuid(), primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    *_count_key(),  # what the list filters on, status included
+    Column("entity_id", String(255), nullable=False),
+    Column("due_at", UTCDateTime(), nullable=True),
+    Column("dispatched_at", UTCDateTime(), nullable=True),
+    Column("request_id", String(64), nullable=True),
+    CheckConstraint("status IN ('pending', 'failed')", name="status"),
+    # The lists by status (a tenant's, and a tenant's of one module), newest first, and the
+    # oldest pending event of a module.
+    Index("ix_event_queue_tenant_status_created", "tenant_id", "status", "created_at", "id"),
+    Index(
+        "ix_event_queue_tenant_target_status_created",
+        "tenant_id",
+        "target_module",
+        "status",
+        "created_at",
+        "id",
+    ),
+    # The relay's look for events never sent, or sent longer than a lease ago.
+    Index("ix_event_queue_dispatched_at", "dispatched_at"),
+)
+"""The in-flight set: one row per event of ``system_events`` that is not processed (pending,
+or failed: ``due_at`` is its retry's time, or null when none is to come), with what the relay,
+the lists by status and the scheduler read. Its size follows the backlog (and the failures
+waiting for a person), not the history. Kept by the database in the transaction that writes
+the event (triggers of migration 0010, PostgreSQL and SQLite alike), so no writer of
+``system_events`` can forget it; the relay's send stamp (``dispatched_at``) is kept here only.
+"""
+
+
+def due_by(now: datetime) -> ColumnElement[bool]:
+    """An event of :data:`event_queue` to run by ``now``: pending (whatever its clock said when
+    it was made), or failed with its retry's time come."""
+    return or_(
+        event_queue.c.status == EventStatus.PENDING,
+        and_(event_queue.c.status == EventStatus.FAILED, event_queue.c.due_at <= now),
+    )
 
 
 event_counts = Table(
