@@ -20,6 +20,7 @@ from sqlalchemy import (
 
 from bus.storage.models import (
     COUNT_KEY,
+    RETRY_TO_COME,
     EventStatus,
     SystemEvent,
     UTCDateTime,
@@ -79,7 +80,7 @@ def stats_by_module(session: Session, tenant_id: uuid.UUID | None) -> list[Modul
             entry["oldest_pending_created_at"] = oldest
     retries = (
         select(event_queue.c.target_module, func.count())
-        .where(event_queue.c.status == EventStatus.FAILED, event_queue.c.due_at.is_not(None))
+        .where(RETRY_TO_COME)
         .group_by(event_queue.c.target_module)
     )
     if tenant_id is not None:

@@ -13,7 +13,6 @@ from sqlalchemy import (
     Select,
     Subquery,
     Table,
-    and_,
     func,
     literal,
     not_,
@@ -24,6 +23,8 @@ from sqlalchemy import (
 from bus.events.schemas import RETRY_SCHEDULED, ListQuery
 from bus.storage.count_store import tally
 from bus.storage.models import (
+    QUEUED_EVENT,
+    RETRY_TO_COME,
     EventRow,
     EventStatus,
     SystemEvent,
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 _table: Table = SystemEvent.__table__  # type: ignore[assignment]
 _queue = event_queue
-_SAME_EVENT = and_(_table.c.id == _queue.c.id, _table.c.created_at == _queue.c.created_at)
 
 
 def _filtered(stmt: Select[Any], tenant_id: uuid.UUID | None, query: ListQuery) -> Select[Any]:
@@ -68,12 +68,11 @@ def _queued(stmt: Select[Any], tenant_id: uuid.UUID | None, query: ListQuery) ->
     """:func:`_filtered` on the in-flight set's copy of the filtered columns."""
     if tenant_id is not None:
         stmt = stmt.where(_queue.c.tenant_id == tenant_id)
-    scheduled = and_(_queue.c.status == EventStatus.FAILED, _queue.c.due_at.is_not(None))
     for name, value in query.filters.items():
         if name != RETRY_SCHEDULED:
             stmt = stmt.where(_queue.c[name] == value)
         else:
-            stmt = stmt.where(scheduled if value == "true" else not_(scheduled))
+            stmt = stmt.where(RETRY_TO_COME if value == "true" else not_(RETRY_TO_COME))
     return stmt
 
 
@@ -93,10 +92,16 @@ def _rows_of(keys: Subquery, *order: Any) -> Select[Any]:
     )
 
 
-def _below(table: Table, at: tuple[datetime, uuid.UUID]) -> Any:
-    return tuple_(table.c.created_at, table.c.id) < tuple_(
+def _position(table: Table, at: tuple[datetime, uuid.UUID]) -> tuple[Any, Any]:
+    """A row's (created_at, id) in ``table`` and the position ``at``, to compare by keyset."""
+    return tuple_(table.c.created_at, table.c.id), tuple_(
         literal(at[0], table.c.created_at.type), literal(at[1], table.c.id.type)
     )
+
+
+def _below(table: Table, at: tuple[datetime, uuid.UUID]) -> Any:
+    row, position = _position(table, at)
+    return row < position
 
 
 def list_statement(
@@ -241,17 +246,13 @@ def lock_for_replay(
         # Ordered by the in-flight set's index, each row locked in its history partition; a
         # row skipped as locked lets the scan go on to the next (the LIMIT is above the lock).
         source = _queue
-        stmt = _queued(select(_table).join_from(_queue, _table, _SAME_EVENT), tenant_id, query)
+        stmt = _queued(select(_table).join_from(_queue, _table, QUEUED_EVENT), tenant_id, query)
     else:
         source, stmt = _table, _filtered(select(_table), tenant_id, query)
     stmt = _created_between(stmt, created_after, created_before, source)
     if after is not None:
-        stmt = stmt.where(
-            tuple_(source.c.created_at, source.c.id)
-            > tuple_(
-                literal(after[0], source.c.created_at.type), literal(after[1], source.c.id.type)
-            )
-        )
+        row, position = _position(source, after)
+        stmt = stmt.where(row > position)
     stmt = (
         stmt.order_by(source.c.created_at, source.c.id)
         .limit(limit)

@@ -32,6 +32,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from bus.events.ids import window
 from bus.storage.models import (
+    QUEUED_EVENT,
     EventRow,
     EventStatus,
     SystemEvent,
@@ -348,7 +349,7 @@ def take_due_for_dispatch(
             _queue.c.request_id,
             _queue.c.dispatched_at.is_not(None).label("resent"),
         )
-        .join(_table, and_(_table.c.id == _queue.c.id, _table.c.created_at == _queue.c.created_at))
+        .join(_table, QUEUED_EVENT)
         .where(
             due_by(now),
             or_(_queue.c.dispatched_at.is_(None), expired),

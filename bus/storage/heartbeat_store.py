@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 _table: Table = WorkerHeartbeat.__table__  # type: ignore[assignment]
-_events: Table = event_queue  # the in-flight set: every event not processed
+_queue: Table = event_queue  # the in-flight set: every event not processed
 
 LIVE_BEATS = 3
 """Intervals without a heartbeat after which a worker counts as gone (one late beat, under
@@ -108,10 +108,10 @@ def modules_with_expired_leases(session: Session, now: datetime, lease: timedelt
     pending, or failed with a due retry (read from the in-flight set)."""
     stale = now - lease
     stmt = (
-        select(_events.c.target_module)
-        .where(due_by(now), _events.c.dispatched_at < stale)
+        select(_queue.c.target_module)
+        .where(due_by(now), _queue.c.dispatched_at < stale)
         .distinct()
-        .order_by(_events.c.target_module)
+        .order_by(_queue.c.target_module)
     )
     return list(session.scalars(stmt))
 
@@ -134,10 +134,10 @@ def pending_without_live_worker(
     module nobody runs). Reads the in-flight set.
     """
     stmt = (
-        select(_events.c.target_module, func.count(), func.min(_events.c.created_at))
-        .where(_events.c.status == EventStatus.PENDING)
-        .where(_events.c.target_module.not_in(_served(queue_prefix, since)))
-        .group_by(_events.c.target_module)
-        .order_by(_events.c.target_module)
+        select(_queue.c.target_module, func.count(), func.min(_queue.c.created_at))
+        .where(_queue.c.status == EventStatus.PENDING)
+        .where(_queue.c.target_module.not_in(_served(queue_prefix, since)))
+        .group_by(_queue.c.target_module)
+        .order_by(_queue.c.target_module)
     )
     return [UnservedModule(m, int(n), oldest) for m, n, oldest in session.execute(stmt)]

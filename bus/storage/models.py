@@ -225,6 +225,17 @@ the event (triggers of migration 0010, PostgreSQL and SQLite alike), so no write
 """
 
 
+QUEUED_EVENT = and_(
+    SystemEvent.__table__.c.id == event_queue.c.id,
+    SystemEvent.__table__.c.created_at == event_queue.c.created_at,
+)
+"""An event's row of :data:`event_queue` joined to its history row (created_at too: the
+partition key, so the history is read in the event's own day)."""
+
+RETRY_TO_COME = and_(event_queue.c.status == EventStatus.FAILED, event_queue.c.due_at.is_not(None))
+"""A row of :data:`event_queue` that failed with an automatic retry to come."""
+
+
 def due_by(now: datetime) -> ColumnElement[bool]:
     """An event of :data:`event_queue` to run by ``now``: pending (whatever its clock said when
     it was made), or failed with its retry's time come."""

@@ -190,7 +190,8 @@ def drop(
     name = partition.name
     connection.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
     connection.execute(text(f"LOCK TABLE {name} IN SHARE MODE"))
-    span = _QUEUE_SPAN[partition.lo is None]
+    # The legacy partition runs from MINVALUE: no lower bound
+    span = "created_at < :hi" if partition.lo is None else "created_at >= :lo AND created_at < :hi"
     bounds = {"lo": partition.lo, "hi": partition.hi}
     waiting = connection.execute(
         text(f"SELECT count(*) FROM event_queue WHERE {span} AND due_at IS NOT NULL"),  # noqa: S608
@@ -210,12 +211,6 @@ def drop(
     connection.execute(text(f"DELETE FROM event_queue WHERE {span}"), bounds)  # noqa: S608
     connection.execute(text(f"DROP TABLE {name}"))
     return int(gone), 0
-
-
-_QUEUE_SPAN = {
-    False: "created_at >= :lo AND created_at < :hi",
-    True: "created_at < :hi",  # the legacy partition: from MINVALUE
-}
 
 
 def delete_finished(connection: Connection, table: str, before: datetime, limit: int) -> int:

@@ -56,10 +56,14 @@ _KEPT = (
 _COLUMNS = f"{_KEPT}, due_at, dispatched_at, request_id"
 # When it may run: a new pending event from its creation; one set pending again (a retry by
 # hand, a replay) from that change's send stamp; a failed one at its retry (null: none).
-_DUE_NEW = "CASE WHEN status = 'pending' THEN created_at ELSE next_attempt_at END"
-_DUE_CHANGED = (
-    "CASE WHEN status = 'pending' THEN coalesce(dispatched_at, created_at) ELSE next_attempt_at END"
+# ({r}: the row's columns as a trigger names them: "" on PostgreSQL, "NEW." in SQLite's)
+_DUE_NEW_OF = "CASE WHEN {r}status = 'pending' THEN {r}created_at ELSE {r}next_attempt_at END"
+_DUE_CHANGED_OF = (
+    "CASE WHEN {r}status = 'pending' THEN coalesce({r}dispatched_at, {r}created_at) "
+    "ELSE {r}next_attempt_at END"
 )
+_DUE_NEW = _DUE_NEW_OF.format(r="")
+_DUE_CHANGED = _DUE_CHANGED_OF.format(r="")
 
 # Built from the column names above, never from input (S608).
 PG_TRIGGERS = f"""
@@ -108,26 +112,24 @@ CREATE TRIGGER eventbus_queue_truncated AFTER TRUNCATE ON system_events
 """  # noqa: S608
 
 
-def _sqlite_row(due: str) -> str:
+def _sqlite_row(due_of: str) -> str:
     row = {name: f"NEW.{name}" for name in _COLUMNS.split(", ")}
-    row["due_at"] = (
-        due.replace("status", "NEW.status")
-        .replace("created_at", "NEW.created_at")
-        .replace("dispatched_at", "NEW.dispatched_at")
-        .replace("next_attempt_at", "NEW.next_attempt_at")
-    )
+    row["due_at"] = due_of.format(r="NEW.")
     return ", ".join(row.values())
 
+
+_SQLITE_NEW = _sqlite_row(_DUE_NEW_OF)
+_SQLITE_CHANGED = _sqlite_row(_DUE_CHANGED_OF)
 
 SQLITE_TRIGGERS = (  # built from the column names above, never from input (S608)
     f"""CREATE TRIGGER eventbus_queue_inserted AFTER INSERT ON system_events
     WHEN NEW.status <> 'processed'
-    BEGIN INSERT OR IGNORE INTO event_queue ({_COLUMNS}) VALUES ({_sqlite_row(_DUE_NEW)}); END""",  # noqa: S608
+    BEGIN INSERT OR IGNORE INTO event_queue ({_COLUMNS}) VALUES ({_SQLITE_NEW}); END""",  # noqa: S608
     f"""CREATE TRIGGER eventbus_queue_updated AFTER UPDATE ON system_events
     BEGIN
         DELETE FROM event_queue WHERE id = NEW.id AND NEW.status = 'processed';
         INSERT OR REPLACE INTO event_queue ({_COLUMNS})
-        SELECT {_sqlite_row(_DUE_CHANGED)} WHERE NEW.status <> 'processed';
+        SELECT {_SQLITE_CHANGED} WHERE NEW.status <> 'processed';
     END""",  # noqa: S608
     """CREATE TRIGGER eventbus_queue_deleted AFTER DELETE ON system_events
     BEGIN DELETE FROM event_queue WHERE id = OLD.id; END""",
