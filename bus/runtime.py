@@ -47,6 +47,7 @@ class Runtime:
             self.sessions,
             self.settings.queue_prefix,
             max_ids=self.settings.dispatch_batch_size,
+            wake_bound=self.settings.wakeups_per_module,
             tracer=Sender(self.settings.broker_url) if self.settings.otel_enabled else None,
         )
 

@@ -94,9 +94,6 @@ class Settings(BaseSettings):
         3600, description="Redis broker visibility timeout; must exceed the longest delay + limit"
     )
     relay_interval_seconds: float = Field(1.0, gt=0, description="relay poll interval")
-    relay_lease_seconds: float = Field(
-        600.0, gt=0, description="a sent but unprocessed event is sent again after this"
-    )
     relay_batch_size: int = Field(500, ge=1, description="events sent per relay batch")
     retention_days: float = Field(
         30.0,
@@ -170,6 +167,31 @@ class Settings(BaseSettings):
         True,
         description="Celery task events for Flower (task-sent per publish, more per attempt): "
         "each is one more Redis publish; false saves about a tenth of the CPU per event",
+    )
+    claim_batch_size: int = Field(
+        500,
+        ge=1,
+        le=5000,
+        description="events a worker claims at once from the in-flight set, chosen fairly "
+        "across tenants, and commits together",
+    )
+    wakeups_per_module: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="wake-up messages waiting per module at most (Redis): a publish sends none "
+        "when this many wait, so the broker holds no backlog",
+    )
+    worker_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="how often a worker's main process looks for ready events no message woke "
+        "it for (retries come due, a lost wake-up, claims of dead processes)",
+    )
+    tenant_weights: str = Field(
+        "",
+        description="tenants' shares of a module's handler time, e.g. "
+        "`<tenant-uuid>=3,<tenant-uuid>=0.5`; unnamed tenants weigh 1",
     )
     dispatch_batch_size: int = Field(
         500,

@@ -31,8 +31,6 @@ from bus.maintenance.runner import Maintenance
 from bus.observability import tracing
 from bus.runtime import Runtime
 from bus.settings import Settings
-from bus.storage.db import transaction
-from bus.storage.event_store import reset_dispatch_of_unfinished
 from bus.storage.migrate import upgrade
 from workers.registry import load_handlers, registry
 from workers.worker import EmbeddedWorker, resolve_modules
@@ -73,11 +71,6 @@ def _serve(settings: Settings, host: str, port: int, loglevel: str, stop: thread
     runtime = Runtime(settings)
     if settings.otel_enabled:
         tracing.setup("eventbus-dev")  # one process: the API's, the worker's, the re-send's spans
-    if settings.broker_url.startswith("memory://"):
-        with transaction(runtime.sessions) as session:
-            resent = reset_dispatch_of_unfinished(session)
-        if resent:
-            log.info("%d unfinished events will be sent again", resent)
 
     worker = EmbeddedWorker(runtime, modules, loglevel=loglevel)
     maintenance = Maintenance(runtime)

@@ -65,7 +65,8 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     """A bus over clean tables."""
     instance = Runtime(settings)
     with instance.engine.begin() as conn:
-        conn.execute(text("TRUNCATE system_events, event_attempts"))  # and their minutes (trigger)
+        # and their minutes (trigger); and the scheduler's paused modules and tenants' usage
+        conn.execute(text("TRUNCATE system_events, event_attempts, module_pauses, tenant_usage"))
     yield instance
     instance.close()
     drop_queues(settings.queue_prefix)

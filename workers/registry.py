@@ -30,12 +30,16 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
+from bus.delivery.claims import Order
 from bus.observability import metrics
 from workers.event import Event
 
 log = logging.getLogger(__name__)
 
 ANY_EVENT_TYPE = "*"
+BLOCK = "block"
+SKIP = "skip"
+ON_FAILURE = (BLOCK, SKIP)
 ENTRY_POINT_GROUP = "eventbus.handlers"
 SESSION_PARAMETER = "session"
 
@@ -51,6 +55,12 @@ class Registration:
     event_type: str
     func: HandlerFunc
     wants_session: bool
+    ordered: bool = False
+    """Events of one (tenant, entity_type, entity_id) run one at a time, in commit order."""
+    on_failure: str = BLOCK
+    """For an ordered handler, after an event's last attempt failed: ``block`` keeps its key
+    held (later events wait) until an operator releases it; ``skip`` lets them go on. Retries
+    hold the key either way."""
 
     @property
     def name(self) -> str:
@@ -69,15 +79,27 @@ class Registry:
     def __init__(self) -> None:
         self._handlers: dict[tuple[str, str], Registration] = {}
 
-    def add(self, module: str, event_type: str, func: HandlerFunc) -> Registration:
+    def add(
+        self,
+        module: str,
+        event_type: str,
+        func: HandlerFunc,
+        *,
+        ordered: bool = False,
+        on_failure: str = BLOCK,
+    ) -> Registration:
         """Register ``func``; a second, different handler for the same pair is an error."""
+        if on_failure not in ON_FAILURE:
+            raise ValueError(f"on_failure is one of {', '.join(ON_FAILURE)}, not {on_failure!r}")
         if not module or module == ANY_EVENT_TYPE:
             raise ValueError("a handler names one target module")
         if not event_type:
             raise ValueError("a handler names an event type, or '*' for all of the module's")
         if inspect.iscoroutinefunction(func):
             raise TypeError(f"{func.__qualname__}: handlers run in worker processes; make it sync")
-        registration = Registration(module, event_type, func, _wants_session(func))
+        registration = Registration(
+            module, event_type, func, _wants_session(func), ordered, on_failure
+        )
         existing = self._handlers.get((module, event_type))
         if existing is not None and existing.name != registration.name:
             raise ValueError(
@@ -93,6 +115,20 @@ class Registry:
         """The handler for an event: the exact one, else the module's catch-all, else None."""
         return self._handlers.get((module, event_type)) or self._handlers.get(
             (module, ANY_EVENT_TYPE)
+        )
+
+    def order(self, module: str) -> Order:
+        """Which of ``module``'s event types its handlers want run in order per entity."""
+        mine = [r for (m, _), r in self._handlers.items() if m == module]
+        rest = any(r.ordered for r in mine if r.event_type == ANY_EVENT_TYPE)
+        return Order(
+            types=tuple(sorted(r.event_type for r in mine if r.ordered and r.event_type != "*")),
+            rest=rest,
+            except_types=tuple(
+                sorted(r.event_type for r in mine if not r.ordered and r.event_type != "*")
+            )
+            if rest
+            else (),
         )
 
     def modules(self) -> list[str]:
@@ -112,15 +148,26 @@ registry = Registry()
 """The process's registry, filled by :func:`handler` as handler modules are imported."""
 
 
-def handler(module: str, event_type: str = ANY_EVENT_TYPE) -> Callable[[F], F]:
+def handler(
+    module: str,
+    event_type: str = ANY_EVENT_TYPE,
+    *,
+    ordered: bool = False,
+    on_failure: str = BLOCK,
+) -> Callable[[F], F]:
     """Register the decorated function for ``module``'s events of ``event_type`` (``"*"``: all).
 
     Delivery is at least once: make the handler idempotent, keyed on ``event.id``
     (``event.idempotency_key``), or write its effects through the ``session`` parameter.
+
+    ``ordered=True``: the events of one (tenant, entity_type, entity_id) run one at a time, in
+    the order the bus committed them; a failed one holds its key while retries are to come,
+    and after its last attempt ``on_failure="block"`` (the default) keeps the key held until
+    an operator releases it, ``on_failure="skip"`` lets the key move on.
     """
 
     def register(func: F) -> F:
-        registry.add(module, event_type, func)
+        registry.add(module, event_type, func, ordered=ordered, on_failure=on_failure)
         return func
 
     return register

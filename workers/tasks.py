@@ -1,38 +1,37 @@
-"""``eventbus.process_events``: run the handlers of a batch of events and record the outcomes.
+"""``eventbus.process_events``: a wake-up; the worker runs what the bus chooses for it.
 
-A message carries the ids a publish (or the relay) committed together for one module. One
-delivery is one unit of work: every event's row lock (``SELECT … FOR UPDATE SKIP LOCKED``, one
-statement) is its claim; each handler runs inside a SAVEPOINT of that transaction, so what it
+A message no longer says what to run: whatever ids it names (hints, and their traces), the
+worker claims up to ``EVENTBUS_CLAIM_BATCH_SIZE`` ready events of the message's module from the
+in-flight set (:mod:`bus.delivery.claims`: fair across tenants, in order per entity where the
+handler asks, nothing of a paused module) and runs them, claim after claim, until a claim
+comes back short or the delivery's time budget is spent. A full claim wakes one more process
+of the module first, so idle siblings join a backlog. Batches therefore form from whatever is
+waiting, at any load, and a lost message costs a wake-up: the worker's main process looks for
+ready events every ``EVENTBUS_WORKER_POLL_SECONDS`` (:mod:`workers.waker`), which is also how a
+failed event's retry runs when it comes due.
+
+One batch is one unit of work: every claimed event's history row is locked (``FOR UPDATE SKIP
+LOCKED``, one statement); each handler runs inside a SAVEPOINT of that transaction, so what it
 writes through its ``session`` commits together with its processed status, or rolls back with
-its failure alone; every outcome is written in one statement and the batch commits once. A
-failed event's retry then travels alone, with its delay. A duplicate delivery finds the rows
-locked or processed and is acknowledged without running them. ``eventbus.process_event`` (one
-id, what the bus sent before batches) takes the same path.
+its failure alone; every outcome is written in one statement and the batch commits once.
 
 How an attempt that never finishes is still counted (``EVENTBUS_RETRY_MAX_ATTEMPTS`` holds for a
-handler that kills its process too). A death rolls the attempt back, its failure included, so
-the delivery that follows one counts its own attempt *before* running the handler, in a commit
-of its own, and the outcome then replaces that mark. Only such deliveries pay the extra commit:
-
-* a pool child that dies (SIGKILL, out of memory, segfault, the hard time limit) is reported to
-  the worker's main process, whose ``task_failure`` receiver sends the message again at once,
-  marked with the ``eventbus_lost`` header. Celery's own ``retry_on_worker_lost`` stays off: its
-  count is not ours and, with ``max_retries=None``, it would never stop;
-* a message the broker redelivers (the whole worker died, or its connection did) carries
-  kombu's ``redelivered`` flag and is treated the same way.
-
-Such a delivery of a batch is split first: each event is sent again alone, marked, so an event
-that kills its process is counted and the others of its batch run without it. A crash loop thus
-ends failed after ``EVENTBUS_RETRY_MAX_ATTEMPTS`` counted runs plus the first,
-uncounted one. Such a delivery waits (up to ``LOCK_WAIT_SECONDS``) for the event's row lock
-rather than skipping it, since the dead attempt's rollback may not have reached PostgreSQL yet.
+handler that kills its process too). The claim is committed before the handlers run, so it
+outlives a process that dies; the main process ends such claims (a pool child reported lost,
+or found dead by the poll; a whole worker by the others' polls once its heartbeat stops), and
+the next claim of each of those events says it was lost. Such an event runs alone: its attempt
+is counted in a commit of its own *before* the handler runs (with a ``lost`` entry in its
+history), and the outcome then replaces that mark. A crash loop thus ends failed after
+``EVENTBUS_RETRY_MAX_ATTEMPTS`` counted runs plus the first, uncounted one.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import random
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,9 +45,9 @@ from celery.exceptions import TimeLimitExceeded
 from sqlalchemy.exc import SQLAlchemyError
 
 from bus.broker.celery_app import INFRA_RETRY_MAX_SECONDS
-from bus.broker.dispatch import INTERRUPTED_HEADER, REQUEST_ID_HEADER, Dispatch
+from bus.broker.dispatch import REQUEST_ID_HEADER, Dispatch
 from bus.broker.queues import BUS_TASKS, PROCESS_EVENT_TASK, PROCESS_EVENTS_TASK, queue_name
-from bus.delivery import attempts
+from bus.delivery import attempts, claims
 from bus.delivery.attempts import Attempt, Skip
 from bus.events.rules import Change, save_changes, utcnow
 from bus.observability import metrics
@@ -83,9 +82,18 @@ class HandlerRun:
 class EventProcessor:
     """Runs deliveries for one bus with one registry; the tasks and the signals delegate here."""
 
-    def __init__(self, runtime: Runtime, handlers: Registry) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        handlers: Registry,
+        modules: Sequence[str] | None = None,
+        worker: str | None = None,
+    ) -> None:
         self.runtime = runtime
         self.handlers = handlers
+        self._modules = list(modules) if modules else None
+        self.claimer = claims.Claimer(runtime, worker or default_worker_name())
+        self._dirty = False  # a delivery ended with claims of this process outstanding
         limit = runtime.settings.task_time_limit_seconds
         self._budget = min(BATCH_BUDGET_SECONDS, limit / 10)
         self._prefix = runtime.settings.queue_prefix
@@ -96,49 +104,96 @@ class EventProcessor:
     # --- the tasks -------------------------------------------------------------------------
 
     def process(self, task: Task, event_ids: Sequence[str]) -> None:
-        """One delivery: a batch of ids (or the single id of a message sent before batches).
-
-        A delivery that may follow a dead one is run one event at a time: a batch is split
-        into messages of one event each (:meth:`_split`), so an event that kills its process
-        takes down no other; a single one has its attempt counted in advance.
-        """
+        """One wake-up: claim and run the module's ready events until a claim comes back short
+        or the time budget is spent (a full claim has woken a sibling to go on)."""
         request = task.request
-        request_id = getattr(request, REQUEST_ID_HEADER, None)
-        uids = _event_ids(event_ids)
-        if not uids:
-            return
-        interrupted: str | None = getattr(request, INTERRUPTED_HEADER, None)
-        if interrupted is None and (request.delivery_info or {}).get("redelivered"):
-            interrupted = attempts.INTERRUPTED_MESSAGE
-        # Tracing off: this one check per delivery, and ``trace`` stays None.
+        modules = self._modules_of(request)
         trace = None
         if self._tracing is not None:
             trace = self._tracing.delivery(lambda name: getattr(request, name, None), request.id)
+        ends = time.monotonic() + self._budget
         try:
-            with self.runtime.unit_of_work() as uow:
-                if interrupted is None:
-                    runs, skips = attempts.begin_many(uow, uids)
-                    self._log_skips(skips, request_id)
-                    self._run(uow, runs, trace)
-                elif len(uids) > 1:
-                    self._split(uow, uids, interrupted, trace)
-                else:
-                    claimed = self._claim_interrupted(uow, uids[0], interrupted)
-                    if isinstance(claimed, Skip):
-                        self._log_skips({uids[0]: claimed}, request_id)
-                    else:
-                        self._run(uow, [claimed], trace)
+            if self._dirty:
+                self.claimer.release_mine()
+                self._dirty = False
+            for module in modules:
+                while self._claim_and_run(module, trace) and time.monotonic() < ends:
+                    pass
         except SQLAlchemyError as exc:
-            # The database, not the events, failed: try again later without spending a retry.
+            # The database, not the events, failed: try again later without spending a retry;
+            # the claims left are given back first (no run of them died).
+            self._dirty = True
             countdown = _infra_backoff(request.retries or 0)
             log.warning(
-                "%d events request_id=%s database error, trying again in %.1fs: %s",
-                len(uids),
-                request_id,
+                "%s: database error, trying again in %.1fs: %s",
+                ", ".join(modules),
                 countdown,
                 attempts.summarize_error(exc),
             )
             raise task.retry(countdown=countdown, exc=exc) from exc
+
+    def _modules_of(self, request: Any) -> list[str]:
+        """The module a message woke this worker for (its queue), else every one it serves."""
+        queue = (request.delivery_info or {}).get("routing_key")
+        modules = self.modules
+        if isinstance(queue, str) and queue.startswith(self._prefix):
+            module = queue[len(self._prefix) :]
+            if module in modules:
+                return [module]
+        return modules
+
+    @property
+    def modules(self) -> list[str]:
+        return self._modules if self._modules is not None else self.handlers.modules()
+
+    def _claim_and_run(self, module: str, trace: Delivery | None) -> bool:
+        """Claim a batch of ``module`` and run it; True when the claim was full (more wait)."""
+        with self.runtime.unit_of_work() as uow:
+            claims = self.claimer.claim(uow, module, self.handlers.order(module))
+            uow.commit()
+        if not claims:
+            return False
+        self._dirty = True
+        full = len(claims) >= self.claimer.size
+        if full:
+            self._wake(module, claims[-1].id)
+        fresh = [c.id for c in claims if c.lost is None]
+        if fresh:
+            with self.runtime.unit_of_work() as uow:
+                runs, skips = attempts.begin_many(uow, fresh)
+                self._log_skips(skips, None)
+                if skips:
+                    self.claimer.release(uow, list(skips))
+                self._run(uow, runs, trace)
+        for claim in claims:
+            if claim.lost is not None:
+                self._run_lost(claim.id, claim.lost, trace)
+        self._dirty = False
+        return full
+
+    def _wake(self, module: str, hint: uuid.UUID) -> None:
+        """One more wake-up for ``module`` (bounded on the broker: none if enough wait)."""
+        self.runtime.dispatcher.send([Dispatch(hint, module)])
+
+    def _run_lost(self, event_id: uuid.UUID, reason: str, trace: Delivery | None) -> None:
+        """An event whose last claim outlived its process: its attempt counted in advance and
+        committed first (module docstring), then run alone."""
+        with self.runtime.unit_of_work() as uow:
+            claimed = attempts.begin(uow, event_id, wait_seconds=LOCK_WAIT_SECONDS)
+            self._count_interrupted_run(uow, event_id, claimed)
+            if isinstance(claimed, Skip):
+                self._log_skips({event_id: claimed}, None)
+                self.claimer.release(uow, [event_id])
+                uow.commit()
+                return
+            policy = self.runtime.retry_policy
+            counted = attempts.count_in_advance(uow, claimed, policy, reason)
+            self.claimer.restamp(uow, [event_id])  # the mark cleared the claim; a death must show
+            uow.commit()
+            again = attempts.reclaim(uow, counted)
+            if again is None:
+                return
+            self._run(uow, [again], trace)
 
     def _run(self, uow: UnitOfWork, runs: Sequence[Attempt], trace: Delivery | None = None) -> None:
         """Each claimed event's handler in its own savepoint, every outcome in one statement
@@ -152,14 +207,15 @@ class EventProcessor:
         policy = self.runtime.retry_policy
         changes: list[Change] = []
         reports: list[Callable[[], None]] = []
+        used: dict[uuid.UUID, list[float]] = {}
+        holds: list[tuple[uuid.UUID, str]] = []
         ends = time.monotonic() + self._budget
         # Chosen once per batch, so tracing off costs the loop nothing.
         invoke = self._run_handler if trace is None else functools.partial(self._traced, trace)
         for index, attempt in enumerate(runs):
             if index and time.monotonic() > ends:
-                for rest in runs[index:]:
-                    uow.send(_carried(rest.event, trace))
-                log.info("batch past %.1fs: %d events sent on", self._budget, len(runs) - index)
+                self.claimer.release(uow, [rest.event.id for rest in runs[index:]])
+                log.info("batch past %.1fs: %d events given back", self._budget, len(runs) - index)
                 break
             row = attempt.event
             registration = self.handlers.find(row.target_module, row.event_type)
@@ -174,6 +230,9 @@ class EventProcessor:
             with _logged_as(row):
                 run = invoke(uow, registration, Event.of(row, attempt.number))
             elapsed = time.perf_counter() - started
+            tenant = used.setdefault(row.tenant_id, [0.0, 0.0])
+            tenant[0] += elapsed
+            tenant[1] += 1
             if run.error is None:
                 changes.append(attempts.processed(attempt, began))
                 reports.append(functools.partial(_report_processed, attempt, elapsed))
@@ -184,10 +243,13 @@ class EventProcessor:
             delay = policy.delay(attempt.number)
             message = attempts.summarize_error(run.error)
             changes.append(attempts.failed(attempt, message, delay, began))
-            if delay is not None:
-                uow.send(_retry(row, delay, trace.last if trace is not None else None))
+            if delay is None and registration.ordered:
+                holds.append((row.id, registration.on_failure))
             reports.append(functools.partial(_report_failed, attempt, run.error, elapsed, delay))
         save_changes(uow, changes)
+        if runs:
+            module = runs[0].event.target_module
+            self.claimer.record(uow, module, [(t, s, n) for t, (s, n) in used.items()], holds)
         uow.commit()
         for report in reports:
             report()
@@ -207,46 +269,10 @@ class EventProcessor:
         if again is not None:
             delay = policy.delay(again.number)
             save_changes(uow, [attempts.failed(again, attempts.summarize_error(error), delay)])
-            if delay is not None:
-                uow.send(_retry(again.event, delay, trace.last if trace is not None else None))
-        for other in runs:
-            if other is not culprit:
-                uow.send(_carried(other.event, trace))
+        self.claimer.release(uow, [other.event.id for other in runs if other is not culprit])
         uow.commit()
         if again is not None:
             _report_failed(again, error, None, delay)
-
-    def _split(
-        self,
-        uow: UnitOfWork,
-        event_ids: Sequence[uuid.UUID],
-        interrupted: str,
-        trace: Delivery | None,
-    ) -> None:
-        """Send each event of a batch that may follow a death again, alone and marked lost."""
-        modules = event_store.unprocessed_targets(uow.session, event_ids)  # done ones stay done
-        for event_id, module in modules.items():
-            origin = trace.origin(event_id) if trace is not None else None
-            uow.send(Dispatch(event_id, module, interrupted=interrupted, trace=origin))
-        uow.commit()
-        log.warning(
-            "batch of %d events may follow a lost run, sent again one by one: %s",
-            len(modules),
-            interrupted,
-        )
-
-    def _claim_interrupted(
-        self, uow: UnitOfWork, event_id: uuid.UUID, interrupted: str
-    ) -> Attempt | Skip:
-        """The claim of a delivery that may follow a dead one: its attempt counted in advance
-        and committed first (module docstring), then claimed again."""
-        claimed = attempts.begin(uow, event_id, wait_seconds=LOCK_WAIT_SECONDS)
-        self._count_interrupted_run(uow, event_id, claimed)
-        if isinstance(claimed, Skip):
-            return claimed
-        counted = attempts.count_in_advance(uow, claimed, self.runtime.retry_policy, interrupted)
-        uow.commit()
-        return attempts.reclaim(uow, counted) or Skip.BUSY
 
     @staticmethod
     def _log_skips(skips: Mapping[uuid.UUID, Skip], request_id: str | None) -> None:
@@ -320,29 +346,21 @@ class EventProcessor:
         exception: BaseException | None = None,
         **_: Any,
     ) -> None:
-        """In the worker's main process: a pool child died running a delivery; send it again,
-        marked lost, so the next attempt is counted before it runs (module docstring)."""
+        """In the worker's main process: a pool child died running a delivery; end the claims
+        it held, so they are claimed again (as lost, counted in advance: module docstring)."""
         if getattr(sender, "name", None) not in BUS_TASKS or sender.app is not self.runtime.celery:
             return
         if not isinstance(exception, WorkerLostError | TimeLimitExceeded):
             return  # an ordinary failure: the child recorded it itself
-        request = sender.request
-        if getattr(request, "id", None) != task_id:
-            # A hard time limit is reported twice; only the first report carries the request.
-            return
         reason = _why_lost(exception)
-        headers = {**(request.headers or {}), INTERRUPTED_HEADER: reason}
-        event_ids = (request.args or ["?"])[0]
         try:
-            sender.signature_from_request(request, headers=headers).apply_async()
+            rescued = claims.rescue(self.runtime, self.claimer.worker, self.modules, reason=reason)
+            for module, hint in claims.ready(self.runtime, rescued).items():
+                self._wake(module, hint)
         except Exception:
-            log.exception(
-                "event_id=%s: could not send it again after its process died; the relay will "
-                "after its lease",
-                event_ids,
-            )
+            log.exception("a pool process died (%s); its claims end at the next poll", reason)
             return
-        log.warning("event_id=%s attempt lost, sent again: %s", event_ids, reason)
+        log.warning("a pool process died (%s); its claims of %s end", reason, rescued or "none")
 
     def after_fork(self, **_: Any) -> None:
         """In a new pool child: never reuse the parent's pooled database connections."""
@@ -359,19 +377,6 @@ def _event_ids(given: Sequence[str] | str) -> list[uuid.UUID]:
         except (TypeError, ValueError, AttributeError):
             log.error("event_id=%r is not an event id; dropped", value)
     return ids
-
-
-def _retry(row: EventRow, delay: float, trace: str | None) -> Dispatch:
-    """A failed event's next attempt; with tracing on its span follows the failed one's."""
-    return Dispatch(
-        row.id, row.target_module, request_id=row.request_id, countdown=delay, trace=trace
-    )
-
-
-def _carried(row: EventRow, trace: Delivery | None) -> Dispatch:
-    """An event sent on unrun (the rest of a batch), its trace carried on."""
-    origin = trace.origin(row.id) if trace is not None else None
-    return Dispatch(row.id, row.target_module, trace=origin)
 
 
 def _span_attributes(event: Event) -> dict[str, str | int]:
@@ -457,10 +462,21 @@ def _infra_backoff(retries: int) -> float:
     return cap / 2 + random.uniform(0, cap / 2)
 
 
-def install(runtime: Runtime, handlers: Registry = registry) -> Task:
+def default_worker_name() -> str:
+    """A worker's Celery node name, as ``eventbus worker`` makes it (and heartbeats it)."""
+    return f"eventbus-{os.getpid()}@{socket.gethostname()}"
+
+
+def install(
+    runtime: Runtime,
+    handlers: Registry = registry,
+    modules: Sequence[str] | None = None,
+    worker: str | None = None,
+) -> Task:
     """Register the bus's tasks and their signal receivers on the bus's Celery app; returns
-    ``eventbus.process_events``."""
-    processor = EventProcessor(runtime, handlers)
+    ``eventbus.process_events``. ``modules``: those the worker serves (all with a handler when
+    None); ``worker``: its node name."""
+    processor = EventProcessor(runtime, handlers, modules, worker)
     app = runtime.celery
     options: dict[str, Any] = {
         "bind": True,

@@ -19,6 +19,7 @@ from workers.heartbeat import Heartbeat
 from workers.intake import CONSUMER
 from workers.registry import Registry, registry
 from workers.tasks import install
+from workers.waker import Waker
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +104,11 @@ def run_worker(
 
     SIGTERM is a warm shutdown (running handlers finish), as in ``celery worker``.
     """
-    install(runtime)
+    options = _options(runtime, modules)
+    install(runtime, modules=modules, worker=options["hostname"])
     start_tracing(runtime, pool)
     for module in sorted(set(modules) - set(registry.modules())):
         log.warning("no handler is registered for %s: each of its events will fail", module)
-    options = _options(runtime, modules)
     worker = runtime.celery.Worker(
         pool=pool,
         concurrency=concurrency,
@@ -123,9 +124,12 @@ def run_worker(
     )
     heartbeat = Heartbeat(runtime, modules, options["hostname"])
     heartbeat.start()
+    waker = Waker(runtime, modules, options["hostname"])
+    waker.start()
     try:
         worker.start()
     finally:
+        waker.stop()
         heartbeat.stop()
     code: int = worker.exitcode or 0
     return code
@@ -139,11 +143,11 @@ class EmbeddedWorker:
     """
 
     def __init__(self, runtime: Runtime, modules: Sequence[str], loglevel: str = "INFO") -> None:
-        install(runtime)
-        self._app = runtime.celery
-        self._ready = threading.Event()
         options = _options(runtime, modules)
         self._hostname: str = options["hostname"]
+        install(runtime, modules=modules, worker=self._hostname)
+        self._app = runtime.celery
+        self._ready = threading.Event()
         self._worker = runtime.celery.WorkController(
             pool="solo",
             concurrency=1,
@@ -154,10 +158,12 @@ class EmbeddedWorker:
         )
         self._thread = threading.Thread(target=self._worker.start, name="worker", daemon=True)
         self._heartbeat = Heartbeat(runtime, modules, self._hostname)
+        self._waker = Waker(runtime, modules, self._hostname)
 
     def start(self, timeout: float = 30.0) -> None:
         self._heartbeat.start()
         self._thread.start()
+        self._waker.start()
         if not self._ready.wait(timeout):
             raise RuntimeError(f"the embedded worker did not start within {timeout:.0f}s")
 
@@ -171,4 +177,5 @@ class EmbeddedWorker:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("the embedded worker did not stop within %.0fs", timeout)
+        self._waker.stop()
         self._heartbeat.stop()

@@ -1,5 +1,9 @@
 """Messages to the broker: what one says (``Dispatch``) and who sends it (``Dispatcher``).
 
+Every message is a wake-up for its module's workers, which claim what is ready from the
+in-flight set (``bus.storage.claim_store``); the ids it names are hints (and carry their
+traces). On Redis a message is not pushed while ``wake_bound`` wait on its queue already.
+
 A unit of work (``bus.uow``) collects its sends and hands them here once it has committed."""
 
 from __future__ import annotations
@@ -11,10 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bus.broker.queues import PROCESS_EVENTS_TASK, queue_name
+from bus.broker.queues import PROCESS_EVENTS_TASK, WAKE_BOUND_HEADER, queue_name
 from bus.observability.tracing import Sender
-from bus.storage import event_store
-from bus.storage.db import transaction
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -92,7 +94,7 @@ def group(dispatches: Sequence[Dispatch], max_ids: int) -> list[Message]:
 
 
 class Dispatcher:
-    """Hands messages to the broker; a send that fails is unstamped for the relay to retry.
+    """Hands messages to the broker; a send that fails is left to the workers' polls.
 
     After a failed send the broker is left alone for ``cooldown`` seconds: sends in that time
     fail at once, so requests do not each wait out a dead broker's timeout. With a ``tracer``
@@ -107,6 +109,7 @@ class Dispatcher:
         max_ids: int = 500,
         cooldown: float = 1.0,
         tracer: Sender | None = None,
+        wake_bound: int | None = None,
     ) -> None:
         self._app = celery_app
         self._sessions = sessions
@@ -115,10 +118,11 @@ class Dispatcher:
         self._cooldown = cooldown
         self._down_until = 0.0
         self._tracer = tracer
+        self._bound: dict[str, int] = {WAKE_BOUND_HEADER: wake_bound} if wake_bound else {}
 
     def send(self, dispatches: Sequence[Dispatch]) -> list[uuid.UUID]:
-        """Send them, grouped (:func:`group`); returns the ids whose send failed (already
-        unstamped if possible).
+        """Send them, grouped (:func:`group`); returns the ids whose send failed (their
+        workers' polls find the events anyway).
 
         The first failure ends the sending: the broker is most likely down, and each further
         try could wait out a connect timeout while the relay will send them all anyway.
@@ -131,23 +135,17 @@ class Dispatcher:
             if time.monotonic() < self._down_until or not self._send_one(message, origin):
                 failed = [d.event_id for m in messages[index:] for d in m.dispatches]
                 break
-        if failed:
-            try:
-                with transaction(self._sessions) as session:
-                    event_store.mark_unsent(session, failed)
-            except Exception:
-                # The stamp stays; the relay re-sends once the lease runs out.
-                log.exception("could not unstamp %d unsent events", len(failed))
         return failed
 
     def _send_one(self, message: Message, origin: str | None) -> bool:
         queue = queue_name(message.target_module, self._prefix)
+        headers = {**message.headers, **self._bound}
         if self._tracer is None:
-            return self._publish(message, queue, message.headers) is None
+            return self._publish(message, queue, headers) is None
         ids = message.event_ids
         origins = [d.trace or origin for d in message.dispatches]
         with self._tracer.sending(queue, message.target_module, ids, origins) as span:
-            error = self._publish(message, queue, {**message.headers, **span.headers})
+            error = self._publish(message, queue, {**headers, **span.headers})
             if error is not None:
                 span.failed(error)
         return error is None

@@ -15,10 +15,12 @@ from typing import Any
 
 from kombu.exceptions import KombuError
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from bus.broker import deadletter
+from bus.broker.queues import WAKE_BOUND_HEADER
 
 
 class Channel(kombu_redis.Channel):
@@ -83,6 +85,17 @@ class Channel(kombu_redis.Channel):
             if flush is not None:
                 flush()
 
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        # A wake-up (every bus message) is pushed only while fewer than its bound wait on the
+        # list, in one round trip (a script): what waits no longer grows with the backlog.
+        bound = _bound(message)
+        if bound is None or "_publish_batch" in kwargs:
+            super()._put(queue, message, **kwargs)  # type: ignore[no-untyped-call]
+            return
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))  # type: ignore[no-untyped-call]
+        with self.conn_or_acquire() as client:
+            client.eval(_BOUNDED_LPUSH, 1, key, dumps(message), bound)  # type: ignore[no-untyped-call]
+
     def _deliver_fanout_message(self, message: Any, exchange: str) -> bool:
         # Broadcasts (worker control) arrive by PUBLISH; kombu skips those that are not JSON,
         # but JSON that is not an envelope would raise in the loop. Nothing is kept of them.
@@ -109,6 +122,18 @@ class Channel(kombu_redis.Channel):
         except (RedisError, KombuError, OSError):
             kept = None
         deadletter.reject(queue, raw, reason, kept)
+
+
+_BOUNDED_LPUSH = (
+    "if redis.call('LLEN', KEYS[1]) < tonumber(ARGV[2]) then "
+    "return redis.call('LPUSH', KEYS[1], ARGV[1]) end return 0"
+)
+
+
+def _bound(message: Any) -> int | None:
+    headers = message.get("headers") if isinstance(message, dict) else None
+    bound = headers.get(WAKE_BOUND_HEADER) if isinstance(headers, dict) else None
+    return bound if type(bound) is int and bound > 0 else None
 
 
 def _dumps(message: Any) -> str:

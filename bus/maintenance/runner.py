@@ -49,10 +49,8 @@ class Maintenance:
         """Loop until :meth:`stop`."""
         settings = self._runtime.settings
         log.info(
-            "relay started: every %.2fs, lease %.0fs, batches of %d; chores: %s",
+            "relay started: every %.2fs; chores: %s",
             settings.relay_interval_seconds,
-            settings.relay_lease_seconds,
-            settings.relay_batch_size,
             ", ".join(chore.name for chore in self._chores),
         )
         try:

@@ -8,8 +8,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,6 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
-    or_,
     select,
     text,
     update,
@@ -32,11 +30,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from bus.events.ids import window
 from bus.storage.models import (
-    QUEUED_EVENT,
     EventRow,
     EventStatus,
     SystemEvent,
-    due_by,
     event_queue,
 )
 
@@ -304,77 +300,3 @@ def _limit_lock_wait(session: Session, seconds: float) -> None:
         session.execute(
             select(func.set_config("lock_timeout", f"{max(1, round(seconds * 1000))}ms", True))
         )
-
-
-def mark_unsent(session: Session, event_ids: Sequence[uuid.UUID]) -> None:
-    """Undo an optimistic send stamp so the relay picks the events up at once."""
-    if event_ids:
-        stmt = update(_queue).where(_queue.c.id.in_(event_ids)).values(dispatched_at=None)
-        session.execute(stmt)
-
-
-@dataclass(frozen=True, slots=True)
-class DueEvent:
-    """An event the relay must send; ``resent`` when a send of it had been stamped before (its
-    lease ran out with no outcome), rather than never made or undone after failing."""
-
-    id: uuid.UUID
-    target_module: str
-    request_id: str | None
-    resent: bool
-
-
-def take_due_for_dispatch(
-    session: Session,
-    now: datetime,
-    lease: timedelta,
-    limit: int,
-    hold: Collection[str] = (),
-) -> list[DueEvent]:
-    """Lock and stamp events that should be on a queue but may not be.
-
-    From the in-flight set: due (pending, or failed with its retry's time come) and never sent,
-    or sent longer than a lease ago; oldest due first. Each is locked with its history row,
-    SKIP LOCKED: several relays share the work, and an event a worker is processing right now
-    (its row locked by the claim) is passed over. Events of the ``hold`` modules are sent only
-    if never sent (their earlier copy may still be waiting: see :mod:`bus.maintenance.resend`).
-    """
-    expired = _queue.c.dispatched_at < now - lease
-    if hold:
-        expired = and_(expired, _queue.c.target_module.not_in(list(hold)))
-    stmt = (
-        select(
-            _queue.c.id,
-            _queue.c.target_module,
-            _queue.c.request_id,
-            _queue.c.dispatched_at.is_not(None).label("resent"),
-        )
-        .join(_table, QUEUED_EVENT)
-        .where(
-            due_by(now),
-            or_(_queue.c.dispatched_at.is_(None), expired),
-            _table.c.status != EventStatus.PROCESSED,
-        )
-        .order_by(_queue.c.due_at)
-        .limit(limit)
-        .with_for_update(of=[_queue, _table], skip_locked=True)
-    )
-    rows = [
-        DueEvent(r.id, r.target_module, r.request_id, bool(r.resent)) for r in session.execute(stmt)
-    ]
-    if rows:
-        stamp = update(_queue).where(_queue.c.id.in_([r.id for r in rows]))
-        session.execute(stamp.values(dispatched_at=now))
-    return rows
-
-
-def reset_dispatch_of_unfinished(session: Session) -> int:
-    """Forget the send stamps of events still to run: pending ones and failed ones with a retry
-    scheduled. For a broker that keeps messages in memory: after a restart it holds none, so
-    the relay must send them all again at once rather than after its lease."""
-    result = session.execute(
-        update(_queue)
-        .where(_queue.c.due_at.is_not(None), _queue.c.dispatched_at.is_not(None))
-        .values(dispatched_at=None)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Select, Table, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bus.storage.models import EventStatus, WorkerHeartbeat, due_by, event_queue
+from bus.storage.models import EventStatus, WorkerHeartbeat, event_queue
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -98,22 +98,15 @@ def _served(queue_prefix: str, since: datetime) -> Select[tuple[str]]:
     )
 
 
+def live_workers(session: Session, since: datetime) -> set[str]:
+    """Workers (Celery node names) with a heartbeat at or after ``since``, of any bus."""
+    stmt = select(_table.c.worker).where(_table.c.seen_at >= since)
+    return set(session.scalars(stmt.distinct()))
+
+
 def live_modules(session: Session, queue_prefix: str, since: datetime) -> set[str]:
     """Modules with a heartbeat at or after ``since``."""
     return set(session.scalars(_served(queue_prefix, since)))
-
-
-def modules_with_expired_leases(session: Session, now: datetime, lease: timedelta) -> list[str]:
-    """Modules with events the relay would send again: stamped longer than ``lease`` ago and
-    pending, or failed with a due retry (read from the in-flight set)."""
-    stale = now - lease
-    stmt = (
-        select(_queue.c.target_module)
-        .where(due_by(now), _queue.c.dispatched_at < stale)
-        .distinct()
-        .order_by(_queue.c.target_module)
-    )
-    return list(session.scalars(stmt))
 
 
 @dataclass(frozen=True, slots=True)

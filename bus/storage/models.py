@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     Identity,
     Index,
     Integer,
@@ -201,7 +202,14 @@ event_queue = Table(
     Column("due_at", UTCDateTime(), nullable=True),
     Column("dispatched_at", UTCDateTime(), nullable=True),
     Column("request_id", String(64), nullable=True),
+    # The scheduler's (migration 0011): a worker's claim, and whether a failed event of an
+    # ordered handler holds its key. Every status change of the event clears all three.
+    Column("claimed_until", UTCDateTime(), nullable=True),
+    Column("claimed_by", String(255), nullable=True),
+    Column("claimed_pid", Integer, nullable=True),
+    Column("hold", String(8), nullable=True),
     CheckConstraint("status IN ('pending', 'failed')", name="status"),
+    CheckConstraint("hold IN ('block', 'skip', 'released')", name="hold"),
     # The lists by status (a tenant's, and a tenant's of one module), newest first, and the
     # oldest pending event of a module.
     Index("ix_event_queue_tenant_status_created", "tenant_id", "status", "created_at", "id"),
@@ -215,6 +223,25 @@ event_queue = Table(
     ),
     # The relay's look for events never sent, or sent longer than a lease ago.
     Index("ix_event_queue_dispatched_at", "dispatched_at"),
+    # A claim: a module's tenants (a skip scan), then each tenant's events in commit order.
+    Index("ix_event_queue_target_tenant_created", "target_module", "tenant_id", "created_at", "id"),
+    # Per-entity order: the events of one key before a given one.
+    Index(
+        "ix_event_queue_key",
+        "target_module",
+        "tenant_id",
+        "entity_type",
+        "entity_id",
+        "created_at",
+        "id",
+    ),
+    # The claims a worker holds (to expire those of a process that died).
+    Index(
+        "ix_event_queue_claimed_by",
+        "claimed_by",
+        postgresql_where=text("claimed_by IS NOT NULL"),
+        sqlite_where=text("claimed_by IS NOT NULL"),
+    ),
 )
 """The in-flight set: one row per event of ``system_events`` that is not processed (pending,
 or failed: ``due_at`` is its retry's time, or null when none is to come), with what the relay,
@@ -243,6 +270,30 @@ def due_by(now: datetime) -> ColumnElement[bool]:
         event_queue.c.status == EventStatus.PENDING,
         and_(event_queue.c.status == EventStatus.FAILED, event_queue.c.due_at <= now),
     )
+
+
+module_pauses = Table(
+    "module_pauses",
+    Base.metadata,
+    Column("target_module", String(64), primary_key=True),
+    Column("paused_at", UTCDateTime(), nullable=False),
+    Column("reason", String(255), nullable=True),
+)
+"""Modules an operator paused: no worker claims their events until they are resumed."""
+
+tenant_usage = Table(
+    "tenant_usage",
+    Base.metadata,
+    Column("target_module", String(64), nullable=False),
+    Column("tenant_id", Uuid(), nullable=False),
+    Column("seconds", Float, nullable=False),
+    Column("events", Float, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("target_module", "tenant_id"),
+)
+"""Handler time each tenant used in each module, decayed (half-life
+``bus.delivery.fairness.HALF_LIFE_SECONDS``): what a claim's fair order is computed from.
+``events`` decays alike, so ``seconds / events`` is the tenant's recent cost of one event."""
 
 
 event_counts = Table(

@@ -64,7 +64,6 @@ CHAOS_SETTINGS: dict[str, Any] = {
     "task_time_limit_seconds": 20,
     "visibility_timeout_seconds": 30,
     "relay_interval_seconds": 0.2,
-    "relay_lease_seconds": 8.0,
     "relay_batch_size": 500,
     "metrics_port": 0,
 }

@@ -36,7 +36,7 @@ ACKS_AND_CLAIM = (
 
 def test_worker_killed_mid_handler(stack: StackFactory) -> None:
     # Given two workers and a relay, and events of which some pause after an outside effect
-    s = stack(relay_lease_seconds=5.0)
+    s = stack()
     s.start_workers("w1", "w2")
     s.start_relay()
     planned = plan(EVENTS, seed=1, effect=0.05, slow_effects=24, sleep_after_effect=0.3)
@@ -67,7 +67,7 @@ def test_worker_killed_mid_handler(stack: StackFactory) -> None:
 
 def test_pool_child_killed(stack: StackFactory) -> None:
     # Given two prefork workers
-    s = stack(relay_lease_seconds=30.0)
+    s = stack()
     s.start_workers("w1", "w2")
     s.start_relay()
     planned = plan(EVENTS, seed=2, slow_effects=24, sleep_after_effect=0.3)
@@ -98,7 +98,7 @@ def test_pool_child_killed(stack: StackFactory) -> None:
 
 def test_redis_killed_without_persistence(stack: StackFactory) -> None:
     # Given a bus on a Redis without persistence
-    s = stack(relay_lease_seconds=5.0)
+    s = stack()
     s.start_workers("w1", "w2")
     s.start_relay()
     published = s.publish_in_background(plan(EVENTS, seed=3))
@@ -124,7 +124,7 @@ def test_redis_killed_without_persistence(stack: StackFactory) -> None:
 
 def test_redis_unreachable_while_the_api_publishes(stack: StackFactory) -> None:
     # Given the API, two workers and a relay on a Redis of the scenario's own
-    s = stack(relay_lease_seconds=10.0)
+    s = stack()
     s.start_workers("w1", "w2")
     s.start_relay()
     s.start_api()
@@ -150,7 +150,7 @@ def test_redis_unreachable_while_the_api_publishes(stack: StackFactory) -> None:
 
 def test_postgres_restarted_while_workers_run(stack: StackFactory, pg: PostgresCluster) -> None:
     # Given workers and a relay processing 2,000 events
-    s = stack(relay_lease_seconds=30.0)
+    s = stack()
     s.start_workers("w1", "w2")
     s.start_relay()
     planned = plan(EVENTS, seed=5, slow_effects=24, sleep_after_effect=0.3)
@@ -182,7 +182,7 @@ def test_postgres_restarted_while_workers_run(stack: StackFactory, pg: PostgresC
 def test_relay_killed_mid_batch_with_two_relays(stack: StackFactory) -> None:
     # Given 2,000 committed events whose sends never happened, workers, and two relays taking
     # batches of 100
-    s = stack(relay_batch_size=100, relay_lease_seconds=10.0)
+    s = stack(relay_batch_size=100)
     s.start_workers("w1", "w2")
     ids = s.insert_unsent(plan(EVENTS, seed=6))
     s.start_relay("r1")
@@ -209,7 +209,7 @@ def test_relay_killed_mid_batch_with_two_relays(stack: StackFactory) -> None:
 def test_api_killed_between_commit_and_send(stack: StackFactory) -> None:
     # Given an API that SIGKILLs itself right after the commit of its 300th publish, before
     # sending it (the real app; tests/chaos/api_dies_after_commit.py), restarted when it dies
-    s = stack(relay_lease_seconds=5.0)
+    s = stack()
     s.start_workers("w1", "w2")
     s.start_relay()
     dying = [sys.executable, "-m", "tests.chaos.api_dies_after_commit", "api"]
@@ -256,7 +256,7 @@ def test_api_killed_between_commit_and_send(stack: StackFactory) -> None:
 
 def test_poison_event_ends_failed(stack: StackFactory) -> None:
     # Given events of which two kill the process that runs them, every time
-    s = stack(retry_max_attempts=3, relay_lease_seconds=30.0)
+    s = stack(retry_max_attempts=3)
     s.start_workers("w1", "w2")
     s.start_relay()
     ids = s.publish_inprocess(plan(EVENTS, seed=8, poison=2))
@@ -280,7 +280,7 @@ def test_poison_event_ends_failed(stack: StackFactory) -> None:
 
 def test_handler_slower_than_the_visibility_timeout(stack: StackFactory) -> None:
     # Given workers, and six events whose handler takes 1.8 s
-    s = stack(relay_lease_seconds=30.0)
+    s = stack()
     s.start_workers("w1", "w2")
     s.start_relay()
     published = s.publish_in_background(plan(EVENTS, seed=9, slow=6, slow_seconds=1.8))
@@ -330,7 +330,7 @@ def test_poison_event_that_kills_the_whole_worker(stack: StackFactory) -> None:
     # Given solo-pool workers, restarted whenever they die (as systemd or Kubernetes would), a
     # relay with a short lease, and two events whose handler kills the process running it: here
     # the worker itself, so no main process survives to report the loss
-    s = stack(retry_max_attempts=2, relay_lease_seconds=3.0)
+    s = stack(retry_max_attempts=2)
     s.start_workers("w1", "w2", pool="solo")
     s.start_relay()
     supervisor = s.supervise("w1", "w2")
@@ -362,7 +362,7 @@ def test_poison_event_that_kills_the_whole_worker(stack: StackFactory) -> None:
 def test_worker_killed_in_the_middle_of_a_batch(stack: StackFactory) -> None:
     # Given two prefork workers, and events committed 300 at a time, so each message carries
     # about 100 ids of one module, some of whose handlers pause after an outside effect
-    s = stack(relay_lease_seconds=5.0)
+    s = stack()
     s.start_workers("w1", "w2")
     s.start_relay()
     planned = plan(EVENTS, seed=11, effect=0.05, slow_effects=30, sleep_after_effect=0.3)
@@ -399,7 +399,7 @@ def test_worker_killed_in_the_middle_of_a_batch(stack: StackFactory) -> None:
 def test_poison_event_inside_a_batch(stack: StackFactory) -> None:
     # Given events committed 200 at a time, two of which, among the others of their module,
     # kill the pool process that runs them, every time
-    s = stack(retry_max_attempts=3, relay_lease_seconds=30.0)
+    s = stack(retry_max_attempts=3)
     s.start_workers("w1", "w2")
     s.start_relay()
     planned = plan(EVENTS, seed=12, poison=2, poison_module="orders")
@@ -439,7 +439,7 @@ def test_old_day_dropped_while_workers_finish_it(
 ) -> None:
     # Given a day 45 days old whose 600 events are still to run (sent by the relay), and 1,400
     # events published now; the relay's own retention is off, the scenario's runs beside it
-    s = stack(relay_lease_seconds=8.0, retention_days=36500.0)
+    s = stack(retention_days=36500.0)
     old_day = datetime.now(UTC).date() - timedelta(days=45)
     with s.runtime.engine.begin() as conn:
         conn.execute(text(DROPPED_COPY))

@@ -27,7 +27,7 @@ def restart_postgres(s: Stack, pg: PostgresCluster) -> None:
 
 def test_soak(stack: StackFactory, pg: PostgresCluster) -> None:
     # Given the whole bus: two prefork workers, two relays
-    s = stack(relay_lease_seconds=10.0)
+    s = stack()
     s.start_workers("w1", "w2")
     s.start_relay("r1")
     s.start_relay("r2")

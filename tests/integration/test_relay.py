@@ -1,4 +1,5 @@
-"""The relay: sends what publishing could not, shares work between relays, respects its lease."""
+"""The relay: wakes the modules whose events no message woke a worker for (publishing could not
+send, the broker lost its messages), a wake-up per module whatever the backlog."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import redis
@@ -19,14 +20,16 @@ from bus.events.rules import utcnow
 from bus.maintenance.resend import run_once
 from bus.runtime import Runtime
 from bus.settings import Settings
+from bus.storage import claim_store
+from bus.storage.db import transaction
 from bus.storage.models import EventStatus
 from tests.support.factories import insert_events
 from tests.support.processes import BIN, Proc, settings_env, wait_for
-from tests.support.queues import queued_ids
+from tests.support.queues import _messages, queued_ids
 from tests.support.servers import RedisServer
 from tests.support.services import REDIS_URL
 from tests.support.tokens import TokenFactory
-from tests.support.workers import WorkerFactory, load, publish, send_stamp, wait_for_status
+from tests.support.workers import WorkerFactory, load, publish, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -55,8 +58,7 @@ def test_publishing_while_the_broker_is_down_then_the_relay_sends(
         event = publish(client, token(), "warehouse")
         # Then it is accepted promptly, pending, and left unsent for the relay
         assert time.monotonic() - started < 3.0
-        row = load(runtime, event["id"])
-        assert row.status == "pending" and send_stamp(runtime, event["id"]) is None
+        assert load(runtime, event["id"]).status == "pending"
     # When Redis comes back, with a worker and a relay on it
     dead_redis.start()
     start_worker("warehouse", worker_settings=down)
@@ -72,80 +74,75 @@ def test_publishing_while_the_broker_is_down_then_the_relay_sends(
         api_bus.close()
 
 
-def test_several_relays_send_each_due_event_once(settings: Settings, runtime: Runtime) -> None:
-    # Given 300 events that were never sent, and relays taking small batches
-    ids = insert_events(runtime, 300)
-    small = Runtime(settings.model_copy(update={"relay_batch_size": 25}))
-    sent: list[int] = []
-
-    def relay() -> None:
-        while n := run_once(small):
-            sent.append(n)
-
-    # When three relays run at once
-    threads = [threading.Thread(target=relay) for _ in range(3)]
+def test_relays_keep_at_most_the_bound_of_wake_ups_whatever_the_backlog(
+    settings: Settings, runtime: Runtime
+) -> None:
+    # Given 300 events never sent, of one module
+    insert_events(runtime, 300)
+    # When three relays run at once, again and again
+    threads = [
+        threading.Thread(target=lambda: [run_once(runtime) for _ in range(10)]) for _ in range(3)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
-    small.close()
-    # Then every event was sent exactly once
-    assert sum(sent) == 300
-    queued = queued_ids(settings)
-    assert set(queued) == {str(i) for i in ids}
-    assert max(queued.values()) == 1
+    # Then the module's queue holds wake-ups up to the bound, not a message per event
+    assert len(_messages(settings, "warehouse")) == settings.wakeups_per_module
 
 
-def test_the_relay_resends_only_what_its_lease_says_may_be_lost(
+def test_the_relay_wakes_only_modules_with_a_ready_event(
     settings: Settings, runtime: Runtime
 ) -> None:
-    lease = timedelta(seconds=settings.relay_lease_seconds)
     now = utcnow()
-    # Given events sent just now, events sent longer than a lease ago, a failed event whose
-    # retry is due, one whose retry is not due yet, and one failed for good
-    recent = insert_events(runtime, 2, dispatched_at=now)
-    stale = insert_events(runtime, 2, dispatched_at=now - lease - timedelta(seconds=1))
-    due = insert_events(
+    # Given a pending event, a failed one whose retry is due, one whose retry is not due, one
+    # failed for good, and a pending event of a paused module
+    insert_events(runtime, 1, target_module="warehouse")
+    insert_events(
         runtime,
         1,
+        target_module="logistics",
         status=EventStatus.FAILED,
         retry_count=1,
         next_attempt_at=now - timedelta(seconds=1),
-        dispatched_at=now - lease - timedelta(seconds=1),
     )
     insert_events(
         runtime,
         1,
+        target_module="billing",
         status=EventStatus.FAILED,
         retry_count=1,
         next_attempt_at=now + timedelta(seconds=60),
-        dispatched_at=now - lease - timedelta(seconds=1),
     )
-    insert_events(runtime, 1, status=EventStatus.FAILED, retry_count=3, next_attempt_at=None)
+    insert_events(
+        runtime, 1, target_module="shipping", status=EventStatus.FAILED, next_attempt_at=None
+    )
+    insert_events(runtime, 1, target_module="paused")
+    with transaction(runtime.sessions) as session:
+        claim_store.pause(session, "paused", now, "maintenance")
     # When the relay runs
-    assert run_once(runtime, now=now) == 3
-    # Then it sent the stale and the due ones, stamped them, and nothing else
-    assert set(queued_ids(settings)) == {str(i) for i in stale + due}
-    for event_id in stale + due:
-        stamped = send_stamp(runtime, event_id)
-        assert isinstance(stamped, datetime) and abs((stamped - now).total_seconds()) < 1
-    assert send_stamp(runtime, recent[0]) == now
-    # And a second pass right after finds nothing to send
-    assert run_once(runtime, now=now) == 0
+    assert run_once(runtime, now=now) == 2
+    # Then it woke the modules with something to run, and no other
+    for module, woken in [
+        ("warehouse", 1),
+        ("logistics", 1),
+        ("billing", 0),
+        ("shipping", 0),
+        ("paused", 0),
+    ]:
+        assert len(_messages(settings, module)) == woken, module
 
 
-def test_pending_events_are_sent_again_when_the_broker_lost_them(
+def test_pending_events_are_woken_for_again_when_the_broker_lost_them(
     settings: Settings, runtime: Runtime, client: TestClient, token: TokenFactory
 ) -> None:
     # Given a published event whose message the broker lost (its queue flushed)
     event = publish(client, token(), "warehouse")
     redis.Redis.from_url(REDIS_URL).delete(queue_name("warehouse", settings.queue_prefix))
     assert queued_ids(settings) == Counter()
-    # When the lease has run out
-    later = utcnow() + timedelta(seconds=settings.relay_lease_seconds + 1)
-    # Then the relay sends it again
-    assert run_once(runtime, now=later) == 1
-    wait_for(lambda: queued_ids(settings)[event["id"]] == 1, 2, "the event was not re-queued")
+    # Then the relay wakes the module again, naming the event as a hint
+    assert run_once(runtime) == 1
+    wait_for(lambda: queued_ids(settings)[event["id"]] == 1, 2, "the module was not woken")
 
 
 def test_the_broker_dying_under_a_running_bus(
@@ -169,7 +166,6 @@ def test_the_broker_dying_under_a_running_bus(
             # When Redis dies (with every message it held) and an event is published meanwhile
             dead_redis.kill()
             during = publish(client, tok, "warehouse")
-            assert send_stamp(runtime, during["id"]) is None
             # And Redis comes back, empty, on the same port
             dead_redis.start()
             # Then the relay sends the event and the reconnected worker processes it. The bound

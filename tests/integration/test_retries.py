@@ -155,7 +155,6 @@ def test_a_poison_event_that_kills_its_process_ends_failed(
     assert row.retry_count == attempts
     assert row.error_message is not None
     assert row.error_message.startswith("WorkerLostError: Worker exited prematurely: signal 9")
-    worker.wait_for_line(f"event_id={event_id} request_id=req-poison skipped", 10)
     runs = [attempt for attempt, _ in attempt_times(trace)]
     assert runs == [1, *range(1, attempts + 1)]  # the first run, then the counted ones
     # And the worker lives on and processes the next event

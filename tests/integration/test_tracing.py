@@ -210,14 +210,13 @@ def test_the_relay_starts_a_trace_of_its_own(
     worker_spans: SpanStore,
     start_worker: WorkerFactory,
 ) -> None:
-    # Given an event stored but never sent (its send failed: unstamped for the relay)
+    # Given an event stored but never sent (its send failed)
     row = service.prepare_publish(settings, CALLER, None, dict(SEED_PUBLISH_BODY))
     with transaction(runtime.sessions) as session:
         event_store.insert_events(session, [row.values()])
-        event_store.mark_unsent(session, [row.id])
-    start_worker("warehouse", pool="solo")
-    # When the relay sends it
+    # When the relay wakes its module, and a worker starts
     assert resend.run_once(runtime) == 1
+    start_worker("warehouse", pool="solo")
     (span,) = worker_spans.wait_for(1, SPAN_TIMEOUT, **{"eventbus.event_id": str(row.id)})
     # Then its spans are the relay's pass, its send, the worker's run: one trace, no request
     spans = api_spans()

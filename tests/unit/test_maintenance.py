@@ -13,9 +13,7 @@ from tests.support.processes import wait_for
 
 
 def _runtime() -> Any:
-    settings = SimpleNamespace(
-        relay_interval_seconds=0.05, relay_lease_seconds=60, relay_batch_size=10
-    )
+    settings = SimpleNamespace(relay_interval_seconds=0.05, relay_batch_size=10)
     return SimpleNamespace(settings=settings)
 
 

@@ -1,0 +1,153 @@
+"""A worker's claims on the in-flight set: what it runs next, chosen by the bus.
+
+A worker woken for a module claims up to ``EVENTBUS_CLAIM_BATCH_SIZE`` ready events of it in
+one statement (:func:`bus.storage.claim_store.claim`: fair across tenants, in order per entity
+where the handlers ask, nothing of a paused module) and commits the claim before running any
+handler. The claim lasts the task time limit and a margin; the run's own transaction also locks
+each event's history row, so no other delivery runs it meanwhile. An outcome clears the claim
+(the database's trigger, with the status change). A claim still stamped after its process died
+is ended by the worker's main process (:func:`rescue`), and the next claim of that event says
+:attr:`~bus.storage.claim_store.Claim.lost`: its attempt is then counted before it runs, so a
+handler that kills its process stops after ``EVENTBUS_RETRY_MAX_ATTEMPTS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta
+
+from bus.delivery import fairness
+from bus.events.rules import utcnow
+from bus.runtime import Runtime
+from bus.storage import claim_store, heartbeat_store
+from bus.storage.claim_store import Claim, Order
+from bus.storage.db import transaction
+from bus.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+LEASE_MARGIN_SECONDS = 30.0
+CHILD_DIED = "WorkerLostError: the worker's pool process died during this attempt"
+WORKER_GONE = "AttemptInterrupted: the worker stopped (no heartbeat) during this attempt"
+
+__all__ = ["Claim", "Claimer", "Order"]
+
+
+class Claimer:
+    """Claims for one worker node (``worker``: its Celery node name, as it heartbeats)."""
+
+    def __init__(self, runtime: Runtime, worker: str) -> None:
+        settings = runtime.settings
+        self.worker = worker
+        self._runtime = runtime
+        self._size = settings.claim_batch_size
+        self._lease = timedelta(seconds=settings.task_time_limit_seconds + LEASE_MARGIN_SECONDS)
+        self._weights = fairness.parse_weights(settings.tenant_weights)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def until(self, now: datetime) -> datetime:
+        return now + self._lease
+
+    def claim(self, uow: UnitOfWork, module: str, order: Order) -> list[Claim]:
+        """Up to a batch of ``module``'s ready events for this process; the caller commits."""
+        now = utcnow()
+        session = uow.session
+        shares = fairness.shares(claim_store.tenants(session, module), self._weights, now)
+        return claim_store.claim(
+            session,
+            module,
+            shares,
+            order,
+            now=now,
+            until=self.until(now),
+            worker=self.worker,
+            pid=os.getpid(),
+            limit=self._size,
+        )
+
+    def restamp(self, uow: UnitOfWork, event_ids: Collection[uuid.UUID]) -> None:
+        """Claim again events whose status change (a count in advance) cleared the claim."""
+        claim_store.stamp(uow.session, event_ids, self.worker, os.getpid(), self.until(utcnow()))
+
+    def release(self, uow: UnitOfWork, event_ids: Collection[uuid.UUID]) -> None:
+        """Give back claims not run (none of their runs was lost)."""
+        claim_store.release(uow.session, event_ids, self.worker)
+
+    def release_mine(self) -> None:
+        """Give back every claim of this process (a delivery that ended with claims
+        outstanding: the database failed under it, so no run died)."""
+        with transaction(self._runtime.sessions) as session:
+            claim_store.release_pid(session, self.worker, os.getpid())
+
+    def record(
+        self,
+        uow: UnitOfWork,
+        module: str,
+        used: Sequence[tuple[uuid.UUID, float, float]],
+        holds: Collection[tuple[uuid.UUID, str]],
+    ) -> None:
+        """A batch's handler time per tenant, and the keys its final failures hold."""
+        claim_store.add_usage(uow.session, module, used, utcnow(), fairness.DECAY)
+        if holds:
+            claim_store.set_hold(uow.session, holds)
+
+
+def rescue(
+    runtime: Runtime,
+    worker: str,
+    modules: Collection[str],
+    *,
+    dead: Collection[int] | None = None,
+    reason: str = CHILD_DIED,
+) -> list[str]:
+    """End the claims of processes that died: this node's (``worker``) in ``dead`` (by default
+    every one of its processes holding claims that is gone), and in ``modules`` those of nodes
+    without a live heartbeat. Returns the modules whose events became claimable again (a
+    wake-up is due)."""
+    settings = runtime.settings
+    now = utcnow()
+    with transaction(runtime.sessions) as session:
+        if dead is None:
+            dead = [p for p in claim_store.claimed_pids(session, worker, now) if not alive(p)]
+        expired: set[str] = set()
+        if dead:
+            expired.update(claim_store.expire(session, now, reason, worker=worker, pids=dead))
+        since = heartbeat_store.live_since(now, settings.worker_heartbeat_seconds)
+        live = heartbeat_store.live_workers(session, since) | {worker}
+        expired.update(
+            claim_store.expire(session, now, WORKER_GONE, unless_workers=live, modules=modules)
+        )
+    if expired:
+        log.warning("claims of dead worker processes ended: %s", ", ".join(sorted(expired)))
+    return sorted(expired)
+
+
+def dead_processes(runtime: Runtime, worker: str) -> list[int]:
+    """This node's processes that hold claims and are gone."""
+    with transaction(runtime.sessions) as session:
+        pids = claim_store.claimed_pids(session, worker, utcnow())
+    return [pid for pid in pids if not alive(pid)]
+
+
+def ready(
+    runtime: Runtime, modules: Collection[str], now: datetime | None = None
+) -> dict[str, uuid.UUID]:
+    """Modules with an event a claim could take now (one id of each, as a wake-up's hint)."""
+    with transaction(runtime.sessions) as session:
+        return claim_store.ready_modules(session, modules, now or utcnow())
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,560 @@
+"""The scheduler's SQL: claims on the in-flight set (``event_queue``), held keys, paused modules
+and the tenants' usage.
+
+A claim stamps up to N ready rows of one module (``claimed_until``, ``claimed_by``,
+``claimed_pid``) in one statement and is committed before any handler runs: a claim still
+stamped when its process is gone says that a run was lost (:attr:`Claim.lost`). Which rows:
+ready (pending, or failed with its retry's time come), not claimed, of a module not paused, in
+per-entity order where the handlers ask for it (no earlier row of the same key waits, unless
+it failed for good without holding its key), and, among tenants, by virtual time: a tenant's
+k-th candidate comes at ``(used + k * cost) / weight`` (``bus.delivery.fairness``).
+
+PostgreSQL reads each tenant's first N candidates from ``ix_event_queue_target_tenant_created``
+(a skip scan finds the tenants) and locks the chosen rows ``FOR UPDATE SKIP LOCKED``, so
+claimers running at once share the rows. SQLite (``eventbus dev``, one worker) claims in commit
+order, without tenant fairness.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    Float,
+    Table,
+    Uuid,
+    bindparam,
+    delete,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from bus.storage.models import UTCDateTime, event_queue, module_pauses, tenant_usage
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+_queue: Table = event_queue
+
+HOLD_BLOCK = "block"
+HOLD_SKIP = "skip"
+HOLD_RELEASED = "released"
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """Which of a module's event types run in order per entity: those in ``types``, or with
+    ``rest`` every type but those in ``except_types`` (an ordered catch-all handler)."""
+
+    types: tuple[str, ...] = ()
+    rest: bool = False
+    except_types: tuple[str, ...] = ()
+
+    @property
+    def any(self) -> bool:
+        return bool(self.types) or self.rest
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """A tenant's place in a claim: its k-th event comes at virtual time ``base + k * step``."""
+
+    tenant_id: uuid.UUID
+    base: float
+    step: float
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A tenant's recorded usage of a module, as stored (decayed by the reader)."""
+
+    tenant_id: uuid.UUID
+    seconds: float
+    events: float
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claimed event; ``lost``: why the claim before this one ended with no outcome (its
+    process died: the reason :func:`expire` wrote), None when there was none."""
+
+    id: uuid.UUID
+    created_at: datetime
+    lost: str | None
+
+
+LEASE_RAN_OUT = (
+    "AttemptInterrupted: the worker stopped before this attempt finished (its claim ran out)"
+)
+
+
+def _lost(before: datetime | None, by: str | None, pid: int | None) -> str | None:
+    """Why the claim a row carried when claimed again ended: :func:`expire` leaves its reason
+    in ``claimed_by`` (and no pid); a claim whose time ran out still names its worker."""
+    if before is None:
+        return None
+    return by if pid is None and by else LEASE_RAN_OUT
+
+
+# ``ready``: what may run now; ``free``: what no live claim holds; ``in_order``: an event of
+# an ordered type whose key has no earlier event waiting. A failed event holds its key while
+# a retry is to come, and after its last attempt only when its handler blocks on failure.
+_READY = "(q.status = 'pending' OR q.due_at <= :now)"
+_FREE = "(q.claimed_until IS NULL OR q.claimed_until < :now)"
+_IN_ORDER = (
+    "(NOT (q.event_type IN (SELECT value FROM {types}) OR (:rest AND q.event_type NOT IN "
+    "(SELECT value FROM {except_types}))) OR NOT EXISTS (SELECT 1 FROM event_queue b "
+    "WHERE b.target_module = q.target_module AND b.tenant_id = q.tenant_id "
+    "AND b.entity_type = q.entity_type AND b.entity_id = q.entity_id "
+    "AND (b.created_at, b.id) < (q.created_at, q.id) AND "
+    "(b.status = 'pending' OR b.due_at IS NOT NULL OR b.hold = 'block')))"
+)
+_PG_IN_ORDER = _IN_ORDER.format(
+    types="unnest(CAST(:types AS text[])) AS t(value)",
+    except_types="unnest(CAST(:except_types AS text[])) AS x(value)",
+)
+_LITE_IN_ORDER = _IN_ORDER.format(
+    types="json_each(:types)", except_types="json_each(:except_types)"
+)
+_NOT_PAUSED = "NOT EXISTS (SELECT 1 FROM module_pauses p WHERE p.target_module = :module)"
+
+_PG_TENANTS = text(
+    """
+WITH RECURSIVE t(tenant_id) AS (
+    (SELECT tenant_id FROM event_queue WHERE target_module = :module ORDER BY tenant_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT q.tenant_id FROM event_queue q
+            WHERE q.target_module = :module AND q.tenant_id > t.tenant_id
+            ORDER BY q.tenant_id LIMIT 1)
+    FROM t WHERE t.tenant_id IS NOT NULL
+)
+SELECT t.tenant_id, u.seconds, u.events, u.updated_at
+FROM t LEFT JOIN tenant_usage u ON u.target_module = :module AND u.tenant_id = t.tenant_id
+WHERE t.tenant_id IS NOT NULL
+"""
+).columns(tenant_id=Uuid(), seconds=Float(), events=Float(), updated_at=UTCDateTime())
+
+_PG_CLAIM = text(
+    f"""
+WITH s AS (
+    SELECT * FROM unnest(CAST(:tenants AS uuid[]), CAST(:base AS float8[]),
+                         CAST(:step AS float8[])) AS s(tenant_id, base, step)
+), c AS (
+    SELECT c.id, s.base + c.rank * s.step AS vt
+    FROM s CROSS JOIN LATERAL (
+        SELECT q.id, row_number() OVER (ORDER BY q.created_at, q.id) AS rank
+        FROM event_queue q
+        WHERE q.target_module = :module AND q.tenant_id = s.tenant_id
+          AND {_READY} AND {_FREE} AND (NOT :ordered OR {_PG_IN_ORDER})
+        ORDER BY q.created_at, q.id
+        LIMIT :limit
+    ) c
+), picked AS (
+    SELECT q.id, q.claimed_until AS before, q.claimed_by AS before_by,
+           q.claimed_pid AS before_pid
+    FROM event_queue q JOIN c ON c.id = q.id
+    WHERE {_READY} AND {_FREE} AND {_NOT_PAUSED}
+    ORDER BY c.vt
+    LIMIT :limit
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE event_queue q SET claimed_until = :until, claimed_by = :worker, claimed_pid = :pid
+FROM picked WHERE q.id = picked.id
+RETURNING q.id, q.created_at, picked.before, picked.before_by, picked.before_pid
+"""  # noqa: S608 - built from the constants above, never from input
+).columns(id=Uuid(), created_at=UTCDateTime(), before=UTCDateTime())
+
+_LITE_CLAIM = text(
+    f"""
+SELECT q.id, q.created_at, q.claimed_until AS before, q.claimed_by AS before_by,
+       q.claimed_pid AS before_pid
+FROM event_queue q
+WHERE q.target_module = :module AND {_READY} AND {_FREE} AND {_NOT_PAUSED}
+  AND (NOT :ordered OR {_LITE_IN_ORDER})
+ORDER BY q.created_at, q.id LIMIT :limit
+"""  # noqa: S608 - built from the constants above, never from input
+).columns(id=Uuid(), created_at=UTCDateTime(), before=UTCDateTime())
+
+_TIMES = (bindparam("now", type_=UTCDateTime()), bindparam("until", type_=UTCDateTime()))
+
+
+def tenants(session: Session, module: str) -> list[Usage]:
+    """The tenants with events of ``module`` in flight, each with its stored usage (zero when
+    it has none): on PostgreSQL a skip scan, one index probe per tenant."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        rows = connection.execute(_PG_TENANTS, {"module": module})
+    else:
+        usage = tenant_usage.c
+        tenant = select(_queue.c.tenant_id).where(_queue.c.target_module == module).distinct()
+        sub = tenant.subquery()
+        rows = connection.execute(
+            select(sub.c.tenant_id, usage.seconds, usage.events, usage.updated_at).outerjoin(
+                tenant_usage,
+                (usage.target_module == module) & (usage.tenant_id == sub.c.tenant_id),
+            )
+        )
+    return [
+        Usage(r.tenant_id, r.seconds or 0.0, r.events or 0.0, r.updated_at or _EPOCH) for r in rows
+    ]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def claim(
+    session: Session,
+    module: str,
+    shares: Sequence[Share],
+    order: Order,
+    *,
+    now: datetime,
+    until: datetime,
+    worker: str,
+    pid: int,
+    limit: int,
+) -> list[Claim]:
+    """Claim up to ``limit`` ready events of ``module`` for ``worker`` (process ``pid``) until
+    ``until``; the caller commits. In virtual-time order across ``shares`` (PostgreSQL), each
+    tenant's in commit order."""
+    connection = session.connection()
+    params: dict[str, Any] = {
+        "module": module,
+        "now": now,
+        "until": until,
+        "worker": worker,
+        "pid": pid,
+        "limit": limit,
+        "ordered": order.any,
+        "rest": order.rest,
+    }
+    if connection.dialect.name == "postgresql":
+        if not shares:
+            return []
+        params.update(
+            tenants=[s.tenant_id for s in shares],
+            base=[s.base for s in shares],
+            step=[s.step for s in shares],
+            types=list(order.types),
+            except_types=list(order.except_types),
+        )
+        stmt = _PG_CLAIM.bindparams(*_TIMES)
+        rows = connection.execute(stmt, params)
+        return [Claim(r.id, r.created_at, _lost(r.before, r.before_by, r.before_pid)) for r in rows]
+    params.update(
+        types=json.dumps(list(order.types)), except_types=json.dumps(list(order.except_types))
+    )
+    found = connection.execute(_LITE_CLAIM.bindparams(_TIMES[0]), params)
+    claims = [Claim(r.id, r.created_at, _lost(r.before, r.before_by, r.before_pid)) for r in found]
+    if claims:
+        stamp(session, [c.id for c in claims], worker, pid, until)
+    return claims
+
+
+def stamp(
+    session: Session, event_ids: Collection[uuid.UUID], worker: str, pid: int, until: datetime
+) -> None:
+    """Claim these rows for ``worker`` (again: after a status change cleared the claim)."""
+    if event_ids:
+        session.execute(
+            update(_queue)
+            .where(_queue.c.id.in_(list(event_ids)))
+            .values(claimed_until=until, claimed_by=worker, claimed_pid=pid)
+        )
+
+
+def release(session: Session, event_ids: Collection[uuid.UUID], worker: str) -> None:
+    """Give back claims of ``worker`` that were not run (no run was lost)."""
+    if event_ids:
+        session.execute(
+            update(_queue)
+            .where(_queue.c.id.in_(list(event_ids)), _queue.c.claimed_by == worker)
+            .values(claimed_until=None, claimed_by=None, claimed_pid=None)
+        )
+
+
+def release_pid(session: Session, worker: str, pid: int) -> None:
+    """Give back every claim of ``worker``'s process ``pid``."""
+    session.execute(
+        update(_queue)
+        .where(_queue.c.claimed_by == worker, _queue.c.claimed_pid == pid)
+        .values(claimed_until=None, claimed_by=None, claimed_pid=None)
+    )
+
+
+def claimed_pids(session: Session, worker: str, now: datetime) -> set[int]:
+    """The processes of ``worker`` holding live claims."""
+    stmt = (
+        select(_queue.c.claimed_pid)
+        .where(_queue.c.claimed_by == worker, _queue.c.claimed_until >= now)
+        .distinct()
+    )
+    return {pid for pid in session.scalars(stmt) if pid is not None}
+
+
+def expire(
+    session: Session,
+    now: datetime,
+    reason: str,
+    *,
+    worker: str | None = None,
+    pids: Collection[int] = (),
+    unless_workers: Collection[str] | None = None,
+    modules: Collection[str] | None = None,
+) -> list[str]:
+    """End live claims whose process is gone: those of ``worker``'s ``pids``, or (with
+    ``unless_workers``) of every worker not in it, in ``modules``. Their rows stay stamped
+    (``claimed_until = now``, ``claimed_by = reason``, no pid), so the next claim knows a run
+    was lost, and why. Returns the modules of the rows expired."""
+    stmt = update(_queue).where(_queue.c.claimed_pid.is_not(None), _queue.c.claimed_until > now)
+    if worker is not None:
+        stmt = stmt.where(_queue.c.claimed_by == worker, _queue.c.claimed_pid.in_(list(pids)))
+    if unless_workers is not None:
+        stmt = stmt.where(_queue.c.claimed_by.not_in(list(unless_workers)))
+    if modules is not None:
+        stmt = stmt.where(_queue.c.target_module.in_(list(modules)))
+    values = {"claimed_until": now, "claimed_by": reason[:255], "claimed_pid": None}
+    result = session.execute(stmt.values(values).returning(_queue.c.target_module))
+    return sorted(set(result.scalars()))
+
+
+def set_hold(session: Session, holds: Collection[tuple[uuid.UUID, str]]) -> None:
+    """Mark failed events of ordered handlers: ``block`` holds their key, ``skip`` not."""
+    for hold in {h for _, h in holds}:
+        ids = [event_id for event_id, h in holds if h == hold]
+        session.execute(update(_queue).where(_queue.c.id.in_(ids)).values(hold=hold))
+
+
+def ready_modules(
+    session: Session, modules: Collection[str], now: datetime
+) -> dict[str, uuid.UUID]:
+    """Those of ``modules`` not paused with an event that could be claimed now (ready and
+    free; per-entity order aside), each with one such event's id."""
+    found: dict[str, uuid.UUID] = {}
+    q = _queue
+    for module in sorted(modules):
+        ready = (
+            select(q.c.id)
+            .where(
+                q.c.target_module == module,
+                (q.c.status == "pending") | (q.c.due_at <= now),
+                q.c.claimed_until.is_(None) | (q.c.claimed_until < now),
+            )
+            .limit(1)
+        )
+        event_id = session.scalars(ready).first()
+        if event_id is not None:
+            found[module] = event_id
+    if found:
+        for module in paused(session, list(found)):
+            del found[module]
+    return found
+
+
+_PG_MODULES = text(
+    """
+WITH RECURSIVE m(target_module) AS (
+    (SELECT target_module FROM event_queue ORDER BY target_module LIMIT 1)
+    UNION ALL
+    SELECT (SELECT q.target_module FROM event_queue q WHERE q.target_module > m.target_module
+            ORDER BY q.target_module LIMIT 1)
+    FROM m WHERE m.target_module IS NOT NULL
+)
+SELECT target_module FROM m WHERE target_module IS NOT NULL
+"""
+)
+
+
+def modules_in_flight(session: Session) -> list[str]:
+    """Every module with an event in flight (PostgreSQL: a skip scan, one probe a module)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return list(session.scalars(_PG_MODULES))
+    stmt = select(_queue.c.target_module).distinct().order_by(_queue.c.target_module)
+    return list(session.scalars(stmt))
+
+
+# --- paused modules ---------------------------------------------------------------------------
+
+
+def pause(session: Session, module: str, now: datetime, reason: str | None) -> bool:
+    """Pause ``module``; False if it was paused already (the first pause is kept)."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(module_pauses).values(target_module=module, paused_at=now, reason=reason)
+    result = session.execute(stmt.on_conflict_do_nothing(index_elements=["target_module"]))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def resume(session: Session, module: str) -> bool:
+    """Resume ``module``; False if it was not paused."""
+    result = session.execute(delete(module_pauses).where(module_pauses.c.target_module == module))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def paused(
+    session: Session, modules: Collection[str] | None = None
+) -> dict[str, tuple[datetime, str | None]]:
+    """Paused modules (of ``modules``, or all): when, and why."""
+    stmt = select(module_pauses.c.target_module, module_pauses.c.paused_at, module_pauses.c.reason)
+    if modules is not None:
+        stmt = stmt.where(module_pauses.c.target_module.in_(list(modules)))
+    return {m: (at, reason) for m, at, reason in session.execute(stmt)}
+
+
+# --- usage --------------------------------------------------------------------------------------
+
+
+def add_usage(
+    session: Session,
+    module: str,
+    used: Sequence[tuple[uuid.UUID, float, float]],
+    now: datetime,
+    decay: float,
+) -> None:
+    """Add each tenant's handler seconds and events of a batch to its usage in ``module``,
+    after decaying what is stored by ``decay`` per second elapsed (``0.5 ** (1 / half-life)``).
+    """
+    if not used:
+        return
+    dialect = session.get_bind().dialect.name
+    rows: list[dict[str, Any]] = [
+        {"target_module": module, "tenant_id": t, "seconds": s, "events": n, "updated_at": now}
+        for t, s, n in used
+    ]
+    if dialect == "postgresql":
+        stmt = postgresql.insert(tenant_usage).values(rows)
+        age = func.extract("epoch", stmt.excluded.updated_at - tenant_usage.c.updated_at)
+        keep = func.power(decay, func.greatest(age, 0))
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["target_module", "tenant_id"],
+                set_={
+                    "seconds": tenant_usage.c.seconds * keep + stmt.excluded.seconds,
+                    "events": tenant_usage.c.events * keep + stmt.excluded.events,
+                    "updated_at": stmt.excluded.updated_at,
+                },
+            )
+        )
+        return
+    # SQLite (one worker): read, decay in Python, write.
+    stored = {u.tenant_id: u for u in tenants_usage(session, module)}
+    for row in rows:
+        old = stored.get(row["tenant_id"])
+        if old is not None:
+            keep_ = decay ** max((now - old.updated_at).total_seconds(), 0.0)
+            row["seconds"] += old.seconds * keep_
+            row["events"] += old.events * keep_
+        session.execute(
+            sqlite.insert(tenant_usage)
+            .values(row)
+            .on_conflict_do_update(
+                index_elements=["target_module", "tenant_id"],
+                set_={k: row[k] for k in ("seconds", "events", "updated_at")},
+            )
+        )
+
+
+def tenants_usage(session: Session, module: str) -> list[Usage]:
+    """Every tenant's stored usage of ``module``."""
+    u = tenant_usage.c
+    rows = session.execute(
+        select(u.tenant_id, u.seconds, u.events, u.updated_at).where(u.target_module == module)
+    )
+    return [Usage(*r) for r in rows]
+
+
+# --- held keys ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HeldKey:
+    """An entity whose events wait behind a failed one (an ordered handler that blocks)."""
+
+    tenant_id: uuid.UUID
+    target_module: str
+    entity_type: str
+    entity_id: str
+    event_id: uuid.UUID
+    event_type: str
+    held_since: datetime
+    waiting: int
+
+
+def held_keys(
+    session: Session, tenant_id: uuid.UUID | None, module: str | None = None, limit: int = 100
+) -> list[HeldKey]:
+    """Keys held by a failed event (the oldest failure of each key), oldest first, with how
+    many events of the key wait behind it."""
+    h = _queue.alias("h")
+    b = _queue.alias("b")
+    waiting = (
+        select(func.count())
+        .where(
+            b.c.target_module == h.c.target_module,
+            b.c.tenant_id == h.c.tenant_id,
+            b.c.entity_type == h.c.entity_type,
+            b.c.entity_id == h.c.entity_id,
+            b.c.created_at > h.c.created_at,
+        )
+        .scalar_subquery()
+    )
+    stmt = select(
+        h.c.tenant_id,
+        h.c.target_module,
+        h.c.entity_type,
+        h.c.entity_id,
+        h.c.id,
+        h.c.event_type,
+        h.c.created_at,
+        waiting,
+    ).where(h.c.hold == HOLD_BLOCK, h.c.status == "failed", h.c.due_at.is_(None))
+    if tenant_id is not None:
+        stmt = stmt.where(h.c.tenant_id == tenant_id)
+    if module is not None:
+        stmt = stmt.where(h.c.target_module == module)
+    stmt = stmt.order_by(h.c.created_at, h.c.id).limit(limit)
+    return [HeldKey(*row) for row in session.execute(stmt)]
+
+
+def release_key(session: Session, event_id: uuid.UUID, tenant_id: uuid.UUID | None) -> str | None:
+    """Let the key held by failed event ``event_id`` move on (the event stays failed); returns
+    its module, or None if the event holds no key (in ``tenant_id``; any when None)."""
+    stmt = update(_queue).where(_queue.c.id == event_id, _queue.c.hold == HOLD_BLOCK)
+    if tenant_id is not None:
+        stmt = stmt.where(_queue.c.tenant_id == tenant_id)
+    result = session.execute(
+        stmt.values(hold=HOLD_RELEASED).returning(_queue.c.target_module)
+    ).first()
+    return None if result is None else str(result[0])
+
+
+def held_counts(session: Session) -> dict[str, int]:
+    """Held keys per module (the metric)."""
+    stmt = (
+        select(_queue.c.target_module, func.count())
+        .where(_queue.c.hold == HOLD_BLOCK, _queue.c.status == "failed", _queue.c.due_at.is_(None))
+        .group_by(_queue.c.target_module)
+    )
+    return {m: int(n) for m, n in session.execute(stmt)}
+
+
+__all__ = [
+    "Claim",
+    "HeldKey",
+    "Order",
+    "Share",
+    "Usage",
+    "claim",
+    "expire",
+    "release",
+    "stamp",
+]
