@@ -60,6 +60,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     else:
         lines.append(f"end-to-end batched: not available ({batched['detail'][:120]})")
         lines.append(f"vs PgQueuer: not available (no batched rate; PgQueuer {pgq:.0f} jobs/s)")
+    lines += scheduler_lines(results)
     return {
         "bus_rate": bus,
         "bare_rate": bare,
@@ -71,6 +72,49 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "line": lines[0],
         "lines": lines,
     }
+
+
+def scheduler_lines(results: dict[str, Any]) -> list[str]:
+    """Issue 20's lines: latency below saturation, fairness, order, the broker under a backlog."""
+    lines = []
+    for key, label, target in (
+        ("fixed_rate", "50%", 100),
+        ("fixed_rate_quarter", "25%", 50),
+    ):
+        fixed = results.get(key)
+        if fixed:
+            lat = fixed["latency_ms"]
+            lines.append(
+                f"latency at {label}: p50 {_f(lat['p50'], 1)} ms p99 {_f(lat['p99'], 1)} ms "
+                f"at {_f(fixed['offered_rate'])} events/s (target p99 < {target} ms; PgQueuer "
+                "at the same rate: not measured)"
+            )
+    sched = results.get("scheduler")
+    if not sched:
+        return lines
+    fair = sched["fairness"]
+    b = fair["with_b"]["b_latency_ms"]
+    lines.append(
+        f"fairness: B p99 {_f(b['p99'], 1)} ms max {_f(b['max'], 1)} ms behind A's "
+        f"{_f(fair['backlog'])} (target < 250 ms); A drains at {fair['a_ratio']:.2f} x its rate "
+        "alone (target >= 0.9)"
+    )
+    order = sched["order"]
+    chaos = order["chaos"]
+    lines.append(
+        f"order: {chaos['out_of_order']} completed out of order, lost {chaos['lost']}, completed "
+        f"twice {chaos['completed_twice']} (targets 0; {_f(order['events'])} events, "
+        f"{order['entities']} entities, 10% failing, a worker SIGKILLed); ordered "
+        f"{order['ordered_ratio']:.2f} x unordered (target >= 0.8)"
+    )
+    broker = sched["broker"]
+    lines.append(
+        f"broker: {_f(broker['events'])} events waiting with workers stopped: "
+        f"{broker['waiting_messages']} messages on the queue, Redis used_memory "
+        f"+{broker['redis_used_memory_growth_bytes'] / 1e6:.2f} MB (target: a few MB); drained at "
+        f"{_f(broker['drain_rate'])}/s, lost {broker['lost']}"
+    )
+    return lines
 
 
 def history_line(run: dict[str, Any]) -> str:

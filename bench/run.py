@@ -34,6 +34,7 @@ import psutil
 import psycopg
 import redis
 
+from bench import scheduler
 from bench.baseline import BareConfig, run_bare
 from bench.endtoend import BusLayout, Load, Then, run_e2e
 from bench.listing import run_listing
@@ -42,7 +43,7 @@ from bench.pgq import PgqConfig, PgqDatabase, pgq_version, run_pgq
 from bench.procs import REPO, BenchError, Stack
 from bench.profiling import run_profiles
 from bench.publish import run_publish
-from bench.report import headline, render_markdown, targets
+from bench.report import headline, render_markdown, scheduler_lines, targets
 from bench.stack import BusConfig, Database, start_redis
 
 
@@ -415,6 +416,24 @@ def _single_and_fixed_rate(plan: Plan, ctx: _Ctx) -> tuple[dict[str, Any], dict[
     return {"search": tried, "final": median_run(runs)}, fixed
 
 
+def _quarter_rate(
+    plan: Plan, ctx: _Ctx, best: BusLayout, results: dict[str, Any]
+) -> dict[str, Any]:
+    """Latency at a quarter of the single-publish rate (the half is ``fixed_rate``), on the
+    layout the bench reports for throughput."""
+    half = results["fixed_rate"]
+    offered = max(10, round(half["offered_rate"] / 2))
+    events = max(50, round(offered * plan.fixed_rate_seconds))
+    quarter = _fixed_rate_on(
+        plan, ctx, best, {"offered_rate": offered, "fraction": 0.25, "events": events}
+    )
+    return quarter
+
+
+def _sched_plan(plan: Plan) -> scheduler.SchedulerPlan:
+    return scheduler.QUICK if plan.mode == "quick" else scheduler.FULL
+
+
 def _latency_layouts(plan: Plan, best: BusLayout) -> list[BusLayout]:
     """The layout that was fastest for throughput need not be the one with the lowest latency
     (a prefork pool hands each small message to a child): the same fixed rate is offered to
@@ -478,7 +497,11 @@ def run(plan: Plan, out: Path, work_dir: Path, db_name: str, profile: bool) -> d
         )
         results["end_to_end"], results["fixed_rate"] = _single_and_fixed_rate(plan, ctx)
         best_layout = BusLayout(**results["end_to_end"]["final"]["layout"])
+        results["fixed_rate_quarter"] = _quarter_rate(plan, ctx, best_layout, results)
         results["end_to_end_batched"] = _batched_phase(plan, ctx, best_layout, batch_endpoint)
+        results["scheduler"] = scheduler.run_phases(
+            stack, monitor, work_dir, db, config, _sched_plan(plan), best_layout
+        )
         pgq_db.create(work_dir, stack)
         monitor.watch_found("postgres_pgq", pgq_db.backends)
         results["pgqueuer"] = search_then_measure(
@@ -564,6 +587,33 @@ def profile_only(work_dir: Path, db_name: str) -> int:
     return 0
 
 
+def scheduler_only(plan: Plan, out: Path, work_dir: Path, db_name: str) -> int:
+    """Only the scheduler's phases, merged into the results at ``out`` (the other phases'
+    figures stay); the E2E layout is the one the results report, else 2 solo workers."""
+    results = json.loads(out.read_text()) if out.exists() else {}
+    final = results.get("end_to_end", {}).get("final", {})
+    layout = BusLayout(**final["layout"]) if "layout" in final else BusLayout(1, "solo", 2, 1)
+
+    def phase(stack: Stack, monitor: Monitor, db: Database, config: BusConfig) -> bool:
+        results["scheduler"] = scheduler.run_phases(
+            stack, monitor, work_dir, db, config, _sched_plan(plan), layout
+        )
+        return True
+
+    if _alone(work_dir, db_name, phase) is None:
+        return 1
+    if "headline" in results:
+        results["headline"] = headline(results)
+        results["targets"] = targets(results)
+        out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        out.with_suffix(".md").write_text(render_markdown(results))
+    else:
+        out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    for line in scheduler_lines(results):
+        print(line, flush=True)
+    return 0
+
+
 def listing_only(plan: Plan, out: Path, work_dir: Path, db_name: str) -> int:
     """The listing phase alone, on a fresh stack, written into the results ``out`` holds (its
     other figures kept): for a listing fix between full runs. Noted in the results' meta."""
@@ -608,6 +658,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only the profiles, into WORK_DIR/profiles.json (no results written)",
     )
     parser.add_argument(
+        "--scheduler-only",
+        action="store_true",
+        help="only the scheduler's phases (fairness, order, broker), into the results (--out)",
+    )
+    parser.add_argument(
         "--listing-only",
         action="store_true",
         help="only the listing phase, written into the existing results (--out)",
@@ -619,6 +674,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or REPO / "bench" / "results.json"
     if args.listing_only:
         return listing_only(plan, out, args.work_dir, args.database or "eventbus_bench_listing")
+    if args.scheduler_only:
+        return scheduler_only(plan, out, args.work_dir, args.database or "eventbus_bench_sched")
     db_name = args.database or ("eventbus_bench_quick" if args.quick else "eventbus_bench")
     try:
         results = run(plan, out, args.work_dir, db_name, args.profile)

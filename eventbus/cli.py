@@ -9,6 +9,7 @@ Commands import what they need inside their function: ``PROMETHEUS_MULTIPROC_DIR
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from bus.auth import Principal
 from bus.observability import logs, multiprocess
 from bus.settings import Settings, get_settings
 from eventbus import archive_cli
@@ -145,6 +147,15 @@ def _wait_for_schema(runtime: Runtime) -> bool:
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+OPERATOR = Principal(
+    sub="eventbus-cli",
+    tenant_id=None,
+    permissions=frozenset({"manage:system"}),
+    is_system_admin=True,
+    token_type="system",
+)
+"""Who a command run on the bus's own database acts as: a system admin."""
 
 
 def cmd_maintenance(args: argparse.Namespace) -> int:
@@ -338,6 +349,50 @@ def cmd_forward(args: argparse.Namespace) -> int:
             close()
 
 
+def cmd_pause(args: argparse.Namespace) -> int:
+    """Pause a module's delivery (its events wait; nothing is lost) or, with --resume, resume
+    it; straight on the database of the EVENTBUS_* settings. Prints the module's state."""
+    from bus.delivery import control
+    from bus.runtime import Runtime
+
+    runtime = Runtime(get_settings())
+    try:
+        with runtime.unit_of_work() as uow:
+            if args.resume:
+                state = control.resume(uow, OPERATOR, args.module)
+            else:
+                state = control.pause(uow, OPERATOR, args.module, args.reason)
+            uow.commit()
+    finally:
+        runtime.close()
+    print(json.dumps(state))
+    return 0
+
+
+def cmd_held_keys(args: argparse.Namespace) -> int:
+    """List held keys (one JSON line each), or release the one held by --release EVENT_ID."""
+    from bus.delivery import control
+    from bus.errors import BusError
+    from bus.runtime import Runtime
+
+    runtime = Runtime(get_settings())
+    try:
+        with runtime.unit_of_work() as uow:
+            if args.release:
+                try:
+                    print(json.dumps(control.release(uow, OPERATOR, args.release, args.tenant)))
+                except BusError as exc:
+                    print(f"eventbus held-keys: {exc.message}", file=sys.stderr)
+                    return 1
+                uow.commit()
+                return 0
+            for key in control.held_keys(uow.session, OPERATOR, args.tenant, args.module):
+                print(json.dumps(key))
+    finally:
+        runtime.close()
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     """Set the events a filter matches pending again and send them (the PUT … pending rule, in
     batches), straight on the database and broker of the EVENTBUS_* settings; prints
@@ -375,6 +430,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _add_replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("pause", help=cmd_pause.__doc__)
+    p.add_argument("module")
+    p.add_argument("--reason", default=None)
+    p.add_argument("--resume", action="store_true", help="resume the module instead")
+    p.set_defaults(func=cmd_pause)
+
+    p = sub.add_parser("held-keys", help=cmd_held_keys.__doc__)
+    p.add_argument("--module", default=None)
+    p.add_argument("--tenant", default=None, help="one tenant's (default: every tenant's)")
+    p.add_argument("--release", metavar="EVENT_ID", default=None)
+    p.set_defaults(func=cmd_held_keys)
+
     p = sub.add_parser("replay", help=cmd_replay.__doc__)
     p.add_argument("--status", default=None, help="pending, processed or failed")
     p.add_argument("--module", default=None, help="the target module")

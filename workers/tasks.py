@@ -173,7 +173,7 @@ class EventProcessor:
 
     def _wake(self, module: str, hint: uuid.UUID) -> None:
         """One more wake-up for ``module`` (bounded on the broker: none if enough wait)."""
-        self.runtime.dispatcher.send([Dispatch(hint, module)])
+        self.runtime.dispatcher.wake(module, hint)
 
     def _run_lost(self, event_id: uuid.UUID, reason: str, trace: Delivery | None) -> None:
         """An event whose last claim outlived its process: its attempt counted in advance and
@@ -245,6 +245,11 @@ class EventProcessor:
             changes.append(attempts.failed(attempt, message, delay, began))
             if delay is None and registration.ordered:
                 holds.append((row.id, registration.on_failure))
+            if delay is not None:
+                # A wake-up when the retry is due (bounded like any other; the poll finds it
+                # otherwise), carrying the failed run's trace on.
+                last = trace.last if trace is not None else None
+                uow.send(Dispatch(row.id, row.target_module, countdown=delay, trace=last))
             reports.append(functools.partial(_report_failed, attempt, run.error, elapsed, delay))
         save_changes(uow, changes)
         if runs:
@@ -355,12 +360,19 @@ class EventProcessor:
         reason = _why_lost(exception)
         try:
             rescued = claims.rescue(self.runtime, self.claimer.worker, self.modules, reason=reason)
-            for module, hint in claims.ready(self.runtime, rescued).items():
-                self._wake(module, hint)
         except Exception:
             log.exception("a pool process died (%s); its claims end at the next poll", reason)
             return
         log.warning("a pool process died (%s); its claims of %s end", reason, rescued or "none")
+        request = sender.request
+        if not rescued or getattr(request, "id", None) != task_id:
+            # (A hard time limit is reported twice; only the first report carries the request.)
+            return
+        # The dead delivery's message again (its traces with it): the wake-up for what it held.
+        try:
+            sender.signature_from_request(request).apply_async()
+        except Exception:
+            log.exception("could not wake %s again; the next poll will", ", ".join(rescued))
 
     def after_fork(self, **_: Any) -> None:
         """In a new pool child: never reuse the parent's pooled database connections."""

@@ -14,7 +14,6 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from bus.broker.dispatch import Dispatch
 from bus.delivery import claims
 from bus.runtime import Runtime
 
@@ -45,10 +44,14 @@ class Waker:
             dead = claims.dead_processes(runtime, self._worker)
             gone = [pid for pid in dead if pid in self._dead]
             self._dead = set(dead)
-            claims.rescue(runtime, self._worker, self._modules, dead=gone)
-            ready = claims.ready(runtime, self._modules)
-            if ready:
-                runtime.dispatcher.send([Dispatch(hint, m) for m, hint in ready.items()])
+            rescued = claims.rescue(runtime, self._worker, self._modules, dead=gone)
+            # Due for a poll interval at least: a publish's (or a retry's) own wake-up comes
+            # first; what rescue freed, at once.
+            grace = runtime.settings.worker_poll_seconds
+            ready = claims.ready(runtime, self._modules, grace=grace)
+            ready.update(claims.ready(runtime, rescued))
+            for module, hint in ready.items():
+                runtime.dispatcher.wake(module, hint)
         except Exception as exc:
             if not self._failing:
                 log.warning("poll failed (will retry): %s: %s", type(exc).__name__, exc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +137,14 @@ class Dispatcher:
                 break
         return failed
 
+    def wake(self, module: str, hint: uuid.UUID) -> bool:
+        """A bare wake-up for ``module`` (naming ``hint``, an event ready there), outside any
+        trace: a worker's poll or its own fan-out, not an event's send. True once sent."""
+        if time.monotonic() < self._down_until:
+            return False
+        message = Message(module, (Dispatch(hint, module),))
+        return self._publish(message, queue_name(module, self._prefix), self._bound) is None
+
     def _send_one(self, message: Message, origin: str | None) -> bool:
         queue = queue_name(message.target_module, self._prefix)
         headers = {**message.headers, **self._bound}
@@ -150,7 +158,9 @@ class Dispatcher:
                 span.failed(error)
         return error is None
 
-    def _publish(self, message: Message, queue: str, headers: dict[str, Any]) -> Exception | None:
+    def _publish(
+        self, message: Message, queue: str, headers: Mapping[str, Any]
+    ) -> Exception | None:
         """Hand one message to the broker; returns why it failed, None once it is sent."""
         try:
             self._app.send_task(

@@ -20,7 +20,9 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
 from bus.delivery import fairness
+from bus.delivery.attempts import INTERRUPTED_MESSAGE
 from bus.events.rules import utcnow
+from bus.observability import metrics
 from bus.runtime import Runtime
 from bus.storage import claim_store, heartbeat_store
 from bus.storage.claim_store import Claim, Order
@@ -31,7 +33,8 @@ log = logging.getLogger(__name__)
 
 LEASE_MARGIN_SECONDS = 30.0
 CHILD_DIED = "WorkerLostError: the worker's pool process died during this attempt"
-WORKER_GONE = "AttemptInterrupted: the worker stopped (no heartbeat) during this attempt"
+WORKER_GONE = INTERRUPTED_MESSAGE
+"""A worker whose heartbeat stopped: nothing says how its processes ended."""
 
 __all__ = ["Claim", "Claimer", "Order"]
 
@@ -115,17 +118,22 @@ def rescue(
     with transaction(runtime.sessions) as session:
         if dead is None:
             dead = [p for p in claim_store.claimed_pids(session, worker, now) if not alive(p)]
-        expired: set[str] = set()
+        ended: list[claim_store.Expired] = []
         if dead:
-            expired.update(claim_store.expire(session, now, reason, worker=worker, pids=dead))
+            ended += claim_store.expire(session, now, reason, worker=worker, pids=dead)
         since = heartbeat_store.live_since(now, settings.worker_heartbeat_seconds)
         live = heartbeat_store.live_workers(session, since) | {worker}
-        expired.update(
-            claim_store.expire(session, now, WORKER_GONE, unless_workers=live, modules=modules)
-        )
-    if expired:
-        log.warning("claims of dead worker processes ended: %s", ", ".join(sorted(expired)))
-    return sorted(expired)
+        ended += claim_store.expire(session, now, WORKER_GONE, unless_workers=live, modules=modules)
+    for gone in ended:
+        if gone.spent:
+            # The run that died was its last attempt: it failed and gave up, counted here
+            # (no claim will take it again to count it).
+            metrics.observe_failed(gone.target_module, gone.event_type, None, retried=False)
+            log.error("event_id=%s failed for good: its last attempt died: %s", gone.id, reason)
+    expired = sorted({e.target_module for e in ended if not e.spent})
+    if ended:
+        log.warning("claims of dead worker processes ended: %s", ", ".join(expired) or "none")
+    return expired
 
 
 def dead_processes(runtime: Runtime, worker: str) -> list[int]:
@@ -136,11 +144,12 @@ def dead_processes(runtime: Runtime, worker: str) -> list[int]:
 
 
 def ready(
-    runtime: Runtime, modules: Collection[str], now: datetime | None = None
+    runtime: Runtime, modules: Collection[str], now: datetime | None = None, grace: float = 0.0
 ) -> dict[str, uuid.UUID]:
-    """Modules with an event a claim could take now (one id of each, as a wake-up's hint)."""
+    """Modules with an event a claim could take now, due for ``grace`` seconds at least (one
+    id of each, as a wake-up's hint)."""
     with transaction(runtime.sessions) as session:
-        return claim_store.ready_modules(session, modules, now or utcnow())
+        return claim_store.ready_modules(session, modules, now or utcnow(), grace)
 
 
 def alive(pid: int) -> bool:

@@ -201,6 +201,8 @@ class Backlog:
     queue_depth: int | None
     pending: int
     oldest_pending_age_seconds: float
+    held_keys: int = 0
+    paused: bool = False
 
 
 class BacklogCollector(Collector):
@@ -225,6 +227,16 @@ class BacklogCollector(Collector):
         pending = GaugeMetricFamily(
             "eventbus_pending_events", "Pending events of a module", labels=["target_module"]
         )
+        held = GaugeMetricFamily(
+            "eventbus_held_keys",
+            "Entities whose events wait behind one that failed for good (ordered handlers)",
+            labels=["target_module"],
+        )
+        paused = GaugeMetricFamily(
+            "eventbus_module_paused",
+            "1 while a module's delivery is paused",
+            labels=["target_module"],
+        )
         try:
             rows = list(self._read())
         except Exception as exc:
@@ -235,9 +247,13 @@ class BacklogCollector(Collector):
                 depth.add_metric([row.target_module], row.queue_depth)
             age.add_metric([row.target_module], row.oldest_pending_age_seconds)
             pending.add_metric([row.target_module], row.pending)
+            held.add_metric([row.target_module], row.held_keys)
+            paused.add_metric([row.target_module], int(row.paused))
         yield depth
         yield age
         yield pending
+        yield held
+        yield paused
 
 
 def _fold(rows: Iterable[Backlog]) -> list[Backlog]:
@@ -248,7 +264,12 @@ def _fold(rows: Iterable[Backlog]) -> list[Backlog]:
         seen = folded.get(label)
         if seen is None:
             folded[label] = Backlog(
-                label, row.queue_depth, row.pending, row.oldest_pending_age_seconds
+                label,
+                row.queue_depth,
+                row.pending,
+                row.oldest_pending_age_seconds,
+                row.held_keys,
+                row.paused,
             )
             continue
         depth = None
@@ -259,6 +280,8 @@ def _fold(rows: Iterable[Backlog]) -> list[Backlog]:
             depth,
             seen.pending + row.pending,
             max(seen.oldest_pending_age_seconds, row.oldest_pending_age_seconds),
+            seen.held_keys + row.held_keys,
+            seen.paused or row.paused,
         )
     return list(folded.values())
 

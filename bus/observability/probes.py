@@ -29,7 +29,7 @@ from bus.broker.queues import queue_name
 from bus.errors import SchemaNotCurrent
 from bus.events.schemas import MODULE_NAME
 from bus.observability.metrics import Backlog
-from bus.storage import count_store, db, event_store
+from bus.storage import claim_store, count_store, db, event_store
 from bus.storage.migrate import SchemaCheck
 
 if TYPE_CHECKING:
@@ -139,13 +139,16 @@ class Probes:
         deadline = _Deadline(self._timeout)
         pending_future = _pool.submit(self._pending)
         queues_future = _pool.submit(self._broker.queues, self._prefix)
-        pending = {row.target_module: row for row in deadline.result(pending_future)}
+        backlog, held, paused = deadline.result(pending_future)
+        pending = {row.target_module: row for row in backlog}
         try:
             known = [q.removeprefix(self._prefix) for q in deadline.result(queues_future)]
         except Exception as exc:
             log.warning("backlog: broker queues unknown: %s: %s", type(exc).__name__, exc)
             known = []
-        modules = sorted(set(pending) | {m for m in known if MODULE_NAME.fullmatch(m)})
+        modules = sorted(
+            set(pending) | set(held) | set(paused) | {m for m in known if MODULE_NAME.fullmatch(m)}
+        )
         depths = self._depths(modules, deadline)
         now = now or datetime.now(UTC)
         rows = []
@@ -153,7 +156,8 @@ class Probes:
             row = pending.get(module)
             age = max(0.0, (now - row.oldest_created_at).total_seconds()) if row else 0.0
             depth = None if depths is None else depths.get(queue_name(module, self._prefix))
-            rows.append(Backlog(module, depth, row.pending if row else 0, age))
+            count = row.pending if row else 0
+            rows.append(Backlog(module, depth, count, age, held.get(module, 0), module in paused))
         return rows
 
     def _depths(self, modules: list[str], deadline: _Deadline) -> dict[str, int] | None:
@@ -170,9 +174,15 @@ class Probes:
             event_store.ping(session)
             return self._schema.current(session.connection())
 
-    def _pending(self) -> list[count_store.PendingModule]:
+    def _pending(
+        self,
+    ) -> tuple[list[count_store.PendingModule], dict[str, int], set[str]]:
         with self._sessions() as session:
-            return count_store.pending_backlog(session)
+            return (
+                count_store.pending_backlog(session),
+                claim_store.held_counts(session),
+                set(claim_store.paused(session)),
+            )
 
     def _answered(self, name: str, future: Future[T], deadline: _Deadline) -> bool:
         try:

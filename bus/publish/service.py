@@ -108,8 +108,13 @@ def prepare_batch(
             new = parse_new_event(item, settings.max_event_data_bytes)
         except BusError as exc:
             raise BatchItemInvalid(index, exc) from exc
-        rows.append(_new_row(new, tenant_id, request_id, now))
+        # A microsecond apart, in the request's order: the order the bus committed them, which
+        # ordered handlers keep per entity (ids alone are random within a millisecond).
+        rows.append(_new_row(new, tenant_id, request_id, now + index * _MICROSECOND))
     return rows
+
+
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _new_row(

@@ -21,7 +21,7 @@ import json
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -301,6 +301,17 @@ def claimed_pids(session: Session, worker: str, now: datetime) -> set[int]:
     return {pid for pid in session.scalars(stmt) if pid is not None}
 
 
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A claim ended because its process died: the event's module and type, and whether it
+    has no run to come (failed with its attempts spent: the run that died was its last)."""
+
+    id: uuid.UUID
+    target_module: str
+    event_type: str
+    spent: bool
+
+
 def expire(
     session: Session,
     now: datetime,
@@ -310,11 +321,11 @@ def expire(
     pids: Collection[int] = (),
     unless_workers: Collection[str] | None = None,
     modules: Collection[str] | None = None,
-) -> list[str]:
+) -> list[Expired]:
     """End live claims whose process is gone: those of ``worker``'s ``pids``, or (with
     ``unless_workers``) of every worker not in it, in ``modules``. Their rows stay stamped
     (``claimed_until = now``, ``claimed_by = reason``, no pid), so the next claim knows a run
-    was lost, and why. Returns the modules of the rows expired."""
+    was lost, and why; a row with no run to come is unstamped instead (nothing will claim it)."""
     stmt = update(_queue).where(_queue.c.claimed_pid.is_not(None), _queue.c.claimed_until > now)
     if worker is not None:
         stmt = stmt.where(_queue.c.claimed_by == worker, _queue.c.claimed_pid.in_(list(pids)))
@@ -323,8 +334,20 @@ def expire(
     if modules is not None:
         stmt = stmt.where(_queue.c.target_module.in_(list(modules)))
     values = {"claimed_until": now, "claimed_by": reason[:255], "claimed_pid": None}
-    result = session.execute(stmt.values(values).returning(_queue.c.target_module))
-    return sorted(set(result.scalars()))
+    c = _queue.c
+    spent = (c.status == "failed") & c.due_at.is_(None)
+    rows = session.execute(
+        stmt.values(values).returning(c.id, c.target_module, c.event_type, spent)
+    ).all()
+    ended = [Expired(r[0], r[1], r[2], bool(r[3])) for r in rows]
+    done = [e.id for e in ended if e.spent]
+    if done:
+        session.execute(
+            update(_queue)
+            .where(_queue.c.id.in_(done))
+            .values(claimed_until=None, claimed_by=None, claimed_pid=None)
+        )
+    return ended
 
 
 def set_hold(session: Session, holds: Collection[tuple[uuid.UUID, str]]) -> None:
@@ -335,18 +358,20 @@ def set_hold(session: Session, holds: Collection[tuple[uuid.UUID, str]]) -> None
 
 
 def ready_modules(
-    session: Session, modules: Collection[str], now: datetime
+    session: Session, modules: Collection[str], now: datetime, grace: float = 0.0
 ) -> dict[str, uuid.UUID]:
     """Those of ``modules`` not paused with an event that could be claimed now (ready and
-    free; per-entity order aside), each with one such event's id."""
+    free; per-entity order aside) and due for ``grace`` seconds at least (a pending event is
+    due from its creation), each with one such event's id."""
     found: dict[str, uuid.UUID] = {}
     q = _queue
+    due = now - timedelta(seconds=grace)
     for module in sorted(modules):
         ready = (
             select(q.c.id)
             .where(
                 q.c.target_module == module,
-                (q.c.status == "pending") | (q.c.due_at <= now),
+                q.c.due_at <= due,
                 q.c.claimed_until.is_(None) | (q.c.claimed_until < now),
             )
             .limit(1)
@@ -535,6 +560,14 @@ def release_key(session: Session, event_id: uuid.UUID, tenant_id: uuid.UUID | No
         stmt.values(hold=HOLD_RELEASED).returning(_queue.c.target_module)
     ).first()
     return None if result is None else str(result[0])
+
+
+def in_flight(session: Session, event_id: uuid.UUID, tenant_id: uuid.UUID | None) -> bool:
+    """Whether event ``event_id`` (of ``tenant_id``; any when None) is in the in-flight set."""
+    stmt = select(_queue.c.id).where(_queue.c.id == event_id)
+    if tenant_id is not None:
+        stmt = stmt.where(_queue.c.tenant_id == tenant_id)
+    return session.execute(stmt).first() is not None
 
 
 def held_counts(session: Session) -> dict[str, int]:

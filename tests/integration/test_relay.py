@@ -65,8 +65,9 @@ def test_publishing_while_the_broker_is_down_then_the_relay_sends(
     relay_settings = down.model_copy(update={"relay_interval_seconds": 0.2})
     relay = Proc([str(BIN / "eventbus"), "relay"], settings_env(relay_settings))
     try:
-        # Then the relay sends it and the worker processes it
+        # Then it is processed (the relay, or the worker's own poll, woke the module)
         wait_for_status(runtime, event["id"], "processed", 10)
+        relay.wait_for_output("relay started", 10)
         # And the relay stops cleanly on SIGTERM
         assert relay.stop(signal.SIGTERM, timeout=5) == 0, relay.output
     finally:

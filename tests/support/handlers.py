@@ -68,6 +68,18 @@ def flaky(event: Event, session: Session) -> None:
     behave(event, session)
 
 
+@handler("ordered", "*", ordered=True)
+def ordered(event: Event, session: Session) -> None:
+    """In order per entity; a failure after the last attempt holds its key."""
+    behave(event, session)
+
+
+@handler("ordered_skip", "*", ordered=True, on_failure="skip")
+def ordered_skip(event: Event, session: Session) -> None:
+    """In order per entity; a failure after the last attempt lets its key move on."""
+    behave(event, session)
+
+
 @handler("poison", "*")
 def poison(event: Event, session: Session) -> None:
     behave(event, session)

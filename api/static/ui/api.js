@@ -62,4 +62,10 @@ export const api = {
   setStatus: (id, params, body) =>
     call("PUT", `system/events/${encodeURIComponent(id)}`, { params, body }),
   replay: (params, body, signal) => call("POST", "system/events/replay", { params, body, signal }),
+  modules: (signal) => call("GET", "system/modules", { signal }),
+  pause: (module) => call("POST", `system/modules/${encodeURIComponent(module)}/pause`, {}),
+  resume: (module) => call("POST", `system/modules/${encodeURIComponent(module)}/resume`, {}),
+  heldKeys: (params, signal) => call("GET", "system/held-keys", { params, signal }),
+  release: (id, params) =>
+    call("POST", `system/held-keys/${encodeURIComponent(id)}/release`, { params }),
 };

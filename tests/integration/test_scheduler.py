@@ -1,0 +1,201 @@
+"""The scheduler (issue 20): workers claim from the in-flight set; per-entity order where a
+handler asks, held keys an operator releases, paused modules, fair shares across tenants."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from bus.delivery import fairness
+from bus.events.rules import utcnow
+from bus.runtime import Runtime
+from bus.settings import Settings
+from bus.storage import claim_store
+from bus.storage.db import transaction
+from tests.support.factories import SEED_PUBLISH_BODY, insert_events
+from tests.support.processes import wait_for
+from tests.support.tokens import TokenFactory, auth
+from tests.support.workers import WORKER_SETTINGS, WorkerFactory, load, wait_for_status
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("effects")]
+
+TENANT_B = uuid.UUID("bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb")
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {**WORKER_SETTINGS, "retry_max_attempts": 2, "worker_poll_seconds": 0.2}
+
+
+def publish_batch(client: TestClient, tok: str, bodies: list[dict[str, Any]]) -> list[str]:
+    response = client.post("/system/events/batch", headers=auth(tok), json={"events": bodies})
+    assert response.status_code == 201, response.text
+    return [e["id"] for e in response.json()["events"]]
+
+
+def body(module: str, entity: str, **data: Any) -> dict[str, Any]:
+    return {**SEED_PUBLISH_BODY, "target_module": module, "entity_id": entity, "event_data": data}
+
+
+def effects_in_commit_order(database_url: str) -> list[str]:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT event_id FROM handler_effects ORDER BY id"))
+            return [str(r[0]) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def test_ordered_events_of_one_entity_run_one_at_a_time_in_commit_order(
+    client: TestClient,
+    token: TokenFactory,
+    runtime: Runtime,
+    settings: Settings,
+    start_worker: WorkerFactory,
+) -> None:
+    # Given two workers of four processes each on an ordered handler
+    start_worker("ordered", concurrency=4)
+    start_worker("ordered", concurrency=4)
+    tok = token()
+    # When 400 events about 8 entities are published in batches, some failing once
+    entities = [f"item-{n}" for n in range(8)]
+    published: dict[str, list[str]] = {e: [] for e in entities}
+    for batch in range(4):
+        bodies = [
+            body("ordered", entities[i % 8], write=True, fail_until=int(i % 13 == 0))
+            for i in range(100)
+        ]
+        for i, event_id in enumerate(publish_batch(client, tok, bodies)):
+            published[entities[i % 8]].append(event_id)
+        del batch
+    # Then every event is processed, and per entity the effects committed in publish order
+    for ids in published.values():
+        wait_for_status(runtime, ids[-1], "processed", 60)
+    for ids in published.values():
+        for event_id in ids:
+            wait_for_status(runtime, event_id, "processed", 10)
+    committed = effects_in_commit_order(settings.database_url)
+    assert len(committed) == 400
+    for entity, ids in published.items():
+        assert [e for e in committed if e in set(ids)] == ids, entity
+
+
+def test_a_failed_ordered_event_holds_its_key_until_released(
+    client: TestClient,
+    token: TokenFactory,
+    runtime: Runtime,
+    start_worker: WorkerFactory,
+) -> None:
+    start_worker("ordered,ordered_skip")
+    tok = token()
+    # Given an ordered event that fails every attempt, and one after it about the same entity
+    blocked, behind, other = publish_batch(
+        client,
+        tok,
+        [
+            body("ordered", "item-1", fail_until=99),
+            body("ordered", "item-1"),
+            body("ordered", "item-2"),
+        ],
+    )
+    # Then the first fails for good, the other entity goes on, and the one behind it waits
+    wait_for_status(runtime, blocked, "failed", 20)
+    wait_for(lambda: load(runtime, blocked).next_attempt_at is None, 10, "retries not spent")
+    wait_for_status(runtime, other, "processed", 10)
+    time.sleep(1.0)
+    assert load(runtime, behind).status == "pending"
+    # And the key is listed, with its failed event and what waits behind it
+    response = client.get("/system/held-keys", headers=auth(tok))
+    assert response.status_code == 200, response.text
+    (key,) = response.json()["held_keys"]
+    assert key["event_id"] == blocked and key["entity_id"] == "item-1"
+    assert key["waiting"] == 1 and key["target_module"] == "ordered"
+    assert key["age_seconds"] >= 0
+    # And another tenant neither sees nor releases it
+    other_tok = token(TENANT_B)
+    assert client.get("/system/held-keys", headers=auth(other_tok)).json()["held_keys"] == []
+    refused = client.post(f"/system/held-keys/{blocked}/release", headers=auth(other_tok))
+    assert refused.status_code == 404
+    # When an operator releases it, the event behind runs; the failed one stays failed
+    released = client.post(f"/system/held-keys/{blocked}/release", headers=auth(tok))
+    assert released.status_code == 200, released.text
+    assert released.json()["message"] == "Key released successfully"
+    wait_for_status(runtime, behind, "processed", 10)
+    assert load(runtime, blocked).status == "failed"
+    assert client.get("/system/held-keys", headers=auth(tok)).json()["held_keys"] == []
+    again = client.post(f"/system/held-keys/{blocked}/release", headers=auth(tok))
+    assert again.status_code == 409 and again.json()["message"] == "Event holds no key"
+    # And with on_failure="skip" a key moves on by itself after the last attempt
+    failing, after = publish_batch(
+        client, tok, [body("ordered_skip", "item-1", fail_until=99), body("ordered_skip", "item-1")]
+    )
+    wait_for_status(runtime, after, "processed", 20)
+    assert load(runtime, failing).status == "failed"
+
+
+def test_a_paused_module_holds_its_events_until_resumed(
+    client: TestClient,
+    token: TokenFactory,
+    runtime: Runtime,
+    start_worker: WorkerFactory,
+) -> None:
+    start_worker("warehouse")
+    tok = token()
+    admin = auth(token(None, [], admin=True))
+    # A tenant's user may not pause a module: it stops every tenant's events
+    assert client.post("/system/modules/warehouse/pause", headers=auth(tok)).status_code == 403
+    # When a system admin pauses the module and an event is published
+    paused = client.post(
+        "/system/modules/warehouse/pause", headers=admin, json={"reason": "downstream upgrade"}
+    )
+    assert paused.status_code == 200, paused.text
+    assert paused.json()["module"]["paused"] is True
+    event_id = publish_batch(client, tok, [body("warehouse", "item-1")])[0]
+    # Then it waits, and the module is listed as paused
+    time.sleep(1.5)
+    assert load(runtime, event_id).status == "pending"
+    modules = client.get("/system/modules", headers=auth(tok)).json()["modules"]
+    assert {"target_module": "warehouse", "paused": True}.items() <= modules[0].items()
+    assert modules[0]["reason"] == "downstream upgrade"
+    # When it is resumed, the event runs without being sent again
+    resumed = client.post("/system/modules/warehouse/resume", headers=admin)
+    assert resumed.status_code == 200 and resumed.json()["module"]["paused"] is False
+    wait_for_status(runtime, event_id, "processed", 5)
+
+
+def test_a_claim_serves_a_tenant_that_used_little_before_one_with_a_backlog(
+    runtime: Runtime,
+) -> None:
+    # Given tenant A with 2,000 events waiting and a heavy recent usage, and B with 5
+    a = insert_events(runtime, 2000)
+    b = insert_events(runtime, 5, tenant_id=TENANT_B)
+    now = utcnow()
+    tenant_a = load(runtime, a[0]).tenant_id
+    with transaction(runtime.sessions) as session:
+        claim_store.add_usage(session, "warehouse", [(tenant_a, 30.0, 10_000)], now, 1.0)
+        # When a worker claims 50
+        usages = claim_store.tenants(session, "warehouse")
+        shares = fairness.shares(usages, {}, now)
+        claimed = claim_store.claim(
+            session,
+            "warehouse",
+            shares,
+            claim_store.Order(),
+            now=now,
+            until=now + timedelta(seconds=60),
+            worker="test",
+            pid=1,
+            limit=50,
+        )
+    ids = [c.id for c in claimed]
+    # Then B's five are among them: B comes first
+    assert len(ids) == 50 and set(b) <= set(ids)
+    # And a weight shifts the shares: B weighing a thousandth of A goes after A's share
+    assert fairness.parse_weights(f"{TENANT_B}=0.001") == {TENANT_B: 0.001}
