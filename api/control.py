@@ -6,16 +6,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query
+from fastapi import APIRouter, Body
 
 from api.deps import SystemReader, SystemWriter, WorkDep
 from api.envelopes import errors
-from api.params import TenantQuery
+from api.params import HeldKeysQueryDep, TenantQuery
 from bus.delivery import control
 
 router = APIRouter(prefix="/system", tags=["Delivery control"])
-
-ModulePath = Annotated[str, Path(max_length=control.MAX_MODULE_CHARS, description="a module")]
 
 
 @router.get("/modules", responses=errors(401, 403, 500), summary="List Modules")
@@ -29,10 +27,10 @@ async def list_modules(caller: SystemReader, work: WorkDep) -> Any:
     "/modules/{module}/pause", responses=errors(400, 401, 403, 500), summary="Pause Module"
 )
 async def pause_module(
-    module: ModulePath,
+    module: str,
     caller: SystemWriter,
     work: WorkDep,
-    reason: Annotated[str | None, Body(embed=True, max_length=control.MAX_REASON_CHARS)] = None,
+    reason: Annotated[str | None, Body(embed=True)] = None,
 ) -> Any:
     """Stop delivering the module's events (a system admin's call): they wait, nothing is
     reserved on the broker or lost, and publishing goes on."""
@@ -43,33 +41,29 @@ async def pause_module(
 @router.post(
     "/modules/{module}/resume", responses=errors(400, 401, 403, 500), summary="Resume Module"
 )
-async def resume_module(module: ModulePath, caller: SystemWriter, work: WorkDep) -> Any:
+async def resume_module(module: str, caller: SystemWriter, work: WorkDep) -> Any:
     """Deliver the module's events again (a system admin's call); nothing is sent again."""
     state = await work.run(control.resume, caller, module)
     return {"success": True, "message": "Module resumed successfully", "module": state}
 
 
 @router.get("/held-keys", responses=errors(400, 401, 403, 500), summary="List Held Keys")
-async def list_held_keys(
-    caller: SystemReader,
-    work: WorkDep,
-    tenant_id: TenantQuery,
-    target_module: Annotated[str | None, Query(max_length=control.MAX_MODULE_CHARS)] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 100,
-) -> Any:
+async def list_held_keys(caller: SystemReader, work: WorkDep, query: HeldKeysQueryDep) -> Any:
     """Entities whose events wait behind one that failed for good under an ordered handler
     that blocks on failure, oldest first: the failed event, since when, how many wait."""
-    keys = await work.read(control.held_keys, caller, tenant_id, target_module, limit)
+    keys = await work.read(
+        control.held_keys, caller, query.tenant_id, query.target_module, query.limit
+    )
     return {"success": True, "message": "Held keys retrieved successfully", "held_keys": keys}
 
 
 @router.post(
     "/held-keys/{event_id}/release",
-    responses=errors(401, 403, 404, 409, 500),
+    responses=errors(400, 401, 403, 404, 409, 500),
     summary="Release Held Key",
 )
 async def release_held_key(
-    event_id: Annotated[str, Path(max_length=64)],
+    event_id: str,
     caller: SystemWriter,
     work: WorkDep,
     tenant_id: TenantQuery,

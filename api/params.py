@@ -69,6 +69,24 @@ async def tenant_query(request: Request, tenant_id: _TENANT = "") -> str | None:
     return tenant_id or None
 
 
+@dataclass(frozen=True, slots=True)
+class HeldKeysQuery:
+    tenant_id: str | None
+    target_module: str | None
+    limit: str | None
+
+
+async def held_keys_query(
+    request: Request,
+    tenant_id: _TENANT = "",
+    target_module: Annotated[str, _filter("only this module's held keys")] = "",
+    limit: Annotated[str, _param("at most this many (1 to 100, default 100)")] = "",
+) -> HeldKeysQuery:
+    """``GET /system/held-keys``'s query (checked by ``bus.delivery.control``)."""
+    _only_once(request, ("tenant_id", "target_module", "limit"))
+    return HeldKeysQuery(tenant_id or None, target_module or None, limit or None)
+
+
 async def stats_query(
     request: Request,
     tenant_id: _TENANT = "",
@@ -163,6 +181,7 @@ async def event_id_path(
 
 
 TenantQuery = Annotated[str | None, Depends(tenant_query)]
+HeldKeysQueryDep = Annotated[HeldKeysQuery, Depends(held_keys_query)]
 EventIdPath = Annotated[str, Depends(event_id_path)]
 StatsQueryDep = Annotated[StatsQuery, Depends(stats_query)]
 ListTenant = Annotated[str | None, Depends(list_tenant)]

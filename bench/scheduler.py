@@ -249,6 +249,8 @@ def fairness(bus: _Bus, plan: SchedulerPlan, layout: BusLayout) -> dict[str, Any
                 thread.start()
             with bus.monitor.phase(f"sched:fair-{run}") as usage:
                 _settled(bus.db, E2E_MODULE, plan.fairness_backlog, procs, 600)
+            if thread is not None:  # B publishes a few at least, however quick A's drain was
+                wait_until(lambda s=sent: len(s) >= 5, timeout=30, what="B events", interval=0.05)
             stop.set()
             if thread is not None:
                 thread.join()

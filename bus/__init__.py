@@ -19,21 +19,26 @@ package; the tables and every SQL statement sit beneath them in ``storage``:
 ``publish/``        1. publish: a body becomes a stored event and a message
                     (``service``), once per ``Idempotency-Key`` (``idempotency``); a replay
                     publishes matching events again (``replay``).
-``broker/``         2. the way to the workers: Celery app, Redis transport, messages and their
-                    sender (``dispatch``), queue names, the message Celery reads
-                    (``celery_message``) and dead letters, the broker for operators.
-``delivery/``       3. an attempt: claim, run, record the outcome, retry (``attempts``,
-                    ``retry``); the same outcome reported over HTTP (``status``).
+``broker/``         2. the way to the workers: Celery app, Redis transport, wake-up messages
+                    (bounded per module) and their sender (``dispatch``), queue names, the
+                    message Celery reads (``celery_message``) and dead letters, the broker for
+                    operators.
+``delivery/``       3. what runs next and an attempt: a worker's claims on the in-flight set
+                    (``claims``: fair across tenants by ``fairness``, in order per entity where
+                    a handler asks), run, record the outcome, retry (``attempts``, ``retry``);
+                    the same outcome reported over HTTP (``status``); pausing a module and
+                    releasing held keys (``control``).
 ``read/``           4. what callers read: the list (``listing``, ``pages``, ``cursors``), one
                     event with its attempts (``detail``), the counts (``stats``).
-``maintenance/``    5. background chores, one module each (``resend``, ``counts``,
+``maintenance/``    5. background chores, one module each (``resend``: wakes modules, ``counts``,
                     ``outcomes``, ``purges``, ``retention``), run by
                     :class:`bus.maintenance.runner.Maintenance`.
 ``storage/``        PostgreSQL (SQLite for ``eventbus dev``): engines and sessions, tables,
                     migrations, and every SQL statement, one module per table or concern;
                     the history's partitions (a day each) in ``partitions``; beside the
                     history, the in-flight set (``models.event_queue``: the events not yet
-                    processed), kept by the database's triggers with every write of an event.
+                    processed), kept by the database's triggers with every write of an event,
+                    and the scheduler's SQL on it (``claim_store``).
 ``observability/``  logs, Prometheus metrics, tracing, readiness and backlog probes.
 
 Rules the layout keeps (``[tool.importlinter]`` in ``pyproject.toml``, run by ``make check``):

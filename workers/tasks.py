@@ -32,6 +32,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -93,7 +94,9 @@ class EventProcessor:
         self.handlers = handlers
         self._modules = list(modules) if modules else None
         self.claimer = claims.Claimer(runtime, worker or default_worker_name())
-        self._dirty = False  # a delivery ended with claims of this process outstanding
+        # Whether a delivery of this thread ended with claims outstanding (threads pool: each
+        # thread runs its own deliveries).
+        self._local = threading.local()
         limit = runtime.settings.task_time_limit_seconds
         self._budget = min(BATCH_BUDGET_SECONDS, limit / 10)
         self._prefix = runtime.settings.queue_prefix
@@ -113,16 +116,16 @@ class EventProcessor:
             trace = self._tracing.delivery(lambda name: getattr(request, name, None), request.id)
         ends = time.monotonic() + self._budget
         try:
-            if self._dirty:
+            if getattr(self._local, "dirty", False):
                 self.claimer.release_mine()
-                self._dirty = False
+                self._local.dirty = False
             for module in modules:
                 while self._claim_and_run(module, trace) and time.monotonic() < ends:
                     pass
         except SQLAlchemyError as exc:
             # The database, not the events, failed: try again later without spending a retry;
             # the claims left are given back first (no run of them died).
-            self._dirty = True
+            self._local.dirty = True
             countdown = _infra_backoff(request.retries or 0)
             log.warning(
                 "%s: database error, trying again in %.1fs: %s",
@@ -153,7 +156,7 @@ class EventProcessor:
             uow.commit()
         if not claims:
             return False
-        self._dirty = True
+        self._local.dirty = True
         full = len(claims) >= self.claimer.size
         if full:
             self._wake(module, claims[-1].id)
@@ -168,7 +171,7 @@ class EventProcessor:
         for claim in claims:
             if claim.lost is not None:
                 self._run_lost(claim.id, claim.lost, trace)
-        self._dirty = False
+        self._local.dirty = False
         return full
 
     def _wake(self, module: str, hint: uuid.UUID) -> None:

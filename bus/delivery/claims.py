@@ -60,13 +60,13 @@ class Claimer:
     def claim(self, uow: UnitOfWork, module: str, order: Order) -> list[Claim]:
         """Up to a batch of ``module``'s ready events for this process; the caller commits."""
         now = utcnow()
-        session = uow.session
-        shares = fairness.shares(claim_store.tenants(session, module), self._weights, now)
         return claim_store.claim(
-            session,
+            uow.session,
             module,
-            shares,
             order,
+            weights=self._weights,
+            decay=fairness.DECAY,
+            cost=fairness.DEFAULT_COST,
             now=now,
             until=self.until(now),
             worker=self.worker,

@@ -10,6 +10,7 @@ Pausing is a system admin's (it stops every tenant's events); held keys are a te
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,14 +18,14 @@ from bus.auth import Principal, acting_tenant, require_reader, require_writer
 from bus.broker.dispatch import Dispatch
 from bus.errors import BusError, EventNotFound, InsufficientPermissions, InvalidField
 from bus.events.rules import utcnow
-from bus.events.schemas import format_timestamp, parse_uuid
+from bus.events.schemas import FILTER_PATTERN, MODULE_NAME, format_timestamp, parse_uuid
 from bus.storage import claim_store
 from bus.uow import UnitOfWork
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-MAX_MODULE_CHARS = 64
+FILTER = re.compile(FILTER_PATTERN)  # no control or bidi characters (NUL included)
 MAX_REASON_CHARS = 255
 
 
@@ -34,7 +35,8 @@ class NotHeld(BusError):
 
 
 def _module(name: str) -> str:
-    if not name or len(name) > MAX_MODULE_CHARS:
+    """A module's name as a publish accepts it (``MODULE_NAME``), else 400."""
+    if not MODULE_NAME.fullmatch(name):
         raise InvalidField("target_module")
     return name
 
@@ -48,7 +50,11 @@ def pause(uow: UnitOfWork, principal: Principal, module: str, reason: str | None
     """Pause ``module`` (a system admin's call); pausing a paused module keeps its first pause."""
     _admin(principal)
     module = _module(module)
-    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
+    if reason is not None and (
+        not isinstance(reason, str)
+        or len(reason) > MAX_REASON_CHARS
+        or not FILTER.fullmatch(reason)
+    ):
         raise InvalidField("reason")
     claim_store.pause(uow.session, module, utcnow(), reason)
     return module_state(uow.session, module)
@@ -87,16 +93,26 @@ def _state(module: str, paused: tuple[datetime, str | None] | None) -> dict[str,
     }
 
 
+MAX_HELD_KEYS = 100
+
+
 def held_keys(
     session: Session,
     principal: Principal,
     tenant_param: str | None,
     module: str | None,
-    limit: int = 100,
+    limit: str | None = None,
 ) -> list[dict[str, Any]]:
     """The caller's held keys, oldest first (a system admin naming no tenant: every tenant's)."""
     require_reader(principal)
     tenant_id = acting_tenant(principal, tenant_param, creating=False)
+    if module is not None:
+        module = _module(module)
+    most = MAX_HELD_KEYS
+    if limit is not None:
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_HELD_KEYS:
+            raise InvalidField("limit")
+        most = int(limit)
     now = utcnow()
     return [
         {
@@ -110,7 +126,7 @@ def held_keys(
             "age_seconds": round((now - k.held_since).total_seconds(), 3),
             "waiting": k.waiting,
         }
-        for k in claim_store.held_keys(session, tenant_id, module, limit)
+        for k in claim_store.held_keys(session, tenant_id, module, most)
     ]
 
 

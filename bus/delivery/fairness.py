@@ -7,15 +7,13 @@ event, and ``weight`` its share (``EVENTBUS_TENANT_WEIGHTS``, 1 by default). So 
 used little goes first, a tenant with a huge backlog gets its share and not the whole module,
 and what counts is the time its handlers take, not how many events (or keys) it has. The same
 rule as pgbus#426's ``rank / weight`` and start-time fair queueing, with usage for history.
+The claim computes it in its one statement (``bus.storage.claim_store``) from the stored
+usage; this module holds the rule's constants and the weights' parser.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
-from datetime import datetime
-
-from bus.storage.claim_store import Share, Usage
 
 HALF_LIFE_SECONDS = 10.0
 """How long a tenant's usage is remembered: long enough that a backlog cannot win by bursts,
@@ -38,19 +36,3 @@ def parse_weights(text: str) -> dict[uuid.UUID, float]:
             raise ValueError(f"tenant weight {item!r} must be positive")
         weights[uuid.UUID(tenant.strip())] = weight
     return weights
-
-
-def shares(
-    usages: Sequence[Usage], weights: Mapping[uuid.UUID, float], now: datetime
-) -> list[Share]:
-    """Each tenant's place in a claim, from its stored usage decayed to ``now``."""
-    known = [u for u in usages if u.events > 0]
-    mean = sum(u.seconds for u in known) / sum(u.events for u in known) if known else DEFAULT_COST
-    result: list[Share] = []
-    for usage in usages:
-        weight = weights.get(usage.tenant_id, 1.0)
-        age = max((now - usage.updated_at).total_seconds(), 0.0)
-        used = usage.seconds * DECAY**age
-        cost = usage.seconds / usage.events if usage.events > 0 else mean
-        result.append(Share(usage.tenant_id, used / weight, max(cost, 1e-6) / weight))
-    return result

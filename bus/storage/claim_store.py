@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
-    Float,
     Table,
     Uuid,
     bindparam,
@@ -61,15 +60,6 @@ class Order:
     @property
     def any(self) -> bool:
         return bool(self.types) or self.rest
-
-
-@dataclass(frozen=True, slots=True)
-class Share:
-    """A tenant's place in a claim: its k-th event comes at virtual time ``base + k * step``."""
-
-    tenant_id: uuid.UUID
-    base: float
-    step: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +117,8 @@ _LITE_IN_ORDER = _IN_ORDER.format(
 )
 _NOT_PAUSED = "NOT EXISTS (SELECT 1 FROM module_pauses p WHERE p.target_module = :module)"
 
-_PG_TENANTS = text(
-    """
+_PG_CLAIM = text(
+    f"""
 WITH RECURSIVE t(tenant_id) AS (
     (SELECT tenant_id FROM event_queue WHERE target_module = :module ORDER BY tenant_id LIMIT 1)
     UNION ALL
@@ -136,18 +126,20 @@ WITH RECURSIVE t(tenant_id) AS (
             WHERE q.target_module = :module AND q.tenant_id > t.tenant_id
             ORDER BY q.tenant_id LIMIT 1)
     FROM t WHERE t.tenant_id IS NOT NULL
-)
-SELECT t.tenant_id, u.seconds, u.events, u.updated_at
-FROM t LEFT JOIN tenant_usage u ON u.target_module = :module AND u.tenant_id = t.tenant_id
-WHERE t.tenant_id IS NOT NULL
-"""
-).columns(tenant_id=Uuid(), seconds=Float(), events=Float(), updated_at=UTCDateTime())
-
-_PG_CLAIM = text(
-    f"""
-WITH s AS (
-    SELECT * FROM unnest(CAST(:tenants AS uuid[]), CAST(:base AS float8[]),
-                         CAST(:step AS float8[])) AS s(tenant_id, base, step)
+), w AS (
+    SELECT * FROM unnest(CAST(:weighted AS uuid[]), CAST(:weights AS float8[]))
+        AS w(tenant_id, weight)
+), s AS (
+    SELECT t.tenant_id,
+           coalesce(u.seconds * power(:decay, greatest(
+               extract(epoch FROM CAST(:now AS timestamptz) - u.updated_at), 0)), 0)
+               / coalesce(w.weight, 1.0) AS base,
+           greatest(coalesce(u.seconds / nullif(u.events, 0), :cost), 1e-6)
+               / coalesce(w.weight, 1.0) AS step
+    FROM t
+    LEFT JOIN tenant_usage u ON u.target_module = :module AND u.tenant_id = t.tenant_id
+    LEFT JOIN w ON w.tenant_id = t.tenant_id
+    WHERE t.tenant_id IS NOT NULL
 ), c AS (
     SELECT c.id, s.base + c.rank * s.step AS vt
     FROM s CROSS JOIN LATERAL (
@@ -172,6 +164,8 @@ FROM picked WHERE q.id = picked.id
 RETURNING q.id, q.created_at, picked.before, picked.before_by, picked.before_pid
 """  # noqa: S608 - built from the constants above, never from input
 ).columns(id=Uuid(), created_at=UTCDateTime(), before=UTCDateTime())
+"""One statement: the module's tenants (a skip scan, one index probe each), each one's share
+from its decayed usage and weight, its first candidates, the chosen ones locked and stamped."""
 
 _LITE_CLAIM = text(
     f"""
@@ -187,36 +181,14 @@ ORDER BY q.created_at, q.id LIMIT :limit
 _TIMES = (bindparam("now", type_=UTCDateTime()), bindparam("until", type_=UTCDateTime()))
 
 
-def tenants(session: Session, module: str) -> list[Usage]:
-    """The tenants with events of ``module`` in flight, each with its stored usage (zero when
-    it has none): on PostgreSQL a skip scan, one index probe per tenant."""
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        rows = connection.execute(_PG_TENANTS, {"module": module})
-    else:
-        usage = tenant_usage.c
-        tenant = select(_queue.c.tenant_id).where(_queue.c.target_module == module).distinct()
-        sub = tenant.subquery()
-        rows = connection.execute(
-            select(sub.c.tenant_id, usage.seconds, usage.events, usage.updated_at).outerjoin(
-                tenant_usage,
-                (usage.target_module == module) & (usage.tenant_id == sub.c.tenant_id),
-            )
-        )
-    return [
-        Usage(r.tenant_id, r.seconds or 0.0, r.events or 0.0, r.updated_at or _EPOCH) for r in rows
-    ]
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 def claim(
     session: Session,
     module: str,
-    shares: Sequence[Share],
     order: Order,
     *,
+    weights: Mapping[uuid.UUID, float],
+    decay: float,
+    cost: float,
     now: datetime,
     until: datetime,
     worker: str,
@@ -224,8 +196,9 @@ def claim(
     limit: int,
 ) -> list[Claim]:
     """Claim up to ``limit`` ready events of ``module`` for ``worker`` (process ``pid``) until
-    ``until``; the caller commits. In virtual-time order across ``shares`` (PostgreSQL), each
-    tenant's in commit order."""
+    ``until``; the caller commits. On PostgreSQL in virtual-time order across tenants (their
+    usage decayed by ``decay`` a second, divided by ``weights``; ``cost``: the cost of an event
+    of a tenant with no usage yet), each tenant's in commit order; on SQLite in commit order."""
     connection = session.connection()
     params: dict[str, Any] = {
         "module": module,
@@ -238,12 +211,11 @@ def claim(
         "rest": order.rest,
     }
     if connection.dialect.name == "postgresql":
-        if not shares:
-            return []
         params.update(
-            tenants=[s.tenant_id for s in shares],
-            base=[s.base for s in shares],
-            step=[s.step for s in shares],
+            weighted=list(weights),
+            weights=list(weights.values()),
+            decay=decay,
+            cost=cost,
             types=list(order.types),
             except_types=list(order.except_types),
         )
@@ -584,7 +556,6 @@ __all__ = [
     "Claim",
     "HeldKey",
     "Order",
-    "Share",
     "Usage",
     "claim",
     "expire",

@@ -35,7 +35,7 @@ import psycopg
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from tests.chaos.ledger import MODULES, POISON_MODULE
+from tests.chaos.ledger import MODULES, ORDERED_MODULE, POISON_MODULE
 from workers import Event, handler
 
 _ledger: dict[str, Any] = {}
@@ -113,6 +113,11 @@ def billing(event: Event, session: Session) -> None:
 
 @handler(MODULES[2], "*")
 def shipping(event: Event, session: Session) -> None:
+    behave(event, session)
+
+
+@handler(ORDERED_MODULE, "*", ordered=True)
+def stock(event: Event, session: Session) -> None:
     behave(event, session)
 
 

@@ -33,7 +33,7 @@ from bus.publish import service
 from bus.runtime import Runtime
 from bus.settings import Environment, Settings
 from bus.storage import event_store, partitions
-from tests.chaos.ledger import LEDGER_TRUNCATE, MODULES, POISON_MODULE
+from tests.chaos.ledger import LEDGER_TRUNCATE, MODULES, ORDERED_MODULE, POISON_MODULE
 from tests.support.processes import BIN, Proc, free_port, settings_env, wait_for
 from tests.support.servers import PostgresCluster, RedisServer
 from tests.support.tokens import TEST_SECRET
@@ -42,8 +42,19 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).with_name("last_run.json")
 HANDLERS = "tests.chaos.handlers"
 TENANTS = tuple(uuid.UUID(f"{n:08x}-0000-4000-8000-00000000c4a0") for n in range(1, 5))
-SERVED = ",".join((*MODULES, POISON_MODULE))
+SERVED = ",".join((*MODULES, POISON_MODULE, ORDERED_MODULE))
 FINAL = "status = 'processed' OR (status = 'failed' AND next_attempt_at IS NULL)"
+OUT_OF_ORDER = """
+WITH c AS (
+    SELECT c.id AS done, e.tenant_id, e.entity_id, e.created_at, e.id
+    FROM chaos_completions c JOIN system_events e ON e.id = c.event_id
+    WHERE e.target_module = :m
+)
+SELECT count(*) FROM c a WHERE EXISTS (
+    SELECT 1 FROM c b WHERE b.tenant_id = a.tenant_id AND b.entity_id = a.entity_id
+      AND (b.created_at, b.id) > (a.created_at, a.id) AND b.done < a.done
+)
+"""
 UNSETTLED = (  # what is still to run: the in-flight set's rows with a time to run
     "SELECT q.status, e.retry_count, q.status = 'failed' AS retry, "
     "q.dispatched_at IS NULL AS unsent, count(*) FROM event_queue q "
@@ -65,6 +76,7 @@ CHAOS_SETTINGS: dict[str, Any] = {
     "visibility_timeout_seconds": 30,
     "relay_interval_seconds": 0.2,
     "relay_batch_size": 500,
+    "worker_heartbeat_seconds": 1.0,
     "metrics_port": 0,
 }
 
@@ -123,7 +135,30 @@ def plan(
     return planned
 
 
-def _planned(rng: random.Random, module: str, n: int, data: dict[str, Any]) -> Planned:
+def plan_ordered(
+    count: int, *, seed: int, entities: int, recovering: float = 0.1, slow_effects: int = 0
+) -> list[Planned]:
+    """``count`` events for the ordered module about ``entities`` entities (of two tenants), in
+    the order they are to be published: a ``recovering`` share raises on its first attempt (a
+    failure holds its entity until its retry); the first ``slow_effects`` pause 0.3 s after
+    their outside effect (the window a kill aims at). None fails for good: it would hold its
+    entity until an operator released it."""
+    rng = random.Random(seed)
+    planned: list[Planned] = []
+    for n in range(count):
+        data: dict[str, Any] = {"n": n, "expect": "processed", "effect": True}
+        if rng.random() < recovering:
+            data["fail_until"] = 1
+        if n < slow_effects:
+            data["sleep_after_effect"] = 0.3
+        item = _planned(rng, ORDERED_MODULE, n, data, entity=f"item-{n % entities}")
+        planned.append(Planned(TENANTS[n % 2], item.body))
+    return planned
+
+
+def _planned(
+    rng: random.Random, module: str, n: int, data: dict[str, Any], entity: str | None = None
+) -> Planned:
     return Planned(
         tenant=TENANTS[rng.randrange(len(TENANTS))],
         body={
@@ -131,7 +166,7 @@ def _planned(rng: random.Random, module: str, n: int, data: dict[str, Any]) -> P
             "source_module": "chaos",
             "target_module": module,
             "entity_type": "tick",
-            "entity_id": f"tick-{n}",
+            "entity_id": entity or f"tick-{n}",
             "event_data": data,
         },
     )
@@ -175,6 +210,8 @@ class Counts:
     """HTTP publishes that got no answer (the API died); some committed nonetheless."""
     unanswered_committed: int = 0
     duplicates_skipped: int = 0
+    out_of_order: int = 0
+    """Ordered scenarios: events completed after a later event of their entity (must be 0)."""
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -198,6 +235,7 @@ class Counts:
         assert self.published >= 2000 or self.scenario.startswith("soak"), summary
         assert self.lost == 0, (summary, self.problems[:20])
         assert self.completed_twice == 0, (summary, self.problems[:20])
+        assert self.out_of_order == 0, summary
         assert not self.problems, (summary, self.problems[:20])
         assert self.keyed_effect_repeated == 0, summary
 
@@ -415,7 +453,7 @@ class Stack:
     ) -> list[uuid.UUID]:
         """Publish through the service, as the API does (INSERT stamped, send after commit),
         ``batch`` events per commit, at about ``rate`` events a second: near what the workers
-        drain, so events do not wait in a queue longer than the relay's lease."""
+        drain, so a backlog does not build up behind the faults."""
         ids: list[uuid.UUID] = []
         started = time.monotonic()
         for start in range(0, len(planned), batch):
@@ -505,6 +543,12 @@ class Stack:
 
     # waiting and counting
 
+    def out_of_order(self) -> int:
+        """Events of the ordered module whose completion committed after that of a later event
+        (by commit order: ``created_at``, then id) of the same tenant and entity."""
+        with self.runtime.engine.connect() as conn:
+            return int(conn.execute(text(OUT_OF_ORDER), {"m": ORDERED_MODULE}).scalar_one())
+
     def count_where(self, condition: str) -> int:
         """Events matching ``condition``, a constant of this module (never outside input)."""
         sql = f"SELECT count(*) FROM system_events WHERE {condition}"  # noqa: S608
@@ -537,7 +581,8 @@ class Stack:
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {self._unsettled()}\n{self._tails()}") from None
         client = redis.Redis.from_url(self.redis.url)
-        queues = [queue_name(m, self.settings.queue_prefix) for m in (*MODULES, POISON_MODULE)]
+        served = (*MODULES, POISON_MODULE, ORDERED_MODULE)
+        queues = [queue_name(m, self.settings.queue_prefix) for m in served]
         try:
             wait_for(
                 lambda: sum(int(client.llen(q)) for q in queues) == 0,

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 MODULES = ("orders", "billing", "shipping")
 POISON_MODULE = "toxic"
+ORDERED_MODULE = "stock"
+"""Served by an ordered handler (``@handler(..., ordered=True)``): one event of an entity at a
+time, in commit order."""
 
 LEDGER_TABLES = """
 CREATE TABLE IF NOT EXISTS chaos_ledger (

@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from bus.maintenance import retention
 from bus.storage import partitions
-from tests.chaos.harness import StackFactory, in_thread, plan
+from tests.chaos.harness import StackFactory, in_thread, plan, plan_ordered
 from tests.support.processes import wait_for
 from tests.support.servers import PostgresCluster
 
@@ -29,8 +29,10 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
 EVENTS = 2000
 ACKS_AND_CLAIM = (
-    "acks_late; the row lock (FOR UPDATE SKIP LOCKED) is the claim, and a crash rolls the "
-    "attempt back; processed status checked before a run"
+    "the claim (the in-flight set's row, committed before handlers run) and the batch's lock "
+    "of each history row keep a run single; a crash rolls the attempt back, its claims are "
+    "ended (the main process, or a live worker after 3 missed heartbeats) and each event runs "
+    "again alone, its attempt counted before it starts"
 )
 
 
@@ -54,8 +56,7 @@ def test_worker_killed_mid_handler(stack: StackFactory) -> None:
     counts = s.count(
         "worker_sigkill",
         "whole worker (main + pool) SIGKILLed mid-handler, twice, and restarted",
-        f"{ACKS_AND_CLAIM}; the relay re-sends after EVENTBUS_RELAY_LEASE_SECONDS "
-        "(5 s here; Redis redelivers after the visibility timeout too)",
+        f"{ACKS_AND_CLAIM}; heartbeats every 1 s here",
         answered=ids,
         cuts_expected=True,
     )
@@ -63,6 +64,39 @@ def test_worker_killed_mid_handler(stack: StackFactory) -> None:
     counts.check()
     assert counts.restarted_after_fault >= 2
     assert counts.outside_effect_repeated >= 2  # the window the docs describe
+
+
+def test_ordered_entities_with_failures_and_a_worker_killed(stack: StackFactory) -> None:
+    # Given two workers of two processes each and a relay, on an ordered handler
+    s = stack()
+    s.start_workers("w1", "w2", concurrency=2)
+    s.start_relay()
+    # When 2,000 events about 40 entities of two tenants are published, 10% failing once,
+    # and worker w1 is SIGKILLed twice while one of its handlers is mid-effect
+    planned = plan_ordered(EVENTS, seed=14, entities=40, slow_effects=30)
+    published = s.publish_in_background(planned)
+    for _ in range(2):
+        s.wait_for_effect_in_flight("w1")
+        s.kill("w1")
+        s.start_workers("w1", concurrency=2)
+    ids = published()
+    s.settle(len(ids))
+    # Then nothing is lost or completed twice, and every entity's events completed in the
+    # order the bus committed them
+    counts = s.count(
+        "ordered_worker_sigkill",
+        "ordered handler (40 entities, 10% failing once), whole worker SIGKILLed mid-handler "
+        "twice and restarted",
+        "the claim is committed before handlers run and the batch locks each history row; an "
+        "event is claimable only when no earlier event of its entity is in flight; a dead "
+        "worker's claims end after 3 missed heartbeats and run again counted as lost",
+        answered=ids,
+        cuts_expected=True,
+    )
+    counts.out_of_order = s.out_of_order()
+    counts.record()
+    counts.check()
+    assert counts.restarted_after_fault >= 2
 
 
 def test_pool_child_killed(stack: StackFactory) -> None:
@@ -86,8 +120,8 @@ def test_pool_child_killed(stack: StackFactory) -> None:
     counts = s.count(
         "pool_child_oom",
         "a pool process SIGKILLed 8 times (the worker's main process lives)",
-        f"{ACKS_AND_CLAIM}; the main process re-sends a lost delivery marked lost, whose next "
-        "attempt is counted before it runs",
+        f"{ACKS_AND_CLAIM}; the main process ends a dead child's claims at once and sends its "
+        "message again as a wake-up",
         answered=ids,
         cuts_expected=True,
     )
@@ -113,8 +147,8 @@ def test_redis_killed_without_persistence(stack: StackFactory) -> None:
         "redis_lost",
         "Redis (no AOF) SIGKILLed mid-stream (queued and unacknowledged messages gone), "
         "restarted empty after 1 s while publishing went on",
-        "PostgreSQL is the outbox: the relay re-sends pending events whose send is older than "
-        "EVENTBUS_RELAY_LEASE_SECONDS (5 s here); workers reconnect",
+        "PostgreSQL is the outbox and its in-flight set the queue: Redis held wake-ups only; "
+        "the workers' polls (1 s) and the relay wake the modules again; workers reconnect",
         answered=ids,
         cuts_expected=True,
     )
@@ -139,8 +173,8 @@ def test_redis_unreachable_while_the_api_publishes(stack: StackFactory) -> None:
     counts = s.count(
         "redis_down_api",
         "Redis (no AOF) SIGKILLed during HTTP publishing; 800 POSTs while it was down",
-        "the INSERT commits before the send; a failed send unstamps the event and the relay "
-        "sends it once Redis is back; the lost queue is re-sent after the lease",
+        "the INSERT commits before the send; a wake-up that failed or was lost costs nothing: "
+        "the workers' polls find the events once Redis is back",
         answered=outcome.answered,
         cuts_expected=True,
     )
@@ -197,8 +231,8 @@ def test_relay_killed_mid_batch_with_two_relays(stack: StackFactory) -> None:
     counts = s.count(
         "relay_kill",
         "two relays at once; one SIGKILLed 3 times mid-batch and restarted",
-        "relays take batches with FOR UPDATE SKIP LOCKED and stamp them before sending; a "
-        "stamped batch a dead relay never sent is re-sent after the lease",
+        "the relay only wakes modules (a bounded wake-up each, nothing stamped per event), and "
+        "the workers' polls find what no message woke them for",
         answered=ids,
         cuts_expected=False,
     )
@@ -243,8 +277,8 @@ def test_api_killed_between_commit_and_send(stack: StackFactory) -> None:
         "api_kill_after_commit",
         "API SIGKILLed twice between a publish's commit and its send (requests in flight "
         "unanswered)",
-        "the event row is the outbox and is stamped in its INSERT: an unsent stamp is re-sent "
-        "by the relay after the lease",
+        "the event row is the outbox: a wake-up never sent is made up for by the workers' polls "
+        "(1 s) and the relay",
         answered=outcome.answered,
         cuts_expected=False,
         unanswered=outcome.unanswered,
@@ -328,7 +362,7 @@ def test_handler_slower_than_the_visibility_timeout(stack: StackFactory) -> None
 
 def test_poison_event_that_kills_the_whole_worker(stack: StackFactory) -> None:
     # Given solo-pool workers, restarted whenever they die (as systemd or Kubernetes would), a
-    # relay with a short lease, and two events whose handler kills the process running it: here
+    # relay, and two events whose handler kills the process running it: here
     # the worker itself, so no main process survives to report the loss
     s = stack(retry_max_attempts=2)
     s.start_workers("w1", "w2", pool="solo")
@@ -341,14 +375,14 @@ def test_poison_event_that_kills_the_whole_worker(stack: StackFactory) -> None:
         s.settle(len(ids), timeout=150)
     finally:
         restarts = supervisor()
-    # Then each poison event ran once plus its counted attempts, and ended failed: the relay's
-    # re-send after its lease is marked as following a lost delivery, like a redelivery
+    # Then each poison event ran once plus its counted attempts, and ended failed: a dead
+    # worker's claims end after 3 missed heartbeats and its events are claimed as lost
     counts = s.count(
         "poison_whole_worker",
         "2 events whose handler SIGKILLs its solo-pool worker on every attempt; workers "
         "restarted by a supervisor",
-        "the relay marks a re-send after an expired lease as following a lost delivery, so its "
-        "attempt is counted before it runs, as a redelivery's is",
+        "a dead worker's claims end after 3 missed heartbeats (1 s here) and each event is "
+        "claimed as lost: its attempt is counted before it runs",
         answered=ids,
         cuts_expected=False,
     )
@@ -378,22 +412,21 @@ def test_worker_killed_in_the_middle_of_a_batch(stack: StackFactory) -> None:
     s.start_workers("w1")
     ids = published()
     s.settle(len(ids))
-    # Then nothing is lost or completed twice: the batch the pool process died in came back
-    # marked lost and was split into single messages, each attempt counted before it ran
+    # Then nothing is lost or completed twice: the claims of the batch the process died in
+    # ended, and each of its events ran again alone, its attempt counted before it ran
     counts = s.count(
         "worker_killed_mid_batch",
         "batches of ~100 events: a pool process SIGKILLed twice and a whole worker once, each "
         "time mid-batch",
-        f"{ACKS_AND_CLAIM}; one commit per batch, so a death rolls the whole batch back; the "
-        "batch returns marked lost (main process, or the relay after its lease) and is split "
-        "into one message per event",
+        f"{ACKS_AND_CLAIM}; one commit per batch, so a death rolls the whole batch back",
         answered=ids,
         cuts_expected=True,
     )
     counts.record()
     counts.check()
     assert counts.restarted_after_fault >= 3
-    assert any("sent again one by one" in p.output for p in s.every_proc), "no batch was split"
+    ended = "claims of dead worker processes ended"
+    assert any(ended in p.output for p in s.every_proc), "no claim of a dead process ended"
 
 
 def test_poison_event_inside_a_batch(stack: StackFactory) -> None:

@@ -56,6 +56,20 @@ OPERATIONS = {
         "Get Event",
         {"200", "400", "401", "403", "404", "500"},
     ),
+    ("get", "/system/modules"): ("List Modules", {"200", "401", "403", "500"}),
+    ("post", "/system/modules/{module}/pause"): (
+        "Pause Module",
+        {"200", "400", "401", "403", "500"},
+    ),
+    ("post", "/system/modules/{module}/resume"): (
+        "Resume Module",
+        {"200", "400", "401", "403", "500"},
+    ),
+    ("get", "/system/held-keys"): ("List Held Keys", {"200", "400", "401", "403", "500"}),
+    ("post", "/system/held-keys/{event_id}/release"): (
+        "Release Held Key",
+        {"200", "400", "401", "403", "404", "409", "500"},
+    ),
 }
 ERROR_ENVELOPE = {"$ref": "#/components/schemas/ErrorEnvelope"}
 

@@ -1,5 +1,6 @@
 """deploy/k8s: every manifest parses and (built-in kinds) validates against the Kubernetes
-schemas; container args parse with the real CLI; KEDA watches the exact kombu list of each module;
+schemas; container args parse with the real CLI; KEDA counts each module's ready events (its query
+runs on a migrated database);
 the kustomization and the folder agree; the rendered output (kubectl kustomize) is consistent."""
 
 from __future__ import annotations
@@ -9,13 +10,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from bus.broker.queues import queue_name
 from tests.deploy.support import (
     CONTRACT_VARIABLES,
     DUMMY_SECRET,
@@ -283,26 +282,21 @@ def test_selectors_services_and_disruption_budgets() -> None:
 
 
 @pytest.mark.parametrize("module", MODULES)
-def test_scaled_object_watches_the_kombu_list_of_its_module(module: str) -> None:
+def test_scaled_object_counts_the_ready_events_of_its_module(module: str) -> None:
     scaled = _of_kind("ScaledObject")[f"eventbus-worker-{module}"]
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     spec = scaled["spec"]
     assert spec["scaleTargetRef"]["name"] == _worker(module)["metadata"]["name"]
     assert spec["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
-    assert spec["minReplicaCount"] >= 1, "scale-to-zero strands unacked messages"
+    assert spec["minReplicaCount"] >= 1, "a worker also polls for retries coming due"
     assert spec["maxReplicaCount"] >= spec["minReplicaCount"]
     (trigger,) = spec["triggers"]
-    assert trigger["type"] == "redis"
+    assert trigger["type"] == "postgresql"
     metadata = trigger["metadata"]
     assert all(isinstance(v, str) for v in metadata.values()), "KEDA metadata values are strings"
-    env = {**_configmap(), "EVENTBUS_JWT_SECRET": DUMMY_SECRET}
-    with settings_from(env) as settings:
-        expected = queue_name(module, settings.queue_prefix)
-    assert metadata["listName"] == expected == f"eventbus.{module}"
-    assert int(metadata["listLength"]) > 0
-    broker = urlsplit(parse_env_file(SECRETS_EXAMPLE)["EVENTBUS_BROKER_URL"])
-    assert metadata["databaseIndex"] == broker.path.lstrip("/")
-    assert "address" not in metadata and "password" not in metadata, "use the TriggerAuthentication"
+    assert f"target_module = '{module}'" in metadata["query"]
+    assert int(metadata["targetQueryValue"]) > 0
+    assert not {"connection", "password", "host"} & set(metadata), "use the TriggerAuthentication"
     auth = _of_kind("TriggerAuthentication")[trigger["authenticationRef"]["name"]]
     assert auth["apiVersion"] == "keda.sh/v1alpha1"
 
@@ -311,10 +305,11 @@ def test_trigger_authentication_reads_the_generated_secret() -> None:
     example = parse_env_file(SECRETS_EXAMPLE)
     (auth,) = _of_kind("TriggerAuthentication").values()
     refs = auth["spec"]["secretTargetRef"]
-    assert {r["parameter"] for r in refs} == {"address", "password"}
+    assert {r["parameter"] for r in refs} == {"connection"}
     for ref in refs:
         assert ref["name"] == _secret_generator()["name"]
         assert ref["key"] in example, f"{ref['key']} missing from secrets.env.example"
+        assert example[ref["key"]].startswith("postgresql://"), "KEDA's pgx takes a libpq URL"
     # kustomize must rewrite the hashed Secret name inside the TriggerAuthentication too.
     (config_file,) = _kustomization()["configurations"]
     (config,) = load_docs(K8S / config_file)
@@ -330,45 +325,30 @@ def test_trigger_authentication_reads_the_generated_secret() -> None:
     ]
 
 
-def test_kombu_puts_a_modules_messages_on_the_list_keda_watches() -> None:
-    """Publish through the bus's own Celery app to a Redis (fakeredis over TCP): the message is in
-    the list named exactly like the ScaledObject's listName, in the broker URL's database."""
-    import threading
+def test_the_scaled_objects_query_counts_ready_events_on_the_real_schema(runtime: Any) -> None:
+    """The warehouse ScaledObject's query, run on a migrated database: pending events and
+    failed ones whose retry is due count; processed, failed for good and not yet due do not,
+    nor other modules'."""
+    from datetime import timedelta
 
-    import redis
-    from fakeredis import TcpFakeServer
+    from sqlalchemy import text
 
-    from bus.broker.celery_app import make_celery
-    from bus.broker.queues import PROCESS_EVENT_TASK
+    from bus.events.rules import utcnow
+    from bus.storage.models import EventStatus
+    from tests.support.factories import insert_events
 
-    server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    try:
-        metadata = _of_kind("ScaledObject")["eventbus-worker-warehouse"]["spec"]["triggers"][0]
-        db = int(metadata["metadata"]["databaseIndex"])
-        env = {
-            **_configmap(),
-            "EVENTBUS_JWT_SECRET": DUMMY_SECRET,
-            "EVENTBUS_BROKER_URL": f"redis://{host}:{port}/{db}",
-        }
-        with settings_from(env) as settings:
-            app = make_celery(settings)
-            app.send_task(
-                PROCESS_EVENT_TASK,
-                args=["00000000-0000-4000-8000-000000000000"],
-                queue=queue_name("warehouse", settings.queue_prefix),
-            )
-            app.pool.force_close_all()
-        client = redis.Redis(host=str(host), port=int(port), db=db)
-        list_name = metadata["metadata"]["listName"]
-        assert client.type(list_name) == b"list"
-        assert client.llen(list_name) == 1
-        client.close()
-    finally:
-        server.shutdown()
-        server.server_close()
+    now = utcnow()
+    insert_events(runtime, 3)
+    insert_events(runtime, 1, status=EventStatus.PROCESSED, processed_at=now)
+    insert_events(runtime, 1, status=EventStatus.FAILED, next_attempt_at=None)
+    due = now - timedelta(seconds=1)
+    insert_events(runtime, 2, status=EventStatus.FAILED, retry_count=1, next_attempt_at=due)
+    later = now + timedelta(minutes=5)
+    insert_events(runtime, 1, status=EventStatus.FAILED, retry_count=1, next_attempt_at=later)
+    insert_events(runtime, 4, target_module="notifications")
+    query = _of_kind("ScaledObject")["eventbus-worker-warehouse"]["spec"]["triggers"][0]
+    with runtime.engine.connect() as conn:
+        assert conn.execute(text(query["metadata"]["query"])).scalar_one() == 5
 
 
 # --- the rendered output ---------------------------------------------------------------------

@@ -25,6 +25,9 @@ METRICS: dict[str, tuple[str, set[str]]] = {
     "eventbus_http_request_duration_seconds": ("histogram", {"method", "route", "status"}),
     "eventbus_queue_depth": ("gauge", {"target_module"}),
     "eventbus_oldest_pending_age_seconds": ("gauge", {"target_module"}),
+    "eventbus_pending_events": ("gauge", {"target_module"}),
+    "eventbus_held_keys": ("gauge", {"target_module"}),
+    "eventbus_module_paused": ("gauge", {"target_module"}),
 }
 # Labels Prometheus or the scrape config add to every series.
 TARGET_LABELS = {"job", "instance", "pod", "worker_module"}

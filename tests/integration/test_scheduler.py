@@ -181,13 +181,13 @@ def test_a_claim_serves_a_tenant_that_used_little_before_one_with_a_backlog(
     with transaction(runtime.sessions) as session:
         claim_store.add_usage(session, "warehouse", [(tenant_a, 30.0, 10_000)], now, 1.0)
         # When a worker claims 50
-        usages = claim_store.tenants(session, "warehouse")
-        shares = fairness.shares(usages, {}, now)
         claimed = claim_store.claim(
             session,
             "warehouse",
-            shares,
             claim_store.Order(),
+            weights={},
+            decay=fairness.DECAY,
+            cost=fairness.DEFAULT_COST,
             now=now,
             until=now + timedelta(seconds=60),
             worker="test",
@@ -197,5 +197,22 @@ def test_a_claim_serves_a_tenant_that_used_little_before_one_with_a_backlog(
     ids = [c.id for c in claimed]
     # Then B's five are among them: B comes first
     assert len(ids) == 50 and set(b) <= set(ids)
-    # And a weight shifts the shares: B weighing a thousandth of A goes after A's share
-    assert fairness.parse_weights(f"{TENANT_B}=0.001") == {TENANT_B: 0.001}
+    # And a weight shifts the shares: B weighing a ten-thousandth comes after A's 45 (A's
+    # stored usage, 30 s, is far below B's 5 events at a ten-thousandth of a share)
+    weights = fairness.parse_weights(f"{TENANT_B}=0.00001")
+    with transaction(runtime.sessions) as session:
+        claim_store.release(session, ids, "test")
+        again = claim_store.claim(
+            session,
+            "warehouse",
+            claim_store.Order(),
+            weights=weights,
+            decay=fairness.DECAY,
+            cost=fairness.DEFAULT_COST,
+            now=now,
+            until=now + timedelta(seconds=60),
+            worker="test",
+            pid=1,
+            limit=50,
+        )
+    assert not set(b) & {c.id for c in again}

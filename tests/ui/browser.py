@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOTS = Path(__file__).parent / "screenshots"
-WORKER_MODULES = "warehouse,flaky"
+WORKER_MODULES = "warehouse,flaky,ordered"
 """Modules the worker runs (tests/support/handlers.py); ``IDLE_MODULE`` has no worker, so
 its events stay pending until a test changes them."""
 IDLE_MODULE = "ui-idle"

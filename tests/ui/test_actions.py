@@ -142,3 +142,52 @@ def test_replay_by_filter_previews_the_count_then_replays(
 def _attempts(http: httpx.Client, tok: str, event_id: str) -> list[dict[str, object]]:
     attempts: list[dict[str, object]] = detail(http, tok, event_id)["attempts"]
     return attempts
+
+
+def test_a_held_key_is_released_and_a_module_paused_from_the_overview(
+    page: Page, http: httpx.Client, mint: TokenFactory, tenant: uuid.UUID
+) -> None:
+    # Given an ordered event that failed for good, holding its entity, and one waiting behind it
+    tok = mint(tenant)
+    blocked = publish(http, tok, "ordered", entity_id="shelf-1", fail_until=99)
+    behind = publish(http, tok, "ordered", entity_id="shelf-1")
+    wait_detail(
+        http,
+        tok,
+        blocked["id"],
+        lambda d: d["event"]["status"] == "failed" and d["next_attempt_at"] is None,
+        "failed for good",
+    )
+    # Then the overview lists the held key with what waits behind it
+    sign_in(page, tok)
+    row = page.locator(f'tr[data-held="{blocked["id"]}"]')
+    expect(row).to_contain_text("shelf-1")
+    expect(row.locator("td.num").nth(1)).to_have_text("1")
+    assert detail(http, tok, behind["id"])["event"]["status"] == "pending"
+    # When the operator releases it and confirms
+    row.get_by_role("button", name="Release").click()
+    page.locator("dialog#confirm").get_by_role("button", name="Release").click()
+    # Then the event behind runs, and the key leaves the list
+    expect(page.get_by_role("status")).to_contain_text("Key released successfully")
+    wait_detail(http, tok, behind["id"], lambda d: d["event"]["status"] == "processed", "ran")
+    expect(row).to_be_hidden(timeout=LIVE_MS)
+    # A tenant's user sees each module's state but may not pause one
+    module = page.locator('li[data-module="ordered"]')
+    expect(module).to_contain_text("delivering")
+    expect(module.get_by_role("button")).to_have_count(0)
+
+    # When a system admin pauses the module from the overview
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, mint(None, [], admin=True, sub="root"))
+    module.get_by_role("button", name="Pause").click()
+    page.locator("dialog#confirm").get_by_role("button", name="Pause").click()
+    expect(page.get_by_role("status")).to_contain_text("Module paused successfully")
+    expect(module).to_contain_text("paused since", timeout=LIVE_MS)
+    # Then an event published meanwhile waits, and runs once the module is resumed
+    waiting = publish(http, tok, "ordered", entity_id="shelf-2")
+    page.wait_for_timeout(1500)
+    assert detail(http, tok, waiting["id"])["event"]["status"] == "pending"
+    module.get_by_role("button", name="Resume").click()
+    page.locator("dialog#confirm").get_by_role("button", name="Resume").click()
+    wait_detail(http, tok, waiting["id"], lambda d: d["event"]["status"] == "processed", "ran")
+    expect(module).to_contain_text("delivering", timeout=LIVE_MS)
