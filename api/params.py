@@ -23,6 +23,7 @@ from bus.events.schemas import (
     FILTER_PATTERN,
     LIMIT_PATTERN,
     LIST_PARAMS,
+    MODULE_NAME_PATTERN,
     OPTIONAL_UUID_PATTERN,
     PAGE_PATTERN,
     RETRY_SCHEDULED_VALUES,
@@ -69,6 +70,9 @@ async def tenant_query(request: Request, tenant_id: _TENANT = "") -> str | None:
     return tenant_id or None
 
 
+_MODULE_OR_NONE = f"^({MODULE_NAME_PATTERN.strip('^$')})?$"
+
+
 @dataclass(frozen=True, slots=True)
 class HeldKeysQuery:
     tenant_id: str | None
@@ -79,8 +83,12 @@ class HeldKeysQuery:
 async def held_keys_query(
     request: Request,
     tenant_id: _TENANT = "",
-    target_module: Annotated[str, _filter("only this module's held keys")] = "",
-    limit: Annotated[str, _param("at most this many (1 to 100, default 100)")] = "",
+    target_module: Annotated[
+        str, _param("only this module's held keys; empty: every module", pattern=_MODULE_OR_NONE)
+    ] = "",
+    limit: Annotated[
+        str, _param("at most this many, 1 to 100; empty: 100", pattern=r"^([1-9][0-9]?|100)?$")
+    ] = "",
 ) -> HeldKeysQuery:
     """``GET /system/held-keys``'s query (checked by ``bus.delivery.control``)."""
     _only_once(request, ("tenant_id", "target_module", "limit"))

@@ -120,8 +120,10 @@ class EventProcessor:
                 self.claimer.release_mine()
                 self._local.dirty = False
             for module in modules:
-                while self._claim_and_run(module, trace) and time.monotonic() < ends:
-                    pass
+                while (hint := self._claim_and_run(module, trace)) is not None:
+                    if time.monotonic() >= ends:
+                        self._wake(module, hint)  # the rest in a delivery of its own
+                        break
         except SQLAlchemyError as exc:
             # The database, not the events, failed: try again later without spending a retry;
             # the claims left are given back first (no run of them died).
@@ -149,13 +151,16 @@ class EventProcessor:
     def modules(self) -> list[str]:
         return self._modules if self._modules is not None else self.handlers.modules()
 
-    def _claim_and_run(self, module: str, trace: Delivery | None) -> bool:
-        """Claim a batch of ``module`` and run it; True when the claim was full (more wait)."""
+    def _claim_and_run(self, module: str, trace: Delivery | None) -> uuid.UUID | None:
+        """Claim a batch of ``module`` and run it; one of its ids when more may be ready (a
+        wake-up's hint): the claim was full, or the module has ordered handlers (running an
+        entity's event readies its next one, which no message announces)."""
+        order = self.handlers.order(module)
         with self.runtime.unit_of_work() as uow:
-            claims = self.claimer.claim(uow, module, self.handlers.order(module))
+            claims = self.claimer.claim(uow, module, order)
             uow.commit()
         if not claims:
-            return False
+            return None
         self._local.dirty = True
         full = len(claims) >= self.claimer.size
         if full:
@@ -172,7 +177,7 @@ class EventProcessor:
             if claim.lost is not None:
                 self._run_lost(claim.id, claim.lost, trace)
         self._local.dirty = False
-        return full
+        return claims[-1].id if full or order.any else None
 
     def _wake(self, module: str, hint: uuid.UUID) -> None:
         """One more wake-up for ``module`` (bounded on the broker: none if enough wait)."""

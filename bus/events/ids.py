@@ -20,6 +20,7 @@ LATEST = datetime(9999, 12, 31, tzinfo=UTC)
 
 _MS = timedelta(milliseconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LAST_MS = (LATEST - _EPOCH) // _MS
 
 
 def new_event_id(at: datetime) -> uuid.UUID:
@@ -35,7 +36,10 @@ def created_at_of(event_id: uuid.UUID) -> datetime | None:
     """The millisecond a UUIDv7 names; None for any other id."""
     if event_id.version != 7:
         return None
-    return _EPOCH + (event_id.int >> 80) * _MS
+    ms = event_id.int >> 80
+    if ms >= _LAST_MS:  # past what a datetime holds: no bus made it, and it names no partition
+        return None
+    return _EPOCH + ms * _MS
 
 
 def window(event_ids: Iterable[uuid.UUID]) -> tuple[datetime, datetime]:

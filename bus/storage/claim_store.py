@@ -115,6 +115,9 @@ _PG_IN_ORDER = _IN_ORDER.format(
 _LITE_IN_ORDER = _IN_ORDER.format(
     types="json_each(:types)", except_types="json_each(:except_types)"
 )
+ORDER_WINDOW = 4
+"""How many times a claim's size of a tenant's oldest ready events it looks among for events
+whose entity has no earlier one in flight."""
 _NOT_PAUSED = "NOT EXISTS (SELECT 1 FROM module_pauses p WHERE p.target_module = :module)"
 
 _PG_CLAIM = text(
@@ -139,14 +142,24 @@ WITH RECURSIVE t(tenant_id) AS (
     FROM t
     LEFT JOIN tenant_usage u ON u.target_module = :module AND u.tenant_id = t.tenant_id
     LEFT JOIN w ON w.tenant_id = t.tenant_id
+    -- The claim's commit need not wait for its WAL flush: a claim lost with the server is
+    -- claimable again, and the batch's own commit (synchronous) flushes it anyway.
+    CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
     WHERE t.tenant_id IS NOT NULL
 ), c AS (
     SELECT c.id, s.base + c.rank * s.step AS vt
     FROM s CROSS JOIN LATERAL (
         SELECT q.id, row_number() OVER (ORDER BY q.created_at, q.id) AS rank
-        FROM event_queue q
-        WHERE q.target_module = :module AND q.tenant_id = s.tenant_id
-          AND {_READY} AND {_FREE} AND (NOT :ordered OR {_PG_IN_ORDER})
+        FROM (
+            -- A bounded window of the tenant's oldest ready events: the order check below
+            -- probes each, so a long backlog of few entities costs a window, not the backlog.
+            SELECT * FROM event_queue q
+            WHERE q.target_module = :module AND q.tenant_id = s.tenant_id
+              AND {_READY} AND {_FREE}
+            ORDER BY q.created_at, q.id
+            LIMIT :scan
+        ) q
+        WHERE NOT :ordered OR {_PG_IN_ORDER}
         ORDER BY q.created_at, q.id
         LIMIT :limit
     ) c
@@ -207,6 +220,7 @@ def claim(
         "worker": worker,
         "pid": pid,
         "limit": limit,
+        "scan": limit * ORDER_WINDOW,
         "ordered": order.any,
         "rest": order.rest,
     }

@@ -122,7 +122,7 @@ def test_the_relay_wakes_only_modules_with_a_ready_event(
     with transaction(runtime.sessions) as session:
         claim_store.pause(session, "paused", now, "maintenance")
     # When the relay runs
-    assert run_once(runtime, now=now) == 2
+    assert run_once(runtime) == 2
     # Then it woke the modules with something to run, and no other
     for module, woken in [
         ("warehouse", 1),
