@@ -266,6 +266,7 @@ class EventProcessor:
         uow.commit()
         for report in reports:
             report()
+        self.claimer.flush_usage()
 
     def _after_aborted_transaction(
         self,

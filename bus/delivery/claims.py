@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
@@ -32,6 +33,7 @@ from bus.uow import UnitOfWork
 log = logging.getLogger(__name__)
 
 LEASE_MARGIN_SECONDS = 30.0
+USAGE_FLUSH_SECONDS = 0.5
 CHILD_DIED = "WorkerLostError: the worker's pool process died during this attempt"
 WORKER_GONE = INTERRUPTED_MESSAGE
 """A worker whose heartbeat stopped: nothing says how its processes ended."""
@@ -49,6 +51,8 @@ class Claimer:
         self._size = settings.claim_batch_size
         self._lease = timedelta(seconds=settings.task_time_limit_seconds + LEASE_MARGIN_SECONDS)
         self._weights = fairness.parse_weights(settings.tenant_weights)
+        self._usage: dict[tuple[str, uuid.UUID], list[float]] = {}
+        self._flushed = time.monotonic()
 
     @property
     def size(self) -> int:
@@ -95,10 +99,32 @@ class Claimer:
         used: Sequence[tuple[uuid.UUID, float, float]],
         holds: Collection[tuple[uuid.UUID, str]],
     ) -> None:
-        """A batch's handler time per tenant, and the keys its final failures hold."""
-        claim_store.add_usage(uow.session, module, used, utcnow(), fairness.DECAY)
+        """A batch's handler time per tenant (kept here, written by :meth:`flush_usage`), and
+        the keys its final failures hold (in the batch's transaction)."""
+        for tenant, seconds, events in used:
+            total = self._usage.setdefault((module, tenant), [0.0, 0.0])
+            total[0] += seconds
+            total[1] += events
         if holds:
             claim_store.set_hold(uow.session, holds)
+
+    def flush_usage(self, force: bool = False) -> None:
+        """Write the usage gathered since the last flush, at most every
+        :data:`USAGE_FLUSH_SECONDS`, in a transaction of its own: a tenant's usage row is one
+        row every worker of the module updates, and held in each batch's transaction it made
+        their commits wait on each other. Fair shares need it within a second, not exactly."""
+        now = time.monotonic()
+        if not self._usage or (not force and now < self._flushed + USAGE_FLUSH_SECONDS):
+            return
+        gathered, self._usage = self._usage, {}
+        self._flushed = now
+        at = utcnow()
+        by_module: dict[str, list[tuple[uuid.UUID, float, float]]] = {}
+        for (module, tenant), (seconds, events) in sorted(gathered.items(), key=_usage_key):
+            by_module.setdefault(module, []).append((tenant, seconds, events))
+        with transaction(self._runtime.sessions) as session:
+            for module, used in by_module.items():
+                claim_store.add_usage(session, module, used, at, fairness.DECAY)
 
 
 def rescue(
@@ -150,6 +176,12 @@ def ready(
     id of each, as a wake-up's hint)."""
     with transaction(runtime.sessions) as session:
         return claim_store.ready_modules(session, modules, now or utcnow(), grace)
+
+
+def _usage_key(item: tuple[tuple[str, uuid.UUID], list[float]]) -> tuple[str, str]:
+    """Rows written in one order by every worker: no two flushes wait on each other in turn."""
+    (module, tenant), _ = item
+    return module, str(tenant)
 
 
 def alive(pid: int) -> bool:
