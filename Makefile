@@ -31,7 +31,7 @@ check: lint  ## the fast loop, ~1.5 min (needs PostgreSQL): lint, types, import 
 test: lint  ## needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1 (.ci/run starts them)
 	$(BIN)/pytest -m "not soak and not load and not retention_soak"
 
-bench: $(STAMP)  ## full run + profiles, ~20-25 min: bench/results.{json,md}; ends with the 3 ratio lines and the PostgreSQL line
+bench: $(STAMP)  ## full run + profiles, ~35 min (with the scheduler phases): bench/results.{json,md}; ends with the 3 ratio lines and the PostgreSQL line
 	$(BIN)/python -m bench --profile
 
 bench-quick: $(STAMP)  ## the same harness at smoke size; results stay in bench/out/

@@ -94,7 +94,6 @@ class Settings(BaseSettings):
         3600, description="Redis broker visibility timeout; must exceed the longest delay + limit"
     )
     relay_interval_seconds: float = Field(1.0, gt=0, description="relay poll interval")
-    relay_batch_size: int = Field(500, ge=1, description="events sent per relay batch")
     retention_days: float = Field(
         30.0,
         gt=0,

@@ -300,8 +300,10 @@ def limits_problem(headers: Mapping[str, Any], now: datetime, bounds: Bounds) ->
 
 def _time(value: str | None) -> datetime | str | None:
     """The time as Celery reads it (dateutil's ISO 8601 parser, naive as UTC), or why not."""
-    if not value:  # Celery reads "" as no time, too
+    if value is None:
         return None
+    if not value:  # Celery's maybe_iso8601 makes "" None, then maybe_make_aware(None) raises
+        return "'' is not an ISO 8601 time"
     try:
         parsed: datetime = isoparse(value)
         if parsed.tzinfo is None or parsed.utcoffset() is None:

@@ -75,7 +75,6 @@ CHAOS_SETTINGS: dict[str, Any] = {
     "task_time_limit_seconds": 20,
     "visibility_timeout_seconds": 30,
     "relay_interval_seconds": 0.2,
-    "relay_batch_size": 500,
     "worker_heartbeat_seconds": 1.0,
     "metrics_port": 0,
 }

@@ -28,6 +28,7 @@ ORDER = [
     "poison",
     "poison_whole_worker",
     "visibility_timeout",
+    "ordered_worker_sigkill",
 ]
 
 

@@ -214,9 +214,8 @@ def test_postgres_restarted_while_workers_run(stack: StackFactory, pg: PostgresC
 
 
 def test_relay_killed_mid_batch_with_two_relays(stack: StackFactory) -> None:
-    # Given 2,000 committed events whose sends never happened, workers, and two relays taking
-    # batches of 100
-    s = stack(relay_batch_size=100)
+    # Given 2,000 committed events whose sends never happened, workers, and two relays
+    s = stack()
     s.start_workers("w1", "w2")
     ids = s.insert_unsent(plan(EVENTS, seed=6))
     s.start_relay("r1")

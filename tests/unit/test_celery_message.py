@@ -64,6 +64,8 @@ def test_what_the_bus_and_celery_send_passes(
         {"eta": at(300 + ETA_MARGIN_SECONDS + 1)},
         {"eta": "9999-12-31T23:59:59-23:59"},
         {"expires": at(-1)},
+        {"eta": ""},  # Celery: maybe_make_aware(None) raised AttributeError (found by the fuzz)
+        {"expires": ""},
         {"timelimit": [0.5, None]},
         {"timelimit": [301, None]},
         {"timelimit": [True, None]},

@@ -13,7 +13,7 @@ from tests.support.processes import wait_for
 
 
 def _runtime() -> Any:
-    settings = SimpleNamespace(relay_interval_seconds=0.05, relay_batch_size=10)
+    settings = SimpleNamespace(relay_interval_seconds=0.05)
     return SimpleNamespace(settings=settings)
 
 
