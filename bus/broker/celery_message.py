@@ -211,7 +211,7 @@ HEADERS: dict[str, Check] = {
     "compression": exactly(None),
     # The bus's own (bus.broker.dispatch) and its trace context (bus.observability.tracing).
     "eventbus_request_id": text(ID_CHARS),
-    "eventbus_lost": text(4096),
+    "eventbus_lost": text(4096),  # sent by releases before the scheduler; read by none now
     "eventbus_wake_bound": integer(1, 1000),
     tracing.TRACEPARENT: text(tracing.MAX_TRACEPARENT_CHARS),
     tracing.TRACESTATE: text(tracing.MAX_TRACESTATE_CHARS),

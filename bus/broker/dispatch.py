@@ -24,10 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "eventbus_request_id"
 """Carries the publishing request's id into the worker's logs."""
-INTERRUPTED_HEADER = (
-    "eventbus_lost"  # the wire name of releases before 0.2, kept: messages in flight carry it
-)
-"""Marks a delivery that may follow one that died: its attempt is counted before it runs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +33,6 @@ class Dispatch:
     event_id: uuid.UUID
     target_module: str
     request_id: str | None = None
-    interrupted: str | None = None
-    """Why the delivery before this one may have died, if it may (sent as
-    ``INTERRUPTED_HEADER``)."""
     countdown: float | None = None
     """Seconds the message waits before it runs (a retry's delay)."""
     trace: str | None = None
@@ -48,9 +41,8 @@ class Dispatch:
 
     @property
     def alone(self) -> bool:
-        """A delivery that may follow a death, or a delayed retry, travels on its own: a
-        poison event can then take down only itself, and a delay holds back no other event."""
-        return self.interrupted is not None or self.countdown is not None
+        """A delayed wake-up (a retry's) travels on its own: a delay holds back no other."""
+        return self.countdown is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +62,6 @@ class Message:
         headers: dict[str, str | None] = {}
         if len(self.dispatches) == 1:  # a batch's request ids are on its rows
             headers[REQUEST_ID_HEADER] = first.request_id
-        if first.interrupted is not None:
-            headers[INTERRUPTED_HEADER] = first.interrupted
         return headers
 
 
