@@ -169,7 +169,7 @@ class EventProcessor:
         if fresh:
             with self.runtime.unit_of_work() as uow:
                 runs, skips = attempts.begin_many(uow, fresh)
-                self._log_skips(skips, None)
+                self._log_skips(skips)
                 if skips:
                     self.claimer.release(uow, list(skips))
                 self._run(uow, runs, trace)
@@ -190,7 +190,7 @@ class EventProcessor:
             claimed = attempts.begin(uow, event_id, wait_seconds=LOCK_WAIT_SECONDS)
             self._count_interrupted_run(uow, event_id, claimed)
             if isinstance(claimed, Skip):
-                self._log_skips({event_id: claimed}, None)
+                self._log_skips({event_id: claimed})
                 self.claimer.release(uow, [event_id])
                 uow.commit()
                 return
@@ -289,9 +289,9 @@ class EventProcessor:
             _report_failed(again, error, None, delay)
 
     @staticmethod
-    def _log_skips(skips: Mapping[uuid.UUID, Skip], request_id: str | None) -> None:
+    def _log_skips(skips: Mapping[uuid.UUID, Skip]) -> None:
         for event_id, why in skips.items():
-            log.info("event_id=%s request_id=%s skipped: %s", event_id, request_id, why)
+            log.info("event_id=%s skipped: %s", event_id, why)
 
     def _count_interrupted_run(
         self, uow: UnitOfWork, event_id: uuid.UUID, claimed: Attempt | Skip
@@ -387,17 +387,6 @@ class EventProcessor:
         """In a new pool child: never reuse the parent's pooled database connections."""
         if "engine" in self.runtime.__dict__:
             self.runtime.engine.dispose(close=False)
-
-
-def _event_ids(given: Sequence[str] | str) -> list[uuid.UUID]:
-    """The ids of a delivery (the intake has refused malformed messages already)."""
-    ids: list[uuid.UUID] = []
-    for value in [given] if isinstance(given, str) else given:
-        try:
-            ids.append(uuid.UUID(value))
-        except (TypeError, ValueError, AttributeError):
-            log.error("event_id=%r is not an event id; dropped", value)
-    return ids
 
 
 def _span_attributes(event: Event) -> dict[str, str | int]:

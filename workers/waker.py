@@ -49,7 +49,8 @@ class Waker:
             # first; what rescue freed, at once.
             grace = runtime.settings.worker_poll_seconds
             ready = claims.ready(runtime, self._modules, grace=grace)
-            ready.update(claims.ready(runtime, rescued))
+            if rescued:
+                ready.update(claims.ready(runtime, rescued))
             for module, hint in ready.items():
                 runtime.dispatcher.wake(module, hint)
         except Exception as exc:

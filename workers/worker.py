@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,7 +17,7 @@ from bus.runtime import Runtime
 from workers.heartbeat import Heartbeat
 from workers.intake import CONSUMER
 from workers.registry import Registry, registry
-from workers.tasks import install
+from workers.tasks import default_worker_name, install
 from workers.waker import Waker
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def resolve_modules(requested: Sequence[str] | None, handlers: Registry = regist
 def _options(runtime: Runtime, modules: Sequence[str]) -> dict[str, Any]:
     return {
         "queues": [queue_name(m, runtime.settings.queue_prefix) for m in modules],
-        "hostname": f"eventbus-{os.getpid()}@{socket.gethostname()}",
+        "hostname": default_worker_name(),
         # Neither syncs state with other workers: it only delays the start.
         "without_mingle": True,
         "without_gossip": True,
