@@ -175,7 +175,7 @@ class EventProcessor:
                 self._run(uow, runs, trace)
         for claim in claims:
             if claim.lost is not None:
-                self._run_lost(claim.id, claim.lost, trace)
+                self._run_lost(module, claim.id, claim.lost, trace)
         self._local.dirty = False
         return claims[-1].id if full or order.any else None
 
@@ -183,7 +183,9 @@ class EventProcessor:
         """One more wake-up for ``module`` (bounded on the broker: none if enough wait)."""
         self.runtime.dispatcher.wake(module, hint)
 
-    def _run_lost(self, event_id: uuid.UUID, reason: str, trace: Delivery | None) -> None:
+    def _run_lost(
+        self, module: str, event_id: uuid.UUID, reason: str, trace: Delivery | None
+    ) -> None:
         """An event whose last claim outlived its process: its attempt counted in advance and
         committed first (module docstring), then run alone."""
         with self.runtime.unit_of_work() as uow:
@@ -196,7 +198,8 @@ class EventProcessor:
                 return
             policy = self.runtime.retry_policy
             counted = attempts.count_in_advance(uow, claimed, policy, reason)
-            self.claimer.restamp(uow, [event_id])  # the mark cleared the claim; a death must show
+            # The mark cleared the claim; a second death must show too.
+            self.claimer.restamp(uow, module, [event_id])
             uow.commit()
             again = attempts.reclaim(uow, counted)
             if again is None:

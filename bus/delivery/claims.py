@@ -78,9 +78,10 @@ class Claimer:
             limit=self._size,
         )
 
-    def restamp(self, uow: UnitOfWork, event_ids: Collection[uuid.UUID]) -> None:
+    def restamp(self, uow: UnitOfWork, module: str, event_ids: Collection[uuid.UUID]) -> None:
         """Claim again events whose status change (a count in advance) cleared the claim."""
-        claim_store.stamp(uow.session, event_ids, self.worker, os.getpid(), self.until(utcnow()))
+        until = self.until(utcnow())
+        claim_store.stamp(uow.session, module, event_ids, self.worker, os.getpid(), until)
 
     def release(self, uow: UnitOfWork, event_ids: Collection[uuid.UUID]) -> None:
         """Give back claims not run (none of their runs was lost)."""

@@ -32,13 +32,21 @@ from sqlalchemy import (
     func,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bus.storage.models import UTCDateTime, event_queue, module_pauses, tenant_usage
+from bus.storage.models import (
+    UTCDateTime,
+    claim_holders,
+    event_queue,
+    module_pauses,
+    tenant_usage,
+)
 
 if TYPE_CHECKING:
+    from sqlalchemy import Row
     from sqlalchemy.orm import Session
 
 _queue: Table = event_queue
@@ -171,6 +179,11 @@ WITH RECURSIVE t(tenant_id) AS (
     ORDER BY c.vt
     LIMIT :limit
     FOR UPDATE OF q SKIP LOCKED
+), holder AS (
+    -- Where this process may hold claims (the set's rows have no index on who claimed them).
+    INSERT INTO claim_holders (worker, pid, target_module, until)
+    SELECT :worker, :pid, :module, :until WHERE EXISTS (SELECT 1 FROM picked)
+    ON CONFLICT (worker, pid, target_module) DO UPDATE SET until = excluded.until
 )
 UPDATE event_queue q SET claimed_until = :until, claimed_by = :worker, claimed_pid = :pid
 FROM picked WHERE q.id = picked.id
@@ -178,7 +191,8 @@ RETURNING q.id, q.created_at, picked.before, picked.before_by, picked.before_pid
 """  # noqa: S608 - built from the constants above, never from input
 ).columns(id=Uuid(), created_at=UTCDateTime(), before=UTCDateTime())
 """One statement: the module's tenants (a skip scan, one index probe each), each one's share
-from its decayed usage and weight, its first candidates, the chosen ones locked and stamped."""
+from its decayed usage and weight, its first candidates, the chosen ones locked and stamped,
+and the process's row of ``claim_holders``."""
 
 _LITE_CLAIM = text(
     f"""
@@ -242,20 +256,38 @@ def claim(
     found = connection.execute(_LITE_CLAIM.bindparams(_TIMES[0]), params)
     claims = [Claim(r.id, r.created_at, _lost(r.before, r.before_by, r.before_pid)) for r in found]
     if claims:
-        stamp(session, [c.id for c in claims], worker, pid, until)
+        stamp(session, module, [c.id for c in claims], worker, pid, until)
     return claims
 
 
 def stamp(
-    session: Session, event_ids: Collection[uuid.UUID], worker: str, pid: int, until: datetime
+    session: Session,
+    module: str,
+    event_ids: Collection[uuid.UUID],
+    worker: str,
+    pid: int,
+    until: datetime,
 ) -> None:
-    """Claim these rows for ``worker`` (again: after a status change cleared the claim)."""
-    if event_ids:
-        session.execute(
-            update(_queue)
-            .where(_queue.c.id.in_(list(event_ids)))
-            .values(claimed_until=until, claimed_by=worker, claimed_pid=pid)
+    """Claim these rows of ``module`` for ``worker``'s process ``pid`` (again: after a status
+    change cleared the claim), and note the process as a holder of the module's claims."""
+    if not event_ids:
+        return
+    session.execute(
+        update(_queue)
+        .where(_queue.c.id.in_(list(event_ids)))
+        .values(claimed_until=until, claimed_by=worker, claimed_pid=pid)
+    )
+    _hold(session, module, worker, pid, until)
+
+
+def _hold(session: Session, module: str, worker: str, pid: int, until: datetime) -> None:
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(claim_holders).values(worker=worker, pid=pid, target_module=module, until=until)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["worker", "pid", "target_module"], set_={"until": stmt.excluded.until}
         )
+    )
 
 
 def release(session: Session, event_ids: Collection[uuid.UUID], worker: str) -> None:
@@ -270,21 +302,25 @@ def release(session: Session, event_ids: Collection[uuid.UUID], worker: str) -> 
 
 def release_pid(session: Session, worker: str, pid: int) -> None:
     """Give back every claim of ``worker``'s process ``pid``."""
+    h = claim_holders.c
+    modules = select(h.target_module).where(h.worker == worker, h.pid == pid)
     session.execute(
         update(_queue)
-        .where(_queue.c.claimed_by == worker, _queue.c.claimed_pid == pid)
+        .where(
+            _queue.c.target_module.in_(modules),
+            _queue.c.claimed_by == worker,
+            _queue.c.claimed_pid == pid,
+        )
         .values(claimed_until=None, claimed_by=None, claimed_pid=None)
     )
+    session.execute(delete(claim_holders).where(h.worker == worker, h.pid == pid))
 
 
 def claimed_pids(session: Session, worker: str, now: datetime) -> set[int]:
-    """The processes of ``worker`` holding live claims."""
-    stmt = (
-        select(_queue.c.claimed_pid)
-        .where(_queue.c.claimed_by == worker, _queue.c.claimed_until >= now)
-        .distinct()
-    )
-    return {pid for pid in session.scalars(stmt) if pid is not None}
+    """The processes of ``worker`` that may hold live claims (they claimed within a lease)."""
+    h = claim_holders.c
+    stmt = select(h.pid).where(h.worker == worker, h.until >= now).distinct()
+    return set(session.scalars(stmt))
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,21 +347,44 @@ def expire(
     """End live claims whose process is gone: those of ``worker``'s ``pids``, or (with
     ``unless_workers``) of every worker not in it, in ``modules``. Their rows stay stamped
     (``claimed_until = now``, ``claimed_by = reason``, no pid), so the next claim knows a run
-    was lost, and why; a row with no run to come is unstamped instead (nothing will claim it)."""
-    stmt = update(_queue).where(_queue.c.claimed_pid.is_not(None), _queue.c.claimed_until > now)
+    was lost, and why; a row with no run to come is unstamped instead (nothing will claim it).
+
+    The holders of such claims come from ``claim_holders`` (a few rows); only when there are
+    some are the set's rows of their modules read, once per death."""
+    h = claim_holders.c
+    # Holders whose claims all ran out have nothing to end: the next claim counts those.
+    session.execute(delete(claim_holders).where(h.until < now))
+    found = select(h.worker, h.pid, h.target_module)
     if worker is not None:
-        stmt = stmt.where(_queue.c.claimed_by == worker, _queue.c.claimed_pid.in_(list(pids)))
+        found = found.where(h.worker == worker, h.pid.in_(list(pids)))
     if unless_workers is not None:
-        stmt = stmt.where(_queue.c.claimed_by.not_in(list(unless_workers)))
+        found = found.where(h.worker.not_in(list(unless_workers)))
     if modules is not None:
-        stmt = stmt.where(_queue.c.target_module.in_(list(modules)))
-    values = {"claimed_until": now, "claimed_by": reason[:255], "claimed_pid": None}
+        found = found.where(h.target_module.in_(list(modules)))
+    holders = session.execute(found).all()
+    if not holders:
+        return []
     c = _queue.c
+    values = {"claimed_until": now, "claimed_by": reason[:255], "claimed_pid": None}
     spent = (c.status == "failed") & c.due_at.is_(None)
-    rows = session.execute(
-        stmt.values(values).returning(c.id, c.target_module, c.event_type, spent)
-    ).all()
-    ended = [Expired(r[0], r[1], r[2], bool(r[3])) for r in rows]
+    ended: list[Expired] = []
+    for module, of_module in _by_module(holders).items():
+        rows = session.execute(
+            update(_queue)
+            .where(
+                c.target_module == module,
+                c.claimed_until > now,
+                tuple_(c.claimed_by, c.claimed_pid).in_(of_module),
+            )
+            .values(values)
+            .returning(c.id, c.target_module, c.event_type, spent)
+        ).all()
+        ended += [Expired(r[0], r[1], r[2], bool(r[3])) for r in rows]
+        session.execute(
+            delete(claim_holders).where(
+                h.target_module == module, tuple_(h.worker, h.pid).in_(of_module)
+            )
+        )
     done = [e.id for e in ended if e.spent]
     if done:
         session.execute(
@@ -334,6 +393,13 @@ def expire(
             .values(claimed_until=None, claimed_by=None, claimed_pid=None)
         )
     return ended
+
+
+def _by_module(holders: Sequence[Row[tuple[str, int, str]]]) -> dict[str, list[tuple[str, int]]]:
+    by_module: dict[str, list[tuple[str, int]]] = {}
+    for worker, pid, module in holders:
+        by_module.setdefault(module, []).append((worker, pid))
+    return by_module
 
 
 def set_hold(session: Session, holds: Collection[tuple[uuid.UUID, str]]) -> None:

@@ -203,7 +203,9 @@ event_queue = Table(
     Column("dispatched_at", UTCDateTime(), nullable=True),
     Column("request_id", String(64), nullable=True),
     # The scheduler's (migration 0011): a worker's claim, and whether a failed event of an
-    # ordered handler holds its key. Every status change of the event clears all three.
+    # ordered handler holds its key. Every status change of the event clears all four. No
+    # index names them, and pages are half free (QUEUE_FILLFACTOR): a claim's stamp is a HOT
+    # update. Which processes hold claims is in claim_holders.
     Column("claimed_until", UTCDateTime(), nullable=True),
     Column("claimed_by", String(255), nullable=True),
     Column("claimed_pid", Integer, nullable=True),
@@ -221,8 +223,6 @@ event_queue = Table(
         "created_at",
         "id",
     ),
-    # The relay's look for events never sent, or sent longer than a lease ago.
-    Index("ix_event_queue_dispatched_at", "dispatched_at"),
     # A claim: a module's tenants (a skip scan), then each tenant's events in commit order.
     Index("ix_event_queue_target_tenant_created", "target_module", "tenant_id", "created_at", "id"),
     # Per-entity order: the events of one key before a given one.
@@ -234,13 +234,6 @@ event_queue = Table(
         "entity_id",
         "created_at",
         "id",
-    ),
-    # The claims a worker holds (to expire those of a process that died).
-    Index(
-        "ix_event_queue_claimed_by",
-        "claimed_by",
-        postgresql_where=text("claimed_by IS NOT NULL"),
-        sqlite_where=text("claimed_by IS NOT NULL"),
     ),
 )
 """The in-flight set: one row per event of ``system_events`` that is not processed (pending,
@@ -270,6 +263,24 @@ def due_by(now: datetime) -> ColumnElement[bool]:
         event_queue.c.status == EventStatus.PENDING,
         and_(event_queue.c.status == EventStatus.FAILED, event_queue.c.due_at <= now),
     )
+
+
+QUEUE_FILLFACTOR = 50
+"""``event_queue``'s pages are filled to half by inserts (migration 0012), so a claim's stamp
+finds room for the row's new version on its own page."""
+
+claim_holders = Table(
+    "claim_holders",
+    Base.metadata,
+    Column("worker", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("target_module", String(64), nullable=False),
+    Column("until", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("worker", "pid", "target_module"),
+)
+"""Worker processes that claimed events of a module, with their latest claim's end: where a
+process that died may hold claims (one row per process and module, written by each claim),
+so the set's rows need no index on who claimed them."""
 
 
 module_pauses = Table(

@@ -3,6 +3,8 @@ handler asks, held keys an operator releases, paused modules, fair shares across
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 import uuid
 from datetime import timedelta
@@ -12,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from bus.delivery import fairness
+from bus.delivery import claims, fairness
 from bus.events.rules import utcnow
 from bus.runtime import Runtime
 from bus.settings import Settings
@@ -216,3 +218,106 @@ def test_a_claim_serves_a_tenant_that_used_little_before_one_with_a_backlog(
             limit=50,
         )
     assert not set(b) & {c.id for c in again}
+
+
+def claim_as(
+    runtime: Runtime, worker: str, pid: int, limit: int = 500, module: str = "warehouse"
+) -> list[claim_store.Claim]:
+    now = utcnow()
+    with transaction(runtime.sessions) as session:
+        return claim_store.claim(
+            session,
+            module,
+            claim_store.Order(),
+            weights={},
+            decay=fairness.DECAY,
+            cost=fairness.DEFAULT_COST,
+            now=now,
+            until=now + timedelta(seconds=60),
+            worker=worker,
+            pid=pid,
+            limit=limit,
+        )
+
+
+def holders(runtime: Runtime) -> set[tuple[str, int, str]]:
+    with runtime.engine.connect() as conn:
+        rows = conn.execute(text("SELECT worker, pid, target_module FROM claim_holders"))
+        return {(r[0], r[1], r[2]) for r in rows}
+
+
+def a_dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_a_claim_stamps_its_rows_with_no_index_entry(runtime: Runtime) -> None:
+    # Given 500 events published in one batch (pages of the set filled to half)
+    insert_events(runtime, 500)
+    counted = text(
+        "SELECT pg_stat_get_xact_tuples_updated('event_queue'::regclass), "
+        "pg_stat_get_xact_tuples_hot_updated('event_queue'::regclass)"
+    )
+    # When one claim takes them all
+    now = utcnow()
+    with transaction(runtime.sessions) as session:
+        before = session.execute(counted).one()
+        claimed = claim_store.claim(
+            session,
+            "warehouse",
+            claim_store.Order(),
+            weights={},
+            decay=fairness.DECAY,
+            cost=fairness.DEFAULT_COST,
+            now=now,
+            until=now + timedelta(seconds=60),
+            worker="w",
+            pid=1,
+            limit=500,
+        )
+        after = session.execute(counted).one()
+    # Then nearly every stamp found room on its own page: no index entry written (no index
+    # names a claim's columns; 0 of 500 were HOT when one did)
+    assert len(claimed) == 500
+    assert after[0] - before[0] == 500
+    assert after[1] - before[1] >= 400, f"{after[1] - before[1]} of 500 HOT"
+    # And the process is noted as a holder of the module's claims
+    assert ("w", 1, "warehouse") in holders(runtime)
+
+
+def test_the_claims_of_a_dead_process_end_and_run_again_as_lost(runtime: Runtime) -> None:
+    # Given a worker process that claimed 3 events and died, and one of another module
+    # claimed by a live process of the same worker
+    ids = insert_events(runtime, 3)
+    insert_events(runtime, 1, target_module="logistics")
+    dead = a_dead_pid()
+    assert len(claim_as(runtime, "w1", dead)) == 3
+    assert len(claim_as(runtime, "w1", os.getpid(), module="logistics")) == 1
+    assert claims.dead_processes(runtime, "w1") == [dead]
+    # When the worker's poll rescues them
+    rescued = claims.rescue(runtime, "w1", ["warehouse", "logistics"])
+    # Then the module's events are claimable again, and their next claim says the run was lost
+    assert rescued == ["warehouse"]
+    again = claim_as(runtime, "w2", os.getpid())
+    assert {c.id for c in again} == set(ids)
+    assert {c.lost for c in again} == {claims.CHILD_DIED}
+    # And the dead process is no longer a holder; the live one's claim is untouched
+    assert ("w1", dead, "warehouse") not in holders(runtime)
+    assert claim_as(runtime, "w3", os.getpid(), module="logistics") == []
+
+
+def test_the_claims_of_a_worker_without_a_heartbeat_end(runtime: Runtime) -> None:
+    # Given a worker (no heartbeat: it is gone) holding claims in two modules
+    insert_events(runtime, 2)
+    insert_events(runtime, 2, target_module="logistics")
+    assert len(claim_as(runtime, "gone", 4242)) == 2
+    assert len(claim_as(runtime, "gone", 4242, module="logistics")) == 2
+    # When a live worker of one module polls
+    rescued = claims.rescue(runtime, "live", ["warehouse"], dead=[])
+    # Then that module's claims end, said lost by a worker gone; the other module's stay
+    assert rescued == ["warehouse"]
+    assert {c.lost for c in claim_as(runtime, "live", os.getpid())} == {claims.WORKER_GONE}
+    assert claim_as(runtime, "live", os.getpid(), module="logistics") == []
+    assert ("gone", 4242, "logistics") in holders(runtime)
+    assert ("gone", 4242, "warehouse") not in holders(runtime)
