@@ -614,6 +614,25 @@ def scheduler_only(plan: Plan, out: Path, work_dir: Path, db_name: str) -> int:
     return 0
 
 
+def latency_only(plan: Plan, out: Path, work_dir: Path, db_name: str, rate: int | None) -> int:
+    """Latency at the fixed offered rate the results at ``out`` record (or ``rate``) and at
+    half of it, on the layout they report, on a fresh stack: a probe between full runs (it
+    prints, writes nothing)."""
+    results = json.loads(out.read_text())
+    layout = BusLayout(**results["end_to_end"]["final"]["layout"])
+    half = rate or int(results["fixed_rate"]["offered_rate"])
+
+    def phase(stack: Stack, monitor: Monitor, db: Database, config: BusConfig) -> bool:
+        ctx = _Ctx(stack, monitor, work_dir, db, config)
+        for offered, fraction in ((half, 0.5), (max(10, round(half / 2)), 0.25)):
+            events = max(50, round(offered * plan.fixed_rate_seconds))
+            first = {"offered_rate": offered, "fraction": fraction, "events": events}
+            _fixed_rate_on(plan, ctx, layout, first)
+        return True
+
+    return 1 if _alone(work_dir, db_name, phase) is None else 0
+
+
 def listing_only(plan: Plan, out: Path, work_dir: Path, db_name: str) -> int:
     """The listing phase alone, on a fresh stack, written into the results ``out`` holds (its
     other figures kept): for a listing fix between full runs. Noted in the results' meta."""
@@ -667,6 +686,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="only the listing phase, written into the existing results (--out)",
     )
+    parser.add_argument(
+        "--latency-only",
+        nargs="?",
+        const=0,
+        type=int,
+        metavar="RATE",
+        help="only latency at the results' fixed rate (or RATE/s) and half of it; prints only",
+    )
     args = parser.parse_args(argv)
     if args.profile_only:
         return profile_only(args.work_dir, args.database or "eventbus_bench_profile")
@@ -674,6 +701,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or REPO / "bench" / "results.json"
     if args.listing_only:
         return listing_only(plan, out, args.work_dir, args.database or "eventbus_bench_listing")
+    if args.latency_only is not None:
+        db_name = args.database or "eventbus_bench_latency"
+        return latency_only(plan, out, args.work_dir, db_name, args.latency_only or None)
     if args.scheduler_only:
         return scheduler_only(plan, out, args.work_dir, args.database or "eventbus_bench_sched")
     db_name = args.database or ("eventbus_bench_quick" if args.quick else "eventbus_bench")

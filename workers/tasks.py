@@ -37,7 +37,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from billiard.exceptions import WorkerLostError
@@ -165,75 +166,124 @@ class EventProcessor:
         full = len(claims) >= self.claimer.size
         if full:
             self._wake(module, claims[-1].id)
-        fresh = [c.id for c in claims if c.lost is None]
-        if fresh:
-            with self.runtime.unit_of_work() as uow:
-                runs, skips = attempts.begin_many(uow, fresh)
-                self._log_skips(skips)
-                if skips:
-                    self.claimer.release(uow, list(skips))
-                self._run(uow, runs, trace)
-        for claim in claims:
-            if claim.lost is not None:
-                self._run_lost(module, claim.id, claim.lost, trace)
+        if order.any:
+            # In commit order: runs of fresh claims as batches, a lost one alone, each
+            # entity's events stopping at its first failure.
+            stopped: set[Key] = set()
+            for segment in _segments(claims):
+                if segment[0].lost is None:
+                    stopped |= self._run_fresh(segment, order, trace, stopped)
+                else:
+                    stopped |= self._run_lost(module, segment[0], trace, stopped)
+        else:
+            self._run_fresh([c for c in claims if c.lost is None], order, trace, set())
+            for claim in claims:
+                if claim.lost is not None:
+                    self._run_lost(module, claim, trace, set())
         self._local.dirty = False
         return claims[-1].id if full or order.any else None
+
+    def _run_fresh(
+        self,
+        fresh: Sequence[claims.Claim],
+        order: claims.Order,
+        trace: Delivery | None,
+        stopped: set[Key],
+    ) -> set[Key]:
+        """Claims no run of which was lost, as one batch; the keys of ordered events that
+        failed (``stopped``: keys whose events must not run now)."""
+        if not fresh:
+            return set()
+        with self.runtime.unit_of_work() as uow:
+            runs, skips = attempts.begin_many(uow, [c.id for c in fresh])
+            self._log_skips(skips)
+            if order.any:
+                runs, later = _before_first_skip(fresh, runs, skips)
+                self.claimer.release(uow, later)
+            if skips:
+                self.claimer.release(uow, list(skips))
+            return self._run(uow, runs, trace, stopped)
 
     def _wake(self, module: str, hint: uuid.UUID) -> None:
         """One more wake-up for ``module`` (bounded on the broker: none if enough wait)."""
         self.runtime.dispatcher.wake(module, hint)
 
     def _run_lost(
-        self, module: str, event_id: uuid.UUID, reason: str, trace: Delivery | None
-    ) -> None:
+        self, module: str, claim: claims.Claim, trace: Delivery | None, stopped: set[Key]
+    ) -> set[Key]:
         """An event whose last claim outlived its process: its attempt counted in advance and
-        committed first (module docstring), then run alone."""
+        committed first (module docstring), then run alone. Returns its key if it is of an
+        ordered handler and failed; an event of a key in ``stopped`` (one failed before it in
+        this claim) is given back still marked lost, for a later claim."""
+        event_id, reason = claim.id, claim.lost or ""
         with self.runtime.unit_of_work() as uow:
             claimed = attempts.begin(uow, event_id, wait_seconds=LOCK_WAIT_SECONDS)
+            if isinstance(claimed, Attempt) and _key(claimed.event) in stopped:
+                self.claimer.give_back_lost(uow, [(event_id, reason)])
+                uow.commit()
+                return set()
             self._count_interrupted_run(uow, event_id, claimed)
             if isinstance(claimed, Skip):
                 self._log_skips({event_id: claimed})
                 self.claimer.release(uow, [event_id])
                 uow.commit()
-                return
+                return set()
             policy = self.runtime.retry_policy
             counted = attempts.count_in_advance(uow, claimed, policy, reason)
             # The mark cleared the claim; a second death must show too.
             self.claimer.restamp(uow, module, [event_id])
+            registration = self.handlers.find(module, claimed.event.event_type)
+            if registration is not None and registration.ordered:
+                # A last attempt's mark says failed with no retry to come, which lets the
+                # entity's later events go: its key is held while it runs (its outcome sets
+                # the hold the handler asks for; a death leaves it held for an operator).
+                self.claimer.hold_while_running(uow, event_id)
             uow.commit()
             again = attempts.reclaim(uow, counted)
             if again is None:
-                return
-            self._run(uow, [again], trace)
+                return set()
+            return self._run(uow, [again], trace)
 
-    def _run(self, uow: UnitOfWork, runs: Sequence[Attempt], trace: Delivery | None = None) -> None:
+    def _run(
+        self,
+        uow: UnitOfWork,
+        runs: Sequence[Attempt],
+        trace: Delivery | None = None,
+        stopped: set[Key] | None = None,
+    ) -> set[Key]:
         """Each claimed event's handler in its own savepoint, every outcome in one statement
         and their attempt history entries in one more, one commit; then each failure's retry
-        is sent on its own with its delay.
+        is sent on its own with its delay. Returns the keys of the ordered events that failed;
+        events of keys in ``stopped`` (and of those) are given back, not run.
 
         Past the batch's time budget the events not yet run are sent again in a message of
         their own, so a batch never runs into the task's time limit. With ``trace`` (tracing
         on) each handler runs in its event's span, and the sends carry the events' traces on.
         """
-        policy = self.runtime.retry_policy
-        changes: list[Change] = []
-        reports: list[Callable[[], None]] = []
-        used: dict[uuid.UUID, list[float]] = {}
-        holds: list[tuple[uuid.UUID, str]] = []
+        out = _Outcomes()
         ends = time.monotonic() + self._budget
         # Chosen once per batch, so tracing off costs the loop nothing.
         invoke = self._run_handler if trace is None else functools.partial(self._traced, trace)
+        # Entities whose ordered event failed (before, or in this batch): their later events
+        # wait.
+        stopped = set(stopped or ())
+        failed: set[Key] = set()
+        behind: list[uuid.UUID] = []
         for index, attempt in enumerate(runs):
             if index and time.monotonic() > ends:
                 self.claimer.release(uow, [rest.event.id for rest in runs[index:]])
                 log.info("batch past %.1fs: %d events given back", self._budget, len(runs) - index)
                 break
             row = attempt.event
+            key = _key(row)
+            if key in stopped:
+                behind.append(row.id)
+                continue
             registration = self.handlers.find(row.target_module, row.event_type)
             if registration is None:
                 reason = f"No handler for {row.target_module}/{row.event_type}"
-                changes.append(attempts.failed(attempt, reason, None))
-                reports.append(functools.partial(_report_unhandled, attempt))
+                out.changes.append(attempts.failed(attempt, reason, None))
+                out.reports.append(functools.partial(_report_unhandled, attempt))
                 if trace is not None:
                     self._trace_unhandled(trace, Event.of(row, attempt.number), reason)
                 continue
@@ -241,35 +291,54 @@ class EventProcessor:
             with _logged_as(row):
                 run = invoke(uow, registration, Event.of(row, attempt.number))
             elapsed = time.perf_counter() - started
-            tenant = used.setdefault(row.tenant_id, [0.0, 0.0])
-            tenant[0] += elapsed
-            tenant[1] += 1
+            out.spent(row.tenant_id, elapsed)
             if run.error is None:
-                changes.append(attempts.processed(attempt, began))
-                reports.append(functools.partial(_report_processed, attempt, elapsed))
+                out.changes.append(attempts.processed(attempt, began))
+                out.reports.append(functools.partial(_report_processed, attempt, elapsed))
                 continue
             if run.aborted_transaction:
                 self._after_aborted_transaction(uow, runs, attempt, run.error, trace)
-                return
-            delay = policy.delay(attempt.number)
-            message = attempts.summarize_error(run.error)
-            changes.append(attempts.failed(attempt, message, delay, began))
-            if delay is None and registration.ordered:
-                holds.append((row.id, registration.on_failure))
-            if delay is not None:
-                # A wake-up when the retry is due (bounded like any other; the poll finds it
-                # otherwise), carrying the failed run's trace on.
-                last = trace.last if trace is not None else None
-                uow.send(Dispatch(row.id, row.target_module, countdown=delay, trace=last))
-            reports.append(functools.partial(_report_failed, attempt, run.error, elapsed, delay))
-        save_changes(uow, changes)
+                return {key}
+            if registration.ordered:
+                stopped.add(key)
+                failed.add(key)
+            self._failed(uow, out, (attempt, registration), run.error, (began, elapsed), trace)
+        if behind:
+            self.claimer.release(uow, behind)
+        save_changes(uow, out.changes)
         if runs:
             module = runs[0].event.target_module
-            self.claimer.record(uow, module, [(t, s, n) for t, (s, n) in used.items()], holds)
+            self.claimer.record(uow, module, out.usage(), out.holds)
         uow.commit()
-        for report in reports:
+        for report in out.reports:
             report()
         self.claimer.flush_usage()
+        return failed
+
+    def _failed(
+        self,
+        uow: UnitOfWork,
+        out: _Outcomes,
+        ran: tuple[Attempt, Registration],
+        error: Exception,
+        timing: tuple[datetime, float],
+        trace: Delivery | None,
+    ) -> None:
+        """A failed run's outcome: retried after a delay (a wake-up sent for it), or failed for
+        good (an ordered handler's key then held or let go, as it asks)."""
+        attempt, registration = ran
+        began, elapsed = timing
+        row = attempt.event
+        delay = self.runtime.retry_policy.delay(attempt.number)
+        out.changes.append(attempts.failed(attempt, attempts.summarize_error(error), delay, began))
+        if delay is None and registration.ordered:
+            out.holds.append((row.id, registration.on_failure))
+        if delay is not None:
+            # A wake-up when the retry is due (bounded like any other; the poll finds it
+            # otherwise), carrying the failed run's trace on.
+            last = trace.last if trace is not None else None
+            uow.send(Dispatch(row.id, row.target_module, countdown=delay, trace=last))
+        out.reports.append(functools.partial(_report_failed, attempt, error, elapsed, delay))
 
     def _after_aborted_transaction(
         self,
@@ -468,6 +537,60 @@ def _why_lost(exc: BaseException) -> str:
     if isinstance(exc, TimeLimitExceeded) and exc.args:
         return f"TimeLimitExceeded: the attempt ran past the hard time limit ({exc.args[0]} s)"
     return attempts.summarize_error(exc)
+
+
+Key = tuple[uuid.UUID, str, str]
+"""An entity: tenant, entity type, entity id (of one module)."""
+
+
+def _key(row: EventRow) -> Key:
+    return row.tenant_id, row.entity_type, row.entity_id
+
+
+@dataclass
+class _Outcomes:
+    """What a batch's runs decided: the status changes (saved at once), the reports made after
+    the commit, the keys that final failures of ordered handlers hold, and the handler time
+    each tenant used."""
+
+    changes: list[Change] = field(default_factory=list)
+    reports: list[Callable[[], None]] = field(default_factory=list)
+    holds: list[tuple[uuid.UUID, str]] = field(default_factory=list)
+    used: dict[uuid.UUID, list[float]] = field(default_factory=dict)
+
+    def spent(self, tenant_id: uuid.UUID, seconds: float) -> None:
+        """A handler of ``tenant_id`` ran ``seconds``: its usage, for fair shares."""
+        tenant = self.used.setdefault(tenant_id, [0.0, 0.0])
+        tenant[0] += seconds
+        tenant[1] += 1
+
+    def usage(self) -> list[tuple[uuid.UUID, float, float]]:
+        return [(t, seconds, events) for t, (seconds, events) in self.used.items()]
+
+
+def _segments(claimed: Sequence[claims.Claim]) -> list[list[claims.Claim]]:
+    """Claims in commit order cut into runs of fresh ones and single lost ones."""
+    segments: list[list[claims.Claim]] = []
+    for claim in claimed:
+        if claim.lost is None and segments and segments[-1][0].lost is None:
+            segments[-1].append(claim)
+        else:
+            segments.append([claim])
+    return segments
+
+
+def _before_first_skip(
+    claimed: Sequence[claims.Claim], runs: list[Attempt], skips: Mapping[uuid.UUID, Skip]
+) -> tuple[list[Attempt], list[uuid.UUID]]:
+    """The runs of an ordered module's claim committed before the first event that may not
+    run now (other than one processed already), and the ids of the others, to give back: an
+    entity's later events must not pass it."""
+    blocked = {event_id for event_id, why in skips.items() if why is not Skip.PROCESSED}
+    if not blocked:
+        return runs, []
+    first = min((c.created_at, c.id) for c in claimed if c.id in blocked)
+    before = [a for a in runs if (a.event.created_at, a.event.id) < first]
+    return before, [a.event.id for a in runs if (a.event.created_at, a.event.id) >= first]
 
 
 def _infra_backoff(retries: int) -> float:

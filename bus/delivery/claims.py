@@ -87,6 +87,16 @@ class Claimer:
         """Give back claims not run (none of their runs was lost)."""
         claim_store.release(uow.session, event_ids, self.worker)
 
+    def give_back_lost(self, uow: UnitOfWork, lost: Collection[tuple[uuid.UUID, str]]) -> None:
+        """Give back claims of events whose run was lost, not run now: still marked lost (with
+        each one's reason), so the claim that takes them next counts that run."""
+        claim_store.end(uow.session, lost, self.worker, utcnow())
+
+    def hold_while_running(self, uow: UnitOfWork, event_id: uuid.UUID) -> None:
+        """Hold an ordered event's key while it runs: its mark (its last attempt, counted in
+        advance) says failed with no retry to come, which would let the key go."""
+        claim_store.set_hold(uow.session, [(event_id, claim_store.HOLD_BLOCK)])
+
     def release_mine(self) -> None:
         """Give back every claim of this process (a delivery that ended with claims
         outstanding: the database failed under it, so no run died)."""

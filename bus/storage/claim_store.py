@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Table,
+    TextualSelect,
     Uuid,
     bindparam,
     delete,
@@ -46,7 +47,6 @@ from bus.storage.models import (
 )
 
 if TYPE_CHECKING:
-    from sqlalchemy import Row
     from sqlalchemy.orm import Session
 
 _queue: Table = event_queue
@@ -116,20 +116,36 @@ _IN_ORDER = (
     "AND (b.created_at, b.id) < (q.created_at, q.id) AND "
     "(b.status = 'pending' OR b.due_at IS NOT NULL OR b.hold = 'block')))"
 )
-_PG_IN_ORDER = _IN_ORDER.format(
-    types="unnest(CAST(:types AS text[])) AS t(value)",
-    except_types="unnest(CAST(:except_types AS text[])) AS x(value)",
-)
 _LITE_IN_ORDER = _IN_ORDER.format(
     types="json_each(:types)", except_types="json_each(:except_types)"
 )
 ORDER_WINDOW = 4
-"""How many times a claim's size of a tenant's oldest ready events it looks among for events
-whose entity has no earlier one in flight."""
+"""How many times a claim's size of a tenant's oldest ready events an ordered module's claim
+looks among for events whose entity has no earlier one in flight."""
 _NOT_PAUSED = "NOT EXISTS (SELECT 1 FROM module_pauses p WHERE p.target_module = :module)"
 
-_PG_CLAIM = text(
-    f"""
+_PG_KEYED = (
+    "({q}.event_type IN (SELECT value FROM unnest(CAST(:types AS text[])) AS t(value)) OR "
+    "(:rest AND {q}.event_type NOT IN "
+    "(SELECT value FROM unnest(CAST(:except_types AS text[])) AS x(value))))"
+)
+# An ordered event may be claimed behind earlier events of its key that this claim may take
+# too (keyed, ready and free: then in the window, which is a prefix in commit order): a claim
+# takes an entity's run of events, not only its first. Any other earlier event in flight
+# holds it back (a failed one with no retry to come has no due time: NULL, hence coalesce).
+_PG_CHAIN = f"""NOT EXISTS (
+    SELECT 1 FROM event_queue b
+    WHERE b.target_module = q.target_module AND b.tenant_id = q.tenant_id
+      AND b.entity_type = q.entity_type AND b.entity_id = q.entity_id
+      AND (b.created_at, b.id) < (q.created_at, q.id)
+      AND (b.status = 'pending' OR b.due_at IS NOT NULL OR b.hold = 'block')
+      AND NOT coalesce({_PG_KEYED.format(q="b")} AND {_READY.replace("q.", "b.")}
+                        AND {_FREE.replace("q.", "b.")}, false))"""  # noqa: S608 - built from the constants above, never from input
+ORDER_SHARE = 4
+"""A claim of an ordered module takes the runs of at most a quarter of the keys ready in its
+window (one at least), oldest first: the module's other claimers find keys of their own."""
+
+_PG_TENANTS = """
 WITH RECURSIVE t(tenant_id) AS (
     (SELECT tenant_id FROM event_queue WHERE target_module = :module ORDER BY tenant_id LIMIT 1)
     UNION ALL
@@ -154,42 +170,95 @@ WITH RECURSIVE t(tenant_id) AS (
     -- claimable again, and the batch's own commit (synchronous) flushes it anyway.
     CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
     WHERE t.tenant_id IS NOT NULL
-), c AS (
-    SELECT c.id, s.base + c.rank * s.step AS vt
-    FROM s CROSS JOIN LATERAL (
-        SELECT q.id, row_number() OVER (ORDER BY q.created_at, q.id) AS rank
-        FROM (
-            -- A bounded window of the tenant's oldest ready events: the order check below
-            -- probes each, so a long backlog of few entities costs a window, not the backlog.
-            SELECT * FROM event_queue q
+)"""
+
+_PG_WINDOW = f"""SELECT q.* FROM event_queue q
             WHERE q.target_module = :module AND q.tenant_id = s.tenant_id
               AND {_READY} AND {_FREE}
-            ORDER BY q.created_at, q.id
-            LIMIT :scan
-        ) q
-        WHERE NOT :ordered OR {_PG_IN_ORDER}
-        ORDER BY q.created_at, q.id
-        LIMIT :limit
+            ORDER BY q.created_at, q.id"""  # noqa: S608 - built from the constants above, never from input
+
+# Each tenant's first candidates, in commit order: unordered, simply its oldest ready events.
+_PG_CANDIDATES = f"""
+        SELECT q.id, q.tenant_id, q.entity_type, q.entity_id, false AS keyed, 0 AS key_seq,
+               row_number() OVER (ORDER BY q.created_at, q.id) AS rank
+        FROM ({_PG_WINDOW} LIMIT :limit) q"""  # noqa: S608 - built from the constants above, never from input
+
+# Ordered: a bounded window of the tenant's oldest ready events (the order check probes each,
+# so a long backlog of few entities costs a window, not the backlog); of its keys, the share's
+# oldest (by their first event), each with its run in the window (``key_seq``: its place).
+_PG_ORDERED_CANDIDATES = f"""
+        SELECT o.id, o.tenant_id, o.entity_type, o.entity_id, o.keyed, o.key_seq,
+               row_number() OVER (ORDER BY o.created_at, o.id) AS rank
+        FROM (
+            SELECT r.*, max(r.key_rank) OVER (PARTITION BY r.keyed) AS keys
+            FROM (
+                SELECT h.*,
+                       dense_rank() OVER (PARTITION BY h.keyed ORDER BY h.head_at, h.head_id)
+                           AS key_rank
+                FROM (
+                    SELECT k.*, first_value(k.created_at) OVER key AS head_at,
+                           first_value(k.id) OVER key AS head_id,
+                           row_number() OVER key AS key_seq
+                    FROM (
+                        SELECT q.id, q.created_at, q.target_module, q.tenant_id,
+                               q.entity_type, q.entity_id, {_PG_KEYED.format(q="q")} AS keyed
+                        FROM ({_PG_WINDOW} LIMIT :scan) q
+                    ) k
+                    WHERE NOT k.keyed OR {_PG_CHAIN.replace("q.", "k.")}
+                    WINDOW key AS (PARTITION BY k.keyed, k.entity_type, k.entity_id
+                                   ORDER BY k.created_at, k.id)
+                ) h
+            ) r
+        ) o
+        WHERE NOT o.keyed OR o.key_rank <= greatest(ceil(o.keys / CAST(:share AS float8)), 1)
+        ORDER BY o.created_at, o.id
+        LIMIT :limit"""  # noqa: S608 - built from the constants above, never from input
+
+_PG_PICK = f"""
+, c AS (
+    SELECT c.id, c.tenant_id, c.entity_type, c.entity_id, c.keyed, c.key_seq,
+           s.base + c.rank * s.step AS vt
+    FROM s CROSS JOIN LATERAL ({{candidates}}
     ) c
 ), picked AS (
-    SELECT q.id, q.claimed_until AS before, q.claimed_by AS before_by,
-           q.claimed_pid AS before_pid
+    SELECT q.id, q.created_at, c.tenant_id, c.entity_type, c.entity_id, c.keyed, c.key_seq,
+           q.claimed_until AS before, q.claimed_by AS before_by, q.claimed_pid AS before_pid
     FROM event_queue q JOIN c ON c.id = q.id
     WHERE {_READY} AND {_FREE} AND {_NOT_PAUSED}
     ORDER BY c.vt
     LIMIT :limit
     FOR UPDATE OF q SKIP LOCKED
+), kept AS ({{kept}}
 ), holder AS (
     -- Where this process may hold claims (the set's rows have no index on who claimed them).
     INSERT INTO claim_holders (worker, pid, target_module, until)
-    SELECT :worker, :pid, :module, :until WHERE EXISTS (SELECT 1 FROM picked)
+    SELECT :worker, :pid, :module, :until WHERE EXISTS (SELECT 1 FROM kept)
     ON CONFLICT (worker, pid, target_module) DO UPDATE SET until = excluded.until
 )
 UPDATE event_queue q SET claimed_until = :until, claimed_by = :worker, claimed_pid = :pid
-FROM picked WHERE q.id = picked.id
-RETURNING q.id, q.created_at, picked.before, picked.before_by, picked.before_pid
+FROM kept WHERE q.id = kept.id
+RETURNING q.id, q.created_at, kept.before, kept.before_by, kept.before_pid
 """  # noqa: S608 - built from the constants above, never from input
-).columns(id=Uuid(), created_at=UTCDateTime(), before=UTCDateTime())
+
+
+# An entity's run keeps only its part before a row the claim could not take (locked by another
+# claimer, or taken meanwhile): nothing of a key runs ahead of an earlier event.
+_PG_KEPT = """
+    SELECT * FROM (
+        SELECT p.*, row_number() OVER (
+            PARTITION BY p.keyed, p.tenant_id, p.entity_type, p.entity_id
+            ORDER BY p.created_at, p.id) AS pick_seq
+        FROM picked p
+    ) p WHERE NOT p.keyed OR p.pick_seq = p.key_seq"""
+
+
+def _pg_claim(candidates: str, kept: str) -> TextualSelect:
+    sql = _PG_TENANTS + _PG_PICK.format(candidates=candidates, kept=kept)
+    return text(sql).columns(id=Uuid(), created_at=UTCDateTime(), before=UTCDateTime())
+
+
+_PG_CLAIM = _pg_claim(_PG_CANDIDATES, " SELECT * FROM picked")
+_PG_CLAIM_ORDERED = _pg_claim(_PG_ORDERED_CANDIDATES, _PG_KEPT)
 """One statement: the module's tenants (a skip scan, one index probe each), each one's share
 from its decayed usage and weight, its first candidates, the chosen ones locked and stamped,
 and the process's row of ``claim_holders``."""
@@ -247,17 +316,23 @@ def claim(
             types=list(order.types),
             except_types=list(order.except_types),
         )
-        stmt = _PG_CLAIM.bindparams(*_TIMES)
-        rows = connection.execute(stmt, params)
-        return [Claim(r.id, r.created_at, _lost(r.before, r.before_by, r.before_pid)) for r in rows]
+        stmt = (_PG_CLAIM_ORDERED if order.any else _PG_CLAIM).bindparams(*_TIMES)
+        rows = connection.execute(stmt, {**params, "share": ORDER_SHARE})
+        got = [Claim(r.id, r.created_at, _lost(r.before, r.before_by, r.before_pid)) for r in rows]
+        return sorted(got, key=_commit_order)
     params.update(
         types=json.dumps(list(order.types)), except_types=json.dumps(list(order.except_types))
     )
     found = connection.execute(_LITE_CLAIM.bindparams(_TIMES[0]), params)
     claims = [Claim(r.id, r.created_at, _lost(r.before, r.before_by, r.before_pid)) for r in found]
+    claims.sort(key=_commit_order)
     if claims:
         stamp(session, module, [c.id for c in claims], worker, pid, until)
     return claims
+
+
+def _commit_order(claim: Claim) -> tuple[datetime, uuid.UUID]:
+    return claim.created_at, claim.id
 
 
 def stamp(
@@ -297,6 +372,19 @@ def release(session: Session, event_ids: Collection[uuid.UUID], worker: str) -> 
             update(_queue)
             .where(_queue.c.id.in_(list(event_ids)), _queue.c.claimed_by == worker)
             .values(claimed_until=None, claimed_by=None, claimed_pid=None)
+        )
+
+
+def end(
+    session: Session, lost: Collection[tuple[uuid.UUID, str]], worker: str, now: datetime
+) -> None:
+    """End ``worker``'s claims of these rows as :func:`expire` ends a dead process's: stamped
+    with the reason their run was lost and no pid, so the next claim says :attr:`Claim.lost`."""
+    for event_id, reason in lost:
+        session.execute(
+            update(_queue)
+            .where(_queue.c.id == event_id, _queue.c.claimed_by == worker)
+            .values(claimed_until=now, claimed_by=reason[:255], claimed_pid=None)
         )
 
 
@@ -361,7 +449,7 @@ def expire(
         found = found.where(h.worker.not_in(list(unless_workers)))
     if modules is not None:
         found = found.where(h.target_module.in_(list(modules)))
-    holders = session.execute(found).all()
+    holders = [(w, p, m) for w, p, m in session.execute(found)]
     if not holders:
         return []
     c = _queue.c
@@ -395,7 +483,7 @@ def expire(
     return ended
 
 
-def _by_module(holders: Sequence[Row[tuple[str, int, str]]]) -> dict[str, list[tuple[str, int]]]:
+def _by_module(holders: Sequence[tuple[str, int, str]]) -> dict[str, list[tuple[str, int]]]:
     by_module: dict[str, list[tuple[str, int]]] = {}
     for worker, pid, module in holders:
         by_module.setdefault(module, []).append((worker, pid))

@@ -20,7 +20,7 @@ from bus.runtime import Runtime
 from bus.settings import Settings
 from bus.storage import claim_store
 from bus.storage.db import transaction
-from tests.support.factories import SEED_PUBLISH_BODY, insert_events
+from tests.support.factories import SEED_PUBLISH_BODY, event_values, insert_events, make_events
 from tests.support.processes import wait_for
 from tests.support.tokens import TokenFactory, auth
 from tests.support.workers import WORKER_SETTINGS, WorkerFactory, load, wait_for_status
@@ -321,3 +321,83 @@ def test_the_claims_of_a_worker_without_a_heartbeat_end(runtime: Runtime) -> Non
     assert claim_as(runtime, "live", os.getpid(), module="logistics") == []
     assert ("gone", 4242, "logistics") in holders(runtime)
     assert ("gone", 4242, "warehouse") not in holders(runtime)
+
+
+ORDERED = claim_store.Order(rest=True)
+
+
+def interleaved(runtime: Runtime, keys: int, per_key: int) -> dict[str, list[uuid.UUID]]:
+    """``keys * per_key`` events committed round robin over the keys, a microsecond apart."""
+    base = utcnow()
+    rows = [
+        event_values(
+            entity_id=f"k{i % keys}",
+            created_at=base + timedelta(microseconds=i),
+            event_data={},
+        )
+        for i in range(keys * per_key)
+    ]
+    make_events(runtime, rows)
+    by_key: dict[str, list[uuid.UUID]] = {}
+    for row in rows:
+        by_key.setdefault(row["entity_id"], []).append(row["id"])
+    return by_key
+
+
+def claimed_order(
+    runtime: Runtime, worker: str, limit: int = 500, order: claim_store.Order = ORDERED
+) -> list[uuid.UUID]:
+    now = utcnow()
+    with transaction(runtime.sessions) as session:
+        got = claim_store.claim(
+            session,
+            "warehouse",
+            order,
+            weights={},
+            decay=fairness.DECAY,
+            cost=fairness.DEFAULT_COST,
+            now=now,
+            until=now + timedelta(seconds=60),
+            worker=worker,
+            pid=1,
+            limit=limit,
+        )
+    return [c.id for c in got]
+
+
+def test_an_ordered_claim_takes_whole_runs_of_a_share_of_the_keys(runtime: Runtime) -> None:
+    # Given 8 entities with 5 events each, committed round robin
+    by_key = interleaved(runtime, 8, 5)
+    # When a worker claims: the runs of a quarter of the keys, the oldest, in commit order
+    first = claimed_order(runtime, "w1")
+    assert first == sorted(by_key["k0"] + by_key["k1"], key=first.index)
+    assert [e for e in first if e in by_key["k0"]] == by_key["k0"]
+    # And a second claimer takes other keys' runs, never a later event of a claimed key
+    second = claimed_order(runtime, "w2")
+    assert set(second) == set(by_key["k2"] + by_key["k3"])
+    # And the unordered claim of the same backlog takes every event, in commit order
+    with transaction(runtime.sessions) as session:
+        claim_store.release(session, first, "w1")
+        claim_store.release(session, second, "w2")
+    everything = claimed_order(runtime, "w3", order=claim_store.Order())
+    assert len(everything) == 40
+
+
+def test_an_ordered_claim_stops_an_entitys_run_before_a_row_it_cannot_take(
+    runtime: Runtime,
+) -> None:
+    # Given one entity's 5 events, the third locked by another transaction (a claimer
+    # taking it at this moment)
+    by_key = interleaved(runtime, 1, 5)
+    ids = by_key["k0"]
+    with runtime.engine.connect() as other:
+        other.execute(text("SELECT 1 FROM event_queue WHERE id = :id FOR UPDATE"), {"id": ids[2]})
+        # When a worker claims: only the run before the locked row
+        assert claimed_order(runtime, "w1") == ids[:2]
+        other.rollback()
+    # And while those two are claimed, nothing of the entity can be claimed by another
+    assert claimed_order(runtime, "w2") == []
+    # And once they are given back, the whole run is claimed
+    with transaction(runtime.sessions) as session:
+        claim_store.release(session, ids[:2], "w1")
+    assert claimed_order(runtime, "w3") == ids
