@@ -157,13 +157,15 @@ class EventProcessor:
         wake-up's hint): the claim was full, or the module has ordered handlers (running an
         entity's event readies its next one, which no message announces)."""
         order = self.handlers.order(module)
+        limit = self.claimer.size(module)
+        started = time.perf_counter()
         with self.runtime.unit_of_work() as uow:
-            claims = self.claimer.claim(uow, module, order)
+            claims = self.claimer.claim(uow, module, order, limit)
             uow.commit()
         if not claims:
             return None
         self._local.dirty = True
-        full = len(claims) >= self.claimer.size
+        full = len(claims) >= limit
         if full:
             self._wake(module, claims[-1].id)
         if order.any:
@@ -181,6 +183,7 @@ class EventProcessor:
                 if claim.lost is not None:
                     self._run_lost(module, claim, trace, set())
         self._local.dirty = False
+        self.claimer.ran(module, len(claims), limit, time.perf_counter() - started)
         return claims[-1].id if full or order.any else None
 
     def _run_fresh(

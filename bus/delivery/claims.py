@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 LEASE_MARGIN_SECONDS = 30.0
 USAGE_FLUSH_SECONDS = 0.5
+BATCH_TARGET_SECONDS = 0.1
+"""How long a claim's batch should take at most: what an event of another tenant, first in the
+next claim, waits behind (besides its own batch)."""
 CHILD_DIED = "WorkerLostError: the worker's pool process died during this attempt"
 WORKER_GONE = INTERRUPTED_MESSAGE
 """A worker whose heartbeat stopped: nothing says how its processes ended."""
@@ -52,17 +55,33 @@ class Claimer:
         self._lease = timedelta(seconds=settings.task_time_limit_seconds + LEASE_MARGIN_SECONDS)
         self._weights = fairness.parse_weights(settings.tenant_weights)
         self._usage: dict[tuple[str, uuid.UUID], list[float]] = {}
+        self._per_event: dict[str, float] = {}
         self._flushed = time.monotonic()
 
-    @property
-    def size(self) -> int:
-        return self._size
+    def size(self, module: str) -> int:
+        """How many events of ``module`` to claim at most: the configured batch size, or fewer
+        when a full claim's batch took longer than :data:`BATCH_TARGET_SECONDS` (slow handlers,
+        or a busy machine), so a tenant whose event comes first in the next claim waits for
+        one short batch, not a long one."""
+        per_event = self._per_event.get(module)
+        if per_event is None:
+            return self._size
+        return max(1, min(self._size, int(BATCH_TARGET_SECONDS / per_event)))
+
+    def ran(self, module: str, claimed: int, limit: int, seconds: float) -> None:
+        """A claim of ``claimed`` events (of at most ``limit``) was run in ``seconds``. Only
+        full claims say what an event costs in a batch: a short one is mostly fixed costs."""
+        if claimed < limit or claimed == 0:
+            return
+        sample = seconds / claimed
+        before = self._per_event.get(module)
+        self._per_event[module] = sample if before is None else before + 0.3 * (sample - before)
 
     def until(self, now: datetime) -> datetime:
         return now + self._lease
 
-    def claim(self, uow: UnitOfWork, module: str, order: Order) -> list[Claim]:
-        """Up to a batch of ``module``'s ready events for this process; the caller commits."""
+    def claim(self, uow: UnitOfWork, module: str, order: Order, limit: int) -> list[Claim]:
+        """Up to ``limit`` of ``module``'s ready events for this process; the caller commits."""
         now = utcnow()
         return claim_store.claim(
             uow.session,
@@ -75,7 +94,7 @@ class Claimer:
             until=self.until(now),
             worker=self.worker,
             pid=os.getpid(),
-            limit=self._size,
+            limit=limit,
         )
 
     def restamp(self, uow: UnitOfWork, module: str, event_ids: Collection[uuid.UUID]) -> None:

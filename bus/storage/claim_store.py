@@ -223,7 +223,8 @@ _PG_PICK = f"""
 ), picked AS (
     SELECT q.id, q.created_at, c.tenant_id, c.entity_type, c.entity_id, c.keyed, c.key_seq,
            q.claimed_until AS before, q.claimed_by AS before_by, q.claimed_pid AS before_pid
-    FROM event_queue q JOIN c ON c.id = q.id
+    -- The best candidates, each probed by primary key (BY_INDEX).
+    FROM (SELECT * FROM c ORDER BY c.vt LIMIT :limit) c JOIN event_queue q ON q.id = c.id
     WHERE {_READY} AND {_FREE} AND {_NOT_PAUSED}
     ORDER BY c.vt
     LIMIT :limit
@@ -256,6 +257,14 @@ def _pg_claim(candidates: str, kept: str) -> TextualSelect:
     sql = _PG_TENANTS + _PG_PICK.format(candidates=candidates, kept=kept)
     return text(sql).columns(id=Uuid(), created_at=UTCDateTime(), before=UTCDateTime())
 
+
+BY_INDEX = text(
+    "SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)"
+)
+"""Before a claim, in its transaction: its few hundred rows are joined to the set by primary
+key. With hash or merge joins allowed the planner read the whole set instead once it held some
+10,000 rows (cheaper on paper than 500 index probes): a claim of 500 on a 100k backlog took
+77 ms, 7 ms by index."""
 
 _PG_CLAIM = _pg_claim(_PG_CANDIDATES, " SELECT * FROM picked")
 _PG_CLAIM_ORDERED = _pg_claim(_PG_ORDERED_CANDIDATES, _PG_KEPT)
@@ -317,6 +326,7 @@ def claim(
             except_types=list(order.except_types),
         )
         stmt = (_PG_CLAIM_ORDERED if order.any else _PG_CLAIM).bindparams(*_TIMES)
+        connection.execute(BY_INDEX)
         rows = connection.execute(stmt, {**params, "share": ORDER_SHARE})
         got = [Claim(r.id, r.created_at, _lost(r.before, r.before_by, r.before_pid)) for r in rows]
         return sorted(got, key=_commit_order)
