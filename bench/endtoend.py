@@ -141,6 +141,15 @@ def wait_all_settled(
         def settled() -> bool:
             for proc in procs:
                 proc.check_alive()
+            # One index probe of the in-flight set while events wait; counted only when none
+            # does (a count(*) of the phase's rows every 0.2 s took CPU from what it measured).
+            waiting = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM event_queue WHERE tenant_id = %s "
+                "AND target_module = %s AND status = 'pending')",
+                (tenant, E2E_MODULE),
+            ).fetchone()
+            if waiting is None or waiting[0]:
+                return False
             row = conn.execute(
                 "SELECT count(*) FROM system_events WHERE tenant_id = %s AND target_module = %s"
                 " AND status <> 'pending'",

@@ -167,10 +167,21 @@ def _settled(db: Database, module: str, count: int, procs: list[Proc], timeout: 
             for proc in procs:
                 if proc.alive() is False and proc.popen.returncode not in (None, -9):
                     proc.check_alive()
-            row = conn.execute(
-                "SELECT count(*) FROM system_events WHERE target_module = %s "
-                "AND status = 'processed'",
+            # Cheap while events wait (one index probe of the in-flight set); counted only then,
+            # from the counts the bus keeps as data: a count(*) of a million rows every 0.2 s
+            # took 40% of a core from the drain it measured.
+            waiting = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM event_queue WHERE target_module = %s "
+                "AND due_at IS NOT NULL)",
                 (module,),
+            ).fetchone()
+            if waiting is None or waiting[0]:
+                return False
+            row = conn.execute(
+                "SELECT coalesce(sum(n), 0) FROM (SELECT n FROM event_counts WHERE "
+                "target_module = %s AND status = 'processed' UNION ALL SELECT n FROM "
+                "event_count_changes WHERE target_module = %s AND status = 'processed') c",
+                (module, module),
             ).fetchone()
             return row is not None and int(row[0]) >= count
 
