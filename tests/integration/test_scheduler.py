@@ -55,6 +55,34 @@ def effects_in_commit_order(database_url: str) -> list[str]:
         engine.dispose()
 
 
+def claim_in(
+    session: Any,
+    worker: str = "w",
+    *,
+    pid: int = 1,
+    limit: int = 500,
+    module: str = "warehouse",
+    order: claim_store.Order = claim_store.Order(),  # noqa: B008 - frozen, never changed
+    weights: dict[uuid.UUID, float] | None = None,
+    now: Any = None,
+) -> list[claim_store.Claim]:
+    """A claim as a worker makes it (fairness's decay and default cost, a minute's lease)."""
+    now = now or utcnow()
+    return claim_store.claim(
+        session,
+        module,
+        order,
+        weights=weights or {},
+        decay=fairness.DECAY,
+        cost=fairness.DEFAULT_COST,
+        now=now,
+        until=now + timedelta(seconds=60),
+        worker=worker,
+        pid=pid,
+        limit=limit,
+    )
+
+
 def test_ordered_events_of_one_entity_run_one_at_a_time_in_commit_order(
     client: TestClient,
     token: TokenFactory,
@@ -183,19 +211,7 @@ def test_a_claim_serves_a_tenant_that_used_little_before_one_with_a_backlog(
     with transaction(runtime.sessions) as session:
         claim_store.add_usage(session, "warehouse", [(tenant_a, 30.0, 10_000)], now, 1.0)
         # When a worker claims 50
-        claimed = claim_store.claim(
-            session,
-            "warehouse",
-            claim_store.Order(),
-            weights={},
-            decay=fairness.DECAY,
-            cost=fairness.DEFAULT_COST,
-            now=now,
-            until=now + timedelta(seconds=60),
-            worker="test",
-            pid=1,
-            limit=50,
-        )
+        claimed = claim_in(session, "test", limit=50, now=now)
     ids = [c.id for c in claimed]
     # Then B's five are among them: B comes first
     assert len(ids) == 50 and set(b) <= set(ids)
@@ -204,40 +220,15 @@ def test_a_claim_serves_a_tenant_that_used_little_before_one_with_a_backlog(
     weights = fairness.parse_weights(f"{TENANT_B}=0.00001")
     with transaction(runtime.sessions) as session:
         claim_store.release(session, ids, "test")
-        again = claim_store.claim(
-            session,
-            "warehouse",
-            claim_store.Order(),
-            weights=weights,
-            decay=fairness.DECAY,
-            cost=fairness.DEFAULT_COST,
-            now=now,
-            until=now + timedelta(seconds=60),
-            worker="test",
-            pid=1,
-            limit=50,
-        )
+        again = claim_in(session, "test", limit=50, weights=weights, now=now)
     assert not set(b) & {c.id for c in again}
 
 
 def claim_as(
     runtime: Runtime, worker: str, pid: int, limit: int = 500, module: str = "warehouse"
 ) -> list[claim_store.Claim]:
-    now = utcnow()
     with transaction(runtime.sessions) as session:
-        return claim_store.claim(
-            session,
-            module,
-            claim_store.Order(),
-            weights={},
-            decay=fairness.DECAY,
-            cost=fairness.DEFAULT_COST,
-            now=now,
-            until=now + timedelta(seconds=60),
-            worker=worker,
-            pid=pid,
-            limit=limit,
-        )
+        return claim_in(session, worker, pid=pid, limit=limit, module=module)
 
 
 def holders(runtime: Runtime) -> set[tuple[str, int, str]]:
@@ -260,22 +251,9 @@ def test_a_claim_stamps_its_rows_with_no_index_entry(runtime: Runtime) -> None:
         "pg_stat_get_xact_tuples_hot_updated('event_queue'::regclass)"
     )
     # When one claim takes them all
-    now = utcnow()
     with transaction(runtime.sessions) as session:
         before = session.execute(counted).one()
-        claimed = claim_store.claim(
-            session,
-            "warehouse",
-            claim_store.Order(),
-            weights={},
-            decay=fairness.DECAY,
-            cost=fairness.DEFAULT_COST,
-            now=now,
-            until=now + timedelta(seconds=60),
-            worker="w",
-            pid=1,
-            limit=500,
-        )
+        claimed = claim_in(session)
         after = session.execute(counted).one()
     # Then nearly every stamp found room on its own page: no index entry written (no index
     # names a claim's columns; 0 of 500 were HOT when one did)
@@ -347,22 +325,8 @@ def interleaved(runtime: Runtime, keys: int, per_key: int) -> dict[str, list[uui
 def claimed_order(
     runtime: Runtime, worker: str, limit: int = 500, order: claim_store.Order = ORDERED
 ) -> list[uuid.UUID]:
-    now = utcnow()
     with transaction(runtime.sessions) as session:
-        got = claim_store.claim(
-            session,
-            "warehouse",
-            order,
-            weights={},
-            decay=fairness.DECAY,
-            cost=fairness.DEFAULT_COST,
-            now=now,
-            until=now + timedelta(seconds=60),
-            worker=worker,
-            pid=1,
-            limit=limit,
-        )
-    return [c.id for c in got]
+        return [c.id for c in claim_in(session, worker, limit=limit, order=order)]
 
 
 def test_an_ordered_claim_takes_whole_runs_of_a_share_of_the_keys(runtime: Runtime) -> None:
