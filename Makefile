@@ -28,8 +28,15 @@ fmt: $(STAMP)
 check: lint  ## the fast loop, ~1.5 min (needs PostgreSQL): lint, types, import contracts, unit and contract tests but the property ones, in 2 processes
 	$(BIN)/pytest -q -x -n 2 -m "not slow" tests/unit tests/contract
 
-test: lint  ## needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1 (.ci/run starts them)
-	$(BIN)/pytest -m "not soak and not load and not retention_soak"
+TESTS := not soak and not load and not retention_soak
+
+# Two runs, both must pass: the tests but those marked serial in 3 processes, then the serial
+# ones (tests/conftest.py SERIAL: chaos, load, tight time bounds) alone; the second runs even
+# when the first failed.
+test: lint  ## needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1 (.ci/run starts them), ~15 min
+	$(BIN)/pytest -n 3 --dist worksteal -m "$(TESTS) and not serial"; parallel=$$?; \
+	$(BIN)/pytest -m "$(TESTS) and serial"; serial=$$?; \
+	test $$parallel -eq 0 && test $$serial -eq 0
 
 bench: $(STAMP)  ## full run + profiles, ~35 min (with the scheduler phases): bench/results.{json,md}; ends with the 3 ratio lines and the PostgreSQL line
 	$(BIN)/python -m bench --profile

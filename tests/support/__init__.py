@@ -1,7 +1,8 @@
 """The tests' one toolbox, shared by every suite (no suite imports another suite's modules).
 
 - :mod:`~tests.support.services`: the machine's PostgreSQL, Redis and RabbitMQ, a database of a
-  test's own, and :func:`~tests.support.services.make_settings`, the one maker of settings;
+  test's own, :func:`~tests.support.services.empty_tables` (what each test starts without), and
+  :func:`~tests.support.services.make_settings`, the one maker of settings;
 - :mod:`~tests.support.tokens`: tenants, the test secret, minted tokens and ``auth()``;
 - :mod:`~tests.support.forged_tokens`: hand-made JWTs PyJWT refuses to produce;
 - :mod:`~tests.support.factories`: the seed's publish body and rows written straight to the store;
