@@ -157,7 +157,7 @@ class EventProcessor:
         wake-up's hint): the claim was full, or the module has ordered handlers (running an
         entity's event readies its next one, which no message announces)."""
         order = self.handlers.order(module)
-        limit = self.claimer.size(module)
+        limit = self.claimer.size(module, order.any)
         started = time.perf_counter()
         with self.runtime.unit_of_work() as uow:
             claims = self.claimer.claim(uow, module, order, limit)

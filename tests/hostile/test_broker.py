@@ -127,6 +127,7 @@ def test_every_hostile_redis_item_is_refused_and_the_worker_goes_on(
         wait_for(lambda: r.llen(dead) == len(payloads), 60, "not every item was dead-lettered")
         # Then each was refused on one line, kept as received and counted
         assert r.llen(queue) == 0
+        wait_for(lambda: len(rejected_lines(worker)) >= len(payloads), 10, "a refusal not logged")
         assert len(rejected_lines(worker)) == len(payloads)
         kept = set(r.lrange(dead, 0, -1))
         transport_level = [p for p in items if isinstance(deadletter.decode_envelope(p), str)]
@@ -405,6 +406,8 @@ def test_every_hostile_amqp_message_is_refused_and_the_worker_goes_on(
             )
     wait_for(lambda: dead_count(dead) == len(payloads), 60, "not every message was dead-lettered")
     # Then each was refused on one line, and real events are processed by the same worker
+    # (the message is kept before its line is written: wait for the last line too)
+    wait_for(lambda: len(rejected_lines(worker)) >= len(payloads), 10, "a refusal not logged")
     assert len(rejected_lines(worker)) == len(payloads)
     rabbit_bus = Runtime(rabbit_settings)
     try:

@@ -10,6 +10,7 @@ none``), so the trace headers it reads are fuzzed too."""
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import uuid
 from typing import Any
@@ -240,7 +241,10 @@ def mutated_valid(queue: str, changes: list[tuple[str, str, Any]]) -> bytes:
     item = envelope(queue, task=PROCESS_EVENTS_TASK, args=ids)
     item["headers"] = task_headers(PROCESS_EVENTS_TASK, ids)
     embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-    for section, name, value in changes:
+    for section, name, shared in changes:
+        # A copy: hypothesis may hand one object to two changes (st.just), and a dict set into
+        # itself made json.dumps raise "Circular reference detected" before any send.
+        value = copy.deepcopy(shared)
         if section == "envelope":
             item[name] = value
         elif section == "embed":

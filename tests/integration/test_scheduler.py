@@ -261,7 +261,7 @@ def test_a_claim_stamps_its_rows_with_no_index_entry(runtime: Runtime) -> None:
     assert after[0] - before[0] == 500
     assert after[1] - before[1] >= 400, f"{after[1] - before[1]} of 500 HOT"
     # And the process is noted as a holder of the module's claims
-    assert ("w", 1, "warehouse") in holders(runtime)
+    assert holders(runtime) == {("w", 1, "warehouse")}
 
 
 def test_the_claims_of_a_dead_process_end_and_run_again_as_lost(runtime: Runtime) -> None:
