@@ -166,8 +166,11 @@ def run_pgq(
     config: PgqConfig,
     count: int,
     tag: str,
+    rate: float | None = None,
 ) -> dict[str, Any]:
-    """Start the workers, enqueue ``count`` jobs from an enqueuer process, time the drain."""
+    """Start the workers, enqueue ``count`` jobs from an enqueuer process, time the drain;
+    with ``rate``, the jobs are offered open loop at that rate, one per enqueue, over 16
+    connections (the bus's load generator offers its fixed rate over 64)."""
     db.truncate()
     env = child_env({})
     workers: list[Proc] = []
@@ -208,8 +211,9 @@ def run_pgq(
                         db.dsn,
                         str(count),
                         str(config.enqueue_batch),
-                        str(config.enqueue_concurrency),
+                        str(16 if rate else config.enqueue_concurrency),
                         str(result_path),
+                        *([str(rate)] if rate else []),
                     ),
                     log_dir=out_dir,
                     env=env,
@@ -231,6 +235,17 @@ def run_pgq(
         raise BenchError(f"PgQueuer {tag}: {stats['done']}/{count} jobs done: {stats}")
     elapsed = last_done - sent["first_send_epoch"]
     send_elapsed = sent["last_send_epoch"] - sent["first_send_epoch"]
+    if rate:
+        return {
+            "config": asdict(config),
+            "label": config.label,
+            "tasks": count,
+            "offered_rate": rate,
+            "send_lateness_ms": sent["send_lateness_ms"],
+            "latency_ms": stats["latency_ms"],
+            "not_successful": stats["not_successful"],
+            "usage": usage,
+        }
     return {
         "config": asdict(config),
         "label": config.label,

@@ -6,10 +6,12 @@ Workers: ``python -m bench.pgqueuer_peer worker DSN MANAGERS BATCH READY`` runs 
 with PgQueuer's defaults otherwise (NOTIFY wake-ups, batched status log, heartbeats, periodic
 log aggregation). It writes READY once every manager's listener answers a health probe.
 
-Enqueuer: ``python -m bench.pgqueuer_peer enqueue DSN N BATCH CONCURRENCY OUT.json`` sends N
-jobs with ``Queries.enqueue`` (one UNNEST ``INSERT`` per batch of BATCH) over CONCURRENCY
-connections, and writes when it started and ended. Each payload is the bus's publish body,
-so both sides move the same bytes per event.
+Enqueuer: ``python -m bench.pgqueuer_peer enqueue DSN N BATCH CONCURRENCY OUT.json [RATE]``
+sends N jobs with ``Queries.enqueue`` (one UNNEST ``INSERT`` per batch of BATCH) over CONCURRENCY
+connections, and writes when it started and ended. With RATE (jobs/s) it offers them open loop
+instead, one job per ``enqueue`` at its scheduled time (job i at start + i / RATE), as the bus's
+load generator offers single publishes for its latency lines; how late the sends ran is written
+too. Each payload is the bus's publish body, so both sides move the same bytes per event.
 
 Both run under uvloop, as ``pgq run`` and PgQueuer's benchmark do.
 """
@@ -113,6 +115,50 @@ async def enqueue(dsn: str, count: int, batch_size: int, concurrency: int) -> di
     return {"count": count, "first_send_epoch": first, "last_send_epoch": last}
 
 
+async def enqueue_at_rate(dsn: str, count: int, rate: float, concurrency: int) -> dict[str, Any]:
+    """One job per ``enqueue`` at job i's scheduled time, on the first free connection."""
+    clients: asyncio.Queue[Any] = asyncio.Queue()
+    for _ in range(concurrency):
+        clients.put_nowait(await _queries(dsn))
+    payloads = [_payload(seq) for seq in range(count)]
+    warm = await clients.get()
+    await warm.enqueue(WARM_ENTRYPOINT, b"{}")
+    clients.put_nowait(warm)
+    loop = asyncio.get_running_loop()
+    lateness: list[float] = []
+
+    async def send(due: float, payload: bytes) -> None:
+        client = await clients.get()
+        try:
+            lateness.append(loop.time() - due)
+            await client.enqueue(ENTRYPOINT, payload, 0)
+        finally:
+            clients.put_nowait(client)
+
+    first = time.time()
+    start = loop.time()
+    tasks = []
+    for i, payload in enumerate(payloads):
+        due = start + i / rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(send(due, payload)))
+    await asyncio.gather(*tasks)
+    last = time.time()
+    lateness.sort()
+    return {
+        "count": count,
+        "first_send_epoch": first,
+        "last_send_epoch": last,
+        "offered_rate": rate,
+        "send_lateness_ms": {
+            "p50": round(lateness[len(lateness) // 2] * 1000, 1),
+            "p99": round(lateness[int(len(lateness) * 0.99)] * 1000, 1),
+        },
+    }
+
+
 def _run(coro: Any) -> Any:
     try:
         import uvloop
@@ -125,13 +171,17 @@ def main(argv: list[str]) -> int:
     if len(argv) == 6 and argv[1] == "worker":
         _run(worker(argv[2], int(argv[3]), int(argv[4]), Path(argv[5])))
         return 0
-    if len(argv) == 7 and argv[1] == "enqueue":
-        result = _run(enqueue(argv[2], int(argv[3]), int(argv[4]), int(argv[5])))
+    if len(argv) in (7, 8) and argv[1] == "enqueue":
+        dsn, count, batch, concurrency = argv[2], int(argv[3]), int(argv[4]), int(argv[5])
+        if len(argv) == 8:
+            result = _run(enqueue_at_rate(dsn, count, float(argv[7]), concurrency))
+        else:
+            result = _run(enqueue(dsn, count, batch, concurrency))
         Path(argv[6]).write_text(json.dumps(result))
         return 0
     print(
         "usage: python -m bench.pgqueuer_peer worker DSN MANAGERS BATCH READY\n"
-        "       python -m bench.pgqueuer_peer enqueue DSN N BATCH CONCURRENCY OUT.json",
+        "       python -m bench.pgqueuer_peer enqueue DSN N BATCH CONCURRENCY OUT.json [RATE]",
         file=sys.stderr,
     )
     return 2

@@ -75,6 +75,34 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _pgq_fixed_lines(results: dict[str, Any]) -> list[str]:
+    """PgQueuer at the bus's fixed rates, in the latency section."""
+    found = results.get("pgqueuer_fixed_rate") or {}
+    if not found:
+        return []
+    lines = [
+        "",
+        "PgQueuer offered the same rates in the same run, the same count of jobs, on the layout "
+        "its throughput search chose: one `Queries.enqueue` per job at its due time over 16 "
+        "connections; latency from each job's `queued` log row to its `successful` one (both "
+        "the database's clock, as the bus's rows). The bus's figure includes its HTTP API; "
+        "PgQueuer's enqueuer writes to PostgreSQL directly.",
+        "",
+        "| rate | events/s | enqueue → done p50 ms | p90 ms | p99 ms | max ms | sends late p99 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, label in (("fixed_rate", "50%"), ("fixed_rate_quarter", "25%")):
+        run = found.get(key)
+        if run:
+            lat = run["latency_ms"]
+            lines.append(
+                f"| {label} | {_f(run['offered_rate'])} | {_f(lat['p50'], 1)} | "
+                f"{_f(lat['p90'], 1)} | {_f(lat['p99'], 1)} | {_f(lat['max'], 1)} | "
+                f"{_f(run['send_lateness_ms']['p99'], 1)} |"
+            )
+    return lines
+
+
 def scheduler_lines(results: dict[str, Any]) -> list[str]:
     """Issue 20's lines: latency below saturation, fairness, order, the broker under a backlog."""
     lines = []
@@ -85,10 +113,20 @@ def scheduler_lines(results: dict[str, Any]) -> list[str]:
         fixed = results.get(key)
         if fixed:
             lat = fixed["latency_ms"]
+            peer = results.get("pgqueuer_fixed_rate", {}).get(key)
+            if peer:
+                p99 = peer["latency_ms"]["p99"]
+                vs = (
+                    f"PgQueuer at the same rate: p50 {_f(peer['latency_ms']['p50'], 1)} ms "
+                    f"p99 {_f(p99, 1)} ms; bus p99 = {lat['p99'] / p99:.2f} x PgQueuer's"
+                    if p99
+                    else "PgQueuer: no latency"
+                )
+            else:
+                vs = "PgQueuer at the same rate: not measured"
             lines.append(
                 f"latency at {label}: p50 {_f(lat['p50'], 1)} ms p99 {_f(lat['p99'], 1)} ms "
-                f"at {_f(fixed['offered_rate'])} events/s (target p99 < {target} ms; PgQueuer "
-                "at the same rate: not measured)"
+                f"at {_f(fixed['offered_rate'])} events/s (target p99 < {target} ms; {vs})"
             )
     sched = results.get("scheduler")
     if not sched:
@@ -468,6 +506,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"rate ({_f(_best_publish(results, 'c64')[1]['rps'])}/s at c=64): the publish path "
         "alone can outrun the workers, and latency measured while a backlog grows says "
         "nothing but the backlog.",
+        *_pgq_fixed_lines(results),
         "",
         "Layouts tried (at the search size, the fastest then measured at the full N):",
         "",

@@ -512,6 +512,7 @@ def run(plan: Plan, out: Path, work_dir: Path, db_name: str, profile: bool) -> d
             plan.batch_events,
             plan.final_repeats,
         )
+        results["pgqueuer_fixed_rate"] = _pgq_fixed_rates(ctx, pgq_db, results)
         results["listing"] = _listing(plan, work_dir, stack, monitor, db, config)
         if profile:
             results["profiles"] = run_profiles(stack, monitor, work_dir, db, config)
@@ -531,6 +532,28 @@ def run(plan: Plan, out: Path, work_dir: Path, db_name: str, profile: bool) -> d
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     out.with_suffix(".md").write_text(render_markdown(results))
     return results
+
+
+def _pgq_fixed_rates(ctx: _Ctx, pgq_db: PgqDatabase, results: dict[str, Any]) -> dict[str, Any]:
+    """PgQueuer offered the bus's two fixed rates (the same count of jobs), on the layout its
+    throughput search chose: enqueue -> done beside the bus's publish -> processed."""
+    config = PgqConfig(**results["pgqueuer"]["final"]["config"])
+    found: dict[str, Any] = {}
+    for key in ("fixed_rate", "fixed_rate_quarter"):
+        fixed = results.get(key)
+        if not fixed:
+            continue
+        count = int(fixed.get("events") or round(fixed["offered_rate"] * 20))
+        result = run_pgq(
+            ctx.stack, ctx.monitor, ctx.work_dir, pgq_db, config, count, f"fixed-{key}",
+            rate=float(fixed["offered_rate"]),
+        )
+        _progress(
+            f"PgQueuer at {fixed['offered_rate']}/s: enqueue -> done p50 "
+            f"{result['latency_ms']['p50']} ms p99 {result['latency_ms']['p99']} ms"
+        )
+        found[key] = result
+    return found
 
 
 def _listing(
