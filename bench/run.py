@@ -545,7 +545,13 @@ def _pgq_fixed_rates(ctx: _Ctx, pgq_db: PgqDatabase, results: dict[str, Any]) ->
             continue
         count = int(fixed.get("events") or round(fixed["offered_rate"] * 20))
         result = run_pgq(
-            ctx.stack, ctx.monitor, ctx.work_dir, pgq_db, config, count, f"fixed-{key}",
+            ctx.stack,
+            ctx.monitor,
+            ctx.work_dir,
+            pgq_db,
+            config,
+            count,
+            f"fixed-{key}",
             rate=float(fixed["offered_rate"]),
         )
         _progress(
