@@ -31,7 +31,8 @@ package; the tables and every SQL statement sit beneath them in ``storage``:
 ``read/``           4. what callers read: the list (``listing``, ``pages``, ``cursors``), one
                     event with its attempts (``detail``), the counts (``stats``).
 ``maintenance/``    5. background chores, one module each (``resend``: wakes modules, ``counts``,
-                    ``outcomes``, ``purges``, ``retention``), run by
+                    ``outcomes``, ``purges``, ``retention``, ``vacuum``: the in-flight set
+                    when autovacuum does not), run by
                     :class:`bus.maintenance.runner.Maintenance`.
 ``storage/``        PostgreSQL (SQLite for ``eventbus dev``): engines and sessions, tables,
                     migrations, and every SQL statement, one module per table or concern;

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from bus.maintenance import counts, outcomes, purges, resend, retention
+from bus.maintenance import counts, outcomes, purges, resend, retention, vacuum
 from bus.maintenance.chore import Chore
 from bus.observability import metrics
 from bus.runtime import Runtime
@@ -28,6 +28,7 @@ def default_chores(runtime: Runtime) -> list[Chore]:
         outcomes.chore(runtime),
         *purges.chores(runtime),
         *retention.chores(runtime),
+        vacuum.chore(runtime),
     ]
 
 
