@@ -28,7 +28,9 @@ class Runtime:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database_url)
+        return make_engine(
+            self.settings.database_url, self.settings.database_network_timeout_seconds
+        )
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:

@@ -42,6 +42,14 @@ class Settings(BaseSettings):
         "sqlite:///eventbus.db",
         description="SQLAlchemy URL: postgresql+psycopg://… in production; SQLite by default",
     )
+    database_network_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="PostgreSQL: seconds a connection may go silent (a partition, a half-open "
+        "connection) before the client and the server both give it up: connect timeout, TCP "
+        "keepalives and TCP_USER_TIMEOUT on both ends",
+    )
     broker_url: str = Field(
         "redis://127.0.0.1:6379/0",
         description="Celery broker: redis://…, amqp://… or memory:// (embedded `eventbus dev`)",

@@ -12,9 +12,45 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+NETWORK_TIMEOUT_SECONDS = 10.0
+"""How long a PostgreSQL connection may go silent before either end gives it up (the default of
+``EVENTBUS_DATABASE_NETWORK_TIMEOUT_SECONDS``)."""
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine tuned for the bus: WAL and a busy timeout on SQLite, a warm pool on PostgreSQL."""
+
+def network_args(timeout: float) -> tuple[dict[str, Any], str]:
+    """libpq parameters and server options under which a connection whose peer went silent (a
+    partition, a half-open connection, a host gone) fails within about ``timeout`` seconds on
+    both ends, not after the kernel's ~15 minutes of retransmissions or 2 hours of idle.
+
+    The client: ``connect_timeout``, ``tcp_user_timeout`` (data sent and not acknowledged: a
+    COMMIT into a partition) and keepalives (a reply that never comes). The server, through the
+    startup options: the same keepalives and ``tcp_user_timeout``, so a backend whose client
+    vanished mid-transaction rolls back and frees its row locks (the batch's history rows) in
+    seconds. A silent peer is never confused with a slow query: the kernel acknowledges packets
+    and probes of a live peer however long the statement runs."""
+    ms = int(timeout * 1000)
+    idle = max(1, round(timeout / 2))
+    interval = max(1, round(timeout / 6))
+    client = {
+        "connect_timeout": max(2, round(timeout)),
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": interval,
+        "keepalives_count": 3,
+        "tcp_user_timeout": ms,
+    }
+    server = (
+        f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} "
+        f"-c tcp_keepalives_count=3 -c tcp_user_timeout={ms}"
+    )
+    return client, server
+
+
+def make_engine(
+    url: str, network_timeout: float = NETWORK_TIMEOUT_SECONDS, **kwargs: Any
+) -> Engine:
+    """An engine tuned for the bus: WAL and a busy timeout on SQLite, a warm pool on PostgreSQL
+    whose connections give up a silent peer within ``network_timeout`` seconds."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
@@ -43,7 +79,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # No JIT: the bus's statements are short, and a plan whose estimate passes jit_above_cost
     # (a claim's skip scan and lateral joins do) paid ~50 ms compiling for a 5 ms run.
     connect_args = dict(kwargs.pop("connect_args", {}))
-    connect_args["options"] = f"{connect_args.get('options', '')} -c jit=off".strip()
+    client, server = network_args(network_timeout)
+    connect_args = {**client, **connect_args}
+    connect_args["options"] = f"{connect_args.get('options', '')} -c jit=off {server}".strip()
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     _ping_when_idle(engine, PING_AFTER_IDLE_SECONDS)
     return engine
@@ -98,14 +136,20 @@ _own_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def own_sessions(
-    database_url: str, shared: sessionmaker[Session], size: int, timeout: float
+    database_url: str,
+    shared: sessionmaker[Session],
+    size: int,
+    timeout: float,
+    network_timeout: float = NETWORK_TIMEOUT_SECONDS,
 ) -> sessionmaker[Session]:
     """Sessions on a pool of ``size`` connections of their own (PostgreSQL), for a caller that
     must never wait behind requests holding every connection of the shared pool (the probes).
     SQLite (one embedded process) shares ``shared``."""
     if not database_url.startswith("postgresql"):
         return shared
-    engine = make_engine(database_url, pool_size=size, max_overflow=0, pool_timeout=timeout)
+    engine = make_engine(
+        database_url, network_timeout, pool_size=size, max_overflow=0, pool_timeout=timeout
+    )
     _own_engines.add(engine)
     return make_sessionmaker(engine)
 
