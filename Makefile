@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: dev check test lint fmt bench bench-quick bench-history soak soak-retention load chaos reliability-doc clean
+.PHONY: dev check test lint fmt bench bench-quick bench-history soak soak-retention load chaos faults reliability-doc clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ fmt: $(STAMP)
 check: lint  ## the fast loop, ~1.5 min (needs PostgreSQL): lint, types, import contracts, unit and contract tests but the property ones, in 2 processes
 	$(BIN)/pytest -q -x -n 2 -m "not slow" tests/unit tests/contract
 
-TESTS := not soak and not load and not retention_soak
+TESTS := not soak and not load and not retention_soak and not faults
 
 # Two runs, both must pass: the tests but those marked serial in 3 processes, then the serial
 # ones (tests/conftest.py SERIAL: chaos, load, tight time bounds) alone; the second runs even
@@ -49,6 +49,9 @@ bench-history: $(STAMP)  ## e2e rates, list/get p99 on an empty store, then with
 
 chaos: $(STAMP)  ## the chaos suite alone (part of make test), ~6 min; tests/chaos/last_run.json
 	$(BIN)/pytest -m chaos
+
+faults: $(STAMP)  ## the network suite (hosts in network namespaces; root, iptables), ~10 min; tests/chaos/last_run.json
+	$(BIN)/pytest -m faults
 
 soak: $(STAMP)  ## 20,000 events through several faults in a row, ~10 min
 	$(BIN)/pytest -m soak -s

@@ -30,6 +30,7 @@ from tests.support.workers import WorkerFactory, create_effects_table, run_worke
 SERIAL = (
     # fault injection and load: processes killed on cue, counts of restarts; load generators
     "chaos/",
+    "faults/",
     "load/",
     "hostile/test_tenant_load.py",  # p99 budgets while one tenant loads the API
     "integration/test_history_migration.py",  # a million rows migrated within 120 s (~80 s)

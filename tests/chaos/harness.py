@@ -212,6 +212,10 @@ class Counts:
     out_of_order: int = 0
     """Ordered scenarios: events completed after a later event of their entity (must be 0)."""
     seconds: float = 0.0
+    detect_seconds: float | None = None
+    """Network scenarios: from the fault until the bus noticed it (an error, a reconnect)."""
+    recovery_seconds: float | None = None
+    """Network scenarios: from the link's return until the cut process worked again."""
     problems: list[str] = field(default_factory=list)
 
     def record(self) -> None:
@@ -254,7 +258,7 @@ class Stack:
         **overrides: Any,
     ) -> None:
         self.pg = pg
-        self.redis = RedisServer(persistent=redis_persistent).start()
+        self.redis = self._start_redis(redis_persistent)
         values: dict[str, Any] = {
             "env": Environment.TEST,
             "database_url": pg.url(database),
@@ -266,7 +270,7 @@ class Stack:
         }
         values.update(overrides)
         self.settings = Settings(**values)
-        self.runtime = Runtime(self.settings)
+        self.runtime = Runtime(self._local(self.settings))
         self.procs: dict[str, Proc] = {}
         self.pools: dict[str, str] = {}
         self.every_proc: list[Proc] = []
@@ -284,6 +288,19 @@ class Stack:
             conn.execute(text("TRUNCATE system_events"))
             conn.execute(text(LEDGER_TRUNCATE))
 
+    # where things run (the network suite's hosts override these)
+
+    def _start_redis(self, persistent: bool) -> RedisServer:
+        return RedisServer(persistent=persistent).start()
+
+    def _local(self, settings: Settings) -> Settings:
+        """The settings of the suite's own reads and publishes (the processes' by default)."""
+        return settings
+
+    def _argv(self, name: str, argv: list[str]) -> list[str]:
+        """The command that runs process ``name``."""
+        return argv
+
     # processes
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -298,7 +315,7 @@ class Stack:
         for name in names:
             argv = [str(BIN / "eventbus"), "worker", "--pool", pool]
             argv += ["--concurrency", str(concurrency), "--modules", SERVED, "--loglevel", "INFO"]
-            self.procs[name] = Proc(argv, self.env())
+            self.procs[name] = Proc(self._argv(name, argv), self.env())
             self.pools[name] = pool
             self.every_proc.append(self.procs[name])
         for name in names:
@@ -306,7 +323,7 @@ class Stack:
 
     def start_relay(self, name: str = "relay", **settings: Any) -> Proc:
         env = self.env(**{f"EVENTBUS_{k.upper()}": str(v) for k, v in settings.items()})
-        proc = Proc([str(BIN / "eventbus"), "relay", "--loglevel", "INFO"], env)
+        proc = Proc(self._argv(name, [str(BIN / "eventbus"), "relay", "--loglevel", "INFO"]), env)
         self.procs[name] = proc
         self.every_proc.append(proc)
         proc.wait_for_line("relay started", 30)
@@ -579,7 +596,7 @@ class Stack:
             wait_for(final, timeout, "every event to be final", interval=0.25)
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {self._unsettled()}\n{self._tails()}") from None
-        client = redis.Redis.from_url(self.redis.url)
+        client = redis.Redis.from_url(self.runtime.settings.broker_url)
         served = (*MODULES, POISON_MODULE, ORDERED_MODULE)
         queues = [queue_name(m, self.settings.queue_prefix) for m in served]
         try:

@@ -1,0 +1,198 @@
+"""The bus spread over hosts (network namespaces on one bridge): 2 API hosts, 3 worker hosts, a
+relay host, Redis and PostgreSQL on hosts of their own, and a client host that publishes
+through the API hosts as a shop's modules would, retrying with the same ``Idempotency-Key``.
+
+It is the chaos suite's :class:`~tests.chaos.harness.Stack` (its ledger, its count) with every
+process placed on a host; the suite reads the database and Redis through their UNIX sockets,
+which no network fault touches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from bus.settings import Settings
+from tests.chaos.harness import TENANTS, Planned, Stack, in_thread, token_for
+from tests.faults.hosts import HostPostgres, HostRedis
+from tests.faults.network import Network
+from tests.support.processes import BIN, Proc, wait_for
+
+API_PORT = 8000
+REQUEST_TIMEOUT = 30.0
+"""The client's read timeout: an API that holds a request past it hangs (a finding)."""
+HOSTS = (
+    "client", "api1", "api2", "worker1", "worker2", "worker3", "relay", "redis", "pg",
+)  # fmt: skip
+PLACES = {"w1": "worker1", "w2": "worker2", "w3": "worker3", "relay": "relay"}
+
+# Network settings the suite runs with: the defaults, unless a scenario says otherwise.
+NET_SETTINGS: dict[str, Any] = {}
+
+
+class NetStack(Stack):
+    """A chaos stack whose processes run on hosts of ``net``."""
+
+    def __init__(self, net: Network, pg: HostPostgres, database: str, **overrides: Any) -> None:
+        self.net = net
+        self.database = database
+        super().__init__(pg, database, **{**NET_SETTINGS, **overrides})
+        self.apis: list[str] = []
+
+    def _start_redis(self, persistent: bool) -> HostRedis:
+        return HostRedis(self.net, "redis", persistent=persistent).start()
+
+    def _local(self, settings: Settings) -> Settings:
+        assert isinstance(self.pg, HostPostgres) and isinstance(self.redis, HostRedis)
+        return settings.model_copy(
+            update={
+                "database_url": self.pg.local_url(self.database),
+                "broker_url": self.redis.local_url,
+            }
+        )
+
+    def _argv(self, name: str, argv: list[str]) -> list[str]:
+        return self.net.argv(PLACES.get(name, name), argv)
+
+    def start_api(self, name: str = "api1", argv: Sequence[str] | None = None, **env: str) -> Proc:
+        """An API on host ``name`` (api1 or api2), on port 8000 of its address."""
+        command = list(argv or [str(BIN / "eventbus"), "api"])
+        command += ["--host", "0.0.0.0", "--port", str(API_PORT), "--log-level", "warning"]
+        proc = Proc(self.net.argv(name, command), self.env(**env))
+        self.procs[name] = proc
+        self.every_proc.append(proc)
+        url = self.url_of(name)
+        wait_for(lambda: self._answers(proc, url), 30, f"the API on {name} to answer")
+        self.apis.append(name)
+        return proc
+
+    def url_of(self, api: str) -> str:
+        return f"http://{self.net.addr(api)}:{API_PORT}"
+
+    def _answers(self, proc: Proc, url: str) -> bool:
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"the API exited:\n{proc.output[-3000:]}")
+
+        def get() -> bool:
+            try:
+                return httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        return self.net.call_in("client", get)
+
+    @property
+    def api_url(self) -> str:
+        return self.url_of(self.apis[0])
+
+    def publish_steady(
+        self, planned: Sequence[Planned], rate: float = 100.0, give_up_after: float = 120.0
+    ) -> Callable[[], Publishing]:
+        """Publish from the client host at ``rate`` a second, round robin over the API hosts,
+        each event with an ``Idempotency-Key`` of its own, retried (same key, the next API) on
+        no answer, a 5xx or a 409 until ``give_up_after`` seconds; the returned function
+        waits and gives what happened."""
+        outcome = Publishing()
+        urls = [self.url_of(api) for api in self.apis]
+
+        def run() -> None:
+            self.net.enter("client")
+            asyncio.run(_publish_steady(urls, planned, rate, give_up_after, outcome, self))
+
+        thread = in_thread(run)
+        self.threads.append(thread)
+
+        def result() -> Publishing:
+            thread.join(give_up_after + len(planned) / rate + 60)
+            assert not thread.is_alive(), "publishing did not finish"
+            return outcome
+
+        return result
+
+
+@dataclass
+class Publishing:
+    """What the client host saw."""
+
+    answered: list[uuid.UUID] = field(default_factory=list)
+    gave_up: int = 0
+    """Publishes never answered 201 within the time the client allows (it would report them)."""
+    retried: int = 0
+    answers: Counter[str] = field(default_factory=Counter)
+    """Every answer other than 201, and every transport error, by kind."""
+    replayed: int = 0
+    """201s that were a retry's answer to a publish already stored (``idempotent-replayed``)."""
+    slowest: float = 0.0
+    """The longest single request (seconds): the API must answer, not hang past its timeout."""
+
+
+async def _publish_steady(
+    urls: list[str],
+    planned: Sequence[Planned],
+    rate: float,
+    give_up_after: float,
+    outcome: Publishing,
+    stack: NetStack,
+) -> None:
+    tokens = {t: f"Bearer {token_for(t)}" for t in TENANTS}
+    # A pool per API host, as a client with a load balancer's targets would keep: connections
+    # hung on one host never starve the other's. At most 96 publishes in flight.
+    limits = httpx.Limits(max_connections=48, max_keepalive_connections=16)
+    timeout = httpx.Timeout(REQUEST_TIMEOUT, connect=3.0, pool=5.0)
+    clients = {url: httpx.AsyncClient(limits=limits, timeout=timeout) for url in urls}
+    lanes = asyncio.Semaphore(96)
+    try:
+
+        async def one(n: int, item: Planned) -> None:
+            key = str(uuid.uuid4())
+            headers = {"Authorization": tokens[item.tenant], "Idempotency-Key": key}
+            deadline = time.monotonic() + give_up_after
+            attempt = 0
+            async with lanes:
+                while not stack.stopping.is_set():
+                    url = urls[(n + attempt) % len(urls)]
+                    started = time.monotonic()
+                    try:
+                        response = await clients[url].post(
+                            f"{url}/system/events", json=item.body, headers=headers
+                        )
+                    except httpx.TransportError as exc:
+                        outcome.answers[type(exc).__name__] += 1
+                    else:
+                        if response.status_code == 201:
+                            outcome.answered.append(uuid.UUID(response.json()["event"]["id"]))
+                            if response.headers.get("idempotent-replayed") == "true":
+                                outcome.replayed += 1
+                            return
+                        outcome.answers[str(response.status_code)] += 1
+                        if response.status_code < 500 and response.status_code != 409:
+                            raise AssertionError(f"{response.status_code}: {response.text}")
+                    finally:
+                        outcome.slowest = max(outcome.slowest, time.monotonic() - started)
+                    attempt += 1
+                    outcome.retried += 1
+                    if time.monotonic() > deadline:
+                        outcome.gave_up += 1
+                        return
+                    await asyncio.sleep(min(0.2 * attempt, 2.0))
+
+        tasks = []
+        start = time.monotonic()
+        for n, item in enumerate(planned):
+            if stack.stopping.is_set():
+                break
+            delay = start + n / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(n, item)))
+        await asyncio.gather(*tasks)
+    finally:
+        for client in clients.values():
+            await client.aclose()
