@@ -50,6 +50,14 @@ class Settings(BaseSettings):
         "connection) before the client and the server both give it up: connect timeout, TCP "
         "keepalives and TCP_USER_TIMEOUT on both ends",
     )
+    broker_network_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Redis broker: seconds a connection may go silent (a partition, a "
+        "half-open connection) before it is given up and made again: TCP keepalives and "
+        "TCP_USER_TIMEOUT on every broker socket",
+    )
     broker_url: str = Field(
         "redis://127.0.0.1:6379/0",
         description="Celery broker: redis://…, amqp://… or memory:// (embedded `eventbus dev`)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from celery import Celery
@@ -31,6 +32,26 @@ def message_bounds(settings: Settings) -> Bounds:
     )
 
 
+def keepalive_options(timeout: float) -> dict[int, int]:
+    """TCP options (redis-py sets each on its sockets) under which a broker connection whose
+    peer went silent fails within about ``timeout`` seconds. Found by the network suite
+    (tests/faults, half-open connection): kombu's BRPOP check drops a dead consumer connection
+    after 31 s, then the acknowledgement's connection, as dead, blocked for ``socket_timeout``
+    (30 s) more, and the publishes' after it: over a minute without consuming. Keepalive probes
+    end a connection waiting for a reply that never comes (BRPOP), TCP_USER_TIMEOUT one whose
+    sent data is never acknowledged (a PING, an ack, a publish)."""
+    idle = max(1, round(timeout / 2))
+    options = {
+        socket.TCP_KEEPIDLE: idle,
+        socket.TCP_KEEPINTVL: max(1, round(timeout / 6)),
+        socket.TCP_KEEPCNT: 3,
+    }
+    user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux
+    if user_timeout is not None:
+        options[user_timeout] = int(timeout * 1000)
+    return options
+
+
 def broker_options(settings: Settings) -> dict[str, Any]:
     """Transport options that keep Redis from redelivering waiting work or hanging on dead TCP."""
     url = settings.broker_url
@@ -41,6 +62,7 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "socket_timeout": 30,
             "socket_connect_timeout": 3,
             "socket_keepalive": True,
+            "socket_keepalive_options": keepalive_options(settings.broker_network_timeout_seconds),
             "health_check_interval": 25,
         }
     if url.startswith(("amqp://", "amqps://", "pyamqp://")):
