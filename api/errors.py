@@ -15,7 +15,8 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from api.middleware import UnexpectedErrorMiddleware
-from bus.errors import BusError, SchemaNotCurrent
+from bus.errors import BusError, DatabaseUnavailable, SchemaNotCurrent
+from bus.storage.db import DATABASE_UNREACHABLE
 from bus.storage.migrate import STATEMENT_REFUSED, schema_missing
 
 log = logging.getLogger("eventbus.api")
@@ -88,6 +89,8 @@ async def _client_gone(request: Request, _exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, DATABASE_UNREACHABLE):  # raised where no handler of its own looks
+        return await _database_unreachable(request, exc)
     # Not inside an ``except`` block: the traceback must be passed to reach the log.
     log.error(
         "unhandled error",
@@ -101,7 +104,7 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     # A table or column missing is a schema behind this code (`eventbus migrate` not run yet):
     # a 503 to retry, as /readyz says; logged, as a wrong statement would raise the same.
     if not schema_missing(exc):
-        return _unexpected(request, exc)
+        return await _unexpected(request, exc)
     log.error(
         "%s (%s)",
         SchemaNotCurrent.message,
@@ -109,6 +112,20 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
         extra={"request_id": getattr(request.state, "request_id", None)},
     )
     return envelope(SchemaNotCurrent.status_code, SchemaNotCurrent.message)
+
+
+async def _database_unreachable(request: Request, exc: Exception) -> JSONResponse:
+    # A partition, a restart, a pool whose connections all hang: retryable, never a 500. The
+    # transaction did not commit, or a retry with the same Idempotency-Key finds that it did.
+    log.warning(
+        "%s (%s)",
+        DatabaseUnavailable.message,
+        str(getattr(exc, "orig", exc)).splitlines()[0] if str(exc) else type(exc).__name__,
+        extra={"request_id": getattr(request.state, "request_id", None)},
+    )
+    return envelope(
+        DatabaseUnavailable.status_code, DatabaseUnavailable.message, {"Retry-After": "1"}
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -121,5 +138,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(STATEMENT_REFUSED, _database_error)
+    for unreachable in DATABASE_UNREACHABLE:
+        app.add_exception_handler(unreachable, _database_unreachable)
     app.add_exception_handler(Exception, _unexpected)  # what a middleware itself raises
     app.add_middleware(UnexpectedErrorMiddleware, answer=_unexpected)

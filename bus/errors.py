@@ -138,6 +138,14 @@ class UnknownBodyField(BusError):
     message = "Unknown body field"
 
 
+class DatabaseUnavailable(BusError):
+    """The database could not be reached, or the connection broke mid-request: nothing was
+    stored unless a retry (with the same ``Idempotency-Key``) finds it so."""
+
+    status_code = 503
+    message = "Database unavailable: retry"
+
+
 class SchemaNotCurrent(BusError):
     """The database lacks migrations this code needs (``eventbus migrate`` has not run): the
     request is not one to fix, only to retry once it has."""

@@ -9,8 +9,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+
+DATABASE_UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
+"""What a statement raises when the database cannot be reached or the connection broke (a
+partition, a restart, a pool whose connections all hang): for a caller's handler to answer
+"try again" (the API's 503), never a 500."""
 
 NETWORK_TIMEOUT_SECONDS = 10.0
 """How long a PostgreSQL connection may go silent before either end gives it up (the default of
