@@ -23,7 +23,7 @@ from tests.support.factories import NO_SUCH_EVENT, SEED_PUBLISH_BODY
 from tests.support.processes import free_port, wait_for
 from tests.support.servers import RedisServer
 from tests.support.services import REDIS_URL, empty_database, make_settings
-from tests.support.tokens import TokenFactory, auth
+from tests.support.tokens import TokenFactory, auth, make_token
 
 NOT_LISTENING = f"127.0.0.1:{free_port()}"
 
@@ -80,6 +80,26 @@ def test_readyz_names_the_database_when_it_is_down(redis_server: RedisServer) ->
         assert response.json() == {"success": False, "message": "Not ready: database unreachable"}
         assert client.get("/healthz").json() == {"success": True, "message": "ok"}
     runtime.close()
+
+
+def test_a_publish_with_the_database_down_answers_503_to_retry(
+    redis_server: RedisServer,
+) -> None:
+    # Given an API whose database cannot be reached
+    dead_db = f"postgresql+psycopg://postgres@{NOT_LISTENING}/nothing"
+    client, runtime = client_for(dead_db, redis_server.url)
+    with client:
+        # When a module publishes, and a reader lists
+        published = client.post(
+            "/system/events", json=SEED_PUBLISH_BODY, headers=auth(make_token())
+        )
+        listed = client.get("/system/events", headers=auth(make_token()))
+    runtime.close()
+    # Then both are told to try again, in the seed's envelope: nothing to fix on their side
+    for response in (published, listed):
+        assert response.status_code == 503, response.text
+        assert response.json() == {"success": False, "message": "Database unavailable: retry"}
+        assert response.headers["retry-after"] == "1"
 
 
 def test_readyz_names_both_when_both_are_down() -> None:
