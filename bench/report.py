@@ -75,6 +75,20 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _rerun_note(results: dict[str, Any]) -> list[str]:
+    """Said when the scheduler's phases were measured again alone (``--scheduler-only``)."""
+    rerun = (results.get("scheduler") or {}).get("measured")
+    if not rerun:
+        return []
+    return [
+        "",
+        f"The fairness, order and broker lines are from `python -m bench --scheduler-only` at "
+        f"commit {rerun['commit']}, {rerun['at']} (load average "
+        f"{rerun.get('load_average') or 'not recorded'}), on a fresh stack; the other lines "
+        "from the full run above.",
+    ]
+
+
 def _pgq_fixed_lines(results: dict[str, Any]) -> list[str]:
     """PgQueuer at the bus's fixed rates, in the latency section."""
     found = results.get("pgqueuer_fixed_rate") or {}
@@ -353,6 +367,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         _bus_settings(meta),
         "",
         *[f"**{line}**  " for line in results["headline"]["lines"]],
+        *_rerun_note(results),
         "",
         "## Publish: `POST /system/events` (HS256 token verified per request)",
         "",

@@ -627,6 +627,11 @@ def scheduler_only(plan: Plan, out: Path, work_dir: Path, db_name: str) -> int:
         results["scheduler"] = scheduler.run_phases(
             stack, monitor, work_dir, db, config, _sched_plan(plan), layout
         )
+        results["scheduler"]["measured"] = {
+            "commit": _git("rev-parse", "--short", "HEAD").strip(),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        }
         return True
 
     if _alone(work_dir, db_name, phase) is None:
