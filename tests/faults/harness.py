@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -43,6 +44,8 @@ class NetStack(Stack):
     def __init__(self, net: Network, pg: HostPostgres, database: str, **overrides: Any) -> None:
         self.net = net
         self.database = database
+        self.skews: dict[str, str] = {}
+        """A process's clock offset for faketime (``"+30s"``), by process name."""
         super().__init__(pg, database, **{**NET_SETTINGS, **overrides})
         self.apis: list[str] = []
 
@@ -59,7 +62,23 @@ class NetStack(Stack):
         )
 
     def _argv(self, name: str, argv: list[str]) -> list[str]:
+        skew = self.skews.get(name)
+        if skew:
+            # libfaketime moves this process's wall clock only (FAKETIME_DONT_FAKE_MONOTONIC
+            # in env()): what a host whose NTP drifted sees
+            argv = ["faketime", "-f", skew, *argv]
         return self.net.argv(PLACES.get(name, name), argv)
+
+    def pid_of(self, name: str) -> int:
+        """The pid of process ``name`` itself (faketime runs its command as a child)."""
+        pid = self.procs[name].popen.pid
+        if name not in self.skews:
+            return pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return int(children[0])
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return super().env(FAKETIME_DONT_FAKE_MONOTONIC="1", **extra)
 
     def start_api(self, name: str = "api1", argv: Sequence[str] | None = None, **env: str) -> Proc:
         """An API on host ``name`` (api1 or api2), on port 8000 of its address."""

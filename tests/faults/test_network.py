@@ -39,7 +39,7 @@ def _bus(netstack: Any, **settings: Any) -> NetStack:
 def _runs_after(s: NetStack, worker: str, since: float) -> float | None:
     """When worker ``worker`` (a solo pool: its one process) first started a handler after
     ``since`` (epoch seconds), if it has."""
-    pid = s.procs[worker].popen.pid
+    pid = s.pid_of(worker)
     with s.runtime.engine.connect() as conn:
         at = conn.execute(
             text(
@@ -76,7 +76,7 @@ def _noticed(s: NetStack, name: str, since: float, needles: Sequence[str]) -> fl
 
 
 def _runs_between(s: NetStack, worker: str, start: float, end: float) -> int:
-    pid = s.procs[worker].popen.pid
+    pid = s.pid_of(worker)
     with s.runtime.engine.connect() as conn:
         return int(
             conn.execute(
@@ -234,3 +234,114 @@ def test_worker_cut_from_postgres_mid_batch(netstack: Any) -> None:
     counts.record()
     counts.check()
     assert back <= BACK_WITHIN
+
+
+def test_relay_cut_from_everything(netstack: Any) -> None:
+    # Given the bus on its hosts, publishing
+    s = _bus(netstack)
+    published = s.publish_steady(plan(EVENTS, seed=35, effect=0.05), rate=RATE)
+    s.wait_processed(200)
+    # When the relay's host loses its network for 30 s (the maintenance: wake-ups, the set's
+    # vacuum, dead workers' claims), and a worker is SIGKILLed meanwhile
+    s.fault()
+    cut = time.time()
+    s.net.isolate("relay")
+    s.kill("w3")
+    time.sleep(30)
+    s.net.heal("relay")
+    outcome = published()
+    counts = _count(
+        s,
+        "net_relay_isolated",
+        "the relay host's every packet dropped for 30 s; worker3 SIGKILLed meanwhile",
+        "the maintenance is a second net only: every worker polls for ready events and ends "
+        "the claims of workers whose heartbeats stopped, so the cut relay is not missed; its "
+        "own connections give up in ~10 s and are made again when the link returns",
+        outcome,
+    )
+    counts.detect_seconds = _noticed(s, "relay", cut, (*DATABASE_LOST, *BROKER_LOST))
+    counts.record()
+    counts.check()
+    assert outcome.gave_up == 0, outcome.answers
+    assert s.procs["relay"].popen.poll() is None, "the relay died of the partition"
+
+
+def test_api_cut_from_the_broker(netstack: Any) -> None:
+    # Given the bus on its hosts, publishing
+    s = _bus(netstack)
+    published = s.publish_steady(plan(EVENTS, seed=36, effect=0.05), rate=RATE)
+    s.wait_processed(200)
+    # When api1's link to Redis is cut for 20 s: its publishes commit, their wake-ups fail
+    s.fault()
+    cut = time.time()
+    s.net.cut("api1", "redis")
+    time.sleep(20)
+    s.net.heal("api1")
+    outcome = published()
+    counts = _count(
+        s,
+        "net_api_broker_partition",
+        "api1 <-> Redis: every packet dropped for 20 s after its commits",
+        "the event is committed before its wake-up is sent: a wake-up lost costs nothing, the "
+        "workers' 1 s polls and the maintenance find the ready events; the broker socket's "
+        "TCP_USER_TIMEOUT (EVENTBUS_BROKER_NETWORK_TIMEOUT_SECONDS) bounds how long a send "
+        "holds the publish",
+        outcome,
+    )
+    counts.detect_seconds = _noticed(s, "api1", cut, (*BROKER_LOST, "send of", "Timeout"))
+    counts.record()
+    answers = dict(outcome.answers)
+    counts.check()
+    assert outcome.gave_up == 0, answers
+    assert "500" not in answers, answers
+    assert answers.get("ReadTimeout", 0) == 0, answers
+
+
+def test_api_host_cut_from_its_clients(netstack: Any) -> None:
+    # Given the bus on its hosts, publishing through both APIs
+    s = _bus(netstack)
+    published = s.publish_steady(plan(EVENTS, seed=37, effect=0.05), rate=RATE)
+    s.wait_processed(200)
+    # When the client host loses api1 for 20 s (a load balancer's target gone dark)
+    s.fault()
+    s.net.cut("client", "api1")
+    time.sleep(20)
+    s.net.heal("client")
+    outcome = published()
+    counts = _count(
+        s,
+        "net_api_cut_from_clients",
+        "client <-> api1: every packet dropped for 20 s",
+        "a publish is stored once per Idempotency-Key: the client's retry on api2 of a request "
+        "api1 may have committed is answered with the stored event",
+        outcome,
+    )
+    counts.record()
+    counts.check()
+    assert outcome.gave_up == 0, outcome.answers
+
+
+def test_clocks_skewed_on_two_workers(netstack: Any) -> None:
+    # Given the bus on its hosts, worker2's clock 30 s ahead and worker3's 30 s behind
+    s: NetStack = netstack()
+    s.skews.update(w2="+30s", w3="-30s")
+    s.start_api("api1")
+    s.start_api("api2")
+    s.start_workers("w1", "w2", "w3", pool="solo")
+    s.start_relay()
+    # When events are published and run, some failing (retries are due by a clock)
+    published = s.publish_steady(plan(EVENTS, seed=38, effect=0.05), rate=RATE)
+    outcome = published()
+    counts = _count(
+        s,
+        "net_clock_skew",
+        "worker2's wall clock 30 s ahead, worker3's 30 s behind (faketime), for the whole run",
+        "claims, heartbeats and retry times are compared with the database's clock, or within "
+        "one worker's own; a run is single by the batch's row locks whatever a clock says",
+        outcome,
+    )
+    counts.record()
+    counts.check()
+    assert outcome.gave_up == 0, outcome.answers
+    for name in ("w2", "w3"):
+        assert _runs_after(s, name, 0) is not None, f"{name} never ran a handler"
