@@ -30,13 +30,17 @@ check: lint  ## the fast loop, ~1.5 min (needs PostgreSQL): lint, types, import 
 
 TESTS := not soak and not load and not retention_soak and not faults
 
-# Two runs, both must pass: the tests but those marked serial in 3 processes, then the serial
-# ones (tests/conftest.py SERIAL: chaos, load, tight time bounds) alone; the second runs even
-# when the first failed.
-test: lint  ## needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1 (.ci/run starts them), ~15 min
+# The network suite's scenarios make test runs (about 1.5 min; make faults runs all of them).
+FAULTS_IN_TEST := half_open_broker_connection or api_cut_from_postgres
+
+# Three runs, all must pass: the tests but those marked serial in 3 processes, then the serial
+# ones (tests/conftest.py SERIAL: chaos, load, tight time bounds) alone, then two network
+# scenarios (root; skipped without it); each runs even when one before failed.
+test: lint  ## needs PostgreSQL, Redis and RabbitMQ on 127.0.0.1 (.ci/run starts them), ~16 min
 	$(BIN)/pytest -n 3 --dist worksteal -m "$(TESTS) and not serial"; parallel=$$?; \
 	$(BIN)/pytest -m "$(TESTS) and serial"; serial=$$?; \
-	test $$parallel -eq 0 && test $$serial -eq 0
+	$(BIN)/pytest -m faults -k "$(FAULTS_IN_TEST)"; faults=$$?; \
+	test $$parallel -eq 0 && test $$serial -eq 0 && test $$faults -eq 0
 
 bench: $(STAMP)  ## full run + profiles, ~35 min (with the scheduler phases): bench/results.{json,md}; ends with the 3 ratio lines and the PostgreSQL line
 	$(BIN)/python -m bench --profile

@@ -6,13 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
-from sqlalchemy import create_engine, text
 
-from bus.storage.migrate import upgrade
-from tests.chaos.harness import Stack, StackFactory
-from tests.chaos.ledger import LEDGER_TABLES
+from tests.chaos.harness import Stack, StackFactory, ledger_database
 from tests.support.servers import PostgresCluster
 
 DATABASE = "chaos"
@@ -22,13 +18,7 @@ DATABASE = "chaos"
 def pg() -> Iterator[PostgresCluster]:
     cluster = PostgresCluster().init().start()
     try:
-        with psycopg.connect(cluster.admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
-        upgrade(cluster.url(DATABASE))
-        engine = create_engine(cluster.url(DATABASE))
-        with engine.begin() as conn:
-            conn.execute(text(LEDGER_TABLES))
-        engine.dispose()
+        ledger_database(cluster.admin_url, cluster.url(DATABASE), DATABASE)
         yield cluster
     finally:
         cluster.stop()

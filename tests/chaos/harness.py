@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import redis
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from bus.auth import Principal, mint_token
 from bus.broker.queues import queue_name
@@ -33,7 +34,14 @@ from bus.publish import service
 from bus.runtime import Runtime
 from bus.settings import Environment, Settings
 from bus.storage import event_store, partitions
-from tests.chaos.ledger import LEDGER_TRUNCATE, MODULES, ORDERED_MODULE, POISON_MODULE
+from bus.storage.migrate import upgrade
+from tests.chaos.ledger import (
+    LEDGER_TABLES,
+    LEDGER_TRUNCATE,
+    MODULES,
+    ORDERED_MODULE,
+    POISON_MODULE,
+)
 from tests.support.processes import BIN, Proc, free_port, settings_env, wait_for
 from tests.support.servers import PostgresCluster, RedisServer
 from tests.support.tokens import TEST_SECRET
@@ -175,6 +183,17 @@ def token_for(tenant: uuid.UUID) -> str:
     return mint_token(
         TEST_SECRET, sub="chaos", tenant_id=tenant, permissions=["manage:system"], ttl_seconds=3600
     )
+
+
+def ledger_database(admin_url: str, url: str, name: str) -> None:
+    """Create database ``name``, migrate it and add the chaos ledger's tables."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    upgrade(url)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(LEDGER_TABLES))
+    engine.dispose()
 
 
 # --- the count -----------------------------------------------------------------------------

@@ -9,12 +9,9 @@ import shutil
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
-from sqlalchemy import create_engine, text
 
-from bus.storage.migrate import upgrade
-from tests.chaos.ledger import LEDGER_TABLES
+from tests.chaos.harness import ledger_database
 from tests.faults.harness import HOSTS, NetStack
 from tests.faults.hosts import HostPostgres
 from tests.faults.network import Network
@@ -37,13 +34,7 @@ def net() -> Iterator[Network]:
 def pg(net: Network) -> Iterator[HostPostgres]:
     cluster = HostPostgres(net, "pg").init().start()
     try:
-        with psycopg.connect(cluster.admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
-        upgrade(cluster.local_url(DATABASE))
-        engine = create_engine(cluster.local_url(DATABASE))
-        with engine.begin() as conn:
-            conn.execute(text(LEDGER_TABLES))
-        engine.dispose()
+        ledger_database(cluster.admin_url, cluster.local_url(DATABASE), DATABASE)
         yield cluster
     finally:
         cluster.stop()

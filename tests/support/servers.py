@@ -145,10 +145,13 @@ class PostgresCluster:
             if pid:
                 os.kill(pid, signal.SIGKILL)
             self.proc.wait(30)
-        wait_for(lambda: not port_open(self.port), 30, "postgres never went away")
+        wait_for(lambda: not self._listening(), 30, "postgres never went away")
         # Orphaned backends exit once the postmaster is gone; wait for the shared memory to free.
         wait_for(lambda: not (self.data / "postmaster.pid").exists() or self._stale_pid(),
                  30, "postmaster.pid never cleared")  # fmt: skip
+
+    def _listening(self) -> bool:
+        return port_open(self.port)
 
     def _postmaster_pid(self) -> int | None:
         pid_file = self.data / "postmaster.pid"
