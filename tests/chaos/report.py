@@ -42,7 +42,40 @@ def _unanswered(r: dict[str, Any]) -> str:
     return f"{r['unanswered_publishes']} ({r.get('unanswered_committed', '?')} committed)"
 
 
+NETWORK = "net_"
+"""Scenarios of the network suite (tests/faults) are named ``net_…``: a table of their own."""
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def network_table(runs: dict[str, Any]) -> str:
+    names = sorted(n for n in runs if n.startswith(NETWORK))
+    lines = [
+        "| scenario | what was injected | published | processed | failed as scripted | lost "
+        "| completed twice | duplicate deliveries absorbed | publishes unanswered | noticed after "
+        "(s) | working again after (s) | what makes it hold |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        r = runs[name]
+        lines.append(
+            f"| `{name}` | {r['injected']} | {_n(r['published'])} | {_n(r['processed'])} "
+            f"| {_n(r['failed_as_scripted'])} | **{r['lost']}** | **{r['completed_twice']}** "
+            f"| {_n(r['duplicates_skipped'])} | {_unanswered(r)} "
+            f"| {_seconds(r.get('detect_seconds'))} | {_seconds(r.get('recovery_seconds'))} "
+            f"| {r['holds_by']} |"
+        )
+    stamps = sorted(runs[n].get("recorded_at", "") for n in names)
+    if stamps:
+        lines.append("")
+        lines.append(f"Recorded {stamps[0]} to {stamps[-1]} (UTC).")
+    return "\n".join(lines)
+
+
 def chaos_table(runs: dict[str, Any]) -> str:
+    runs = {n: r for n, r in runs.items() if not n.startswith(NETWORK)}
     names = [n for n in ORDER if n in runs] + sorted(n for n in runs if n not in ORDER)
     lines = [
         "| scenario | what was injected | published | processed | failed as scripted | lost "
@@ -60,8 +93,9 @@ def chaos_table(runs: dict[str, Any]) -> str:
             f"| {r['holds_by']} |"
         )
     stamps = sorted(r.get("recorded_at", "") for r in runs.values())
-    lines.append("")
-    lines.append(f"Recorded {stamps[0]} to {stamps[-1]} (UTC).")
+    if stamps:
+        lines.append("")
+        lines.append(f"Recorded {stamps[0]} to {stamps[-1]} (UTC).")
     return "\n".join(lines)
 
 
@@ -97,7 +131,9 @@ def replace(text: str, marker: str, body: str) -> str:
 def main() -> None:
     text = DOC.read_text()
     if CHAOS.exists():
-        text = replace(text, "chaos", chaos_table(json.loads(CHAOS.read_text())))
+        runs = json.loads(CHAOS.read_text())
+        text = replace(text, "chaos", chaos_table(runs))
+        text = replace(text, "network", network_table(runs))
     if LOAD.exists():
         text = replace(text, "load", load_table(json.loads(LOAD.read_text())))
     DOC.write_text(text)
