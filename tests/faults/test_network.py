@@ -345,3 +345,70 @@ def test_clocks_skewed_on_two_workers(netstack: Any) -> None:
     assert outcome.gave_up == 0, outcome.answers
     for name in ("w2", "w3"):
         assert _runs_after(s, name, 0) is not None, f"{name} never ran a handler"
+
+
+def test_half_open_postgres_connections_in_the_api_pool(netstack: Any) -> None:
+    # Given the bus on its hosts, publishing through both APIs
+    s = _bus(netstack)
+    published = s.publish_steady(plan(EVENTS, seed=39, effect=0.05), rate=RATE)
+    s.wait_processed(200)
+    # When every established connection of api1's pool to PostgreSQL stops carrying packets
+    # (new ones work): a NAT or a firewall forgot them
+    s.fault()
+    links = s.net.connections("api1", "pg", 5432)
+    assert links, "api1 has no connection to PostgreSQL"
+    for port, _pid in links:
+        s.net.half_open("api1", port)
+    outcome = published()
+    counts = _count(
+        s,
+        "net_half_open_postgres_api",
+        f"api1's {len(links)} pooled PostgreSQL connections silently drop every packet (new "
+        "ones work)",
+        "the pool pings a connection idle for over a second before lending it, and "
+        "TCP_USER_TIMEOUT and keepalives (EVENTBUS_DATABASE_NETWORK_TIMEOUT_SECONDS) fail one "
+        "caught mid-statement: that request answers 503 and the client retries elsewhere "
+        "with the same Idempotency-Key",
+        outcome,
+    )
+    counts.detect_seconds = round(outcome.slowest, 1)  # the longest a request waited
+    counts.record()
+    answers = dict(outcome.answers)
+    counts.check()
+    assert outcome.gave_up == 0, answers
+    assert "500" not in answers, answers
+    assert answers.get("ReadTimeout", 0) == 0, answers
+
+
+def test_postgres_restarted_behind_a_partition(netstack: Any) -> None:
+    # Given the bus on its hosts, publishing
+    s = _bus(netstack)
+    published = s.publish_steady(plan(EVENTS, seed=40, effect=0.05), rate=RATE)
+    s.wait_processed(200)
+    # When PostgreSQL's host is cut from every other host, restarted while cut (crash
+    # recovery: every connection the others hold is gone on its side), and the link returns
+    s.fault()
+    s.net.isolate("pg")
+    time.sleep(5)
+    s.pg.restart()
+    time.sleep(10)
+    s.net.heal("pg")
+    healed = time.time()
+    back = _back_after(s, "w1", healed)
+    outcome = published()
+    counts = _count(
+        s,
+        "net_postgres_restart_partitioned",
+        "PostgreSQL's host cut from all for 15 s, its postmaster SIGKILLed and restarted while cut",
+        "connections the restarted server no longer knows are reset when the link returns "
+        "(or time out first: EVENTBUS_DATABASE_NETWORK_TIMEOUT_SECONDS); pools reconnect, "
+        "the API answers 503 meanwhile, claims and outcomes roll back with the lost "
+        "transactions and run again counted",
+        outcome,
+    )
+    counts.recovery_seconds = back
+    counts.record()
+    answers = dict(outcome.answers)
+    counts.check()
+    assert outcome.gave_up == 0, answers
+    assert "500" not in answers, answers
