@@ -53,8 +53,14 @@ def _runs_after(s: NetStack, worker: str, since: float) -> float | None:
 
 def _back_after(s: NetStack, worker: str, healed: float) -> float:
     """Seconds from the link's return until ``worker`` ran a handler again (the publishing
-    goes on meanwhile, so there is work for it)."""
-    at = wait_for(lambda: _runs_after(s, worker, healed), BACK_WITHIN, f"{worker} to consume again")
+    goes on meanwhile, so there is work for it); its last log lines if it did not in time."""
+    try:
+        at = wait_for(
+            lambda: _runs_after(s, worker, healed), BACK_WITHIN, f"{worker} to consume again"
+        )
+    except AssertionError as exc:
+        tail = "\n".join(s.procs[worker].lines[-30:])
+        raise AssertionError(f"{exc}; its last lines:\n{tail}") from None
     return round(at - healed, 1)
 
 
@@ -182,10 +188,7 @@ def test_half_open_broker_connection(netstack: Any) -> None:
         s.net.half_open("worker1", port)
     cut = time.time()
     # (a batch claimed before the cut may still be running: what counts is a later claim)
-    try:
-        back = _back_after(s, "w1", cut + 5) + 5
-    except AssertionError:
-        raise AssertionError("\n".join(s.procs["w1"].lines[-40:])) from None
+    back = _back_after(s, "w1", cut + 5) + 5
     outcome = published()
     s.net.heal("worker1")
     counts = _count(
