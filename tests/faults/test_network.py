@@ -195,8 +195,9 @@ def test_half_open_broker_connection(netstack: Any) -> None:
         s,
         "net_half_open_broker",
         "worker1's established Redis connections silently drop every packet (new ones work)",
-        "the Redis transport's socket timeout (30 s) ends a read that never returns and its "
-        "health check (25 s) pings an idle connection; kombu connects again",
+        "TCP keepalives and TCP_USER_TIMEOUT on every Redis socket "
+        "(EVENTBUS_BROKER_NETWORK_TIMEOUT_SECONDS, 10 s) fail the silent connections, a "
+        "reply that never comes or data never acknowledged; kombu connects again",
         outcome,
     )
     counts.recovery_seconds = back
