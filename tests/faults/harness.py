@@ -31,7 +31,9 @@ REQUEST_TIMEOUT = 30.0
 """The client's read timeout: an API that holds a request past it hangs (a finding)."""
 HOSTS = (
     "client", "api1", "api2", "worker1", "worker2", "worker3", "relay", "redis", "pg",
+    "redis2", "sentinel", "rabbit",
 )  # fmt: skip
+"""The hosts; a host's address follows its place here (10.231.0.10 on): add new ones last."""
 PLACES = {"w1": "worker1", "w2": "worker2", "w3": "worker3", "relay": "relay"}
 
 # Network settings the suite runs with: the defaults, unless a scenario says otherwise.
