@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar, cast
 
+import anyio
 from anyio import CapacityLimiter, to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
@@ -16,7 +18,7 @@ from sqlalchemy.orm import Session
 from api.limits import HeavyCalls
 from api.publishing import GroupCommit
 from bus.auth import Principal, require_reader, require_writer
-from bus.errors import BodyTooLarge, InvalidToken
+from bus.errors import BodyTooLarge, BusError, InvalidToken
 from bus.events.schemas import parse_json_body
 from bus.observability.probes import Probes
 from bus.runtime import Runtime
@@ -46,6 +48,28 @@ async def get_probes(request: Request) -> Probes:
 async def metrics_registry(request: Request) -> CollectorRegistry:
     registry: CollectorRegistry = request.app.state.metrics_registry
     return registry
+
+
+class ServerBusy(BusError):
+    """A request waited longer than ``EVENTBUS_API_WAIT_SECONDS`` for a thread: nothing of it
+    ran, so a retry (with or without an ``Idempotency-Key``) is safe."""
+
+    status_code = 503
+    message = "Server busy: retry"
+
+
+_admitted: dict[asyncio.AbstractEventLoop, CapacityLimiter] = {}
+
+
+def _no_wait() -> CapacityLimiter:
+    """A limiter no call waits for, for a call :meth:`Work._in_thread` admitted itself (one per
+    event loop: a limiter belongs to the loop it is used in; tests run several)."""
+    loop = asyncio.get_running_loop()
+    limiter = _admitted.get(loop)
+    if limiter is None:
+        _admitted.clear()
+        limiter = _admitted[loop] = CapacityLimiter(1_000_000)
+    return limiter
 
 
 class Work:
@@ -82,9 +106,7 @@ class Work:
     async def call(self, call: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``call(*args, **kwargs)`` on a thread: for CPU-bound work (a batch's parsing) that
         must not hold the event loop."""
-        return await to_thread.run_sync(
-            functools.partial(call, *args, **kwargs), limiter=self._limiter
-        )
+        return await self._in_thread(functools.partial(call, *args, **kwargs))
 
     async def steps(self, steps: Generator[None, None, T]) -> T:
         """Drive ``steps`` to its end, one trip to a thread per step
@@ -99,17 +121,13 @@ class Work:
         self, call: Callable[Concatenate[UnitOfWork, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """``call(uow, *args, **kwargs)``, committed; its result once committed."""
-        return await to_thread.run_sync(
-            functools.partial(self._run, call, *args, **kwargs), limiter=self._limiter
-        )
+        return await self._in_thread(functools.partial(self._run, call, *args, **kwargs))
 
     async def read(
         self, call: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """``call(session, *args, **kwargs)`` for a call that only reads."""
-        return await to_thread.run_sync(
-            functools.partial(self._read, call, *args, **kwargs), limiter=self._limiter
-        )
+        return await self._in_thread(functools.partial(self._read, call, *args, **kwargs))
 
     def batches(
         self,
@@ -122,6 +140,24 @@ class Work:
         per batch, each made by ``units()`` (``bus.publish.replay.steps``): its commits are its own,
         and it runs by :meth:`steps`."""
         return self.steps(call(self._runtime.unit_of_work, *args, **kwargs))
+
+    async def _in_thread(self, call: Callable[[], T]) -> T:
+        """``call()`` on one of the threads, once one is free within ``EVENTBUS_API_WAIT_SECONDS``
+        (else ``503 Server busy: retry``): a database so slow that every thread is busy must
+        not queue requests past their clients' timeouts (the network suite's slow links made
+        keyed publishes wait over 30 s: tests/faults)."""
+        if self._limiter is not None:  # a heavy call: its admission (429) bounds its wait
+            return await to_thread.run_sync(call, limiter=self._limiter)
+        limiter = to_thread.current_default_thread_limiter()
+        try:
+            with anyio.fail_after(self._runtime.settings.api_wait_seconds):
+                await limiter.acquire()
+        except TimeoutError:
+            raise ServerBusy() from None
+        try:
+            return await to_thread.run_sync(call, limiter=_no_wait())
+        finally:
+            limiter.release()
 
     def _run(
         self, call: Callable[Concatenate[UnitOfWork, P], T], /, *args: P.args, **kwargs: P.kwargs

@@ -119,13 +119,19 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         429: "`Too many concurrent requests`: the tenant's heavy calls (replays, batches, "
         "big pages) are at their cap; retry after `Retry-After` seconds",
         500: "`Internal server error`",
+        503: "`Database unavailable: retry` (the database unreachable, or the connection broke "
+        "mid-request) or `Server busy: retry` (no thread free within "
+        "`EVENTBUS_API_WAIT_SECONDS`); retry after `Retry-After` seconds, with the same "
+        "`Idempotency-Key` for a publish",
     }
+    if 500 in codes:  # every route that can fail inside can also find its database gone
+        codes = (*codes, 503)
     documented = {
         c: {"model": ErrorEnvelope, "description": described[c], **_example(_ONLY_MESSAGE.get(c))}
         for c in codes
     }
-    if 429 in documented:
-        documented[429]["headers"] = {
+    for retryable in {429, 503} & documented.keys():
+        documented[retryable]["headers"] = {
             "Retry-After": {
                 "description": "seconds to wait before trying again",
                 "schema": {"type": "integer", "minimum": 1},

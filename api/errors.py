@@ -30,7 +30,11 @@ def envelope(status_code: int, message: str, headers: dict[str, str] | None = No
 
 async def _bus_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BusError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    headers = None
+    if exc.status_code == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif exc.status_code == 503:
+        headers = {"Retry-After": "1"}
     return envelope(exc.status_code, exc.message, headers)
 
 

@@ -244,6 +244,12 @@ class Settings(BaseSettings):
         description="threads per API process for heavy calls (replays, pages above "
         "`EVENTBUS_HEAVY_PAGE_LIMIT`, batch publishes), apart from `EVENTBUS_API_THREADS`; "
         "more contend for the GIL with every light call",
+    api_wait_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="how long a request waits for one of the API's threads; longer: "
+        "`503 Server busy: retry` with Retry-After (nothing of it ran: safe to retry)",
+    )
     )
     heavy_calls_per_tenant: int = Field(
         2,

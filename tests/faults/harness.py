@@ -24,6 +24,7 @@ from bus.settings import Settings
 from tests.chaos.harness import TENANTS, Planned, Stack, in_thread, token_for
 from tests.faults.hosts import HostPostgres, HostRedis
 from tests.faults.network import Network
+from tests.faults.proxy import write_control
 from tests.support.processes import BIN, Proc, wait_for
 
 API_PORT = 8000
@@ -35,6 +36,9 @@ HOSTS = (
 )  # fmt: skip
 """The hosts; a host's address follows its place here (10.231.0.10 on): add new ones last."""
 PLACES = {"w1": "worker1", "w2": "worker2", "w3": "worker3", "relay": "relay"}
+PROXIED = {"pg": 5432, "redis": 6379, "api1": API_PORT, "api2": API_PORT}
+"""With ``proxied``: the links into these hosts' ports go through a proxy on the host, on the
+port 10000 above (tests/faults/proxy.py), which can make them slow."""
 
 # Network settings the suite runs with: the defaults, unless a scenario says otherwise.
 NET_SETTINGS: dict[str, Any] = {}
@@ -43,13 +47,54 @@ NET_SETTINGS: dict[str, Any] = {}
 class NetStack(Stack):
     """A chaos stack whose processes run on hosts of ``net``."""
 
-    def __init__(self, net: Network, pg: HostPostgres, database: str, **overrides: Any) -> None:
+    def __init__(
+        self,
+        net: Network,
+        pg: HostPostgres,
+        database: str,
+        *,
+        proxied: bool = False,
+        **overrides: Any,
+    ) -> None:
         self.net = net
         self.database = database
         self.skews: dict[str, str] = {}
         """A process's clock offset for faketime (``"+30s"``), by process name."""
+        self.proxied = proxied
+        if proxied:
+            overrides.setdefault("database_url", pg.url(database).replace(":5432/", ":15432/"))
+            overrides.setdefault("broker_url", f"redis://{net.addr('redis')}:16379/0")
         super().__init__(pg, database, **{**NET_SETTINGS, **overrides})
         self.apis: list[str] = []
+        self.controls: list[Path] = []
+        if proxied:
+            self._start_proxies()
+
+    def _start_proxies(self) -> None:
+        """A proxy on each host of :data:`PROXIED`, passing its links through unchanged until
+        :meth:`slow`."""
+        for host, port in PROXIED.items():
+            control = self.redis.dir / f"proxy-{host}.json"
+            write_control(control, None)
+            self.controls.append(control)
+            addr = self.net.addr(host)
+            link = f"{addr}:{port + 10000}={addr}:{port}"
+            argv = [str(BIN / "python"), "-m", "tests.faults.proxy", str(control), link]
+            proc = Proc(self.net.argv(host, argv), self.env())
+            self.procs[f"proxy-{host}"] = proc
+            self.every_proc.append(proc)
+            proc.wait_for_line("proxy ready", 30)
+
+    def slow(self, delay: tuple[float, float] | None, loss: float = 0.0) -> None:
+        """Every proxied link held ``delay`` (low, high seconds, drawn per chunk and per
+        direction), and ``loss`` of the packets arriving at every host dropped; ``None``
+        ends the delay (:meth:`Network.heal` the loss)."""
+        for control in self.controls:
+            write_control(control, delay)
+        if loss:
+            for host in ("client", "api1", "api2", "worker1", "worker2", "worker3", "relay",
+                         "redis", "pg"):  # fmt: skip
+                self.net.lossy(host, loss)
 
     def _start_redis(self, persistent: bool) -> HostRedis:
         return HostRedis(self.net, "redis", persistent=persistent).start()
@@ -95,7 +140,8 @@ class NetStack(Stack):
         return proc
 
     def url_of(self, api: str) -> str:
-        return f"http://{self.net.addr(api)}:{API_PORT}"
+        port = API_PORT + 10000 if self.proxied else API_PORT
+        return f"http://{self.net.addr(api)}:{port}"
 
     def _answers(self, proc: Proc, url: str) -> bool:
         if proc.popen.poll() is not None:
@@ -152,6 +198,14 @@ class Publishing:
     """201s that were a retry's answer to a publish already stored (``idempotent-replayed``)."""
     slowest: float = 0.0
     """The longest single request (seconds): the API must answer, not hang past its timeout."""
+    requests: list[tuple[float, float, str]] = field(default_factory=list)
+    """Every request: (start, seconds, answer or error), start in epoch seconds."""
+
+    def took(self, started: float, answer: str) -> None:
+        """A request begun at ``started`` (monotonic) ended with ``answer``."""
+        took = time.monotonic() - started
+        self.slowest = max(self.slowest, took)
+        self.requests.append((time.time() - took, took, answer))
 
 
 async def _publish_steady(
@@ -180,13 +234,16 @@ async def _publish_steady(
                 while not stack.stopping.is_set():
                     url = urls[(n + attempt) % len(urls)]
                     started = time.monotonic()
+                    answer = "?"
                     try:
                         response = await clients[url].post(
                             f"{url}/system/events", json=item.body, headers=headers
                         )
                     except httpx.TransportError as exc:
-                        outcome.answers[type(exc).__name__] += 1
+                        answer = type(exc).__name__
+                        outcome.answers[answer] += 1
                     else:
+                        answer = str(response.status_code)
                         if response.status_code == 201:
                             outcome.answered.append(uuid.UUID(response.json()["event"]["id"]))
                             if response.headers.get("idempotent-replayed") == "true":
@@ -196,7 +253,7 @@ async def _publish_steady(
                         if response.status_code < 500 and response.status_code != 409:
                             raise AssertionError(f"{response.status_code}: {response.text}")
                     finally:
-                        outcome.slowest = max(outcome.slowest, time.monotonic() - started)
+                        outcome.took(started, answer)
                     attempt += 1
                     outcome.retried += 1
                     if time.monotonic() > deadline:

@@ -124,6 +124,12 @@ class Network:
         self._rule(host, "INPUT", "-p", "tcp", "--dport", str(local_port), "-j", "DROP")
         self._rule(host, "OUTPUT", "-p", "tcp", "--sport", str(local_port), "-j", "DROP")
 
+    def lossy(self, host: str, probability: float) -> None:
+        """Drop each packet arriving at ``host``'s eth0 with ``probability``: real losses, so
+        the kernels retransmit (their timeouts grow), as on a bad link."""
+        self._rule(host, "INPUT", "-i", "eth0", "-m", "statistic", "--mode", "random",
+                   "--probability", str(probability), "-j", "DROP")  # fmt: skip
+
     def heal(self, host: str | None = None) -> None:
         """Remove the suite's rules of ``host`` (every host's when None)."""
         for name in [host] if host else self.hosts:

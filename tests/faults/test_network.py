@@ -27,8 +27,8 @@ RATE = 50.0  # 40 s of publishing: the fault and the link's return both fall ins
 BACK_WITHIN = 60.0
 
 
-def _bus(netstack: Any, **settings: Any) -> NetStack:
-    s: NetStack = netstack(**settings)
+def _bus(netstack: Any, proxied: bool = False, **settings: Any) -> NetStack:
+    s: NetStack = netstack(proxied=proxied, **settings)
     s.start_api("api1")
     s.start_api("api2")
     s.start_workers("w1", "w2", "w3", pool="solo")
@@ -416,3 +416,47 @@ def test_postgres_restarted_behind_a_partition(netstack: Any) -> None:
     counts.check()
     assert outcome.gave_up == 0, answers
     assert "500" not in answers, answers
+
+
+def test_slow_network_on_every_link(netstack: Any) -> None:
+    # Given the bus on its hosts with every link into PostgreSQL, Redis and the APIs through a
+    # proxy, publishing through both APIs for 80 s
+    s = _bus(netstack, proxied=True)
+    published = s.publish_steady(plan(4000, seed=41, effect=0.05), rate=RATE)
+    s.wait_processed(200)
+    # When, for a minute, every link holds each chunk 100-300 ms each way and every host
+    # drops 5% of the packets it receives
+    s.fault()
+    slowed = time.time()
+    s.slow((0.1, 0.3), loss=0.05)
+    time.sleep(60)
+    s.slow(None)
+    s.net.heal()
+    healed = time.time()
+    during = {w: _runs_between(s, w, slowed, healed) for w in ("w1", "w2", "w3")}
+    back = max(_back_after(s, w, healed) for w in ("w1", "w2", "w3"))
+    outcome = published()
+    counts = _count(
+        s,
+        "net_slow_links",
+        "every link 100-300 ms each way per chunk (jittered, a proxy) and 5% of packets "
+        "dropped at every host (iptables), for 60 s",
+        "nothing waits on a fixed short deadline: a request's statements, a claim and a batch "
+        "just take longer; TCP retransmits the losses well inside TCP_USER_TIMEOUT (10 s)",
+        outcome,
+    )
+    counts.recovery_seconds = back
+    counts.detect_seconds = round(outcome.slowest, 1)  # the longest a request waited
+    counts.record()
+    answers = dict(outcome.answers)
+    slow = sorted(t for at, t, _ in outcome.requests if slowed <= at < healed)
+    print(
+        f"handlers run while slow: {during}; publishing: {answers}; {len(slow)} requests "
+        f"while slow, p50 {slow[len(slow) // 2]:.2f} s, p99 {slow[len(slow) * 99 // 100]:.2f} s"
+    )
+    counts.check()
+    assert outcome.gave_up == 0, answers
+    assert "500" not in answers, answers
+    assert answers.get("ReadTimeout", 0) == 0, answers  # no request held past 30 s
+    assert all(during.values()), f"a worker ran nothing for the slow minute: {during}"
+    assert back <= BACK_WITHIN

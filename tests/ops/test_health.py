@@ -256,3 +256,41 @@ async def _give_back(borrowers: list[object]) -> None:
     limiter = to_thread.current_default_thread_limiter()
     for borrower in borrowers:
         limiter.release_on_behalf_of(borrower)
+
+
+def test_a_request_that_waits_too_long_for_a_thread_answers_503_to_retry(
+    database_url: str, redis_server: RedisServer, token: TokenFactory
+) -> None:
+    # Given an API whose request threads are all taken (a database so slow every thread waits
+    # on it) and which lets a request wait 0.3 s for one
+    runtime = Runtime(
+        make_settings(
+            database_url, broker_url=redis_server.url, api_threads=2, api_wait_seconds=0.3
+        )
+    )
+    client = TestClient(create_app(runtime=runtime), raise_server_exceptions=False)
+    try:
+        with client:
+            assert client.portal is not None
+            borrowers = client.portal.call(_take_every_request_thread)
+            try:
+                # When a list and a keyed publish arrive
+                started = time.monotonic()
+                listed = client.get("/system/events", headers=auth(token()))
+                keyed = {**auth(token()), "Idempotency-Key": "k-busy"}
+                published = client.post("/system/events", headers=keyed, json=SEED_PUBLISH_BODY)
+                waited = time.monotonic() - started
+            finally:
+                client.portal.call(_give_back, borrowers)
+            # Then both are 503 to retry, after their wait, not a request queued past a
+            # client's timeout; nothing was stored, and the retry with the key is
+            for answer in (listed, published):
+                assert answer.status_code == 503, answer.text
+                assert answer.json() == {"success": False, "message": "Server busy: retry"}
+                assert answer.headers["retry-after"] == "1"
+            assert 0.6 <= waited < 5
+            retried = client.post("/system/events", headers=keyed, json=SEED_PUBLISH_BODY)
+            assert retried.status_code == 201
+            assert "idempotent-replayed" not in retried.headers
+    finally:
+        runtime.close()
