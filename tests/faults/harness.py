@@ -85,6 +85,26 @@ class NetStack(Stack):
             self.every_proc.append(proc)
             proc.wait_for_line("proxy ready", 30)
 
+    def trap_commit(self, host: str, *, deliver: bool) -> Callable[[float], None]:
+        """The next COMMIT of a batch's outcomes from ``host`` to PostgreSQL silenced on its
+        connection (``deliver``: the server commits it, its answer is lost); the returned
+        function waits up to its argument in seconds for it to happen."""
+        control = self.redis.dir / "proxy-pg.json"
+        trapped = control.with_name(control.name + ".trapped")
+        trapped.unlink(missing_ok=True)
+        # A batch's outcomes are over 1,000 bytes sent; a claim, a poll, a beat under 700 (their
+        # SQL text is sent once: psycopg prepares a statement run five times)
+        trap = {"client": self.net.addr(host), "min_bytes": 1000, "deliver": deliver}
+        write_control(control, None, trap=trap)
+
+        def wait(timeout: float) -> None:
+            try:
+                wait_for(trapped.exists, timeout, f"a COMMIT of {host}'s batch")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {self.procs['proxy-pg'].lines[-20:]}") from None
+
+        return wait
+
     def slow(self, delay: tuple[float, float] | None, loss: float = 0.0) -> None:
         """Every proxied link held ``delay`` (low, high seconds, drawn per chunk and per
         direction), and ``loss`` of the packets arriving at every host dropped; ``None``

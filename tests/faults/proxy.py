@@ -15,6 +15,15 @@ Run inside the server's host, one process for several links::
 ``{"delay": [0.1, 0.3], "bandwidth": 0}`` (seconds, bytes per second per direction of a
 connection; 0 is unlimited). A missing or empty file means no delay. Chunks of one direction
 keep their order: a chunk waits for the one before it, as TCP's bytes do.
+
+A trap catches one PostgreSQL ``COMMIT`` of one client host, for a partition at that instant:
+``{"trap": {"client": "10.231.0.13", "min_bytes": 1000, "deliver": true}}``. The first chunk
+from that address holding ``COMMIT`` that ends a transaction of ``min_bytes`` sent at least is
+forwarded (``deliver``: the server commits, its answer never arrives) or
+not (the transaction stays open until the server loses the connection, ``orphan_after``
+seconds later, as its keepalives would end it), and that connection goes silent both ways.
+Then the proxy writes ``CONTROL.trapped`` (the test cuts the link with iptables: through a
+proxy, whose kernel still acknowledges, the client would wait forever).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CHUNK = 65536
 QUEUED = 64  # chunks held per direction: beyond it the proxy stops reading (TCP backpressure)
@@ -39,16 +49,24 @@ class Shape:
     low: float = 0.0
     high: float = 0.0
     bandwidth: float = 0.0
+    trap: dict[str, Any] | None = None
+    trapped: Path | None = None
 
     def delay(self) -> float:
         return random.uniform(self.low, self.high) if self.high > 0 else 0.0
 
 
-def write_control(path: Path, delay: tuple[float, float] | None, bandwidth: float = 0.0) -> None:
+def write_control(
+    path: Path,
+    delay: tuple[float, float] | None,
+    bandwidth: float = 0.0,
+    trap: dict[str, Any] | None = None,
+) -> None:
     """Set the links of the proxy reading ``path`` (``delay`` None: no delay)."""
     low, high = delay or (0.0, 0.0)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"delay": [low, high], "bandwidth": bandwidth}))
+    control = {"delay": [low, high], "bandwidth": bandwidth, "trap": trap}
+    tmp.write_text(json.dumps(control))
     tmp.replace(path)  # atomic: the proxy never reads half a file
 
 
@@ -62,10 +80,54 @@ async def _watch(path: Path, shape: Shape) -> None:
                 control = json.loads(path.read_text() or "{}")
                 shape.low, shape.high = (float(x) for x in control.get("delay", (0, 0)))
                 shape.bandwidth = float(control.get("bandwidth", 0))
+                shape.trap = control.get("trap")
         await asyncio.sleep(0.1)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, shape: Shape) -> None:
+@dataclass
+class _Link:
+    """One proxied connection: its client's address, and whether a trap silenced it."""
+
+    client: str
+    upstream: asyncio.StreamWriter
+    silent: bool = False
+    sent: int = 0
+    """Bytes sent in the present transaction (since the last COMMIT or ROLLBACK)."""
+
+
+def _sprung(link: _Link, data: bytes, shape: Shape) -> bool:
+    """Whether ``data`` (client to server) springs the trap; if so the link is silent from now
+    on, and the chunk is forwarded only when the trap says ``deliver``."""
+    trap = shape.trap
+    if not trap or trap.get("client") != link.client:
+        return False
+    link.sent += len(data)
+    if b"ROLLBACK" in data:
+        link.sent = 0
+    if b"COMMIT" not in data:
+        return False
+    sent, link.sent = link.sent, 0
+    if sent < int(trap.get("min_bytes", 0)):
+        return False
+    shape.trap = None  # once
+    link.silent = True
+    if trap.get("deliver"):
+        link.upstream.write(data)
+    else:
+        orphan_after = float(trap.get("orphan_after", 10.0))
+        asyncio.get_running_loop().call_later(orphan_after, link.upstream.close)
+    if shape.trapped is not None:
+        shape.trapped.write_text(json.dumps({"client": link.client, "at": time.time()}))
+    return True
+
+
+async def _pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    shape: Shape,
+    link: _Link,
+    upstream: bool,
+) -> None:
     """Forward one direction: each chunk held for its delay, never before the chunk before it."""
     queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(QUEUED)
 
@@ -73,6 +135,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, shap
         last = 0.0
         try:
             while data := await reader.read(CHUNK):
+                if link.silent or (upstream and _sprung(link, data, shape)):
+                    continue  # a silenced link: what is sent vanishes
                 last = max(time.monotonic() + shape.delay(), last)
                 await queue.put((last, data))
         except OSError:
@@ -88,9 +152,11 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, shap
                 wait = max(wait, 0.0) + len(data) / shape.bandwidth
             if wait > 0:
                 await asyncio.sleep(wait)
+            if link.silent:
+                continue
             writer.write(data)
             await writer.drain()
-        if writer.can_write_eof():
+        if writer.can_write_eof() and not link.silent:
             writer.write_eof()
 
     reading = asyncio.create_task(read())
@@ -107,9 +173,13 @@ async def _listen(listen: tuple[str, int], target: tuple[str, int], shape: Shape
         except OSError:
             c_writer.close()
             return
+        link = _Link(c_writer.get_extra_info("peername")[0], s_writer)
         try:
             # Either direction failing ends the connection both ways, as a reset would.
-            await asyncio.gather(_pipe(c_reader, s_writer, shape), _pipe(s_reader, c_writer, shape))
+            await asyncio.gather(
+                _pipe(c_reader, s_writer, shape, link, upstream=True),
+                _pipe(s_reader, c_writer, shape, link, upstream=False),
+            )
         except OSError:
             pass
         finally:
@@ -125,7 +195,7 @@ def _address(text: str) -> tuple[str, int]:
 
 
 async def main(control: Path, links: list[str]) -> None:
-    shape = Shape()
+    shape = Shape(trapped=control.with_name(control.name + ".trapped"))
     servers = []
     for link in links:
         listen, target = link.split("=", 1)

@@ -460,3 +460,41 @@ def test_slow_network_on_every_link(netstack: Any) -> None:
     assert answers.get("ReadTimeout", 0) == 0, answers  # no request held past 30 s
     assert all(during.values()), f"a worker ran nothing for the slow minute: {during}"
     assert back <= BACK_WITHIN
+
+
+@pytest.mark.parametrize("delivered", [True, False], ids=["commit_delivered", "commit_lost"])
+def test_worker_cut_from_postgres_mid_commit(netstack: Any, delivered: bool) -> None:
+    # Given the bus on its hosts, PostgreSQL reached through a proxy on its host, publishing
+    s = _bus(netstack, proxied=True)
+    published = s.publish_steady(plan(EVENTS, seed=42 + delivered, effect=0.05), rate=RATE)
+    s.wait_processed(200)
+    # When worker1's link to PostgreSQL is cut at the instant of a batch's COMMIT: the server
+    # commits it and its answer is lost, or the COMMIT itself is lost (the transaction stays
+    # open, its rows locked, until the server loses the connection 10 s later); 30 s, then back
+    sprung = s.trap_commit("worker1", deliver=delivered)
+    sprung(30)
+    s.fault()
+    cut = time.time()
+    s.net.cut("worker1", "pg")
+    time.sleep(30)
+    s.net.heal("worker1")
+    healed = time.time()
+    back = _back_after(s, "w1", healed)
+    outcome = published()
+    what = "committed, its answer lost" if delivered else "lost (never reached the server)"
+    counts = _count(
+        s,
+        f"net_worker_postgres_mid_commit_{'delivered' if delivered else 'lost'}",
+        f"worker1 <-> PostgreSQL cut at a batch's COMMIT, {what}; 30 s",
+        "the outcome of a COMMIT whose answer never came is read from the database, not "
+        "guessed: the batch's events are claimed again only if its claims are still there "
+        "(a lost COMMIT rolled back) and skipped if they are done (a delivered one); the "
+        "worker's TCP keepalives end its connection in ~10 s",
+        outcome,
+    )
+    counts.detect_seconds = _noticed(s, "w1", cut, DATABASE_LOST)
+    counts.recovery_seconds = back
+    counts.record()
+    counts.check()
+    assert outcome.gave_up == 0, outcome.answers
+    assert back <= BACK_WITHIN
