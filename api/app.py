@@ -79,7 +79,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     """An app over a bus (built from settings when not given)."""
     runtime = runtime or Runtime(settings or get_settings())
     traced = runtime.settings.otel_enabled
-    broker = BrokerInspector(runtime.settings.broker_url)
+    broker = BrokerInspector(
+        runtime.settings.broker_url, sentinel_master=runtime.settings.broker_sentinel_master
+    )
     probes = Probes(
         own_sessions(runtime.settings.database_url, runtime.sessions),
         broker,

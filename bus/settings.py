@@ -60,7 +60,14 @@ class Settings(BaseSettings):
     )
     broker_url: str = Field(
         "redis://127.0.0.1:6379/0",
-        description="Celery broker: redis://…, amqp://… or memory:// (embedded `eventbus dev`)",
+        description="Celery broker: redis://…, amqp://…, memory:// (embedded `eventbus dev`) "
+        "or Redis Sentinel: sentinel://10.0.0.1:26379;sentinel://10.0.0.2:26379 (a database "
+        "other than 0 on the first: sentinel://10.0.0.1:26379/1;…)",
+    )
+    broker_sentinel_master: str = Field(
+        "mymaster",
+        description="Redis Sentinel: the name of the master the sentinels of a sentinel://… "
+        "broker URL watch; every connection to the broker goes to that master as they report it",
     )
     queue_prefix: str = Field("eventbus.", description="prefix of every module's queue name")
     handlers: str = Field(
@@ -238,18 +245,18 @@ class Settings(BaseSettings):
         description="threads per API process running blocking work (DB, broker); more contend "
         "for the GIL",
     )
-    heavy_threads: int = Field(
-        1,
-        ge=1,
-        description="threads per API process for heavy calls (replays, pages above "
-        "`EVENTBUS_HEAVY_PAGE_LIMIT`, batch publishes), apart from `EVENTBUS_API_THREADS`; "
-        "more contend for the GIL with every light call",
     api_wait_seconds: float = Field(
         10.0,
         gt=0,
         description="how long a request waits for one of the API's threads; longer: "
         "`503 Server busy: retry` with Retry-After (nothing of it ran: safe to retry)",
     )
+    heavy_threads: int = Field(
+        1,
+        ge=1,
+        description="threads per API process for heavy calls (replays, pages above "
+        "`EVENTBUS_HEAVY_PAGE_LIMIT`, batch publishes), apart from `EVENTBUS_API_THREADS`; "
+        "more contend for the GIL with every light call",
     )
     heavy_calls_per_tenant: int = Field(
         2,

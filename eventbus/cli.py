@@ -255,7 +255,9 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     queue = queue_name(args.module, settings.queue_prefix)
-    inspector = BrokerInspector(settings.broker_url, timeout=5.0)
+    inspector = BrokerInspector(
+        settings.broker_url, timeout=5.0, sentinel_master=settings.broker_sentinel_master
+    )
     try:
         if args.purge:
             print(f"purged {inspector.purge_dead_letters(queue)} from {queue}.dead")

@@ -2,7 +2,7 @@
 
 Short timeouts throughout: these answer probes and scrapes, which must fail fast rather than
 wait on a broker that is down. Queue lengths are read on Redis (a queue is a list named after
-it); other brokers report none.
+it; behind Sentinel, on the master it reports); other brokers report none.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from kombu.connection import Connection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from bus.broker import sentinel
 from bus.broker.deadletter import REASON_HEADER, check_raw, dead_letter_queue, preview
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -27,20 +28,32 @@ _BINDING_PREFIX = "_kombu.binding."
 class BrokerInspector:
     """Pings the broker and reads queue lengths, one connection pool per process."""
 
-    def __init__(self, broker_url: str, timeout: float = 2.0) -> None:
+    def __init__(
+        self, broker_url: str, timeout: float = 2.0, *, sentinel_master: str = "mymaster"
+    ) -> None:
         self._url = broker_url
         self._timeout = timeout
         self._redis: redis.Redis | None = None
-        if broker_url.startswith(_REDIS_SCHEMES):
-            self._redis = redis.Redis.from_url(
+        self._master: sentinel.MasterClient | None = None
+        options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            # One immediate retry: a pooled connection to a restarted server fails once, then
+            # the retry connects afresh (on Sentinel: to the master they report now, after a
+            # failover). No backoff: a probe must answer quickly.
+            "retry": Retry(NoBackoff(), 1),
+            "health_check_interval": 0,
+        }
+        if sentinel.is_sentinel(broker_url):
+            self._master = sentinel.MasterClient(
                 broker_url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                # One immediate retry: a pooled connection to a restarted server fails once,
-                # then the retry connects afresh. No backoff: a probe must answer quickly.
-                retry=Retry(NoBackoff(), 1),
-                health_check_interval=0,
+                sentinel_master,
+                sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+                **options,
             )
+            self._redis = self._master.client
+        elif broker_url.startswith(_REDIS_SCHEMES):
+            self._redis = redis.Redis.from_url(broker_url, **options)
 
     @property
     def in_memory(self) -> bool:
@@ -121,7 +134,9 @@ class BrokerInspector:
             return int(conn.default_channel.queue_purge(dead) or 0)
 
     def close(self) -> None:
-        if self._redis is not None:
+        if self._master is not None:
+            self._master.close()
+        elif self._redis is not None:
             self._redis.close()
 
 

@@ -4,7 +4,8 @@ kombu's Redis channel wraps its connection pool in a new ``redis.Redis`` for eve
 and restore; building one copies redis-py's table of ~200 response callbacks, which cost more
 CPU than the LPUSH itself (measured: ~5% of the API's CPU per publish and ~6% of a worker's per
 event). A client over a connection pool is safe to share between threads, so each channel keeps
-one, remade whenever the channel replaces its pool (after a lost connection).
+one, remade whenever the channel replaces its pool (after a lost connection). ``sentinel://``
+broker URLs get the same channel over kombu's Sentinel pools (``SentinelTransport``).
 """
 
 from __future__ import annotations
@@ -147,4 +148,15 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """:class:`Channel` on the master Redis Sentinel reports (kombu's ``SentinelChannel``
+    makes the pools). Not kombu's own channel: its plain ``LPUSH`` would let wake-ups grow with
+    the backlog, and an item that is not an envelope would kill the worker again."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
 TRANSPORT = f"{__name__}:Transport"
+SENTINEL_TRANSPORT = f"{__name__}:SentinelTransport"

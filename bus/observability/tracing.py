@@ -263,7 +263,8 @@ def _link(context: Context) -> Link | None:
 def messaging_system(broker_url: str) -> str:
     """``messaging.system`` for a broker URL."""
     scheme = broker_url.partition("://")[0].partition("+")[0].lower()
-    return {"amqp": "rabbitmq", "amqps": "rabbitmq", "pyamqp": "rabbitmq"}.get(scheme, scheme)
+    names = {"amqp": "rabbitmq", "amqps": "rabbitmq", "pyamqp": "rabbitmq", "sentinel": "redis"}
+    return names.get(scheme, scheme)
 
 
 # --- the sender's side ----------------------------------------------------------------------
