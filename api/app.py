@@ -10,7 +10,7 @@ from typing import Any
 from anyio import to_thread
 from fastapi import FastAPI
 
-from api import control, docs, envelopes, errors, limits, ops, routes, ui
+from api import control, docs, endpoints, envelopes, errors, limits, ops, routes, ui
 from api.middleware import HttpMetricsMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
 from api.publishing import GroupCommit
 from bus.broker.inspector import BrokerInspector
@@ -120,6 +120,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     limits.install(app, runtime.settings)
     app.include_router(routes.router)
     app.include_router(control.router)
+    app.include_router(endpoints.router)
     app.include_router(ops.router)
     app.include_router(docs.router)
     app.include_router(ui.router)  # before the docs' assets: it keeps /docs-assets/ui/ out

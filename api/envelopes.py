@@ -22,6 +22,10 @@ from bus.events.schemas import (
 from bus.publish.replay import DEFAULT_MAX as REPLAY_DEFAULT_MAX
 from bus.publish.replay import MAX_MAX as REPLAY_MAX
 from bus.storage.attempt_store import SHOWN_ATTEMPTS, SHOWN_ERROR
+from bus.storage.models import ENDPOINT_FORMATS
+from bus.webhooks.endpoints import MAX_EVENT_TYPES
+from bus.webhooks.signing import SECRET_PATTERN
+from bus.webhooks.urls import MAX_URL_CHARS
 
 _EVENT_FIELD_TYPES: dict[str, Any] = {
     "id": (str, Field(examples=["0b7a3c1e-8d0e-4f6c-9a55-2f1d3c4b5a69"])),
@@ -349,5 +353,94 @@ REPLAY_BODY_SCHEMA: dict[str, Any] = {
             "default": REPLAY_DEFAULT_MAX,
             "description": "replay at most this many (oldest first)",
         },
+    },
+}
+
+
+class Endpoint(BaseModel):
+    id: str = Field(examples=["5f0c8d1e-2b7a-4c3d-9e8f-1a2b3c4d5e6f"])
+    tenant_id: str
+    target_module: str = Field(examples=["warehouse"])
+    url: str = Field(examples=["https://hooks.example.com/eventbus"])
+    event_types: list[str] | None = Field(
+        description="the event types it receives; null: every event type of `target_module`"
+    )
+    format: str = Field(json_schema_extra={"enum": list(ENDPOINT_FORMATS)})
+    enabled: bool
+    ordered: bool = Field(
+        description="deliver an entity's events one at a time, in order; a failing endpoint "
+        "then holds only its own entities (delivery is not built yet)"
+    )
+    disabled_reason: str | None = Field(
+        description="why the endpoint is disabled; null while enabled (enabling clears it)"
+    )
+    previous_secret_expires_at: str | None = Field(
+        description="while a rotated secret is still valid (deliveries then carry two "
+        "signatures): when it expires; null otherwise"
+    )
+    created_at: str = Field(examples=["2023-04-01T10:00:00Z"])
+    updated_at: str = Field(examples=["2023-04-01T10:00:00Z"])
+    secret: str | None = Field(
+        None,
+        examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+        description="the signing secret: in the answer of a create and of a rotation only",
+    )
+
+
+class EndpointEnvelope(BaseModel):
+    success: bool = True
+    message: str = Field(examples=["Endpoint created successfully"])
+    endpoint: Endpoint
+
+
+class EndpointsEnvelope(BaseModel):
+    success: bool = True
+    message: str = Field(examples=["Endpoints retrieved successfully"])
+    endpoints: list[Endpoint] = Field(description="oldest first")
+
+
+_ENDPOINT_URL: dict[str, Any] = {
+    "type": "string",
+    "maxLength": MAX_URL_CHARS,
+    "example": "https://hooks.example.com/eventbus",
+    "description": "`http` or `https`, no userinfo nor fragment; its host must not be (nor "
+    "resolve to) a loopback, private, link-local, multicast, reserved or metadata address "
+    "unless `EVENTBUS_WEBHOOK_ALLOW_NETWORKS` lists it (`400 URL not allowed`)",
+}
+_ENDPOINT_EVENT_TYPES: dict[str, Any] = {
+    "type": ["array", "null"],
+    "minItems": 1,
+    "maxItems": MAX_EVENT_TYPES,
+    "items": {**_IDENTIFIER, "example": "inventory_updated"},
+    "description": "the event types it receives; null (the default): every one",
+}
+_ENDPOINT_CHANGES: dict[str, Any] = {
+    "url": _ENDPOINT_URL,
+    "event_types": _ENDPOINT_EVENT_TYPES,
+    "format": {"type": "string", "enum": list(ENDPOINT_FORMATS), "default": "seed"},
+    "enabled": {"type": "boolean", "default": True},
+    "ordered": {"type": "boolean", "default": False},
+}
+ENDPOINT_CREATE_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["target_module", "url"],
+    "additionalProperties": False,
+    "properties": {
+        "target_module": {**_MODULE, "example": "warehouse"},
+        **_ENDPOINT_CHANGES,
+        "secret": {
+            "type": ["string", "null"],
+            "pattern": SECRET_PATTERN,
+            "description": "`whsec_` and the base64 of 24 to 64 bytes; null or absent: one is "
+            "generated (24 random bytes)",
+        },
+    },
+}
+ENDPOINT_UPDATE_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        name: {k: v for k, v in schema.items() if k != "default"}
+        for name, schema in _ENDPOINT_CHANGES.items()
     },
 }

@@ -188,7 +188,41 @@ async def event_id_path(
     return event_id
 
 
+@dataclass(frozen=True, slots=True)
+class EndpointsQuery:
+    tenant_id: str | None
+    target_module: str | None
+
+
+async def endpoints_query(
+    request: Request,
+    tenant_id: _TENANT = "",
+    target_module: Annotated[
+        str, _param("only this module's endpoints; empty: every module", pattern=_MODULE_OR_NONE)
+    ] = "",
+) -> EndpointsQuery:
+    """``GET /system/endpoints``'s query (checked by ``bus.webhooks.endpoints``)."""
+    _only_once(request, ("tenant_id", "target_module"))
+    return EndpointsQuery(tenant_id or None, target_module or None)
+
+
+async def endpoint_id_path(
+    endpoint_id: Annotated[
+        str,
+        Path(
+            description="the endpoint's UUID, 8-4-4-4-12 (any case); any other id is not found",
+            json_schema_extra={"pattern": UUID_PATTERN},
+        ),
+    ],
+) -> str:
+    """The path's endpoint id as given (``bus.webhooks.endpoints`` answers 404 for one that is
+    no canonical UUID, as for an unknown one)."""
+    return endpoint_id
+
+
 TenantQuery = Annotated[str | None, Depends(tenant_query)]
+EndpointsQueryDep = Annotated[EndpointsQuery, Depends(endpoints_query)]
+EndpointIdPath = Annotated[str, Depends(endpoint_id_path)]
 HeldKeysQueryDep = Annotated[HeldKeysQuery, Depends(held_keys_query)]
 EventIdPath = Annotated[str, Depends(event_id_path)]
 StatsQueryDep = Annotated[StatsQuery, Depends(stats_query)]

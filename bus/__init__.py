@@ -34,6 +34,10 @@ package; the tables and every SQL statement sit beneath them in ``storage``:
                     ``outcomes``, ``purges``, ``retention``, ``vacuum``: the in-flight set
                     when autovacuum does not), run by
                     :class:`bus.maintenance.runner.Maintenance`.
+``webhooks/``       modules outside Python as subscribers (issue 22): an endpoint's body rules,
+                    rights, tenancy and secret rotation (``endpoints``), Standard Webhooks
+                    signatures (``signing``), the URLs a delivery may reach (``urls``: the SSRF
+                    policy, at creation and at connect time). Delivery is not built yet.
 ``storage/``        PostgreSQL (SQLite for ``eventbus dev``): engines and sessions, tables,
                     migrations, and every SQL statement, one module per table or concern;
                     the history's partitions (a day each) in ``partitions``; beside the
@@ -46,5 +50,5 @@ Rules the layout keeps (``[tool.importlinter]`` in ``pyproject.toml``, run by ``
 ``bus`` imports none of ``api``, ``workers``, ``eventbus``; SQLAlchemy and psycopg are
 imported outside ``bus.storage`` (and the unit of work) only as types; ``publish``,
 ``delivery`` and ``read`` never import each other; ``storage`` and ``events`` import no later
-stage; nothing in the bus, the API or the workers imports ``maintenance``.
+stage (nor ``webhooks``); nothing in the bus, the API or the workers imports ``maintenance``.
 """

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev", "development", "test"}
@@ -54,9 +55,9 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         le=600,
-        description="Redis broker: seconds a connection may go silent (a partition, a "
-        "half-open connection) before it is given up and made again: TCP keepalives and "
-        "TCP_USER_TIMEOUT on every broker socket",
+        description="Redis or RabbitMQ broker: seconds a connection may go silent (a "
+        "partition, a half-open connection) before it is given up and made again: TCP "
+        "keepalives and TCP_USER_TIMEOUT on every broker socket",
     )
     broker_url: str = Field(
         "redis://127.0.0.1:6379/0",
@@ -299,6 +300,26 @@ class Settings(BaseSettings):
         description="OpenTelemetry traces: a span per request, per send and per event run, "
         "exported as the standard OTEL_* variables say (needs the `otel` extra)",
     )
+    webhook_secret_overlap_seconds: int = Field(
+        86400,
+        ge=0,
+        description="after a webhook endpoint's secret is rotated, how long the previous one "
+        "stays valid: deliveries carry a signature with each until then",
+    )
+    webhook_allow_networks: str = Field(
+        "",
+        description="comma-separated CIDRs webhook URLs may reach although they are loopback, "
+        "private, link-local, multicast, reserved or metadata addresses (e.g. `127.0.0.0/8` "
+        "for a receiver on the same host); empty: none",
+    )
+
+    @field_validator("webhook_allow_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)  # ValueError names the entry
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -399,3 +400,43 @@ restored_days = Table(
 )
 """History partitions brought back from an archive (``eventbus archive restore``), each kept
 out of the retention's drops until ``keep_until`` (see :mod:`bus.storage.archive_store`)."""
+
+
+class EndpointFormat(StrEnum):
+    """How a webhook endpoint's deliveries are written: the seed's event object as the JSON
+    body, or a CloudEvents 1.0 envelope (structured: the whole envelope as the body; binary:
+    the attributes as ``ce-*`` headers)."""
+
+    SEED = "seed"
+    CLOUDEVENTS_STRUCTURED = "cloudevents-structured"
+    CLOUDEVENTS_BINARY = "cloudevents-binary"
+
+
+ENDPOINT_FORMATS = tuple(f.value for f in EndpointFormat)
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    Base.metadata,
+    Column("id", Uuid(), primary_key=True),
+    Column("tenant_id", Uuid(), nullable=False),
+    Column("target_module", String(64), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("event_types", JSONObject, nullable=True),
+    Column("format", String(32), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("ordered", Boolean, nullable=False),
+    Column("secrets", JSONObject, nullable=False),
+    Column("disabled_reason", String(255), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    CheckConstraint(
+        "format IN ('seed', 'cloudevents-structured', 'cloudevents-binary')", name="format"
+    ),
+    # A tenant's list, oldest first; a worker's endpoints of a module and tenant.
+    Index("ix_webhook_endpoints_tenant_created", "tenant_id", "created_at", "id"),
+    Index("ix_webhook_endpoints_target_tenant", "target_module", "tenant_id"),
+)
+"""Webhook endpoints (migration 0013): HTTP receivers of a tenant's events of one target
+module (``event_types``: null for all of them). ``secrets`` is a JSON list, newest first, of
+``{"secret": "whsec_…", "expires_at": null | RFC 3339}``: the current secret, and during a
+rotation the previous one until it expires (see :mod:`bus.storage.endpoint_store`)."""

@@ -70,6 +70,24 @@ OPERATIONS = {
         "Release Held Key",
         {"200", "400", "401", "403", "404", "409", "500"},
     ),
+    ("post", "/system/endpoints"): ("Create Endpoint", {"201", "400", "401", "403", "413", "500"}),
+    ("get", "/system/endpoints"): ("List Endpoints", {"200", "400", "401", "403", "500"}),
+    ("get", "/system/endpoints/{endpoint_id}"): (
+        "Get Endpoint",
+        {"200", "400", "401", "403", "404", "500"},
+    ),
+    ("put", "/system/endpoints/{endpoint_id}"): (
+        "Update Endpoint",
+        {"200", "400", "401", "403", "404", "413", "500"},
+    ),
+    ("delete", "/system/endpoints/{endpoint_id}"): (
+        "Delete Endpoint",
+        {"200", "400", "401", "403", "404", "500"},
+    ),
+    ("post", "/system/endpoints/{endpoint_id}/rotate-secret"): (
+        "Rotate Endpoint Secret",
+        {"200", "400", "401", "403", "404", "500"},
+    ),
 }
 ERROR_ENVELOPE = {"$ref": "#/components/schemas/ErrorEnvelope"}
 

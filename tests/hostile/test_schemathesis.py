@@ -150,6 +150,14 @@ def test_every_check_and_phase_against_a_real_api(
             f"checks.positive_data_acceptance.expected-statuses = {accepted}\n"
             for name in ("POST /system/events", "POST /system/events/batch")
         )
+        # Whether a webhook endpoint's URL is taken depends on what its host resolves to
+        # (bus/webhooks/urls.py), which no schema can say: a valid body may be a 400 there.
+        + "".join(
+            f'\n[[operations]]\ninclude-name = "{name}"\n'
+            'checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", '
+            '"404"]\n'
+            for name in ("POST /system/endpoints", "PUT /system/endpoints/{endpoint_id}")
+        )
     )
     # When schemathesis runs every check through every phase (its seed is in the output): once
     # over every operation but the two publishes, once over those with every check but one: a
