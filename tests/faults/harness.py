@@ -218,14 +218,24 @@ class Publishing:
     """201s that were a retry's answer to a publish already stored (``idempotent-replayed``)."""
     slowest: float = 0.0
     """The longest single request (seconds): the API must answer, not hang past its timeout."""
-    requests: list[tuple[float, float, str]] = field(default_factory=list)
-    """Every request: (start, seconds, answer or error), start in epoch seconds."""
+    requests: list[tuple[float, float, str, str]] = field(default_factory=list)
+    """Every request: (start, seconds, answer or error, API url), start in epoch seconds."""
 
-    def took(self, started: float, answer: str) -> None:
-        """A request begun at ``started`` (monotonic) ended with ``answer``."""
+    def took(self, started: float, answer: str, url: str) -> None:
+        """A request to ``url`` begun at ``started`` (monotonic) ended with ``answer``."""
         took = time.monotonic() - started
         self.slowest = max(self.slowest, took)
-        self.requests.append((time.time() - took, took, answer))
+        self.requests.append((time.time() - took, took, answer, url))
+
+    def first_end(self, url: str, since: float, ok: bool) -> float | None:
+        """Seconds from ``since`` (epoch) to the end of the first request to ``url`` begun
+        after it that was answered 201 (``ok``) or not; None if none was."""
+        ends = [
+            at + took
+            for at, took, answer, to in self.requests
+            if to == url and at >= since and (answer == "201") == ok
+        ]
+        return round(min(ends) - since, 1) if ends else None
 
 
 async def _publish_steady(
@@ -273,7 +283,7 @@ async def _publish_steady(
                         if response.status_code < 500 and response.status_code != 409:
                             raise AssertionError(f"{response.status_code}: {response.text}")
                     finally:
-                        outcome.took(started, answer)
+                        outcome.took(started, answer, url)
                     attempt += 1
                     outcome.retried += 1
                     if time.monotonic() > deadline:

@@ -8,22 +8,29 @@ Each records its figures in ``tests/chaos/last_run.json`` beside the chaos scena
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import text
 
 from tests.chaos.harness import plan
-from tests.faults.harness import NetStack, Publishing
-from tests.support.processes import wait_for
+from tests.faults.harness import PLACES, NetStack, Publishing
+from tests.support.processes import BIN, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
 
 EVENTS = 2000
 RATE = 50.0  # 40 s of publishing: the fault and the link's return both fall inside it
+LONG_EVENTS = 3500
+"""70 s of publishing, for a cut of 30 s or more: work goes on arriving well after the link's
+return, so a cut worker that consumes again has something to run (with 40 s, the publishing
+ended as the link returned and the other workers drained the rest: no handler ran on the cut
+worker in 60 s though it consumed again, 3 of 5 runs)."""
 BACK_WITHIN = 60.0
 
 
@@ -59,8 +66,18 @@ def _back_after(s: NetStack, worker: str, healed: float) -> float:
             lambda: _runs_after(s, worker, healed), BACK_WITHIN, f"{worker} to consume again"
         )
     except AssertionError as exc:
-        tail = "\n".join(s.procs[worker].lines[-30:])
-        raise AssertionError(f"{exc}; its last lines:\n{tail}") from None
+        # Its log records (a traceback's lines carry no time), and where its threads are
+        records = [line for line in s.procs[worker].lines if line[:4].isdigit()][-30:]
+        spy = BIN / "py-spy"
+        stacks = subprocess.run(
+            [str(spy), "dump", "--pid", str(s.pid_of(worker))],
+            capture_output=True, text=True, check=False,
+        ).stdout if spy.exists() else "(no py-spy)"  # fmt: skip
+        log = "\n".join(records)
+        clients = _redis_clients(s, PLACES[worker])
+        raise AssertionError(
+            f"{exc}; its last records:\n{log}\nits Redis clients: {clients}\nits threads:\n{stacks}"
+        ) from None
     return round(at - healed, 1)
 
 
@@ -79,6 +96,34 @@ def _noticed(s: NetStack, name: str, since: float, needles: Sequence[str]) -> fl
         if at >= since and any(n in line for n in needles):
             return round(at - since, 1)
     return None
+
+
+def _redis_clients(s: NetStack, host: str) -> list[str]:
+    """What ``host``'s connections to Redis did last (``CLIENT LIST``: command, age, idle)."""
+    client = redis.Redis.from_url(s.redis.local_url)
+    try:
+        listed = client.client_list()
+    except redis.RedisError as exc:
+        return [f"(CLIENT LIST failed: {exc})"]
+    finally:
+        client.close()
+    keep = ("cmd", "age", "idle", "flags", "sub", "psub")
+    return [
+        " ".join(f"{k}={c.get(k)}" for k in keep)
+        for c in listed
+        if str(c.get("addr", "")).startswith(s.net.addr(host) + ":")
+    ]
+
+
+def _backends(s: NetStack, host: str) -> int:
+    """PostgreSQL's backends serving connections from ``host``."""
+    with s.runtime.engine.connect() as conn:
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE client_addr = :addr"),
+                {"addr": s.net.addr(host)},
+            ).scalar_one()
+        )
 
 
 def _runs_between(s: NetStack, worker: str, start: float, end: float) -> int:
@@ -111,7 +156,7 @@ def _count(s: NetStack, scenario: str, injected: str, holds_by: str, published: 
 def test_worker_cut_from_the_broker(netstack: Any) -> None:
     # Given the bus on its hosts, publishing through both APIs
     s = _bus(netstack)
-    published = s.publish_steady(plan(EVENTS, seed=31, effect=0.05), rate=RATE)
+    published = s.publish_steady(plan(LONG_EVENTS, seed=31, effect=0.05), rate=RATE)
     s.wait_processed(200)
     # When worker1's link to Redis is cut for 35 s (past the 25 s health check), then returns
     s.fault()
@@ -149,9 +194,11 @@ def test_api_cut_from_postgres(netstack: Any) -> None:
     s.wait_processed(200)
     # When api1's link to PostgreSQL is cut for 20 s mid-traffic (group commits in flight)
     s.fault()
+    cut = time.time()
     s.net.cut("api1", "pg")
     time.sleep(20)
     s.net.heal("api1")
+    healed = time.time()
     outcome = published()
     counts = _count(
         s,
@@ -163,7 +210,10 @@ def test_api_cut_from_postgres(netstack: Any) -> None:
         "transaction's end (a unique index) and answers the stored event",
         outcome,
     )
-    counts.detect_seconds = round(outcome.slowest, 1)  # the longest a request waited
+    # noticed: api1's first answer other than 201 (its 503); back: its first 201 after the link
+    api1 = s.url_of("api1")
+    counts.detect_seconds = outcome.first_end(api1, cut, ok=False)
+    counts.recovery_seconds = outcome.first_end(api1, healed, ok=True)
     counts.record()
     answers = dict(outcome.answers)
     print(f"publishing: {answers}, retried {outcome.retried}, replayed {outcome.replayed}")
@@ -210,7 +260,7 @@ def test_half_open_broker_connection(netstack: Any) -> None:
 def test_worker_cut_from_postgres_mid_batch(netstack: Any) -> None:
     # Given the bus on its hosts, publishing
     s = _bus(netstack)
-    published = s.publish_steady(plan(EVENTS, seed=34, effect=0.05), rate=RATE)
+    published = s.publish_steady(plan(LONG_EVENTS, seed=34, effect=0.05), rate=RATE)
     s.wait_processed(200)
     # When worker1's link to PostgreSQL is cut for 30 s while it runs batches (a COMMIT may be
     # in flight: its outcome unknown to the worker)
@@ -218,11 +268,15 @@ def test_worker_cut_from_postgres_mid_batch(netstack: Any) -> None:
     s.fault()
     cut = time.time()
     s.net.cut("worker1", "pg")
-    time.sleep(30)
+    # the server's side: how long worker1's backends outlive the link (its keepalives and
+    # tcp_user_timeout, set by the bus through the startup options, end them)
+    orphans_gone = wait_for(lambda: _backends(s, "worker1") == 0 and time.time(), 29, "orphans")
+    time.sleep(max(0.0, cut + 30 - time.time()))
     s.net.heal("worker1")
     healed = time.time()
     back = _back_after(s, "w1", healed)
     outcome = published()
+    print(f"worker1's backends ended by the server {orphans_gone - cut:.1f} s after the cut")
     counts = _count(
         s,
         "net_worker_postgres_partition",
@@ -263,7 +317,9 @@ def test_relay_cut_from_everything(netstack: Any) -> None:
         "own connections give up in ~10 s and are made again when the link returns",
         outcome,
     )
-    counts.detect_seconds = _noticed(s, "relay", cut, (*DATABASE_LOST, *BROKER_LOST))
+    counts.detect_seconds = _noticed(
+        s, "relay", cut, (*DATABASE_LOST, *BROKER_LOST, "failed; next try")
+    )
     counts.record()
     counts.check()
     assert outcome.gave_up == 0, outcome.answers
@@ -308,9 +364,11 @@ def test_api_host_cut_from_its_clients(netstack: Any) -> None:
     s.wait_processed(200)
     # When the client host loses api1 for 20 s (a load balancer's target gone dark)
     s.fault()
+    cut = time.time()
     s.net.cut("client", "api1")
     time.sleep(20)
     s.net.heal("client")
+    healed = time.time()
     outcome = published()
     counts = _count(
         s,
@@ -320,6 +378,11 @@ def test_api_host_cut_from_its_clients(netstack: Any) -> None:
         "api1 may have committed is answered with the stored event",
         outcome,
     )
+    # noticed: the client's first failed request to api1 (its connect timeout, 3 s); back: its
+    # first 201 from api1 after the link returns
+    api1 = s.url_of("api1")
+    counts.detect_seconds = outcome.first_end(api1, cut, ok=False)
+    counts.recovery_seconds = outcome.first_end(api1, healed, ok=True)
     counts.record()
     counts.check()
     assert outcome.gave_up == 0, outcome.answers
@@ -359,6 +422,7 @@ def test_half_open_postgres_connections_in_the_api_pool(netstack: Any) -> None:
     # When every established connection of api1's pool to PostgreSQL stops carrying packets
     # (new ones work): a NAT or a firewall forgot them
     s.fault()
+    cut = time.time()
     links = s.net.connections("api1", "pg", 5432)
     assert links, "api1 has no connection to PostgreSQL"
     for port, _pid in links:
@@ -375,7 +439,13 @@ def test_half_open_postgres_connections_in_the_api_pool(netstack: Any) -> None:
         "with the same Idempotency-Key",
         outcome,
     )
-    counts.detect_seconds = round(outcome.slowest, 1)  # the longest a request waited
+    # noticed: the longest a request waited (a statement on a silent connection); back: api1's
+    # first 201 after its first 503
+    api1 = s.url_of("api1")
+    counts.detect_seconds = round(outcome.slowest, 1)
+    failed = outcome.first_end(api1, cut, ok=False)
+    if failed is not None:
+        counts.recovery_seconds = outcome.first_end(api1, cut + failed, ok=True)
     counts.record()
     answers = dict(outcome.answers)
     counts.check()
@@ -392,6 +462,7 @@ def test_postgres_restarted_behind_a_partition(netstack: Any) -> None:
     # When PostgreSQL's host is cut from every other host, restarted while cut (crash
     # recovery: every connection the others hold is gone on its side), and the link returns
     s.fault()
+    cut = time.time()
     s.net.isolate("pg")
     time.sleep(5)
     s.pg.restart()
@@ -411,6 +482,7 @@ def test_postgres_restarted_behind_a_partition(netstack: Any) -> None:
         outcome,
     )
     counts.recovery_seconds = back
+    counts.detect_seconds = _noticed(s, "w1", cut, DATABASE_LOST)
     counts.record()
     answers = dict(outcome.answers)
     counts.check()
@@ -449,7 +521,7 @@ def test_slow_network_on_every_link(netstack: Any) -> None:
     counts.detect_seconds = round(outcome.slowest, 1)  # the longest a request waited
     counts.record()
     answers = dict(outcome.answers)
-    slow = sorted(t for at, t, _ in outcome.requests if slowed <= at < healed)
+    slow = sorted(t for at, t, _, _ in outcome.requests if slowed <= at < healed)
     print(
         f"handlers run while slow: {during}; publishing: {answers}; {len(slow)} requests "
         f"while slow, p50 {slow[len(slow) // 2]:.2f} s, p99 {slow[len(slow) * 99 // 100]:.2f} s"
@@ -466,7 +538,7 @@ def test_slow_network_on_every_link(netstack: Any) -> None:
 def test_worker_cut_from_postgres_mid_commit(netstack: Any, delivered: bool) -> None:
     # Given the bus on its hosts, PostgreSQL reached through a proxy on its host, publishing
     s = _bus(netstack, proxied=True)
-    published = s.publish_steady(plan(EVENTS, seed=42 + delivered, effect=0.05), rate=RATE)
+    published = s.publish_steady(plan(LONG_EVENTS, seed=42 + delivered, effect=0.05), rate=RATE)
     s.wait_processed(200)
     # When worker1's link to PostgreSQL is cut at the instant of a batch's COMMIT: the server
     # commits it and its answer is lost, or the COMMIT itself is lost (the transaction stays
