@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import Any
 
+from celery.worker import heartbeat
 from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer as CeleryConsumer
+from celery.worker.consumer.heart import Heart as HeartStep
 from kombu.entity import Queue
 from kombu.message import Message
 
@@ -45,10 +48,35 @@ CONSUMER = f"{__name__}:Consumer"
 _UNKNOWN_QUEUE = "unknown"
 
 
+class _Heart(heartbeat.Heart):  # type: ignore[misc]
+    """Celery's ``worker-heartbeat`` event (Flower's), sent once: Celery retries it until the
+    broker answers, in the worker's event loop, so a worker cut from RabbitMQ stopped there
+    for the whole partition and never saw its consumer's connection die (tests/faults). An
+    event that fails is kept by the dispatcher (``buffer_while_offline``) and sent later."""
+
+    def _send(self, event: str, retry: bool = False) -> Any:
+        return super()._send(event, retry=False)
+
+
+class Heart(HeartStep):  # type: ignore[misc]
+    def start(self, c: Any) -> None:
+        c.heart = _Heart(c.timer, c.event_dispatcher, self.heartbeat_interval)
+        c.heart.start()
+
+
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     """Celery's consumer with :func:`bus.broker.deadletter.check_task_message` in front."""
 
+    class Blueprint(CeleryConsumer.Blueprint):  # type: ignore[misc]
+        default_steps = [
+            f"{__name__}:Heart" if step == "celery.worker.consumer.heart:Heart" else step
+            for step in CeleryConsumer.Blueprint.default_steps
+        ]
+
+    _loop_thread: int | None = None
+
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        self._loop_thread = threading.get_ident()  # Celery's loop asks for it as it starts
         handle = super().create_task_handler(*args, **kwargs)
         bounds = self.app.conf.get(BOUNDS_SETTING) or DEFAULT_BOUNDS
         # A lost connection is Celery's to recover from (it reconnects and the message returns).
@@ -66,6 +94,22 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
                 return self.on_celery_error(message, exc)
 
         return on_task_received
+
+    def call_soon_ack(self, p: Any, *args: Any, **kwargs: Any) -> Any:
+        """Acknowledge at once on the loop's own thread. Found by the network suite on RabbitMQ
+        (solo pool): Celery queues the ack for the hub's next turn, and kombu polls before a
+        callback queued by another queued one (the read that ran the task) runs, for as long as
+        its next timer (~2 s); with one message prefetched the broker sends no other until the
+        ack, so a worker took ~2 wake-ups a second and the queues grew (kombu PR #1587). Acks
+        from other threads (a thread pool) still go through the hub: py-amqp is not
+        thread-safe."""
+        if self.hub is None or threading.get_ident() != self._loop_thread:
+            return super().call_soon_ack(p, *args, **kwargs)
+        try:
+            p(*args, **kwargs)
+        except Exception:
+            log.exception("acknowledging a message failed")
+        return p
 
     def on_celery_error(self, message: Message, exc: Exception) -> None:
         """Celery raised taking ``message`` (outside any handler): refuse it, keep the worker."""

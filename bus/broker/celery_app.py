@@ -133,6 +133,11 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=settings.task_events,
         task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
+        # A worker's remote-control queue, not exclusive to its connection: after a partition
+        # RabbitMQ may still hold the dead connection when the worker reconnects, and the
+        # exclusive queue's RESOURCE_LOCKED ended every worker (found by tests/faults). It is
+        # still deleted 10 s after its worker's last consumer goes (control_queue_expires).
+        control_queue_exclusive=False,
         enable_utc=True,
     )
     app.conf[BOUNDS_SETTING] = message_bounds(settings)

@@ -615,19 +615,24 @@ class Stack:
             wait_for(final, timeout, "every event to be final", interval=0.25)
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {self._unsettled()}\n{self._tails()}") from None
-        client = redis.Redis.from_url(self.runtime.settings.broker_url)
         served = (*MODULES, POISON_MODULE, ORDERED_MODULE)
         queues = [queue_name(m, self.settings.queue_prefix) for m in served]
         try:
             wait_for(
-                lambda: sum(int(client.llen(q)) for q in queues) == 0,
+                lambda: sum(self.queue_depths(queues).values()) == 0,
                 30,
                 "the queues to drain",
                 interval=0.25,
             )
         except AssertionError as exc:
-            depths = {q: int(client.llen(q)) for q in queues}
+            depths = self.queue_depths(queues)
             raise AssertionError(f"{exc}: {depths}\n{self._tails()}") from None
+
+    def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
+        """Messages waiting on each queue (Redis lists; a stack on another broker overrides)."""
+        client = redis.Redis.from_url(self.runtime.settings.broker_url)
+        try:
+            return {q: int(client.llen(q)) for q in queues}
         finally:
             client.close()
 

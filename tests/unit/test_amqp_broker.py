@@ -13,7 +13,7 @@ from amqp.transport import Transport
 
 from bus.broker.celery_app import make_celery
 from bus.settings import Settings
-from workers.intake import Consumer
+from workers.intake import Consumer, _Heart
 
 URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -90,3 +90,36 @@ def test_an_ack_from_another_thread_waits_for_the_loop() -> None:
     assert sent == []  # py-amqp is not thread-safe: the loop sends it
     consumer.hub.queued[0]()
     assert sent == ["ack"]
+
+
+def test_a_workers_control_queue_is_not_held_by_one_connection() -> None:
+    # RabbitMQ may still hold a partitioned worker's old connection when it reconnects: an
+    # exclusive queue would refuse the new one (RESOURCE_LOCKED) and end the worker
+    settings = Settings(jwt_secret="x" * 40, broker_url=URL)
+    queue = make_celery(settings).control.mailbox.get_queue("eventbus-1@host")
+
+    assert not queue.exclusive
+    assert queue.auto_delete and queue.expires == 10.0  # still gone once its worker is
+
+
+class _Eventer:
+    enabled = True
+
+    def __init__(self) -> None:
+        self.on_enabled: set[Any] = set()
+        self.on_disabled: set[Any] = set()
+        self.sent: list[tuple[str, bool]] = []
+
+    def send(self, event: str, retry: bool = False, **fields: Any) -> None:
+        self.sent.append((event, retry))
+
+
+def test_the_workers_heartbeat_event_is_sent_once_not_retried_until_the_broker_answers() -> None:
+    # Celery's own retries it in the worker's event loop: a partition stopped the loop there
+    assert "workers.intake:Heart" in Consumer.Blueprint.default_steps
+    assert "celery.worker.consumer.heart:Heart" not in Consumer.Blueprint.default_steps
+    eventer = _Eventer()
+
+    _Heart(None, eventer)._send("worker-heartbeat")
+
+    assert eventer.sent == [("worker-heartbeat", False)]
