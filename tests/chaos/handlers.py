@@ -39,6 +39,9 @@ from tests.chaos.ledger import MODULES, ORDERED_MODULE, POISON_MODULE
 from workers import Event, handler
 
 _ledger: dict[str, Any] = {}
+LEDGER_APPLICATION = "chaos-ledger"
+"""The ledger connection's name on the server: the suite's, not the bus's (the network suite
+leaves it out of what it measures of the bus's connections)."""
 
 
 def _dsn() -> str:
@@ -50,7 +53,9 @@ def _connection() -> psycopg.Connection[Any]:
     """This process's ledger connection (a forked pool child makes its own)."""
     conn = _ledger.get("conn")
     if conn is None or _ledger.get("pid") != os.getpid() or conn.closed:
-        conn = psycopg.connect(_dsn(), autocommit=True, connect_timeout=3)
+        conn = psycopg.connect(
+            _dsn(), autocommit=True, connect_timeout=3, application_name=LEDGER_APPLICATION
+        )
         _ledger.update(conn=conn, pid=os.getpid())
     return conn  # type: ignore[no-any-return]
 

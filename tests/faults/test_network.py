@@ -18,6 +18,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
+from tests.chaos.handlers import LEDGER_APPLICATION
 from tests.chaos.harness import plan
 from tests.faults.harness import PLACES, NetStack, Publishing
 from tests.support.processes import BIN, wait_for
@@ -116,12 +117,16 @@ def _redis_clients(s: NetStack, host: str) -> list[str]:
 
 
 def _backends(s: NetStack, host: str) -> int:
-    """PostgreSQL's backends serving connections from ``host``."""
+    """PostgreSQL's backends serving the bus's connections from ``host`` (not the test
+    handlers' own ledger connection, which sets no keepalives)."""
     with s.runtime.engine.connect() as conn:
         return int(
             conn.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE client_addr = :addr"),
-                {"addr": s.net.addr(host)},
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE client_addr = :addr "
+                    "AND application_name <> :ledger"
+                ),
+                {"addr": s.net.addr(host), "ledger": LEDGER_APPLICATION},
             ).scalar_one()
         )
 
