@@ -216,6 +216,13 @@ async def json_body(request: Request) -> Any:
     return await _read_json(request, runtime.settings.max_body_bytes)
 
 
+async def read_body(request: Request) -> bytes:
+    """The request body as bytes, capped as :func:`json_body` caps it: for a body whose
+    headers say how to read it (a publish's CloudEvent, ``api.cloudevents``)."""
+    runtime: Runtime = request.app.state.runtime
+    return await _read(request, runtime.settings.max_body_bytes)
+
+
 async def read_batch_body(request: Request) -> bytes:
     """A batch's body as bytes, capped by ``EVENTBUS_MAX_BATCH_BODY_BYTES``. Read by the route
     once its heavy call is admitted (a refused call never brings up to 16 MiB into memory), and

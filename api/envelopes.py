@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, create_model
 
+from bus.events import cloudevents
 from bus.events.schemas import (
     EVENT_FIELDS,
     FILTER_PATTERN,
@@ -214,6 +215,43 @@ PUBLISH_BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": list(REQUIRED_FIELDS),
     "properties": {name: _PUBLISH_PROPERTIES[name] for name in REQUIRED_FIELDS},
+}
+
+
+def _mapped(field: str) -> dict[str, Any]:
+    """A CloudEvent attribute read into a publish field: that field's rules."""
+    rules = _PUBLISH_PROPERTIES[field]
+    said = f"the event's `{field}`"
+    if "description" in rules:
+        said = f"{said}: {rules['description']}"
+    return {**rules, "description": said}
+
+
+CLOUDEVENT_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "One CloudEvent 1.0 (structured mode); other attributes are ignored.",
+    "required": ["specversion", "id", *cloudevents.FIELD_ATTRIBUTES.values()],
+    "properties": {
+        "specversion": {"type": "string", "enum": [cloudevents.SPECVERSION]},
+        "id": {
+            **_IDENTIFIER,
+            "description": "with `source`, names the event: the same pair again (per tenant, "
+            "without an `Idempotency-Key`) is stored once",
+        },
+        **{name: _mapped(field) for field, name in cloudevents.FIELD_ATTRIBUTES.items()},
+        "datacontenttype": {
+            "type": "string",
+            "pattern": cloudevents.DATA_CONTENT_TYPE_PATTERN,
+            "description": "`application/json` (parameters allowed) when given",
+        },
+        "time": {
+            "type": "string",
+            "format": "date-time",
+            "pattern": TIMESTAMP_PATTERN,
+            "description": "RFC 3339 when given; not stored (`created_at` is when the bus "
+            "stored the event)",
+        },
+    },
 }
 
 

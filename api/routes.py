@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from api.cloudevents import REQUEST_BODY as PUBLISH_REQUEST_BODY
+from api.cloudevents import PublishBody
 from api.deps import (
     BusDep,
     GroupCommitDep,
@@ -22,7 +24,6 @@ from api.deps import (
 )
 from api.envelopes import (
     BATCH_BODY_SCHEMA,
-    PUBLISH_BODY_SCHEMA,
     REPLAY_BODY_SCHEMA,
     STATUS_BODY_SCHEMA,
     EventDetailEnvelope,
@@ -112,19 +113,13 @@ async def event_stats(caller: SystemReader, work: WorkDep, query: StatsQueryDep)
     response_model=EventEnvelope,
     responses={201: {"headers": REPLAYED_HEADER}, **errors(400, 401, 403, 409, 413, 422, 500)},
     summary="Publish Event",
-    openapi_extra={
-        "parameters": [IDEMPOTENCY_KEY_PARAMETER],
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": PUBLISH_BODY_SCHEMA}},
-        },
-    },
+    openapi_extra={"parameters": [IDEMPOTENCY_KEY_PARAMETER], "requestBody": PUBLISH_REQUEST_BODY},
 )
 async def publish_event(
     request: Request,
     caller: SystemWriter,
     key: IdempotencyKey,
-    body: JsonBody,
+    body: PublishBody,
     work: WorkDep,
     runtime: BusDep,
     group: GroupCommitDep,
@@ -137,10 +132,28 @@ async def publish_event(
     `Idempotency-Key`, it is stored once per key and tenant: a retry is answered the first
     response (`Idempotent-Replayed: true`), another body with the key is a 422, a retry while
     the first is in flight a 409.
+
+    **CloudEvents 1.0.** The body may also be one CloudEvent, in structured mode
+    (`Content-Type: application/cloudevents+json`, charset allowed) or binary mode (headers
+    `ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-subject`, `ce-targetmodule`,
+    `ce-entitytype`, optional `ce-time`, percent-encoded; the body is the data, its
+    `Content-Type` `application/json` or none). Mapped onto the seed's fields: `type` →
+    `event_type`, `source` → `source_module`, extension `targetmodule` → `target_module`,
+    extension `entitytype` → `entity_type`, `subject` → `entity_id` (with `entity_type`, the
+    key of per-entity order), `data` → `event_data` (a JSON object); `time` is checked (RFC
+    3339) and not stored, other attributes are ignored. Checked in the order `specversion`
+    (else `400 Field required specversion`, not `1.0`: `400 Invalid specversion`), `id`,
+    `datacontenttype` (not JSON: `400 Invalid datacontenttype`), `time`, `type`, `source`,
+    `target_module`, `entity_type`, `subject`, `data` (`400 Field required <name>` /
+    `Invalid <name>`, named as sent; a data that is no JSON object: `400 Event data must be
+    object`). Without an `Idempotency-Key`, `source` + `id` are the key: the same event sent
+    again is answered the first response, another with the same `source` + `id` is the 422.
+    The answer, rights, tenancy and body cap are a JSON publish's.
     """
     event = service.prepare_publish(
         runtime.settings, caller, tenant_id, body, request_id=request.state.request_id
     )
+    key = service.publish_key(key, body)
     if key is not None:  # its own unit of work: the key's row commits with the event
         envelope = {"success": True, "message": "Event published successfully"}
         return answer(

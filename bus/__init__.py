@@ -14,7 +14,8 @@ package; the tables and every SQL statement sit beneath them in ``storage``:
                     at an edge (a request, a task, a CLI command), with the messages it sends
                     after the commit.
 ``events/``         what an event is: input rules and the seed's output shape (``schemas``);
-                    the status rules every change goes through (``rules``); ids that name
+                    a CloudEvent 1.0 read and mapped onto a publish (``cloudevents``); the
+                    status rules every change goes through (``rules``); ids that name
                     their time (``ids``).
 ``publish/``        1. publish: a body becomes a stored event and a message
                     (``service``), once per ``Idempotency-Key`` (``idempotency``); a replay

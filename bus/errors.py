@@ -17,11 +17,13 @@ class BusError(Exception):
 
 class FieldRequired(BusError):
     def __init__(self, field: str) -> None:
+        self.field = field
         super().__init__(f"Field required {field}")
 
 
 class InvalidField(BusError):
     def __init__(self, field: str) -> None:
+        self.field = field
         super().__init__(f"Invalid {field}")
 
 

@@ -36,6 +36,18 @@ def parse_key(values: list[str]) -> str | None:
     return values[0]
 
 
+CLOUDEVENT_KEY_PREFIX = "cloudevents:"
+
+
+def cloudevent_key(source: str, event_id: str) -> str:
+    """The key of a CloudEvent published without an ``Idempotency-Key``: its ``source`` and
+    ``id`` name it (CloudEvents 1.0), so the same pair from one tenant is stored once. Hashed,
+    as the pair may be any text of any length; a header's key never starts with
+    ``cloudevents:`` by chance."""
+    pair = json.dumps([source, event_id], ensure_ascii=False, separators=(",", ":"))
+    return CLOUDEVENT_KEY_PREFIX + hashlib.sha256(pair.encode("utf-8")).hexdigest()
+
+
 ACCEPTED_FIELDS = fields.PUBLISHED
 """What a publish takes from its body; every other field of it is ignored."""
 

@@ -28,6 +28,7 @@ from bus.errors import (
     InvalidJSONBody,
     TooManyEvents,
 )
+from bus.events import cloudevents
 from bus.events.ids import created_at_of, new_event_id
 from bus.events.rules import utcnow
 from bus.events.schemas import (
@@ -36,6 +37,7 @@ from bus.events.schemas import (
     parse_new_event,
 )
 from bus.observability import metrics
+from bus.publish import idempotency
 from bus.settings import Settings
 from bus.storage import event_store, idempotency_store
 from bus.storage.models import EventRow, EventStatus
@@ -70,12 +72,27 @@ def prepare_publish(
     now: datetime | None = None,
 ) -> EventRow:
     """A checked publish, ready to store: the caller's right, its tenant, the body's rules.
-    No I/O, so a bad body is refused before it joins other publishes in a commit."""
+    No I/O, so a bad body is refused before it joins other publishes in a commit. ``body``:
+    the seed's JSON body, or a :class:`bus.events.cloudevents.CloudEvent` (mapped onto it by
+    :func:`bus.events.cloudevents.parse_cloudevent`)."""
     require_writer(principal)
     tenant_id = acting_tenant(principal, tenant_param, creating=True)
     assert tenant_id is not None
-    new = parse_new_event(body, settings.max_event_data_bytes)
+    if isinstance(body, cloudevents.CloudEvent):
+        new = cloudevents.parse_cloudevent(body, settings.max_event_data_bytes)
+    else:
+        new = parse_new_event(body, settings.max_event_data_bytes)
     return _new_row(new, tenant_id, request_id, now or utcnow())
+
+
+def publish_key(header_key: str | None, body: Any) -> str | None:
+    """A publish's idempotency key: its ``Idempotency-Key``, else for a CloudEvent its
+    ``source`` and ``id`` (:func:`bus.publish.idempotency.cloudevent_key`: the same event sent
+    again is answered the first response, another one with the same pair is a 422), else none.
+    Asked once :func:`prepare_publish` has accepted ``body``."""
+    if header_key is not None or not isinstance(body, cloudevents.CloudEvent):
+        return header_key
+    return idempotency.cloudevent_key(*cloudevents.identity(body))
 
 
 def prepare_batch(
