@@ -103,7 +103,11 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         ack, so a worker took ~2 wake-ups a second and the queues grew (kombu PR #1587). Acks
         from other threads (a thread pool) still go through the hub: py-amqp is not
         thread-safe."""
-        if self.hub is None or threading.get_ident() != self._loop_thread:
+        driver = getattr(getattr(self.connection, "transport", None), "driver_type", None)
+        if self.hub is None or threading.get_ident() != self._loop_thread or driver != "amqp":
+            # (Redis acks through the hub as Celery does: an ack that meets a dead connection
+            # then fails the loop, which reconnects at once; swallowed here it cost a half-open
+            # connection ~10 s more before the consumer noticed.)
             return super().call_soon_ack(p, *args, **kwargs)
         try:
             p(*args, **kwargs)

@@ -394,9 +394,10 @@ def test_api_host_cut_from_its_clients(netstack: Any) -> None:
 
 
 def test_clocks_skewed_on_two_workers(netstack: Any) -> None:
-    # Given the bus on its hosts, worker2's clock 30 s ahead and worker3's 30 s behind
+    # Given the bus on its hosts, worker2's clock and the relay's 30 s ahead, worker3's 30 s
+    # behind
     s: NetStack = netstack()
-    s.skews.update(w2="+30s", w3="-30s")
+    s.skews.update(w2="+30s", w3="-30s", relay="+30s")
     s.start_api("api1")
     s.start_api("api2")
     s.start_workers("w1", "w2", "w3", pool="solo")
@@ -407,7 +408,8 @@ def test_clocks_skewed_on_two_workers(netstack: Any) -> None:
     counts = _count(
         s,
         "net_clock_skew",
-        "worker2's wall clock 30 s ahead, worker3's 30 s behind (faketime), for the whole run",
+        "the wall clocks of worker2 and the relay 30 s ahead, worker3's 30 s behind "
+        "(faketime), for the whole run",
         "claims, heartbeats and retry times are compared with the database's clock, or within "
         "one worker's own; a run is single by the batch's row locks whatever a clock says",
         outcome,

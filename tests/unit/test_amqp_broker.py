@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -62,10 +63,11 @@ class _Hub:
         return callback
 
 
-def _consumer(loop_thread: int) -> Consumer:
+def _consumer(loop_thread: int, driver: str = "amqp") -> Consumer:
     consumer: Consumer = object.__new__(Consumer)  # only what call_soon_ack reads
     consumer.hub = _Hub()
     consumer._loop_thread = loop_thread
+    consumer.connection = SimpleNamespace(transport=SimpleNamespace(driver_type=driver))
     return consumer
 
 
@@ -88,6 +90,19 @@ def test_an_ack_from_another_thread_waits_for_the_loop() -> None:
     consumer.call_soon_ack(sent.append, "ack")
 
     assert sent == []  # py-amqp is not thread-safe: the loop sends it
+    consumer.hub.queued[0]()
+    assert sent == ["ack"]
+
+
+def test_a_redis_ack_waits_for_the_loop_even_on_its_thread() -> None:
+    # On Redis an ack that meets a dead connection must fail the loop (which reconnects at
+    # once), as Celery's own deferred ack does
+    consumer = _consumer(threading.get_ident(), driver="redis")
+    sent: list[str] = []
+
+    consumer.call_soon_ack(sent.append, "ack")
+
+    assert sent == []
     consumer.hub.queued[0]()
     assert sent == ["ack"]
 
