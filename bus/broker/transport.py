@@ -24,6 +24,30 @@ from bus.broker import deadletter
 from bus.broker.queues import WAKE_BOUND_HEADER
 
 
+class QoS(kombu_redis.QoS):
+    """kombu's, except that a delivery whose ack or reject failed still frees its place in the
+    prefetch window. kombu skips that when the Redis call raises (a dead connection): with one
+    message prefetched (a solo worker) ``can_consume()`` then stayed false for good, the
+    consumer stopped reading its BRPOP connection, never saw that one die too, and consumed
+    nothing again (tests/faults, a half-open broker connection: "Couldn't ack", then silence).
+    The message stays in the unacked index and comes back by the visibility timeout."""
+
+    def ack(self, delivery_tag: Any) -> None:
+        try:
+            self._remove_from_indices(delivery_tag).execute()  # type: ignore[no-untyped-call]
+        finally:
+            super(kombu_redis.QoS, self).ack(delivery_tag)  # type: ignore[no-untyped-call]
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        try:
+            if requeue:
+                self.restore_by_tag(delivery_tag, leftmost=True)  # type: ignore[no-untyped-call]
+            else:
+                self._remove_from_indices(delivery_tag).execute()  # type: ignore[no-untyped-call]
+        finally:
+            super(kombu_redis.QoS, self).ack(delivery_tag)  # type: ignore[no-untyped-call]
+
+
 class Channel(kombu_redis.Channel):
     """Also refuses list items that are not kombu envelopes (:mod:`bus.broker.deadletter`).
 
@@ -33,6 +57,7 @@ class Channel(kombu_redis.Channel):
     as popped, to ``<queue>.dead``, and the read goes on.
     """
 
+    QoS = QoS
     _shared_client: Any = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:

@@ -61,6 +61,10 @@ class NetStack(Stack):
         self.skews: dict[str, str] = {}
         """A process's clock offset for faketime (``"+30s"``), by process name."""
         self.proxied = proxied
+        self.unkeyed_every = 0
+        """With n > 0, every n-th publish goes without an ``Idempotency-Key``: the API's group
+        commit takes it (a keyed publish has a transaction of its own), and a retry after an
+        answer that never came may store it twice (at least once, as documented)."""
         if proxied:
             overrides.setdefault("database_url", pg.url(database).replace(":5432/", ":15432/"))
             overrides.setdefault("broker_url", f"redis://{net.addr('redis')}:16379/0")
@@ -183,9 +187,9 @@ class NetStack(Stack):
         self, planned: Sequence[Planned], rate: float = 100.0, give_up_after: float = 120.0
     ) -> Callable[[], Publishing]:
         """Publish from the client host at ``rate`` a second, round robin over the API hosts,
-        each event with an ``Idempotency-Key`` of its own, retried (same key, the next API) on
-        no answer, a 5xx or a 409 until ``give_up_after`` seconds; the returned function
-        waits and gives what happened."""
+        each event with an ``Idempotency-Key`` of its own (see :attr:`unkeyed_every`), retried
+        (same key, the next API) on no answer, a 5xx or a 409 until ``give_up_after`` seconds;
+        the returned function waits and gives what happened."""
         outcome = Publishing()
         urls = [self.url_of(api) for api in self.apis]
 
@@ -238,6 +242,13 @@ class Publishing:
         return round(min(ends) - since, 1) if ends else None
 
 
+def _key_of(n: int, unkeyed_every: int) -> dict[str, str]:
+    """Publish ``n``'s ``Idempotency-Key`` header (none for every ``unkeyed_every``-th)."""
+    if unkeyed_every and n % unkeyed_every == 0:
+        return {}
+    return {"Idempotency-Key": str(uuid.uuid4())}
+
+
 async def _publish_steady(
     urls: list[str],
     planned: Sequence[Planned],
@@ -256,8 +267,7 @@ async def _publish_steady(
     try:
 
         async def one(n: int, item: Planned) -> None:
-            key = str(uuid.uuid4())
-            headers = {"Authorization": tokens[item.tenant], "Idempotency-Key": key}
+            headers = {"Authorization": tokens[item.tenant], **_key_of(n, stack.unkeyed_every)}
             deadline = time.monotonic() + give_up_after
             attempt = 0
             async with lanes:
