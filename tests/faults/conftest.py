@@ -42,11 +42,12 @@ def pg(net: Network) -> Iterator[HostPostgres]:
 
 @pytest.fixture
 def netstack(net: Network, pg: HostPostgres) -> Iterator[Any]:
-    """``netstack(**settings)``: a bus spread over the hosts, over the session's cluster."""
+    """``netstack(**settings)``: a bus spread over the hosts, over the session's cluster
+    (``netstack(kind=SentinelStack)``: a :class:`NetStack` of another kind)."""
     made: list[NetStack] = []
 
-    def make(**overrides: Any) -> NetStack:
-        instance = NetStack(net, pg, DATABASE, **overrides)
+    def make(kind: type[NetStack] = NetStack, **overrides: Any) -> NetStack:
+        instance = kind(net, pg, DATABASE, **overrides)
         made.append(instance)
         return instance
 

@@ -231,6 +231,15 @@ class Publishing:
         self.slowest = max(self.slowest, took)
         self.requests.append((time.time() - took, took, answer, url))
 
+    def check_served(self, *, timeouts: bool = True) -> None:
+        """No publish given up, none answered 500, and (``timeouts``) none held past the
+        client's read timeout: the API answered, a 503 at worst, which the client retried."""
+        answers = dict(self.answers)
+        assert self.gave_up == 0, answers
+        assert "500" not in answers, answers
+        if timeouts:
+            assert answers.get("ReadTimeout", 0) == 0, answers
+
     def first_end(self, url: str, since: float, ok: bool) -> float | None:
         """Seconds from ``since`` (epoch) to the end of the first request to ``url`` begun
         after it that was answered 201 (``ok``) or not; None if none was."""

@@ -35,8 +35,8 @@ class HostRedis(RedisServer):
     def local_url(self) -> str:
         return f"unix://{self.socket}?db=0"
 
-    def start(self) -> HostRedis:
-        args = [
+    def args(self) -> list[str]:
+        return [
             "redis-server",
             "--bind", self.net.addr(self.host),
             "--port", str(REDIS_PORT),
@@ -47,8 +47,12 @@ class HostRedis(RedisServer):
             "--appendonly", "no",
             "--maxmemory-policy", "noeviction",
         ]  # fmt: skip
+
+    def start(self) -> HostRedis:
         self.proc = subprocess.Popen(
-            self.net.argv(self.host, args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.net.argv(self.host, self.args()),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for(self._answers, 10, f"redis on {self.host} never answered")
         return self

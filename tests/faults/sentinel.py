@@ -44,24 +44,8 @@ class HostReplica(HostRedis):
         super().__init__(net, host)
         self.primary = primary
 
-    def start(self) -> HostReplica:
-        args = [
-            "redis-server",
-            "--bind", self.net.addr(self.host),
-            "--port", str(REDIS_PORT),
-            "--unixsocket", str(self.socket),
-            "--protected-mode", "no",
-            "--dir", str(self.dir),
-            "--save", "",
-            "--appendonly", "no",
-            "--maxmemory-policy", "noeviction",
-            "--replicaof", self.net.addr(self.primary.host), str(REDIS_PORT),
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            self.net.argv(self.host, args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for(self._answers, 10, f"redis on {self.host} never answered")
-        return self
+    def args(self) -> list[str]:
+        return [*super().args(), "--replicaof", self.net.addr(self.primary.host), str(REDIS_PORT)]
 
 
 class HostSentinels:

@@ -94,9 +94,7 @@ def test_rabbitmq_killed_under_load_and_restarted(s: RabbitNetStack) -> None:
     print(f"noticed {noticed}; reconnected {reconnected}; back {back}; {answers}, slowest "
           f"{outcome.slowest:.1f} s; {counts}")  # fmt: skip
     counts.check()
-    assert outcome.gave_up == 0, answers
-    assert "500" not in answers, answers
-    assert answers.get("ReadTimeout", 0) == 0, answers
+    outcome.check_served()
     assert all(n is not None for n in noticed.values()), noticed
     assert max(back.values()) <= BACK_WITHIN, back
 
@@ -138,9 +136,7 @@ def test_rabbitmq_partitioned_from_every_worker(s: RabbitNetStack) -> None:
     print(f"noticed {noticed}; reconnected {reconnected}; back {back}; handlers run while cut "
           f"{during}; {answers}, slowest {outcome.slowest:.1f} s; {counts}")  # fmt: skip
     counts.check()
-    assert outcome.gave_up == 0, answers
-    assert "500" not in answers, answers
-    assert answers.get("ReadTimeout", 0) == 0, answers
+    outcome.check_served()
     # each worker saw its connection die within the network timeout, not at the link's return
     assert all(n is not None and n < 30 for n in noticed.values()), noticed
     assert max(back.values()) <= BACK_WITHIN, back
@@ -173,6 +169,4 @@ def test_rabbitmq_cut_from_both_apis(s: RabbitNetStack) -> None:
     answers = dict(outcome.answers)
     print(f"{answers}, slowest {outcome.slowest:.1f} s; {counts}")
     counts.check()
-    assert outcome.gave_up == 0, answers
-    assert "500" not in answers, answers
-    assert answers.get("ReadTimeout", 0) == 0, answers
+    outcome.check_served()

@@ -56,20 +56,8 @@ class ReplicaServer(RedisServer):
         super().__init__()
         self.primary = primary
 
-    def start(self) -> ReplicaServer:
-        args = [
-            "redis-server",
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.dir),
-            "--save", "",
-            "--appendonly", "no",
-            "--maxmemory-policy", "noeviction",
-            "--replicaof", "127.0.0.1", str(self.primary.port),
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: port_open(self.port), 10, f"redis on {self.port} never answered")
-        return self
+    def args(self) -> list[str]:
+        return [*super().args(), "--replicaof", "127.0.0.1", str(self.primary.port)]
 
 
 class SentinelServer:

@@ -30,7 +30,8 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> RedisServer:
+    def args(self) -> list[str]:
+        """redis-server's command line (a replica adds to it)."""
         args = [
             "redis-server",
             "--bind", "127.0.0.1",
@@ -40,10 +41,13 @@ class RedisServer:
             "--maxmemory-policy", "noeviction",
         ]  # fmt: skip
         if self.persistent:
-            args += ["--appendonly", "yes", "--appendfsync", "always"]
-        else:
-            args += ["--appendonly", "no"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return [*args, "--appendonly", "yes", "--appendfsync", "always"]
+        return [*args, "--appendonly", "no"]
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_for(lambda: port_open(self.port), 10, f"redis on {self.port} never answered")
         return self
 
