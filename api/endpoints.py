@@ -1,5 +1,5 @@
 """``/system/endpoints``: webhook endpoints, the HTTP receivers of a tenant's events of one
-module (issue 22; delivery to them is not built yet). Thin routes over
+module (``eventbus worker`` delivers to them), and their deliveries. Thin routes over
 :mod:`bus.webhooks.endpoints`, which holds the rules, rights and tenancy."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from api.deps import BusDep, JsonBody, SystemReader, WorkDep
 from api.envelopes import (
     ENDPOINT_CREATE_BODY_SCHEMA,
     ENDPOINT_UPDATE_BODY_SCHEMA,
+    DeliveriesEnvelope,
     EndpointEnvelope,
     EndpointsEnvelope,
     errors,
 )
-from api.params import EndpointIdPath, EndpointsQueryDep, TenantQuery
+from api.params import DeliveriesQueryDep, EndpointIdPath, EndpointsQueryDep, TenantQuery
 from bus.webhooks import endpoints
 from bus.webhooks.endpoints import EndpointNotFound
 
@@ -166,3 +167,20 @@ async def rotate_endpoint_secret(
         endpoints.rotate_secret, runtime.settings, caller, endpoint_id, tenant_id
     )
     return _answer("Secret rotated successfully", endpoint=endpoint)
+
+
+@router.get(
+    "/{endpoint_id}/deliveries",
+    response_model=DeliveriesEnvelope,
+    responses=_errors(400, 401, 403, 404, 500),
+    summary="List Endpoint Deliveries",
+)
+async def list_endpoint_deliveries(
+    endpoint_id: EndpointIdPath, caller: SystemReader, work: WorkDep, query: DeliveriesQueryDep
+) -> Any:
+    """The endpoint's latest deliveries, newest first (`status=failed`: its last failures;
+    `waiting`: the events waiting for it while it is disabled)."""
+    found = await work.read(
+        endpoints.list_deliveries, caller, endpoint_id, query.tenant_id, query.status, query.limit
+    )
+    return _answer("Deliveries retrieved successfully", deliveries=found)

@@ -343,6 +343,9 @@ class EventDetailEnvelope(BaseModel):
         description="when the automatic retry of a failed event is due; null when none is "
         "(pending, processed, or failed for good)",
     )
+    deliveries: list[Delivery] = Field(
+        description="its outcome with each webhook endpoint it went to"
+    )
 
 
 class ReplayEnvelope(BaseModel):
@@ -406,11 +409,16 @@ class Endpoint(BaseModel):
     format: str = Field(json_schema_extra={"enum": list(ENDPOINT_FORMATS)})
     enabled: bool
     ordered: bool = Field(
-        description="deliver an entity's events one at a time, in order; a failing endpoint "
-        "then holds only its own entities (delivery is not built yet)"
+        description="deliver an entity's events one at a time, in order: a failed event "
+        "holds its entity's later events (only its own tenant's, of its module) while its "
+        "retries are to come, and after the last one until an operator releases the key"
     )
     disabled_reason: str | None = Field(
         description="why the endpoint is disabled; null while enabled (enabling clears it)"
+    )
+    failing_since: str | None = Field(
+        description="since when every delivery failed (null once one answers 2xx); the endpoint "
+        "is disabled when that is `EVENTBUS_WEBHOOK_DISABLE_AFTER_SECONDS` ago"
     )
     previous_secret_expires_at: str | None = Field(
         description="while a rotated secret is still valid (deliveries then carry two "
@@ -429,6 +437,27 @@ class EndpointEnvelope(BaseModel):
     success: bool = True
     message: str = Field(examples=["Endpoint created successfully"])
     endpoint: Endpoint
+
+
+class Delivery(BaseModel):
+    event_id: str
+    endpoint_id: str
+    status: str = Field(
+        json_schema_extra={"enum": ["acknowledged", "failed", "waiting"]},
+        description="`acknowledged`: answered 2xx (never sent again); `failed`: its last "
+        "request failed; `waiting`: the endpoint is disabled",
+    )
+    requests: int = Field(description="requests sent in all")
+    last_status_code: int | None = Field(description="null: no HTTP answer (or none sent)")
+    last_error: str | None
+    last_attempt_at: str | None
+    acknowledged_at: str | None
+
+
+class DeliveriesEnvelope(BaseModel):
+    success: bool = True
+    message: str = Field(examples=["Deliveries retrieved successfully"])
+    deliveries: list[Delivery] = Field(description="newest first")
 
 
 class EndpointsEnvelope(BaseModel):

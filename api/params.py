@@ -206,6 +206,30 @@ async def endpoints_query(
     return EndpointsQuery(tenant_id or None, target_module or None)
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveriesQuery:
+    tenant_id: str | None
+    status: str | None
+    limit: str | None
+
+
+async def deliveries_query(
+    request: Request,
+    tenant_id: _TENANT = "",
+    status: Annotated[
+        str,
+        _param(
+            "only deliveries in this status: acknowledged, failed or waiting; empty: all",
+            pattern="^(acknowledged|failed|waiting)?$",
+        ),
+    ] = "",
+    limit: Annotated[str, _param("how many, newest first: 1 to 100 (20)", pattern="^[0-9]*$")] = "",
+) -> DeliveriesQuery:
+    """``GET /system/endpoints/{id}/deliveries``'s query (checked by ``bus.webhooks``)."""
+    _only_once(request, ("tenant_id", "status", "limit"))
+    return DeliveriesQuery(tenant_id or None, status or None, limit or None)
+
+
 async def endpoint_id_path(
     endpoint_id: Annotated[
         str,
@@ -223,6 +247,7 @@ async def endpoint_id_path(
 TenantQuery = Annotated[str | None, Depends(tenant_query)]
 EndpointsQueryDep = Annotated[EndpointsQuery, Depends(endpoints_query)]
 EndpointIdPath = Annotated[str, Depends(endpoint_id_path)]
+DeliveriesQueryDep = Annotated[DeliveriesQuery, Depends(deliveries_query)]
 HeldKeysQueryDep = Annotated[HeldKeysQuery, Depends(held_keys_query)]
 EventIdPath = Annotated[str, Depends(event_id_path)]
 StatsQueryDep = Annotated[StatsQuery, Depends(stats_query)]

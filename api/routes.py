@@ -320,7 +320,8 @@ async def get_event(
     """One event and its attempt history, oldest first: each handler run a worker recorded
     (`processed`, `failed`, or `lost` for a run whose process died) and each status change a
     `PUT` made (`source: "api"`). A long history shows its last entries, each error cut;
-    `attempts_total` counts them all.
+    `attempts_total` counts them all. `deliveries`: its outcome with each webhook endpoint
+    it went to (`acknowledged`, `failed`, or `waiting` for a disabled endpoint).
 
     Same rights and tenancy as the list: `manage:system` or a system admin; a system admin
     naming no tenant reads any tenant's event. An id that is not a UUID, or an event of another
@@ -335,5 +336,6 @@ async def get_event(
             "attempts": found.attempts,
             "attempts_total": found.attempts_total,
             "next_attempt_at": found.next_attempt_at,
+            "deliveries": found.deliveries,
         }
     )

@@ -18,6 +18,21 @@ LARGEST_EVENT_OVERHEAD = 128 * 1024
 10,000-character error_message, each character escaped to six bytes, and the envelope."""
 
 
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """``EVENTBUS_WEBHOOK_RETRY_SCHEDULE``: comma-separated seconds, each > 0; empty: no
+    retry. ValueError names a bad entry."""
+    delays: list[float] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            delay = float(part)
+        except ValueError:
+            delay = -1.0
+        if not 0 < delay < float("inf"):  # NaN fails this too
+            raise ValueError(f"a retry delay is a positive number of seconds, not {part!r}")
+        delays.append(delay)
+    return tuple(delays)
+
+
 class Environment(StrEnum):
     DEVELOPMENT = "development"
     TEST = "test"
@@ -312,6 +327,43 @@ class Settings(BaseSettings):
         "private, link-local, multicast, reserved or metadata addresses (e.g. `127.0.0.0/8` "
         "for a receiver on the same host); empty: none",
     )
+
+    webhook_timeout_seconds: float = Field(
+        15.0, gt=0, description="a webhook delivery's whole request, connect to last byte"
+    )
+    webhook_max_response_bytes: int = Field(
+        65536, ge=0, description="the most of a receiver's answer a delivery reads"
+    )
+    webhook_concurrency: int = Field(
+        256,
+        ge=1,
+        description="webhook requests in flight per worker process (keep-alive pooled); a "
+        "worker claims no more of a module's events while this many wait for answers",
+    )
+    webhook_retry_schedule: str = Field(
+        "5,300,1800,7200,18000,36000,36000",
+        description="seconds before each retry of an event a webhook endpoint failed (Svix's "
+        "schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h; each within -10 %); its length is "
+        "the retries, so the attempts are one more. A `Retry-After` on 429/503 waits longer",
+    )
+    webhook_disable_after_seconds: float = Field(
+        432000.0,
+        gt=0,
+        description="an endpoint whose every delivery failed for this long (no 2xx since its "
+        "first failure) is disabled; its events wait for it to be enabled again",
+    )
+    webhook_waiting_recheck_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="how often an event waiting for a disabled endpoint is looked at again "
+        "(enabling the endpoint wakes its waiting events at once)",
+    )
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value)  # ValueError names what is wrong
+        return value
 
     @field_validator("webhook_allow_networks")
     @classmethod

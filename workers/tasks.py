@@ -59,8 +59,11 @@ from bus.runtime import Runtime
 from bus.storage import event_store
 from bus.storage.models import EventRow, EventStatus
 from bus.uow import HandlerMisuse, UnitOfWork
+from bus.webhooks import delivery
+from bus.webhooks.delivery import Plan
 from workers.event import Event
 from workers.registry import Registration, Registry, registry
+from workers.webhooks import Sent, Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,7 @@ class EventProcessor:
         self.handlers = handlers
         self._modules = list(modules) if modules else None
         self.claimer = claims.Claimer(runtime, worker or default_worker_name())
+        self.webhooks = Webhooks(runtime, self.claimer)
         # Whether a delivery of this thread ended with claims outstanding (threads pool: each
         # thread runs its own deliveries).
         self._local = threading.local()
@@ -156,7 +160,7 @@ class EventProcessor:
         """Claim a batch of ``module`` and run it; one of its ids when more may be ready (a
         wake-up's hint): the claim was full, or the module has ordered handlers (running an
         entity's event readies its next one, which no message announces)."""
-        order = self.handlers.order(module)
+        order = self.webhooks.order(module, self.handlers.order(module))
         limit = self.claimer.size(module, order.any)
         with self.runtime.unit_of_work() as uow:
             claims = self.claimer.claim(uow, module, order, limit)
@@ -275,6 +279,9 @@ class EventProcessor:
         stopped = set(stopped or ())
         failed: set[Key] = set()
         behind: list[uuid.UUID] = []
+        module = runs[0].event.target_module if runs else ""
+        handled = [self.handlers.find(a.event.target_module, a.event.event_type) for a in runs]
+        plans = self.webhooks.plan(uow, module, runs, all(handled))
         for index, attempt in enumerate(runs):
             if index and time.monotonic() > ends:
                 self.claimer.release(uow, [rest.event.id for rest in runs[index:]])
@@ -285,19 +292,23 @@ class EventProcessor:
             if key in stopped:
                 behind.append(row.id)
                 continue
-            registration = self.handlers.find(row.target_module, row.event_type)
+            registration = handled[index]
+            plan = plans.get(row.id)
+            if plan is not None and plan.ordered:
+                # One event of an ordered endpoint's entity at a time: its outcome comes later.
+                stopped.add(key)
+                failed.add(key)
             if registration is None:
-                reason = f"No handler for {row.target_module}/{row.event_type}"
-                out.changes.append(attempts.failed(attempt, reason, None))
-                out.reports.append(functools.partial(_report_unhandled, attempt))
-                if trace is not None:
-                    self._trace_unhandled(trace, Event.of(row, attempt.number), reason)
+                self._without_handler(uow, out, attempt, plan, trace)
                 continue
             began, started = utcnow(), time.perf_counter()
             with _logged_as(row):
                 run = invoke(uow, registration, Event.of(row, attempt.number))
             elapsed = time.perf_counter() - started
             out.spent(row.tenant_id, elapsed)
+            if plan is not None and not run.aborted_transaction:
+                out.joint.append((plan, run, registration, began))
+                continue
             if run.error is None:
                 out.changes.append(attempts.processed(attempt, began))
                 out.reports.append(functools.partial(_report_processed, attempt, elapsed))
@@ -311,15 +322,81 @@ class EventProcessor:
             self._failed(uow, out, (attempt, registration), run.error, (began, elapsed), trace)
         if behind:
             self.claimer.release(uow, behind)
+        self._commit(uow, out, module)
+        return failed
+
+    def _commit(self, uow: UnitOfWork, out: _Outcomes, module: str) -> None:
+        """The batch's requests started (:meth:`_send`); every outcome in one statement, the
+        usage and holds, one commit; then the reports."""
+        if out.parked or out.joint:
+            self._send(uow, out)
         save_changes(uow, out.changes)
-        if runs:
-            module = runs[0].event.target_module
+        if module:
             self.claimer.record(uow, module, out.usage(), out.holds)
         uow.commit()
         for report in out.reports:
             report()
         self.claimer.flush_usage()
-        return failed
+
+    def _unhandled(self, out: _Outcomes, attempt: Attempt, trace: Delivery | None) -> None:
+        """No handler here and no endpoint takes it: failed, with no retry."""
+        row = attempt.event
+        reason = f"No handler for {row.target_module}/{row.event_type}"
+        out.changes.append(attempts.failed(attempt, reason, None))
+        out.reports.append(functools.partial(_report_unhandled, attempt))
+        if trace is not None:
+            self._trace_unhandled(trace, Event.of(row, attempt.number), reason)
+
+    def _without_handler(
+        self,
+        uow: UnitOfWork,
+        out: _Outcomes,
+        attempt: Attempt,
+        plan: Plan | None,
+        trace: Delivery | None,
+    ) -> None:
+        """An event no handler here takes: if no endpoint takes it either, failed (no retry);
+        else sent without the batch, or, with nothing to send (every endpoint acknowledged it,
+        or it waits for a disabled one), decided now."""
+        if plan is None:
+            self._unhandled(out, attempt, trace)
+        elif plan.send:
+            out.parked.append(plan)
+        else:
+            self._webhook_outcome(uow, out, self.webhooks.judge_now(plan, None, utcnow()))
+
+    def _send(self, uow: UnitOfWork, out: _Outcomes) -> None:
+        """Start the batch's requests; leave the endpoints-only events to the recorder and
+        wait for the others (a handler took them too: its writes commit with their outcome)."""
+        sent = self.webhooks.send([*out.parked, *(plan for plan, *_ in out.joint)])
+        self.webhooks.park(out.parked, sent)
+        self._joint_outcomes(uow, out, out.joint, sent)
+
+    def _joint_outcomes(
+        self,
+        uow: UnitOfWork,
+        out: _Outcomes,
+        joint: Sequence[Joint],
+        sent: Mapping[uuid.UUID, Sent],
+    ) -> None:
+        """Events a handler and endpoints take: the handler's outcome and the requests'."""
+        for plan, run, registration, began in joint:
+            handler_error = None
+            if run.error is not None:
+                delay = self.runtime.retry_policy.delay(plan.attempt.number)
+                handler_error = (attempts.summarize_error(run.error), delay)
+            verdict = self.webhooks.judge_now(plan, sent.get(plan.event_id), began, handler_error)
+            if verdict.hold and (registration.ordered or plan.ordered):
+                out.holds.append((plan.event_id, registration.on_failure))
+            self._webhook_outcome(uow, out, verdict)
+
+    def _webhook_outcome(self, uow: UnitOfWork, out: _Outcomes, verdict: delivery.Verdict) -> None:
+        """A verdict in this batch: its change, rows and health with the batch's writes."""
+        delivery.save(uow.session, [verdict], self.runtime.settings, utcnow())
+        out.changes.append(verdict.change)
+        row = verdict.change.event
+        if verdict.delay is not None and verdict.delay <= self.runtime.settings.retry_max_seconds:
+            uow.send(Dispatch(row.id, row.target_module, countdown=verdict.delay))
 
     def _failed(
         self,
@@ -545,6 +622,9 @@ def _why_lost(exc: BaseException) -> str:
     return attempts.summarize_error(exc)
 
 
+Joint = tuple[Plan, HandlerRun, Registration, datetime]
+"""An event a handler ran that endpoints take too: its plan, the handler's run, when it began."""
+
 Key = tuple[uuid.UUID, str, str]
 """An entity: tenant, entity type, entity id (of one module)."""
 
@@ -563,6 +643,10 @@ class _Outcomes:
     reports: list[Callable[[], None]] = field(default_factory=list)
     holds: list[tuple[uuid.UUID, str]] = field(default_factory=list)
     used: dict[uuid.UUID, list[float]] = field(default_factory=dict)
+    parked: list[Plan] = field(default_factory=list)
+    """Events only endpoints take: sent without the batch (workers.webhooks)."""
+    joint: list[Joint] = field(default_factory=list)
+    """Events a handler took whose endpoints take them too: their requests are waited for."""
 
     def spent(self, tenant_id: uuid.UUID, seconds: float) -> None:
         """A handler of ``tenant_id`` ran ``seconds``: its usage, for fair shares."""

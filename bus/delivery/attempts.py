@@ -64,7 +64,12 @@ class Attempt:
 
 def summarize_error(exc: BaseException) -> str:
     """A one-line ``Type: message`` for error_message, truncated."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return summarize_text(f"{type(exc).__name__}: {exc}")
+
+
+def summarize_text(text: str) -> str:
+    """``text`` on one line, truncated for error_message."""
+    text = " ".join(text.split())
     if len(text) > MAX_FAILURE_SUMMARY:
         text = text[: MAX_FAILURE_SUMMARY - 1] + "…"
     return text

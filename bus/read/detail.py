@@ -16,7 +16,8 @@ from bus.events.schemas import (
     event_view,
     format_timestamp,
 )
-from bus.storage import attempt_store, event_store
+from bus.storage import attempt_store, delivery_store, event_store
+from bus.webhooks.views import delivery_view
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -32,6 +33,8 @@ class Detail:
     """Entries in the history; ``attempts`` holds the last ``attempt_store.SHOWN_ATTEMPTS`` of
     them."""
     next_attempt_at: str | None
+    deliveries: list[dict[str, Any]]
+    """Its outcome with each webhook endpoint it went to (``bus.webhooks``)."""
 
 
 def event_detail(
@@ -54,4 +57,5 @@ def event_detail(
         raise EventNotFound()
     due = format_timestamp(event.next_attempt_at) if event.next_attempt_at else None
     shown = attempt_store.last(session, uid)
-    return Detail(event_view(event), shown.entries, shown.total, due)
+    deliveries = [delivery_view(d) for d in delivery_store.of_event(session, uid, tenant_id)]
+    return Detail(event_view(event), shown.entries, shown.total, due, deliveries)

@@ -7,7 +7,7 @@ naming none): an endpoint of another tenant is never found, so it is never read 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -46,6 +46,8 @@ class EndpointRow:
     disabled_reason: str | None
     created_at: datetime
     updated_at: datetime
+    failing_since: datetime | None = None
+    """Since when every delivery failed (None: the last one answered 2xx, or none yet)."""
 
 
 def _encode_secrets(secrets: Sequence[StoredSecret]) -> list[dict[str, Any]]:
@@ -83,6 +85,7 @@ def _row(found: Any) -> EndpointRow:
         disabled_reason=found.disabled_reason,
         created_at=found.created_at,
         updated_at=found.updated_at,
+        failing_since=found.failing_since,
     )
 
 
@@ -100,6 +103,7 @@ def _values(row: EndpointRow) -> dict[str, Any]:
         "disabled_reason": row.disabled_reason,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
+        "failing_since": row.failing_since,
     }
 
 
@@ -162,3 +166,77 @@ def delete_endpoint(session: Session, endpoint_id: uuid.UUID, tenant_id: uuid.UU
         delete(_table).where(_table.c.id == endpoint_id, _in_tenant(tenant_id))
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --- delivery: a worker's reads and the health it writes ------------------------------------
+
+
+def for_delivery(
+    session: Session, target_module: str, tenant_ids: Collection[uuid.UUID]
+) -> list[EndpointRow]:
+    """Every endpoint (enabled or not) of ``target_module`` in these tenants, oldest first:
+    a batch's events go to the enabled ones and wait for the disabled ones."""
+    stmt = (
+        select(_table)
+        .where(_table.c.target_module == target_module, _table.c.tenant_id.in_(list(tenant_ids)))
+        .order_by(_table.c.created_at, _table.c.id)
+    )
+    return [_row(found) for found in session.execute(stmt)]
+
+
+def module_has_any(session: Session, target_module: str) -> bool:
+    """Whether any tenant has an endpoint of ``target_module``."""
+    stmt = select(_table.c.id).where(_table.c.target_module == target_module).limit(1)
+    return session.execute(stmt).first() is not None
+
+
+def ordered_types(session: Session, target_module: str) -> list[list[str] | None]:
+    """The ``event_types`` of every enabled ordered endpoint of ``target_module`` (None: all)."""
+    stmt = select(_table.c.event_types).where(
+        _table.c.target_module == target_module, _table.c.ordered, _table.c.enabled
+    )
+    return [list(types) if types is not None else None for (types,) in session.execute(stmt)]
+
+
+def mark_failing(session: Session, endpoint_ids: Collection[uuid.UUID], now: datetime) -> None:
+    """These endpoints failed a delivery: failing since ``now`` unless they already were."""
+    if endpoint_ids:
+        session.execute(
+            update(_table)
+            .where(_table.c.id.in_(list(endpoint_ids)), _table.c.failing_since.is_(None))
+            .values(failing_since=now)
+        )
+
+
+def mark_healthy(session: Session, endpoint_ids: Collection[uuid.UUID]) -> None:
+    """These endpoints answered 2xx: no longer failing (no write when they were not)."""
+    if endpoint_ids:
+        session.execute(
+            update(_table)
+            .where(_table.c.id.in_(list(endpoint_ids)), _table.c.failing_since.is_not(None))
+            .values(failing_since=None)
+        )
+
+
+def disable(
+    session: Session,
+    endpoint_ids: Collection[uuid.UUID],
+    reason: str,
+    now: datetime,
+    *,
+    failing_before: datetime | None = None,
+) -> list[uuid.UUID]:
+    """Disable the enabled ones of these endpoints (only those failing since before
+    ``failing_before`` when given), with ``reason``; the ids disabled."""
+    if not endpoint_ids:
+        return []
+    where = [_table.c.id.in_(list(endpoint_ids)), _table.c.enabled]
+    if failing_before is not None:
+        where.append(_table.c.failing_since < failing_before)
+    result = session.execute(
+        update(_table)
+        .where(*where)
+        .values(enabled=False, disabled_reason=reason[:255], updated_at=now)
+        .returning(_table.c.id)
+    )
+    return [endpoint_id for (endpoint_id,) in result]

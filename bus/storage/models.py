@@ -429,6 +429,9 @@ webhook_endpoints = Table(
     Column("disabled_reason", String(255), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # Migration 0014: since when every delivery failed (null after a 2xx), which disables it
+    # after EVENTBUS_WEBHOOK_DISABLE_AFTER_SECONDS; written on the change only, never per 2xx.
+    Column("failing_since", UTCDateTime(), nullable=True),
     CheckConstraint(
         "format IN ('seed', 'cloudevents-structured', 'cloudevents-binary')", name="format"
     ),
@@ -440,3 +443,37 @@ webhook_endpoints = Table(
 module (``event_types``: null for all of them). ``secrets`` is a JSON list, newest first, of
 ``{"secret": "whsec_…", "expires_at": null | RFC 3339}``: the current secret, and during a
 rotation the previous one until it expires (see :mod:`bus.storage.endpoint_store`)."""
+
+
+class DeliveryStatus(StrEnum):
+    """Where an event stands with one endpoint: ``acknowledged`` (a 2xx: never sent again),
+    ``failed`` (its last request failed), ``waiting`` (the endpoint is disabled)."""
+
+    ACKNOWLEDGED = "acknowledged"
+    FAILED = "failed"
+    WAITING = "waiting"
+
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    Base.metadata,
+    Column("event_id", Uuid(), primary_key=True),
+    Column("endpoint_id", Uuid(), primary_key=True),
+    Column("tenant_id", Uuid(), nullable=False),
+    Column("event_created_at", UTCDateTime(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("requests", Integer, nullable=False),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_attempt_at", UTCDateTime(), nullable=True),
+    Column("acknowledged_at", UTCDateTime(), nullable=True),
+    CheckConstraint("status IN ('acknowledged', 'failed', 'waiting')", name="status"),
+    # An endpoint's deliveries by status, newest first (its last failures; the events waiting
+    # for it when it is enabled again).
+    Index("ix_webhook_deliveries_endpoint_status", "endpoint_id", "status", "last_attempt_at"),
+    # Retention: rows of events past EVENTBUS_RETENTION_DAYS.
+    Index("ix_webhook_deliveries_event_created", "event_created_at"),
+)
+"""Each event's outcome with each endpoint it went to (migration 0014): one row per (event,
+endpoint), written with the event's attempt outcome, so a retry or a replay sends only to the
+endpoints that have not answered 2xx. Deleted with the event's day by the retention."""

@@ -39,12 +39,13 @@ from bus.events.schemas import (
     parse_uuid,
 )
 from bus.settings import Settings
-from bus.storage import endpoint_store
+from bus.storage import delivery_store, endpoint_store
 from bus.storage.endpoint_store import EndpointRow, StoredSecret
-from bus.storage.models import ENDPOINT_FORMATS, EndpointFormat
+from bus.storage.models import ENDPOINT_FORMATS, DeliveryStatus, EndpointFormat
 from bus.uow import UnitOfWork
-from bus.webhooks import signing
+from bus.webhooks import delivery, signing
 from bus.webhooks.urls import UrlPolicy
+from bus.webhooks.views import delivery_view
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -229,6 +230,7 @@ def endpoint_view(row: EndpointRow, now: datetime, secret: str | None = None) ->
         "enabled": row.enabled,
         "ordered": row.ordered,
         "disabled_reason": row.disabled_reason,
+        "failing_since": format_timestamp(row.failing_since),
         "previous_secret_expires_at": format_timestamp(max(expiries)) if expiries else None,
         "created_at": format_timestamp(row.created_at),
         "updated_at": format_timestamp(row.updated_at),
@@ -287,6 +289,34 @@ def get_endpoint(
     return endpoint_view(row, utcnow())
 
 
+DELIVERIES_SHOWN = 20
+MAX_DELIVERIES_SHOWN = 100
+
+
+def list_deliveries(
+    session: Session,
+    principal: Principal,
+    endpoint_id: str,
+    tenant_param: str | None,
+    status: str | None,
+    limit: str | None,
+) -> list[dict[str, Any]]:
+    """The endpoint's latest deliveries (of ``status`` when given), newest first."""
+    require_reader(principal)
+    tenant_id = acting_tenant(principal, tenant_param, creating=False)
+    if status is not None and status not in {s.value for s in DeliveryStatus}:
+        raise InvalidField("status")
+    shown = DELIVERIES_SHOWN
+    if limit is not None:
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_DELIVERIES_SHOWN:
+            raise InvalidField("limit")
+        shown = int(limit)
+    row = endpoint_store.get(session, _endpoint_uuid(endpoint_id), tenant_id)
+    if row is None:
+        raise EndpointNotFound()
+    return [delivery_view(d) for d in delivery_store.of_endpoint(session, row.id, status, shown)]
+
+
 def _locked(
     uow: UnitOfWork, principal: Principal, endpoint_id: str, tenant_param: str | None
 ) -> EndpointRow:
@@ -314,6 +344,7 @@ def update(
     now = utcnow()
     if changes.get("enabled") is True:
         changes["disabled_reason"] = None
+        changes["failing_since"] = None  # a fresh start: the disabling clock begins again
     elif changes.get("enabled") is False and row.enabled:
         changes["disabled_reason"] = DISABLED_BY_OPERATOR
     changed = {k: v for k, v in changes.items() if getattr(row, k) != v}
@@ -321,6 +352,8 @@ def update(
         return endpoint_view(row, now)
     new = replace(row, **changed, secrets=_live(row.secrets, now), updated_at=now)
     endpoint_store.save(uow.session, new)
+    if new.enabled and not row.enabled:
+        delivery.resume(uow, row.id)
     return endpoint_view(new, now)
 
 

@@ -40,7 +40,15 @@ def drop_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-TEST_TABLES = ("system_events", "event_attempts", "module_pauses", "tenant_usage", "claim_holders")
+TEST_TABLES = (
+    "system_events",
+    "event_attempts",
+    "module_pauses",
+    "tenant_usage",
+    "claim_holders",
+    "webhook_endpoints",
+    "webhook_deliveries",
+)
 """The tables every test starts without rows (the ``runtime`` fixture)."""
 
 FILLED_BY_TRIGGERS = ("event_queue", "event_counts", "event_count_changes", "event_outcome_minutes")

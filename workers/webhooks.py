@@ -1,0 +1,350 @@
+"""Webhook delivery in a worker process: an event of a module with endpoints is sent to them
+by the ordinary ``eventbus worker`` (the rules: :mod:`bus.webhooks.delivery`).
+
+An event that only endpoints take (no handler of this worker) does not hold its batch: its
+requests start on the sender's event loop (:mod:`workers.sender`: keep-alive pools, every
+request of a batch at once) and the batch commits without it, its claim still held. When the
+event's last answer comes, it is *parked* here and a recorder thread writes the outcomes of
+whatever has come, as one unit of work: the events locked again (``FOR UPDATE SKIP LOCKED``),
+each checked to be at the attempt it was claimed at, their status changes, delivery rows and
+endpoints' health saved, one commit. So a 5 s endpoint delays only its own events, and batches
+form at any load. A process that dies with requests in flight leaves its claims, which end as
+any lost run's do: the event is claimed again and sent to the endpoints that have not
+acknowledged it (at least once; ``webhook-id`` lets a receiver drop the repeat).
+
+An event a handler of this worker takes too waits in its batch for its requests (bounded by
+``EVENTBUS_WEBHOOK_TIMEOUT_SECONDS``): the handler's writes commit with the event's outcome.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from bus.broker.dispatch import Dispatch
+from bus.delivery import attempts
+from bus.delivery.attempts import Attempt, Skip
+from bus.delivery.claims import Claimer, Order
+from bus.events.rules import save_changes, utcnow
+from bus.events.schemas import event_view
+from bus.observability import metrics
+from bus.runtime import Runtime
+from bus.storage import claim_store, endpoint_store
+from bus.uow import UnitOfWork
+from bus.webhooks import delivery, payloads
+from bus.webhooks.delivery import Plan, Schedule, Verdict
+from bus.webhooks.endpoints import signing_secrets
+from bus.webhooks.sender import Request, Response, Sender
+from bus.webhooks.urls import UrlPolicy
+
+log = logging.getLogger(__name__)
+
+CACHE_SECONDS = 1.0
+"""How stale a worker's view of which modules have endpoints (and ordered ones) may be."""
+BUSY_RETRY_SECONDS = 0.02
+BUSY_GIVE_UP_SECONDS = 30.0
+"""A parked event still locked elsewhere this long is left to its claim's end."""
+RECORD_BATCH = 1000
+
+Sent = dict[uuid.UUID, "concurrent.futures.Future[Response]"]
+"""An event's requests, by endpoint id."""
+
+
+@dataclass(slots=True)
+class Parked:
+    """An event whose requests were started; recorded when they have all answered."""
+
+    plan: Plan
+    sent: Sent
+    started_at: datetime
+    since: float = 0.0
+
+
+class Webhooks:
+    """One worker process's deliveries (a new sender and recorder after a fork)."""
+
+    def __init__(self, runtime: Runtime, claimer: Claimer) -> None:
+        self.runtime = runtime
+        self.claimer = claimer
+        settings = runtime.settings
+        self.schedule = Schedule.from_settings(settings)
+        self._limit = settings.webhook_concurrency
+        self._cache: dict[tuple[str, str], tuple[float, object]] = {}
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._inflight = 0
+        self._pid = 0
+        self._sender: Sender | None = None
+        self._parked: queue.SimpleQueue[Parked] = queue.SimpleQueue()
+
+    # --- what a module's claims need -----------------------------------------------------
+
+    def _cached(self, kind: str, module: str, load: Callable[[Session], object]) -> object:
+        now = time.monotonic()
+        hit = self._cache.get((kind, module))
+        if hit is not None and now - hit[0] < CACHE_SECONDS:
+            return hit[1]
+        with self.runtime.unit_of_work() as uow:
+            value = load(uow.session)
+        self._cache[(kind, module)] = (now, value)
+        return value
+
+    def has_endpoints(self, module: str) -> bool:
+        def load(session: Session) -> object:
+            return endpoint_store.module_has_any(session, module)
+
+        return bool(self._cached("any", module, load))
+
+    def order(self, module: str, handlers: Order) -> Order:
+        """The handlers' order for ``module``'s claims, with the event types its enabled
+        ordered endpoints take ordered too (for every tenant: the claim orders per module)."""
+        if not self.has_endpoints(module):
+            return handlers
+
+        def load(session: Session) -> object:
+            return delivery.order_types(endpoint_store.ordered_types(session, module))
+
+        named, every = self._cached("order", module, load)  # type: ignore[misc]
+        if every:
+            return Order(rest=True)
+        if not named:
+            return handlers
+        types = tuple(sorted(set(handlers.types) | set(named)))
+        except_types = tuple(t for t in handlers.except_types if t not in named)
+        return Order(types, handlers.rest, except_types)
+
+    def plan(
+        self, uow: UnitOfWork, module: str, runs: Sequence[Attempt], all_handled: bool
+    ) -> dict[uuid.UUID, Plan]:
+        """The batch's deliveries; none read when every event has a handler here and no
+        tenant has an endpoint of the module (seen within :data:`CACHE_SECONDS`)."""
+        if all_handled and not self.has_endpoints(module):
+            return {}
+        return delivery.plan(uow.session, module, runs)
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def _sender_here(self) -> Sender:
+        pid = os.getpid()
+        if self._sender is None or self._pid != pid:
+            settings = self.runtime.settings
+            self._sender = Sender(
+                UrlPolicy.from_settings(settings),
+                timeout=settings.webhook_timeout_seconds,
+                max_body_bytes=settings.webhook_max_response_bytes,
+                connections=settings.webhook_concurrency,
+            )
+            self._pid = pid
+            self._inflight = 0
+            self._parked = queue.SimpleQueue()
+            threading.Thread(
+                target=self._record_forever, name="webhook-recorder", daemon=True
+            ).start()
+        return self._sender
+
+    def send(self, plans: Sequence[Plan]) -> dict[uuid.UUID, Sent]:
+        """Start every request of ``plans`` at once (after waiting for room under
+        ``EVENTBUS_WEBHOOK_CONCURRENCY``); each event's futures by endpoint."""
+        sender = self._sender_here()
+        now = utcnow()
+        stamp = int(time.time())
+        requests: list[Request] = []
+        for item in plans:
+            body_view = event_view(item.attempt.event)
+            for endpoint in item.send:
+                headers, body = payloads.build(
+                    body_view, endpoint.format, signing_secrets(endpoint, now), timestamp=stamp
+                )
+                requests.append(Request((item.event_id, endpoint.id), endpoint.url, headers, body))
+        if not requests:
+            return {}
+        with self._room:
+            self._room.wait_for(lambda: self._inflight < self._limit)
+            self._inflight += len(requests)
+        futures = sender.send(requests)
+        sent: dict[uuid.UUID, Sent] = {}
+        for request, future in zip(requests, futures, strict=True):
+            event_id, endpoint_id = request.key  # type: ignore[misc]
+            sent.setdefault(event_id, {})[endpoint_id] = future
+            future.add_done_callback(self._answered)
+        return sent
+
+    def _answered(self, _: concurrent.futures.Future[Response]) -> None:
+        with self._room:
+            self._inflight -= 1
+            self._room.notify_all()
+
+    def park(self, plans: Sequence[Plan], sent: Mapping[uuid.UUID, Sent]) -> None:
+        """Leave ``plans``' outcomes to the recorder, each once its requests have answered."""
+        started = utcnow()
+        for item in plans:
+            parked = Parked(item, sent[item.event_id], started)
+            _when_all_done(list(parked.sent.values()), lambda p=parked: self._parked.put(p))
+
+    def judge_now(
+        self,
+        item: Plan,
+        sent: Sent | None,
+        started_at: datetime,
+        handler_error: tuple[str, float | None] | None = None,
+    ) -> Verdict:
+        """An event's verdict in its own batch: its requests (if any) waited for."""
+        answers = {
+            endpoint_id: _answer(future, self.runtime.settings.webhook_timeout_seconds)
+            for endpoint_id, future in (sent or {}).items()
+        }
+        return delivery.judge(
+            item,
+            answers,
+            self.schedule,
+            self.runtime.settings,
+            utcnow(),
+            started_at,
+            handler_error=handler_error,
+        )
+
+    # --- the recorder --------------------------------------------------------------------------
+
+    def _record_forever(self) -> None:
+        later: list[Parked] = []
+        while True:
+            try:
+                first = self._parked.get(timeout=BUSY_RETRY_SECONDS if later else None)
+                items = [first]
+            except queue.Empty:
+                items = []
+            while len(items) < RECORD_BATCH:
+                try:
+                    items.append(self._parked.get_nowait())
+                except queue.Empty:
+                    break
+            items += later
+            later = []
+            if not items:
+                continue
+            try:
+                later = self.record(items)
+            except Exception:
+                log.exception("webhook outcomes of %d events not recorded; retrying", len(items))
+                time.sleep(1.0)
+                later = items
+            if later:
+                time.sleep(BUSY_RETRY_SECONDS)
+
+    def record(self, items: Sequence[Parked]) -> list[Parked]:
+        """Write the outcomes of answered events in one unit of work; the ones still locked
+        by another transaction (their own batch's, not yet committed) come back, to try again."""
+        by_id = {p.plan.event_id: p for p in items}
+        settings = self.runtime.settings
+        now = utcnow()
+        again: list[Parked] = []
+        reports: list[Callable[[], None]] = []
+        with self.runtime.unit_of_work() as uow:
+            runs, skips = attempts.begin_many(uow, list(by_id))
+            verdicts: list[Verdict] = []
+            changes = []
+            holds: list[tuple[uuid.UUID, str]] = []
+            stale: list[uuid.UUID] = []
+            for event_id, why in skips.items():
+                parked = by_id[event_id]
+                if why is Skip.BUSY:
+                    parked.since = parked.since or time.monotonic()
+                    if time.monotonic() - parked.since < BUSY_GIVE_UP_SECONDS:
+                        again.append(parked)
+                        continue
+                # Moved on without us (processed, given up, gone): its acknowledgements stand.
+                verdicts.append(self._verdict(parked, parked.plan, now))
+            for run in runs:
+                parked = by_id[run.event.id]
+                claimed = parked.plan.attempt
+                expected = claimed.number if claimed.counted else claimed.failures_before
+                if run.event.retry_count != expected:
+                    # Another delivery ran it meanwhile: its acknowledgements stand.
+                    verdicts.append(self._verdict(parked, parked.plan, now))
+                    stale.append(run.event.id)
+                    continue
+                attempt = Attempt(run.event, claimed.number, claimed.counted)
+                current = dataclasses.replace(parked.plan, attempt=attempt)
+                verdict = self._verdict(parked, current, now)
+                verdicts.append(verdict)
+                changes.append(verdict.change)
+                if verdict.hold and current.ordered:
+                    holds.append((run.event.id, claim_store.HOLD_BLOCK))
+                reports.append(_reporter(attempt, verdict))
+                if verdict.delay is not None and verdict.delay <= settings.retry_max_seconds:
+                    uow.send(
+                        Dispatch(run.event.id, run.event.target_module, countdown=verdict.delay)
+                    )
+                elif current.ordered and verdict.error is None:
+                    # The entity's next event is ready now: no message says so otherwise.
+                    uow.send(Dispatch(run.event.id, run.event.target_module))
+            delivery.save(uow.session, verdicts, settings, now)
+            save_changes(uow, changes, now)
+            if holds:
+                claim_store.set_hold(uow.session, holds)
+            if stale:
+                self.claimer.release(uow, stale)
+            uow.commit()
+        for report in reports:
+            report()
+        return again
+
+    def _verdict(self, parked: Parked, item: Plan, now: datetime) -> Verdict:
+        answers = {eid: _answer(f, 0) for eid, f in parked.sent.items()}
+        return delivery.judge(
+            item, answers, self.schedule, self.runtime.settings, now, parked.started_at
+        )
+
+
+def _answer(future: concurrent.futures.Future[Response], timeout: float) -> Response:
+    try:
+        return future.result(timeout=timeout + 5.0)
+    except Exception as exc:  # the sender never raises for a request; this is its own fault
+        return Response(None, attempts.summarize_error(exc), None, 0.0)
+
+
+def _when_all_done(
+    futures: list[concurrent.futures.Future[Response]], then: Callable[[], None]
+) -> None:
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def one(_: object) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            then()
+
+    for future in futures:
+        future.add_done_callback(one)
+
+
+def _reporter(run: Attempt, verdict: Verdict) -> Callable[[], None]:
+    def report() -> None:
+        row = run.event
+        where = f"event_id={row.id} {row.target_module}/{row.event_type}"
+        if verdict.error is None:
+            lag = (row.processed_at - row.created_at).total_seconds() if row.processed_at else 0.0
+            metrics.observe_processed(row.target_module, row.event_type, 0.0, lag)
+            log.info("%s delivered to its endpoints (attempt %d)", where, run.number)
+        elif verdict.waiting:
+            log.info("%s waits for a disabled endpoint", where)
+        else:
+            metrics.observe_failed(
+                row.target_module, row.event_type, None, retried=verdict.delay is not None
+            )
+            log.warning("%s attempt %d failed: %s", where, run.number, verdict.error)
+
+    return report
