@@ -37,8 +37,10 @@ package; the tables and every SQL statement sit beneath them in ``storage``:
                     :class:`bus.maintenance.runner.Maintenance`.
 ``webhooks/``       modules outside Python as subscribers (issue 22): an endpoint's body rules,
                     rights, tenancy and secret rotation (``endpoints``), Standard Webhooks
-                    signatures (``signing``), the URLs a delivery may reach (``urls``: the SSRF
-                    policy, at creation and at connect time). Delivery is not built yet.
+                    signatures (``signing``), the bodies (``payloads``: seed JSON, CloudEvents),
+                    the URLs a delivery may reach (``urls``: the SSRF policy), what an
+                    attempt's answers decide (``delivery``: retries, waiting, disabling); the
+                    requests leave from ``workers.sender``.
 ``storage/``        PostgreSQL (SQLite for ``eventbus dev``): engines and sessions, tables,
                     migrations, and every SQL statement, one module per table or concern;
                     the history's partitions (a day each) in ``partitions``; beside the

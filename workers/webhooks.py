@@ -45,8 +45,7 @@ from bus.uow import UnitOfWork
 from bus.webhooks import delivery, payloads
 from bus.webhooks.delivery import Plan, Schedule, Verdict
 from bus.webhooks.endpoints import signing_secrets
-from bus.webhooks.sender import Request, Response, Sender
-from bus.webhooks.urls import UrlPolicy
+from workers.sender import Request, Response, Sender, sender_for
 
 log = logging.getLogger(__name__)
 
@@ -138,13 +137,7 @@ class Webhooks:
     def _sender_here(self) -> Sender:
         pid = os.getpid()
         if self._sender is None or self._pid != pid:
-            settings = self.runtime.settings
-            self._sender = Sender(
-                UrlPolicy.from_settings(settings),
-                timeout=settings.webhook_timeout_seconds,
-                max_body_bytes=settings.webhook_max_response_bytes,
-                connections=settings.webhook_concurrency,
-            )
+            self._sender = sender_for(self.runtime.settings)
             self._pid = pid
             self._inflight = 0
             self._parked = queue.SimpleQueue()

@@ -329,11 +329,14 @@ class Stack:
         env.update(extra)
         return env
 
-    def start_workers(self, *names: str, concurrency: int = 1, pool: str = "prefork") -> None:
-        """``eventbus worker`` subprocesses serving every chaos module, started together."""
+    def start_workers(
+        self, *names: str, concurrency: int = 1, pool: str = "prefork", modules: str = SERVED
+    ) -> None:
+        """``eventbus worker`` subprocesses serving every chaos module (or ``modules``),
+        started together."""
         for name in names:
             argv = [str(BIN / "eventbus"), "worker", "--pool", pool]
-            argv += ["--concurrency", str(concurrency), "--modules", SERVED, "--loglevel", "INFO"]
+            argv += ["--concurrency", str(concurrency), "--modules", modules, "--loglevel", "INFO"]
             self.procs[name] = Proc(self._argv(name, argv), self.env())
             self.pools[name] = pool
             self.every_proc.append(self.procs[name])

@@ -83,6 +83,7 @@ def test_an_event_and_its_empty_history(client: TestClient, token: TokenFactory)
         "attempts": [],
         "attempts_total": 0,
         "next_attempt_at": None,
+        "deliveries": [],
     }
     assert list(response.json()) == [
         "success",
@@ -91,6 +92,7 @@ def test_an_event_and_its_empty_history(client: TestClient, token: TokenFactory)
         "attempts",
         "attempts_total",
         "next_attempt_at",
+        "deliveries",
     ]
 
 

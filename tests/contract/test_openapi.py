@@ -88,6 +88,10 @@ OPERATIONS = {
         "Rotate Endpoint Secret",
         {"200", "400", "401", "403", "404", "500"},
     ),
+    ("get", "/system/endpoints/{endpoint_id}/deliveries"): (
+        "List Endpoint Deliveries",
+        {"200", "400", "401", "403", "404", "500"},
+    ),
 }
 ERROR_ENVELOPE = {"$ref": "#/components/schemas/ErrorEnvelope"}
 
@@ -372,5 +376,6 @@ def test_the_detail_documents_its_bounded_history(document: dict[str, Any]) -> N
         "attempts",
         "attempts_total",
         "next_attempt_at",
+        "deliveries",
     ]
     assert "last 100" in detail["properties"]["attempts"]["description"]

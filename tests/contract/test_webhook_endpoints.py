@@ -46,6 +46,7 @@ VIEW_FIELDS = [
     "enabled",
     "ordered",
     "disabled_reason",
+    "failing_since",
     "previous_secret_expires_at",
     "created_at",
     "updated_at",

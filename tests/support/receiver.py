@@ -5,7 +5,8 @@ What it answers is scripted per path (``"*"``: every other path) and can change 
 runs: a status, a delay, a ``Retry-After``, a ``Location``, a body (text, or ``body_bytes`` of
 ``x`` with a ``stall`` after the first MiB). What it received is appended to a JSONL file, one
 line per request (path, headers with lowercase names, body, the client's address), written
-and flushed before the answer is sent: it survives a kill.
+and flushed before the answer is sent: it survives a kill; and an ``answered`` line (path,
+``webhook-id``, status) once the answer is written out.
 
 The test talks to it over a Unix socket beside the log (``control.sock``): ``POST /_control``
 replaces the script, ``GET /_stats`` counts TCP connections and requests. The TCP port then
@@ -27,6 +28,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,8 +99,27 @@ class _Server:
         status = int(rule.get("status", 204))
         if rule.get("body_bytes"):
             return await self.stream(request, status, headers, rule)
-        text = rule.get("body")
-        return web.Response(status=status, headers=headers, text=text)
+        answer = web.Response(status=status, headers=headers, text=rule.get("body"))
+        if self.log is None:
+            return answer
+        # Written out before it is logged: an "answered" line is an answer the client gets
+        # (a SIGKILL after it still lets the kernel send the bytes it holds).
+        try:
+            await answer.prepare(request)
+            await answer.write_eof()
+        except (ConnectionError, RuntimeError) as exc:
+            self.record({"kind": "aborted", "path": request.path, "error": repr(exc)})
+            return answer
+        self.record(
+            {
+                "kind": "answered",
+                "time": time.time(),
+                "path": request.path,
+                "id": request.headers.get("webhook-id"),
+                "status": status,
+            }
+        )
+        return answer
 
     async def stream(
         self, request: Any, status: int, headers: dict[str, str], rule: Mapping[str, Any]
@@ -210,8 +231,8 @@ class _UnixConnection(http.client.HTTPConnection):
 class Receiver:
     """A receiver subprocess on ``host``:``port`` (a free port by default; another loopback
     address than 127.0.0.1 stands for an inside host) answering by ``script`` (path -> rule,
-    see :data:`RULE_KEYS`); its files in ``directory`` (a new temporary one by default).
-    ``record=False``: nothing logged (the bench)."""
+    see :data:`RULE_KEYS`); its files in ``directory`` (by default a new temporary one, removed
+    when a ``with`` block ends). ``record=False``: nothing logged (the bench)."""
 
     def __init__(
         self,
@@ -224,6 +245,7 @@ class Receiver:
     ) -> None:
         self.host = host
         self.port = port or free_port()
+        self._own_dir = directory is None
         self.dir = Path(directory or tempfile.mkdtemp(prefix="eventbus-receiver-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = self.dir / "received.jsonl"
@@ -303,7 +325,10 @@ class Receiver:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        """Stop; the temporary directory it made goes too (read the log before)."""
         self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def set(self, path: str, **rule: Any) -> None:
         """Answer requests to ``path`` (``"*"``: any unscripted path) by ``rule``, at once if

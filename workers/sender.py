@@ -410,4 +410,7 @@ def sender_for(settings: Settings) -> Sender:
         timeout=settings.webhook_timeout_seconds,
         max_body_bytes=settings.webhook_max_response_bytes,
         connections=settings.webhook_concurrency,
+        # A request waiting for a connection spends its timeout: no per-host queue beneath
+        # the worker's own bound (EVENTBUS_WEBHOOK_CONCURRENCY).
+        per_host=settings.webhook_concurrency,
     )
