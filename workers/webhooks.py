@@ -80,8 +80,8 @@ class Webhooks:
         self.schedule = Schedule.from_settings(settings)
         self._limit = settings.webhook_concurrency
         self._cache: dict[tuple[str, str], tuple[float, object]] = {}
-        self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)
+        self._room = threading.Condition()
+        self._made = threading.Lock()
         self._inflight = 0
         self._pid = 0
         self._sender: Sender | None = None
@@ -136,6 +136,10 @@ class Webhooks:
 
     def _sender_here(self) -> Sender:
         pid = os.getpid()
+        with self._made:  # a threads pool's threads share one sender and one recorder
+            return self._sender_of(pid)
+
+    def _sender_of(self, pid: int) -> Sender:
         if self._sender is None or self._pid != pid:
             self._sender = sender_for(self.runtime.settings)
             self._pid = pid

@@ -12,7 +12,7 @@ from bus.maintenance import archive
 from bus.maintenance.chore import Chore
 from bus.observability import metrics
 from bus.runtime import Runtime
-from bus.storage import archive_store, partitions
+from bus.storage import archive_store, delivery_store, partitions
 from bus.storage.db import transaction
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,18 @@ class Retention:
         return gone
 
 
+def purge_deliveries(runtime: Runtime, now: datetime | None = None) -> int:
+    """Webhook delivery rows of finished events past the retention, a batch at a time."""
+    before = (now or utcnow()) - timedelta(days=runtime.settings.retention_days)
+    with transaction(runtime.sessions) as session:
+        return delivery_store.purge_before(session, before, DELETE_BATCH)
+
+
 def chores(runtime: Runtime) -> list[Chore]:
     retention = Retention(runtime)
     every = min(INTERVAL_SECONDS, runtime.settings.partition_minutes * 6.0)
     return [
         Chore("make_partitions", every, lambda: make_ahead(runtime)),
         Chore("retention", every, retention.run, batch=DELETE_BATCH),
+        Chore("webhook_deliveries", every, lambda: purge_deliveries(runtime), batch=DELETE_BATCH),
     ]

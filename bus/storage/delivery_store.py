@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Table, case, delete, select, true, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bus.storage.models import DeliveryStatus, webhook_deliveries
+from bus.storage.models import DeliveryStatus, event_queue, webhook_deliveries
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -143,10 +143,12 @@ def waiting_events(session: Session, endpoint_id: uuid.UUID, limit: int) -> list
 
 
 def purge_before(session: Session, cutoff: datetime, limit: int) -> int:
-    """Delete up to ``limit`` rows of events created before ``cutoff`` (the retention)."""
+    """Delete up to ``limit`` rows of finished events created before ``cutoff`` (the
+    retention: an event still in flight keeps its acknowledgements)."""
+    in_flight = select(event_queue.c.id).where(event_queue.c.id == _table.c.event_id).exists()
     doomed = (
         select(_table.c.event_id, _table.c.endpoint_id)
-        .where(_table.c.event_created_at < cutoff)
+        .where(_table.c.event_created_at < cutoff, ~in_flight)
         .limit(limit)
     )
     result = session.execute(

@@ -8,16 +8,18 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
 from standardwebhooks.webhooks import Webhook
 
+from bus.maintenance import retention
 from bus.runtime import Runtime
 from bus.settings import Settings
 from bus.storage import delivery_store
+from bus.storage.delivery_store import DeliveryRow
 from tests.support.factories import SEED_PUBLISH_BODY
 from tests.support.processes import wait_for
 from tests.support.receiver import Receiver
@@ -310,8 +312,23 @@ def test_a_redirect_is_not_followed(
         assert "HTTP 302" in (load(runtime, event_id).error_message or "")
 
 
-def test_deliveries_are_kept_per_endpoint(runtime: Runtime) -> None:
-    """The storage's view of an unknown event: nothing."""
+def test_retention_purges_the_deliveries_of_finished_events_only(
+    client: TestClient, runtime: Runtime
+) -> None:
+    in_flight = uuid.UUID(publish(client))  # pending: in the in-flight set
+    finished = uuid.uuid4()  # gone from the in-flight set (its day dropped, say)
+    old = datetime(2020, 1, 1, tzinfo=UTC)
+    with runtime.sessions.begin() as session:
+        delivery_store.save(
+            session,
+            [
+                DeliveryRow(
+                    event, uuid.uuid4(), TENANT_A, old, "acknowledged", 1, 204, None, old, old
+                )
+                for event in (in_flight, finished)
+            ],
+        )
+    assert retention.purge_deliveries(runtime) == 1
     with runtime.sessions() as session:
-        assert delivery_store.of_event(session, uuid.uuid4(), None) == []
-        session.execute(text("SELECT 1"))
+        assert delivery_store.of_event(session, finished, None) == []
+        assert len(delivery_store.of_event(session, in_flight, None)) == 1
