@@ -157,6 +157,7 @@ class Webhooks:
         now = utcnow()
         stamp = int(time.time())
         requests: list[Request] = []
+        sent_module = {item.event_id: item.attempt.event.target_module for item in plans}
         for item in plans:
             body_view = event_view(item.attempt.event)
             for endpoint in item.send:
@@ -174,10 +175,14 @@ class Webhooks:
         for request, future in zip(requests, futures, strict=True):
             event_id, endpoint_id = request.key  # type: ignore[misc]
             sent.setdefault(event_id, {})[endpoint_id] = future
-            future.add_done_callback(self._answered)
+            module = sent_module[event_id]
+            future.add_done_callback(lambda f, m=module: self._answered(m, f))
         return sent
 
-    def _answered(self, _: concurrent.futures.Future[Response]) -> None:
+    def _answered(self, module: str, future: concurrent.futures.Future[Response]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            answer = future.result()
+            metrics.observe_webhook(module, answer.status, answer.seconds)
         with self._room:
             self._inflight -= 1
             self._room.notify_all()

@@ -65,6 +65,17 @@ LAG_SECONDS = Histogram(
     ("target_module",),
     buckets=_LAG_BUCKETS,
 )
+WEBHOOK_REQUESTS = Counter(
+    "eventbus_webhook_requests",
+    "Webhook requests by answer: 2xx, 3xx, 4xx, 5xx, or none (timeout, connection, refused)",
+    ("target_module", "answer"),
+)
+WEBHOOK_SECONDS = Histogram(
+    "eventbus_webhook_request_duration_seconds",
+    "A webhook request's time, connect to answer",
+    ("target_module",),
+    buckets=_LATENCY_BUCKETS,
+)
 HTTP_SECONDS = Histogram(
     "eventbus_http_request_duration_seconds",
     "HTTP request latency",
@@ -187,6 +198,14 @@ def observe_failed(
         RETRIED.labels(*labels).inc()
     if handler_seconds is not None:
         HANDLER_SECONDS.labels(*labels).observe(handler_seconds)
+
+
+def observe_webhook(target_module: str, status: int | None, seconds: float) -> None:
+    """One webhook request answered ``status`` (None: no answer) after ``seconds``."""
+    answer = "none" if status is None else f"{min(max(status // 100, 1), 5)}xx"
+    module = MODULES(target_module)
+    WEBHOOK_REQUESTS.labels(module, answer).inc()
+    WEBHOOK_SECONDS.labels(module).observe(seconds)
 
 
 def observe_http(method: str, route: str, status: int, seconds: float) -> None:
