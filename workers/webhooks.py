@@ -258,6 +258,7 @@ class Webhooks:
             changes = []
             holds: list[tuple[uuid.UUID, str]] = []
             stale: list[uuid.UUID] = []
+            recorded: list[Parked] = []
             for event_id, why in skips.items():
                 parked = by_id[event_id]
                 if why is Skip.BUSY:
@@ -281,6 +282,7 @@ class Webhooks:
                 verdict = self._verdict(parked, current, now)
                 verdicts.append(verdict)
                 changes.append(verdict.change)
+                recorded.append(parked)
                 if verdict.hold and current.ordered:
                     holds.append((run.event.id, claim_store.HOLD_BLOCK))
                 reports.append(_reporter(attempt, verdict))
@@ -293,6 +295,10 @@ class Webhooks:
                     uow.send(Dispatch(run.event.id, run.event.target_module))
             delivery.save(uow.session, verdicts, settings, now)
             save_changes(uow, changes, now)
+            for module, used in _usage(recorded).items():
+                # A tenant's share of the module counts its requests' time: a slow endpoint
+                # costs its own tenant (bus.delivery.fairness).
+                self.claimer.record(uow, module, used, [])
             if holds:
                 claim_store.set_hold(uow.session, holds)
             if stale:
@@ -300,6 +306,7 @@ class Webhooks:
             uow.commit()
         for report in reports:
             report()
+        self.claimer.flush_usage()
         return again
 
     def _verdict(self, parked: Parked, item: Plan, now: datetime) -> Verdict:
@@ -307,6 +314,21 @@ class Webhooks:
         return delivery.judge(
             item, answers, self.schedule, self.runtime.settings, now, parked.started_at
         )
+
+
+def _usage(items: Sequence[Parked]) -> dict[str, list[tuple[uuid.UUID, float, float]]]:
+    """Per module, each tenant's request time (an event's slowest request) and events."""
+    totals: dict[tuple[str, uuid.UUID], list[float]] = {}
+    for parked in items:
+        row = parked.plan.attempt.event
+        seconds = max((_answer(f, 0).seconds for f in parked.sent.values()), default=0.0)
+        total = totals.setdefault((row.target_module, row.tenant_id), [0.0, 0.0])
+        total[0] += seconds
+        total[1] += 1
+    by_module: dict[str, list[tuple[uuid.UUID, float, float]]] = {}
+    for (module, tenant), (seconds, events) in totals.items():
+        by_module.setdefault(module, []).append((tenant, seconds, events))
+    return by_module
 
 
 def _answer(future: concurrent.futures.Future[Response], timeout: float) -> Response:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Collection, Sequence
@@ -55,6 +56,8 @@ class Claimer:
         self._lease = timedelta(seconds=settings.task_time_limit_seconds + LEASE_MARGIN_SECONDS)
         self._weights = fairness.parse_weights(settings.tenant_weights)
         self._usage: dict[tuple[str, uuid.UUID], list[float]] = {}
+        # The batches' thread and the webhook recorder's both add usage.
+        self._usage_lock = threading.Lock()
         self._per_event: dict[str, float] = {}
         self._flushed = time.monotonic()
 
@@ -133,10 +136,11 @@ class Claimer:
     ) -> None:
         """A batch's handler time per tenant (kept here, written by :meth:`flush_usage`), and
         the keys its final failures hold (in the batch's transaction)."""
-        for tenant, seconds, events in used:
-            total = self._usage.setdefault((module, tenant), [0.0, 0.0])
-            total[0] += seconds
-            total[1] += events
+        with self._usage_lock:
+            for tenant, seconds, events in used:
+                total = self._usage.setdefault((module, tenant), [0.0, 0.0])
+                total[0] += seconds
+                total[1] += events
         if holds:
             claim_store.set_hold(uow.session, holds)
 
@@ -148,7 +152,8 @@ class Claimer:
         now = time.monotonic()
         if not self._usage or (not force and now < self._flushed + USAGE_FLUSH_SECONDS):
             return
-        gathered, self._usage = self._usage, {}
+        with self._usage_lock:
+            gathered, self._usage = self._usage, {}
         self._flushed = now
         at = utcnow()
         by_module: dict[str, list[tuple[uuid.UUID, float, float]]] = {}

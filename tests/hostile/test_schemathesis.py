@@ -37,6 +37,8 @@ OPERATIONS = [
     ("/system/events/{event_id}", "GET"),
     ("/system/events/stats", "GET"),
     ("/system/events/replay", "POST"),
+    ("/system/endpoints", "GET"),
+    ("/system/endpoints/{endpoint_id}/deliveries", "GET"),
 ]
 CALLERS = ("manager of tenant A", "system admin")
 

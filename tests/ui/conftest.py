@@ -44,11 +44,15 @@ from tests.ui.browser import (
     saved_screenshots,
 )
 
+STACK_SETTINGS: dict[str, Any] = {**WORKER_SETTINGS, "webhook_allow_networks": "127.0.0.1/32"}
+"""The worker suites' settings, and webhook endpoints allowed at 127.0.0.1 (the Endpoints
+page's tests make some there; their module has no worker, so nothing is sent to them)."""
+
 
 @pytest.fixture(scope="package")
 def stack(database_url: str) -> Iterator[Stack]:
     """``eventbus api`` and ``eventbus worker`` subprocesses over the run's database."""
-    settings = make_settings(database_url, **WORKER_SETTINGS)
+    settings = make_settings(database_url, **STACK_SETTINGS)
     env = settings_env(settings)
     port = free_port()
     started: list[Proc] = []

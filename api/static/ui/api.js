@@ -68,4 +68,11 @@ export const api = {
   heldKeys: (params, signal) => call("GET", "system/held-keys", { params, signal }),
   release: (id, params) =>
     call("POST", `system/held-keys/${encodeURIComponent(id)}/release`, { params }),
+  endpoints: (params, signal) => call("GET", "system/endpoints", { params, signal }),
+  endpointDeliveries: (id, params, signal) =>
+    call("GET", `system/endpoints/${encodeURIComponent(id)}/deliveries`, { params, signal }),
+  updateEndpoint: (id, params, body) =>
+    call("PUT", `system/endpoints/${encodeURIComponent(id)}`, { params, body }),
+  rotateSecret: (id, params) =>
+    call("POST", `system/endpoints/${encodeURIComponent(id)}/rotate-secret`, { params }),
 };

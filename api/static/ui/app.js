@@ -5,6 +5,7 @@
 import { ApiError } from "./api.js";
 import * as detail from "./detail.js";
 import { field, h, replace } from "./dom.js";
+import * as endpoints from "./endpoints.js";
 import * as events from "./events.js";
 import { FILTERS } from "./filters.js";
 import { clock } from "./format.js";
@@ -18,6 +19,7 @@ const VIEWS = {
   events: { module: events, title: "Events", nav: "events" },
   event: { module: detail, title: "Event", nav: "events" },
   replay: { module: replay, title: "Replay", nav: "replay" },
+  endpoints: { module: endpoints, title: "Endpoints", nav: "endpoints" },
 };
 // The order parameters take in a URL, so one view has one address (the list's own order).
 const ORDER = ["id", ...FILTERS.map(([name]) => name), "max", "limit", "cursor"];
@@ -177,7 +179,7 @@ function tenantPicker(name, params) {
       return;
     }
     clearAlert("tenant");
-    const dropped = ["view", "tenant_id", "cursor"];
+    const dropped = ["view", "tenant_id", "cursor", "id"]; // an id is the other tenant's
     const keep = Object.fromEntries([...params].filter(([k]) => !dropped.includes(k)));
     // Another tenant's event is not this one: go to the list from its detail.
     const view = name === "event" ? "events" : name;
@@ -196,6 +198,7 @@ function renderHeader(name, params) {
     ["overview", "Overview"],
     ["events", "Events"],
     ["replay", "Replay"],
+    ["endpoints", "Endpoints"],
   ].map(([view, label]) =>
     h("a", { href: href(view), "aria-current": view === current ? "page" : null }, label),
   );

@@ -1,5 +1,6 @@
 // Event detail: every field of GET /system/events/{id}, its data pretty-printed, the attempts
-// timeline, the error; Retry sets it pending (PUT … {"status": "pending"}) once confirmed.
+// timeline, the error, its deliveries to webhook endpoints; Retry sets it pending
+// (PUT … {"status": "pending"}) once confirmed.
 
 import { api } from "./api.js";
 import { h, replace } from "./dom.js";
@@ -72,7 +73,10 @@ export function mount(ctx) {
       last = text;
       // next_attempt_at sits beside the seed's event object, not in it
       current = { ...answer.event, next_attempt_at: answer.next_attempt_at };
-      replace(content, render(current, answer.attempts, answer.attempts_total));
+      replace(
+        content,
+        render(ctx, current, answer.attempts, answer.attempts_total, answer.deliveries),
+      );
     },
   };
 }
@@ -85,7 +89,7 @@ function value(name, event) {
   return typeof v === "object" ? JSON.stringify(v) : String(v);
 }
 
-function render(event, attempts, total = attempts.length) {
+function render(ctx, event, attempts, total = attempts.length, deliveries = []) {
   const known = new Set([...FIELDS.map(([n]) => n), ...SHOWN_APART]);
   // A field the API adds later is shown too: "every field".
   const more = Object.keys(event)
@@ -134,7 +138,65 @@ function render(event, attempts, total = attempts.length) {
         : null,
       timeline(attempts),
     ),
+    h(
+      "section",
+      { "aria-labelledby": "deliveries-title" },
+      h("h2", { id: "deliveries-title" }, `Deliveries (${deliveries.length})`),
+      deliveriesTable(ctx, deliveries),
+    ),
   ];
+}
+
+/** Its outcome with each webhook endpoint it went to. */
+function deliveriesTable(ctx, deliveries) {
+  if (!deliveries.length) {
+    return h("p", { class: "empty", "data-field": "deliveries" }, "None yet.");
+  }
+  const head = [
+    "Endpoint",
+    "Status",
+    "Requests",
+    "Last status code",
+    "Last error",
+    "Last attempt",
+    "Acknowledged",
+  ];
+  return h(
+    "div",
+    { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Deliveries" },
+    h(
+      "table",
+      { class: "deliveries", "data-field": "deliveries" },
+      h("thead", {}, h("tr", {}, head.map((t) => h("th", { scope: "col" }, t)))),
+      h(
+        "tbody",
+        {},
+        deliveries.map((d) =>
+          h(
+            "tr",
+            { "data-delivery-endpoint": d.endpoint_id },
+            h(
+              "td",
+              { class: "mono" },
+              h("a", { href: ctx.href("endpoints", { id: d.endpoint_id }) }, d.endpoint_id),
+            ),
+            h("td", {}, outcomeBadge(d.status)),
+            h("td", { class: "num" }, String(d.requests)),
+            h(
+              "td",
+              { class: "num" },
+              d.last_status_code === null || d.last_status_code === undefined
+                ? "—"
+                : String(d.last_status_code),
+            ),
+            h("td", {}, d.last_error ? h("pre", { class: "error-text" }, d.last_error) : "—"),
+            h("td", { class: "nowrap" }, time(d.last_attempt_at)),
+            h("td", { class: "nowrap" }, time(d.acknowledged_at)),
+          ),
+        ),
+      ),
+    ),
+  );
 }
 
 function timeline(attempts) {
