@@ -332,3 +332,26 @@ def test_retention_purges_the_deliveries_of_finished_events_only(
     with runtime.sessions() as session:
         assert delivery_store.of_event(session, finished, None) == []
         assert len(delivery_store.of_event(session, in_flight, None)) == 1
+
+
+def test_the_address_is_checked_again_when_the_worker_connects(
+    client: TestClient,
+    receiver: Receiver,
+    start_worker: WorkerFactory,
+    settings: Settings,
+    runtime: Runtime,
+) -> None:
+    # Given an endpoint the API allowed (127.0.0.1 on its allow-list), and a worker whose
+    # policy does not allow it (as a name rebound to 127.0.0.1 after the create would be)
+    endpoint(client, receiver.url + "/hook")
+    strict = settings.model_copy(update={"webhook_allow_networks": ""})
+    start_worker(MODULE, worker_settings=strict)
+    event_id = publish(client)
+    # Then nothing reaches the receiver, and the event says why
+    wait_for(
+        lambda: "URL not allowed" in (load(runtime, event_id).error_message or ""),
+        20,
+        "the delivery was not refused",
+    )
+    assert receiver.stats()["connections"] == 0
+    assert receiver.received() == []
