@@ -340,6 +340,13 @@ class Settings(BaseSettings):
         description="webhook requests in flight per worker process (keep-alive pooled); a "
         "worker claims no more of a module's events while this many wait for answers",
     )
+    webhook_tenant_concurrency: int = Field(
+        64,
+        ge=1,
+        description="webhook requests in flight per worker process for one tenant's endpoints "
+        "of a module; past it the process claims none of that tenant's events of the module "
+        "until answers come (a slow endpoint fills its own tenant's share, not the process)",
+    )
     webhook_retry_schedule: str = Field(
         "5,300,1800,7200,18000,36000,36000",
         description="seconds before each retry of an event a webhook endpoint failed (Svix's "

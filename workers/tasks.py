@@ -163,7 +163,8 @@ class EventProcessor:
         order = self.webhooks.order(module, self.handlers.order(module))
         limit = self.claimer.size(module, order.any)
         with self.runtime.unit_of_work() as uow:
-            claims = self.claimer.claim(uow, module, order, limit)
+            skip = self.webhooks.saturated(module)
+            claims = self.claimer.claim(uow, module, order, limit, skip)
             uow.commit()
         if not claims:
             return None

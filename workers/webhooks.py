@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -36,7 +36,7 @@ from bus.broker.dispatch import Dispatch
 from bus.delivery import attempts
 from bus.delivery.attempts import Attempt, Skip
 from bus.delivery.claims import Claimer, Order
-from bus.events.rules import save_changes, utcnow
+from bus.events.rules import Change, save_changes, utcnow
 from bus.events.schemas import event_view
 from bus.observability import metrics
 from bus.runtime import Runtime
@@ -58,6 +58,19 @@ RECORD_BATCH = 1000
 
 Sent = dict[uuid.UUID, "concurrent.futures.Future[Response]"]
 """An event's requests, by endpoint id."""
+
+
+@dataclass(slots=True)
+class _Recording:
+    """What one recording decided and writes."""
+
+    verdicts: list[Verdict] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    holds: list[tuple[uuid.UUID, str]] = field(default_factory=list)
+    stale: list[uuid.UUID] = field(default_factory=list)
+    recorded: list[Parked] = field(default_factory=list)
+    reports: list[Callable[[], None]] = field(default_factory=list)
+    again: list[Parked] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -83,6 +96,9 @@ class Webhooks:
         self._room = threading.Condition()
         self._made = threading.Lock()
         self._inflight = 0
+        self._tenant_limit = settings.webhook_tenant_concurrency
+        self._by_tenant: dict[tuple[str, uuid.UUID], int] = {}
+        self._eased: set[str] = set()  # modules a saturated tenant of which got room again
         self._pid = 0
         self._sender: Sender | None = None
         self._parked: queue.SimpleQueue[Parked] = queue.SimpleQueue()
@@ -144,6 +160,7 @@ class Webhooks:
             self._sender = sender_for(self.runtime.settings)
             self._pid = pid
             self._inflight = 0
+            self._by_tenant = {}
             self._parked = queue.SimpleQueue()
             threading.Thread(
                 target=self._record_forever, name="webhook-recorder", daemon=True
@@ -157,7 +174,7 @@ class Webhooks:
         now = utcnow()
         stamp = int(time.time())
         requests: list[Request] = []
-        sent_module = {item.event_id: item.attempt.event.target_module for item in plans}
+        owner = {item.event_id: _owner(item) for item in plans}
         for item in plans:
             body_view = event_view(item.attempt.event)
             for endpoint in item.send:
@@ -170,22 +187,44 @@ class Webhooks:
         with self._room:
             self._room.wait_for(lambda: self._inflight < self._limit)
             self._inflight += len(requests)
+            for request in requests:
+                key = owner[request.key[0]]  # type: ignore[index]
+                self._by_tenant[key] = self._by_tenant.get(key, 0) + 1
         futures = sender.send(requests)
         sent: dict[uuid.UUID, Sent] = {}
         for request, future in zip(requests, futures, strict=True):
             event_id, endpoint_id = request.key  # type: ignore[misc]
             sent.setdefault(event_id, {})[endpoint_id] = future
-            module = sent_module[event_id]
-            future.add_done_callback(lambda f, m=module: self._answered(m, f))
+            key = owner[event_id]
+            future.add_done_callback(lambda f, k=key: self._answered(k, f))
         return sent
 
-    def _answered(self, module: str, future: concurrent.futures.Future[Response]) -> None:
+    def _answered(
+        self, key: tuple[str, uuid.UUID], future: concurrent.futures.Future[Response]
+    ) -> None:
         if not future.cancelled() and future.exception() is None:
             answer = future.result()
-            metrics.observe_webhook(module, answer.status, answer.seconds)
+            metrics.observe_webhook(key[0], answer.status, answer.seconds)
         with self._room:
             self._inflight -= 1
+            left = self._by_tenant.get(key, 1) - 1
+            if left:
+                self._by_tenant[key] = left
+            else:
+                self._by_tenant.pop(key, None)
+            if left == self._tenant_limit - 1:
+                self._eased.add(key[0])
             self._room.notify_all()
+
+    def saturated(self, module: str) -> list[uuid.UUID]:
+        """The tenants whose requests for ``module`` fill their share of this process
+        (``EVENTBUS_WEBHOOK_TENANT_CONCURRENCY``): its next claims skip them."""
+        with self._room:
+            return [
+                tenant
+                for (m, tenant), count in self._by_tenant.items()
+                if m == module and count >= self._tenant_limit
+            ]
 
     def park(self, plans: Sequence[Plan], sent: Mapping[uuid.UUID, Sent]) -> None:
         """Leave ``plans``' outcomes to the recorder, each once its requests have answered."""
@@ -248,72 +287,84 @@ class Webhooks:
         """Write the outcomes of answered events in one unit of work; the ones still locked
         by another transaction (their own batch's, not yet committed) come back, to try again."""
         by_id = {p.plan.event_id: p for p in items}
-        settings = self.runtime.settings
         now = utcnow()
-        again: list[Parked] = []
-        reports: list[Callable[[], None]] = []
+        out = _Recording()
         with self.runtime.unit_of_work() as uow:
             runs, skips = attempts.begin_many(uow, list(by_id))
-            verdicts: list[Verdict] = []
-            changes = []
-            holds: list[tuple[uuid.UUID, str]] = []
-            stale: list[uuid.UUID] = []
-            recorded: list[Parked] = []
             for event_id, why in skips.items():
                 parked = by_id[event_id]
                 if why is Skip.BUSY:
                     parked.since = parked.since or time.monotonic()
                     if time.monotonic() - parked.since < BUSY_GIVE_UP_SECONDS:
-                        again.append(parked)
+                        out.again.append(parked)
                         continue
                 # Moved on without us (processed, given up, gone): its acknowledgements stand.
-                verdicts.append(self._verdict(parked, parked.plan, now))
+                out.verdicts.append(self._verdict(parked, parked.plan, now))
             for run in runs:
-                parked = by_id[run.event.id]
-                claimed = parked.plan.attempt
-                expected = claimed.number if claimed.counted else claimed.failures_before
-                if run.event.retry_count != expected:
-                    # Another delivery ran it meanwhile: its acknowledgements stand.
-                    verdicts.append(self._verdict(parked, parked.plan, now))
-                    stale.append(run.event.id)
-                    continue
-                attempt = Attempt(run.event, claimed.number, claimed.counted)
-                current = dataclasses.replace(parked.plan, attempt=attempt)
-                verdict = self._verdict(parked, current, now)
-                verdicts.append(verdict)
-                changes.append(verdict.change)
-                recorded.append(parked)
-                if verdict.hold and current.ordered:
-                    holds.append((run.event.id, claim_store.HOLD_BLOCK))
-                reports.append(_reporter(attempt, verdict))
-                if verdict.delay is not None and verdict.delay <= settings.retry_max_seconds:
-                    uow.send(
-                        Dispatch(run.event.id, run.event.target_module, countdown=verdict.delay)
-                    )
-                elif current.ordered and verdict.error is None:
-                    # The entity's next event is ready now: no message says so otherwise.
-                    uow.send(Dispatch(run.event.id, run.event.target_module))
-            delivery.save(uow.session, verdicts, settings, now)
-            save_changes(uow, changes, now)
-            for module, used in _usage(recorded).items():
-                # A tenant's share of the module counts its requests' time: a slow endpoint
-                # costs its own tenant (bus.delivery.fairness).
-                self.claimer.record(uow, module, used, [])
-            if holds:
-                claim_store.set_hold(uow.session, holds)
-            if stale:
-                self.claimer.release(uow, stale)
+                self._decide(uow, by_id[run.event.id], run, now, out)
+            self._save(uow, out, now, next(iter(by_id)))
             uow.commit()
-        for report in reports:
+        for report in out.reports:
             report()
         self.claimer.flush_usage()
-        return again
+        return out.again
+
+    def _decide(
+        self, uow: UnitOfWork, parked: Parked, run: Attempt, now: datetime, out: _Recording
+    ) -> None:
+        """A parked event locked again: its verdict, unless another delivery ran it meanwhile
+        (then only its acknowledgements are kept, and its claim given back)."""
+        claimed = parked.plan.attempt
+        expected = claimed.number if claimed.counted else claimed.failures_before
+        if run.event.retry_count != expected:
+            out.verdicts.append(self._verdict(parked, parked.plan, now))
+            out.stale.append(run.event.id)
+            return
+        attempt = Attempt(run.event, claimed.number, claimed.counted)
+        current = dataclasses.replace(parked.plan, attempt=attempt)
+        verdict = self._verdict(parked, current, now)
+        out.verdicts.append(verdict)
+        out.changes.append(verdict.change)
+        out.recorded.append(parked)
+        if verdict.hold and current.ordered:
+            out.holds.append((run.event.id, claim_store.HOLD_BLOCK))
+        out.reports.append(_reporter(attempt, verdict))
+        row = run.event
+        if verdict.delay is not None and verdict.delay <= self.runtime.settings.retry_max_seconds:
+            uow.send(Dispatch(row.id, row.target_module, countdown=verdict.delay))
+        elif current.ordered and verdict.error is None:
+            # The entity's next event is ready now: no message says so otherwise.
+            uow.send(Dispatch(row.id, row.target_module))
+
+    def _save(self, uow: UnitOfWork, out: _Recording, now: datetime, hint: uuid.UUID) -> None:
+        """The recording's writes: delivery rows and health, status changes, the tenants'
+        usage, holds, stale claims given back; a wake-up for modules a skipped tenant of which
+        has room again."""
+        delivery.save(uow.session, out.verdicts, self.runtime.settings, now)
+        save_changes(uow, out.changes, now)
+        with self._room:
+            eased, self._eased = self._eased, set()
+        for module in eased:
+            uow.send(Dispatch(hint, module))
+        for module, used in _usage(out.recorded).items():
+            # A tenant's share of the module counts its requests' time: a slow endpoint costs
+            # its own tenant (bus.delivery.fairness).
+            self.claimer.record(uow, module, used, [])
+        if out.holds:
+            claim_store.set_hold(uow.session, out.holds)
+        if out.stale:
+            self.claimer.release(uow, out.stale)
 
     def _verdict(self, parked: Parked, item: Plan, now: datetime) -> Verdict:
         answers = {eid: _answer(f, 0) for eid, f in parked.sent.items()}
         return delivery.judge(
             item, answers, self.schedule, self.runtime.settings, now, parked.started_at
         )
+
+
+def _owner(item: Plan) -> tuple[str, uuid.UUID]:
+    row = item.attempt.event
+    return row.target_module, row.tenant_id
 
 
 def _usage(items: Sequence[Parked]) -> dict[str, list[tuple[uuid.UUID, float, float]]]:

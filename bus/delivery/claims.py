@@ -85,8 +85,16 @@ class Claimer:
     def until(self, now: datetime) -> datetime:
         return now + self._lease
 
-    def claim(self, uow: UnitOfWork, module: str, order: Order, limit: int) -> list[Claim]:
-        """Up to ``limit`` of ``module``'s ready events for this process; the caller commits."""
+    def claim(
+        self,
+        uow: UnitOfWork,
+        module: str,
+        order: Order,
+        limit: int,
+        skip: Collection[uuid.UUID] = (),
+    ) -> list[Claim]:
+        """Up to ``limit`` of ``module``'s ready events for this process, none of the tenants
+        in ``skip`` (whose webhook requests fill their share of it); the caller commits."""
         now = utcnow()
         return claim_store.claim(
             uow.session,
@@ -100,6 +108,7 @@ class Claimer:
             worker=self.worker,
             pid=os.getpid(),
             limit=limit,
+            skip=skip,
         )
 
     def restamp(self, uow: UnitOfWork, module: str, event_ids: Collection[uuid.UUID]) -> None:

@@ -169,7 +169,7 @@ WITH RECURSIVE t(tenant_id) AS (
     -- The claim's commit need not wait for its WAL flush: a claim lost with the server is
     -- claimable again, and the batch's own commit (synchronous) flushes it anyway.
     CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
-    WHERE t.tenant_id IS NOT NULL
+    WHERE t.tenant_id IS NOT NULL AND NOT (t.tenant_id = ANY(CAST(:skip AS uuid[])))
 )"""
 
 _PG_WINDOW = f"""SELECT q.* FROM event_queue q
@@ -279,6 +279,7 @@ SELECT q.id, q.created_at, q.claimed_until AS before, q.claimed_by AS before_by,
 FROM event_queue q
 WHERE q.target_module = :module AND {_READY} AND {_FREE} AND {_NOT_PAUSED}
   AND (NOT :ordered OR {_LITE_IN_ORDER})
+  AND q.tenant_id NOT IN (SELECT value FROM json_each(:skip))
 ORDER BY q.created_at, q.id LIMIT :limit
 """  # noqa: S608 - built from the constants above, never from input
 ).columns(id=Uuid(), created_at=UTCDateTime(), before=UTCDateTime())
@@ -299,11 +300,13 @@ def claim(
     worker: str,
     pid: int,
     limit: int,
+    skip: Collection[uuid.UUID] = (),
 ) -> list[Claim]:
     """Claim up to ``limit`` ready events of ``module`` for ``worker`` (process ``pid``) until
-    ``until``; the caller commits. On PostgreSQL in virtual-time order across tenants (their
-    usage decayed by ``decay`` a second, divided by ``weights``; ``cost``: the cost of an event
-    of a tenant with no usage yet), each tenant's in commit order; on SQLite in commit order."""
+    ``until``, none of the tenants in ``skip``; the caller commits. On PostgreSQL in
+    virtual-time order across tenants (their usage decayed by ``decay`` a second, divided by
+    ``weights``; ``cost``: the cost of an event of a tenant with no usage yet), each tenant's in
+    commit order; on SQLite in commit order."""
     connection = session.connection()
     params: dict[str, Any] = {
         "module": module,
@@ -324,6 +327,7 @@ def claim(
             cost=cost,
             types=list(order.types),
             except_types=list(order.except_types),
+            skip=list(skip),
         )
         stmt = (_PG_CLAIM_ORDERED if order.any else _PG_CLAIM).bindparams(*_TIMES)
         connection.execute(BY_INDEX)
@@ -331,7 +335,9 @@ def claim(
         got = [Claim(r.id, r.created_at, _lost(r.before, r.before_by, r.before_pid)) for r in rows]
         return sorted(got, key=_commit_order)
     params.update(
-        types=json.dumps(list(order.types)), except_types=json.dumps(list(order.except_types))
+        types=json.dumps(list(order.types)),
+        except_types=json.dumps(list(order.except_types)),
+        skip=json.dumps([tenant.hex for tenant in skip]),  # how SQLite stores a Uuid
     )
     found = connection.execute(_LITE_CLAIM.bindparams(_TIMES[0]), params)
     claims = [Claim(r.id, r.created_at, _lost(r.before, r.before_by, r.before_pid)) for r in found]

@@ -389,7 +389,7 @@ def test_a_claim_reads_a_big_backlog_by_index_only(runtime: Runtime, ordered: bo
         "module": "warehouse", "now": now, "until": now + timedelta(seconds=60), "worker": "w",
         "pid": 1, "limit": 500, "scan": 500 * claim_store.ORDER_WINDOW, "ordered": ordered,
         "rest": ordered, "weighted": [], "weights": [], "decay": fairness.DECAY,
-        "cost": fairness.DEFAULT_COST, "types": [], "except_types": [],
+        "cost": fairness.DEFAULT_COST, "types": [], "except_types": [], "skip": [],
         "share": claim_store.ORDER_SHARE,
     }  # fmt: skip
     explain = text("EXPLAIN " + statement.element.text).bindparams(*claim_store._TIMES)

@@ -245,23 +245,33 @@ def test_a_slow_endpoint_does_not_slow_the_others(
     settings: Settings,
     runtime: Runtime,
 ) -> None:
-    receiver.set("/slow", delay=5)
+    receiver.set("/slow", delay=2)
     endpoint(client, receiver.url + "/slow", TENANT_B)
     endpoint(client, receiver.url + "/fast", TENANT_A)
-    # One process, the default 15 s timeout: the slow endpoint answers, after 5 s each.
-    patient = settings.model_copy(update={"webhook_timeout_seconds": 15.0})
+    # One process with room for 16 requests, 8 of them for one tenant: the slow tenant's 40
+    # events would fill it (and hold every claim) without the tenant's share.
+    patient = settings.model_copy(
+        update={
+            "webhook_timeout_seconds": 15.0,
+            "webhook_concurrency": 16,
+            "webhook_tenant_concurrency": 8,
+        }
+    )
     start_worker(MODULE, concurrency=1, worker_settings=patient)
-    slow = [publish(client, TENANT_B, entity=f"s{n}") for n in range(10)]
+    slow = [publish(client, TENANT_B, entity=f"s{n}") for n in range(40)]
+    wait_for(lambda: len(receiver.received("/slow")) >= 8, 10, "the slow endpoint got nothing")
     began = time.monotonic()
     fast = [publish(client, TENANT_A, entity=f"f{n}") for n in range(30)]
     for event_id in fast:
         wait_for_status(runtime, event_id, "processed", 10)
     took = time.monotonic() - began
-    assert took < 4.0, f"the fast endpoint's events took {took:.1f} s behind a 5 s endpoint"
+    assert took < 3.0, f"the fast endpoint's events took {took:.1f} s behind a 2 s endpoint"
     assert load(runtime, slow[-1]).status == "pending"  # still on its way
+    # The slow tenant had at most its share in flight, and all its events arrive, once each.
     for event_id in slow:
-        row = wait_for_status(runtime, event_id, "processed", 20)
+        row = wait_for_status(runtime, event_id, "processed", 30)
         assert row.retry_count == 0
+    assert sorted(ids_received(receiver, "/slow")) == sorted(slow)
 
 
 def test_an_ordered_failing_endpoint_holds_only_its_own_keys(
