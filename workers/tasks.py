@@ -729,6 +729,9 @@ def install(
             processor.process(self, [event_id])
 
     signals.task_failure.connect(processor.on_task_failure, weak=False)
+    # A pool process (or a solo worker) stopping lets its webhook requests finish first.
+    signals.worker_process_shutdown.connect(processor.webhooks.drain, weak=False)
+    signals.worker_shutdown.connect(processor.webhooks.drain, weak=False)
     signals.worker_process_init.connect(processor.after_fork, weak=False)
     task: Task = process_events
     return task

@@ -55,6 +55,8 @@ BUSY_RETRY_SECONDS = 0.02
 BUSY_GIVE_UP_SECONDS = 30.0
 """A parked event still locked elsewhere this long is left to its claim's end."""
 RECORD_BATCH = 1000
+DRAIN_SLACK_SECONDS = 5.0
+"""How long past the request timeout a stopping process waits for its outcomes to be written."""
 
 Sent = dict[uuid.UUID, "concurrent.futures.Future[Response]"]
 """An event's requests, by endpoint id."""
@@ -99,6 +101,7 @@ class Webhooks:
         self._tenant_limit = settings.webhook_tenant_concurrency
         self._by_tenant: dict[tuple[str, uuid.UUID], int] = {}
         self._eased: set[str] = set()  # modules a saturated tenant of which got room again
+        self._unrecorded = 0  # events parked and not yet written
         self._pid = 0
         self._sender: Sender | None = None
         self._parked: queue.SimpleQueue[Parked] = queue.SimpleQueue()
@@ -161,6 +164,7 @@ class Webhooks:
             self._pid = pid
             self._inflight = 0
             self._by_tenant = {}
+            self._unrecorded = 0
             self._parked = queue.SimpleQueue()
             threading.Thread(
                 target=self._record_forever, name="webhook-recorder", daemon=True
@@ -229,6 +233,8 @@ class Webhooks:
     def park(self, plans: Sequence[Plan], sent: Mapping[uuid.UUID, Sent]) -> None:
         """Leave ``plans``' outcomes to the recorder, each once its requests have answered."""
         started = utcnow()
+        with self._room:
+            self._unrecorded += len(plans)
         for item in plans:
             parked = Parked(item, sent[item.event_id], started)
             _when_all_done(list(parked.sent.values()), lambda p=parked: self._parked.put(p))
@@ -304,10 +310,28 @@ class Webhooks:
                 self._decide(uow, by_id[run.event.id], run, now, out)
             self._save(uow, out, now, next(iter(by_id)))
             uow.commit()
+        with self._room:
+            self._unrecorded -= len(items) - len(out.again)
+            self._room.notify_all()
         for report in out.reports:
             report()
         self.claimer.flush_usage()
         return out.again
+
+    def drain(self, **_: object) -> None:
+        """As the process stops: wait for the requests under way and their outcomes written
+        (at most the request timeout and a few seconds), so a restart does not send again what
+        a receiver already acknowledged."""
+        if self._sender is None or self._pid != os.getpid():
+            return
+        wait = self.runtime.settings.webhook_timeout_seconds + DRAIN_SLACK_SECONDS
+        with self._room:
+            done = self._room.wait_for(
+                lambda: self._inflight == 0 and self._unrecorded <= 0, timeout=wait
+            )
+            left = self._unrecorded
+        if not done:
+            log.warning("stopping with %d webhook outcomes unwritten: they are sent again", left)
 
     def _decide(
         self, uow: UnitOfWork, parked: Parked, run: Attempt, now: datetime, out: _Recording

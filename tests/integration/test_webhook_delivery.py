@@ -365,3 +365,26 @@ def test_the_address_is_checked_again_when_the_worker_connects(
     )
     assert receiver.stats()["connections"] == 0
     assert receiver.received() == []
+
+
+@pytest.mark.parametrize("pool", ["prefork", "solo"])
+def test_a_stopping_worker_finishes_its_requests_first(
+    client: TestClient,
+    receiver: Receiver,
+    start_worker: WorkerFactory,
+    runtime: Runtime,
+    pool: str,
+) -> None:
+    # Given requests under way to a receiver that answers after 2 s
+    receiver.set("/slow", delay=2)
+    endpoint(client, receiver.url + "/slow")
+    worker = start_worker(MODULE, pool=pool, concurrency=1)
+    events = [publish(client, entity=f"e{n}") for n in range(10)]
+    wait_for(lambda: len(receiver.received("/slow")) >= 10, 10, "the requests did not start")
+    # When the worker is told to stop (SIGTERM) while they wait for their answers
+    assert worker.stop(timeout=40) == 0
+    # Then their outcomes were written before it exited: a new worker sends nothing again
+    assert all(load(runtime, e).status == "processed" for e in events)
+    start_worker(MODULE, pool=pool, concurrency=1)
+    time.sleep(1.0)
+    assert sorted(ids_received(receiver, "/slow")) == sorted(events)
