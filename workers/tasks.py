@@ -369,8 +369,11 @@ class EventProcessor:
     def _send(self, uow: UnitOfWork, out: _Outcomes) -> None:
         """Start the batch's requests; leave the endpoints-only events to the recorder and
         wait for the others (a handler took them too: its writes commit with their outcome)."""
-        sent = self.webhooks.send([*out.parked, *(plan for plan, *_ in out.joint)])
-        self.webhooks.park(out.parked, sent)
+        parked, over = self.webhooks.admit(out.parked)
+        if over:  # back to the in-flight set: the next claims skip their tenants till room
+            self.claimer.release(uow, [plan.event_id for plan in over])
+        sent = self.webhooks.send([*parked, *(plan for plan, *_ in out.joint)])
+        self.webhooks.park(parked, sent)
         self._joint_outcomes(uow, out, out.joint, sent)
 
     def _joint_outcomes(

@@ -102,6 +102,7 @@ class Webhooks:
         self._by_tenant: dict[tuple[str, uuid.UUID], int] = {}
         self._eased: set[str] = set()  # modules a saturated tenant of which got room again
         self._unrecorded = 0  # events parked and not yet written
+        self._refused: set[tuple[str, uuid.UUID]] = set()  # turned away since their last answer
         self._pid = 0
         self._sender: Sender | None = None
         self._parked: queue.SimpleQueue[Parked] = queue.SimpleQueue()
@@ -164,12 +165,34 @@ class Webhooks:
             self._pid = pid
             self._inflight = 0
             self._by_tenant = {}
+            self._refused = set()
             self._unrecorded = 0
             self._parked = queue.SimpleQueue()
             threading.Thread(
                 target=self._record_forever, name="webhook-recorder", daemon=True
             ).start()
         return self._sender
+
+    def admit(self, plans: Sequence[Plan]) -> tuple[list[Plan], list[Plan]]:
+        """Of a batch's endpoints-only events, those its tenants' shares of this process have
+        room for (``EVENTBUS_WEBHOOK_TENANT_CONCURRENCY``; a tenant with none in flight always
+        gets one event), and the rest, to give back: a claim may hold more of a tenant's events
+        than its share, and sent anyway they would fill the process (then every tenant waits)."""
+        admitted: list[Plan] = []
+        refused: list[Plan] = []
+        with self._room:
+            taken = dict(self._by_tenant)
+        for item in plans:
+            key = _owner(item)
+            now_in = taken.get(key, 0)
+            if now_in and now_in + len(item.send) > self._tenant_limit:
+                refused.append(item)
+                with self._room:
+                    self._refused.add(key)  # skipped by the claims until an answer comes
+                continue
+            taken[key] = now_in + len(item.send)
+            admitted.append(item)
+        return admitted, refused
 
     def send(self, plans: Sequence[Plan]) -> dict[uuid.UUID, Sent]:
         """Start every request of ``plans`` at once (after waiting for room under
@@ -216,19 +239,21 @@ class Webhooks:
                 self._by_tenant[key] = left
             else:
                 self._by_tenant.pop(key, None)
-            if left == self._tenant_limit - 1:
+            if left == self._tenant_limit - 1 or key in self._refused:
                 self._eased.add(key[0])
+                self._refused.discard(key)
             self._room.notify_all()
 
     def saturated(self, module: str) -> list[uuid.UUID]:
         """The tenants whose requests for ``module`` fill their share of this process
         (``EVENTBUS_WEBHOOK_TENANT_CONCURRENCY``): its next claims skip them."""
         with self._room:
-            return [
+            full = {
                 tenant
                 for (m, tenant), count in self._by_tenant.items()
                 if m == module and count >= self._tenant_limit
-            ]
+            }
+            return sorted(full | {tenant for m, tenant in self._refused if m == module})
 
     def park(self, plans: Sequence[Plan], sent: Mapping[uuid.UUID, Sent]) -> None:
         """Leave ``plans``' outcomes to the recorder, each once its requests have answered."""
