@@ -13,6 +13,8 @@ TARGET_PUBLISH_P99_MS = 100.0
 TARGET_LIST_P99_MS = 20.0
 TARGET_PG_CPU_MS = 0.07
 """PostgreSQL CPU per event, batched: half of the 0.14 ms before the in-flight set (issue 19)."""
+TARGET_WEBHOOK_RATE = 2000.0
+"""Webhook deliveries a second to a fast receiver (issue 22)."""
 NONE = "-"
 CPU_GROUPS = (
     "loadgen",
@@ -60,8 +62,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     else:
         lines.append(f"end-to-end batched: not available ({batched['detail'][:120]})")
         lines.append(f"vs PgQueuer: not available (no batched rate; PgQueuer {pgq:.0f} jobs/s)")
-    # The scheduler's lines come first: the ratio lines and PostgreSQL's stay the last four.
-    lines = scheduler_lines(results) + lines
+    # The scheduler's and webhooks' lines come first: the ratio lines and PostgreSQL's stay the
+    # last four.
+    lines = scheduler_lines(results) + webhook_lines(results) + lines
     return {
         "bus_rate": bus,
         "bare_rate": bare,
@@ -76,17 +79,178 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rerun_note(results: dict[str, Any]) -> list[str]:
-    """Said when the scheduler's phases were measured again alone (``--scheduler-only``)."""
+    """Said when the scheduler's or the webhooks' phases were measured again alone
+    (``--scheduler-only``, ``--webhooks-only``)."""
+    notes = []
     rerun = (results.get("scheduler") or {}).get("measured")
-    if not rerun:
+    if rerun:
+        notes.append(
+            f"The fairness, order and broker lines are from `python -m bench --scheduler-only` "
+            f"at commit {rerun['commit']}, {rerun['at']} (load average "
+            f"{rerun.get('load_average') or 'not recorded'}), on a fresh stack."
+        )
+    hooks = (results.get("webhooks") or {}).get("measured")
+    if hooks:
+        notes.append(
+            f"The webhooks lines are from `python -m bench --webhooks-only` at commit "
+            f"{hooks['commit']}, {hooks['at']} (load average "
+            f"{hooks.get('load_average') or 'not recorded'}), on a fresh stack."
+        )
+    if not notes:
         return []
-    return [
-        "",
-        f"The fairness, order and broker lines are from `python -m bench --scheduler-only` at "
-        f"commit {rerun['commit']}, {rerun['at']} (load average "
-        f"{rerun.get('load_average') or 'not recorded'}), on a fresh stack; the other lines "
-        "from the full run above.",
+    return ["", " ".join(notes) + " The other lines are from the full run above."]
+
+
+def webhook_lines(results: dict[str, Any]) -> list[str]:
+    """Issue 22's lines: webhook deliveries a second against a handler's events, and a slow
+    endpoint beside a fast one."""
+    hooks = results.get("webhooks")
+    if not hooks:
+        return []
+    final, handler = hooks["drain"]["final"], hooks["handler_drain"]
+    lines = [
+        f"webhooks: {_f(final['rate'])} deliveries/s draining {_f(final['events'])} events to a "
+        f"fast receiver ({final['label']}; target >= {_f(TARGET_WEBHOOK_RATE)}) = "
+        f"{hooks['vs_handler']:.2f} x the same backlog through a no-op handler "
+        f"({_f(handler['rate'])} events/s); the sender alone "
+        f"{_f(hooks['sender_alone']['per_second'])}/s"
     ]
+    slow = hooks.get("slow_endpoint")
+    if slow:
+        alone, both, first = slow["alone"], slow["at_once"], slow["slow_first"]
+        lines.append(
+            f"webhooks, one {slow['slow_delay_s']:.0f} s endpoint: the other tenant's "
+            f"{_f(slow['events_per_tenant'])} drained in {both['fast_drain_s']:.2f} s published "
+            f"at once, {first['fast_drain_s']:.2f} s published after the slow one's (p99 "
+            f"{_f(both['fast_latency_ms']['p99'])}, {_f(first['fast_latency_ms']['p99'])} ms) "
+            f"against {alone['fast_drain_s']:.2f} s alone (p99 "
+            f"{_f(alone['fast_latency_ms']['p99'])} ms; target: no wait for the slow endpoint)"
+        )
+    return lines
+
+
+def _webhook_section(results: dict[str, Any]) -> list[str]:
+    """The "Webhook delivery" section of results.md, when the phase ran."""
+    hooks = results.get("webhooks")
+    if not hooks:
+        return []
+    final, handler, sender = hooks["drain"]["final"], hooks["handler_drain"], hooks["sender_alone"]
+    groups = ("bus_workers", "receiver", "postgres", "redis", "api")
+    measured = hooks.get("measured")
+    lines = [
+        "",
+        "## Webhook delivery: a backlog to a fast receiver",
+        "",
+        *(
+            [
+                f"Measured alone (`python -m bench --webhooks-only`, {measured.get('mode', 'full')}"
+                f" mode) at commit {measured['commit']}, {measured['at']} (load average "
+                f"{measured.get('load_average') or 'not recorded'}), on a fresh stack; the other "
+                "sections are the full run's.",
+                "",
+            ]
+            if measured
+            else []
+        ),
+        f"{_f(hooks['events'])} events of `{hooks['module']}` (no handler: endpoints only) over "
+        f"{hooks['tenants']} tenants, each tenant with one endpoint on the receiver "
+        f"({hooks['receiver']}), published through the API in batches of 1,000 while the module "
+        "was paused; the workers started and answered a ping, then the module was resumed: from "
+        "the resume to the last `processed_at` (written when the answer is recorded). Every event "
+        "processed and acknowledged, the receiver counted every request. The handler row drains "
+        "the same backlog of the end-to-end module (its no-op handler, no endpoint) the same way "
+        "on the same layout; the sender alone is `bench/webhooks_sender.py`'s loop (one "
+        f"process's sender, lists of {sender['batch']} requests, each body built and signed) "
+        "against the same receiver: the HTTP side's ceiling.",
+        "",
+        "| what | layout | events | per s (median) | each run | "
+        + " | ".join(f"CPU ms/event {g}" for g in groups)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(groups),
+    ]
+    for what, run in (("webhook deliveries", final), ("no-op handler", handler)):
+        per = run.get("cpu_ms_per_event", {})
+        lines.append(
+            f"| {what} | {run['label']} | {_f(run['events'])} | {_f(run['rate'])} | "
+            f"{', '.join(_f(x) for x in run.get('repeats', [run['rate']]))} | "
+            + " | ".join(_f(per.get(g), 3) for g in groups)
+            + " |"
+        )
+    lines.append(
+        f"| sender alone | one process, no bus | {_f(sender['runs'][0]['deliveries'])} | "
+        f"{_f(sender['per_second'])} | "
+        f"{', '.join(_f(r['per_second']) for r in sender['runs'])} |" + " |" * len(groups)
+    )
+    e2e = (results.get("end_to_end") or {}).get("final")
+    batched = (results.get("end_to_end_batched") or {}).get("final")
+    reference = ""
+    if e2e:
+        reference = (
+            f" For reference, the end-to-end figures above (publishing while draining, a no-op "
+            f"handler): {_f(e2e['rate'])} events/s with single publishes"
+            + (f", {_f(batched['rate'])} with the batch endpoint" if batched else "")
+            + "."
+        )
+    lines += [
+        "",
+        f"Webhook deliveries/s = {hooks['vs_handler']:.2f} x the handler's events/s on the same "
+        f"backlog, {hooks['of_sender_alone']:.2f} x the sender alone." + reference,
+        "",
+        f"Cores used meanwhile (the median run): {_cores(final['usage'])}. The workers took "
+        f"{final['workers_start_s']} s to start (not in the figure); the first event was "
+        f"recorded {final['first_done_after_resume_s']} s after the resume (in the figure).",
+    ]
+    if hooks["drain"].get("search"):
+        lines += ["", "| layout tried | events | deliveries/s |", "|---|---|---|"]
+        lines += [
+            f"| {r['label']} | {_f(r['events'])} | {_f(r['rate'])} |"
+            for r in hooks["drain"]["search"]
+        ]
+    fixed = hooks.get("fixed_rate")
+    if fixed:
+        lat = fixed["latency_ms"]
+        lines += [
+            "",
+            f"Latency at a fixed rate: single publishes of one tenant offered open loop at "
+            f"{_f(fixed['offered_rate'])} events/s ({_f(fixed['events'])} events, 64 "
+            f"connections, {_f(fixed['achieved_publish_rps'])} publishes/s achieved) to running "
+            f"workers ({fixed['label']}): publish → delivered (`processed_at - created_at`) "
+            f"p50 {_f(lat['p50'], 1)} ms, p90 {_f(lat['p90'], 1)} ms, p99 {_f(lat['p99'], 1)} "
+            f"ms, max {_f(lat['max'], 1)} ms."
+            + (
+                f" A no-op handler at {_f(handler_fixed['offered_rate'])} events/s (the latency "
+                f"section above): p50 {_f(handler_fixed['latency_ms']['p50'], 1)} ms, p99 "
+                f"{_f(handler_fixed['latency_ms']['p99'], 1)} ms."
+                if (handler_fixed := results.get("fixed_rate"))
+                else ""
+            ),
+        ]
+    slow = hooks.get("slow_endpoint")
+    if slow:
+        lines += [
+            "",
+            f"### One slow endpoint: {slow['slow_delay_s']:.0f} s per answer",
+            "",
+            f"On running workers ({slow['layout']}): the fast tenant's "
+            f"{_f(slow['events_per_tenant'])} events alone; then with the other tenant's "
+            f"{_f(slow['events_per_tenant'])}, whose endpoint answers after "
+            f"{slow['slow_delay_s']:.0f} s, both published at once, then the slow tenant's "
+            "first and the fast tenant's right after (the slow requests in flight when the fast "
+            "events come). Drain: from the first `created_at` of the tenant's events to their "
+            "last `processed_at`.",
+            "",
+            "| run | fast tenant drain s | p50 ms | p99 ms | max ms | slow tenant drain s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for run in ("alone", "at_once", "slow_first"):
+            part = slow[run]
+            lat = part["fast_latency_ms"]
+            lines.append(
+                f"| {run.replace('_', ' ')} | {part['fast_drain_s']:.2f} | {_f(lat['p50'], 1)} | "
+                f"{_f(lat['p99'], 1)} | {_f(lat['max'], 1)} | "
+                f"{_f(part.get('slow_drain_s'), 2)} |"
+            )
+    return lines
 
 
 def _pgq_fixed_lines(results: dict[str, Any]) -> list[str]:
@@ -267,6 +431,32 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             "value": final.get("completion_writes"),
             "met": None,
         }
+    hooks = results.get("webhooks")
+    if hooks:
+        final = hooks["drain"]["final"]
+        checks["webhook_deliveries"] = {
+            "target": f">= {TARGET_WEBHOOK_RATE:,.0f} deliveries/s (a backlog to a fast receiver, "
+            "one endpoint per event)",
+            "value": {
+                "per_s": final["rate"],
+                "layout": final["label"],
+                "vs_handler": hooks["vs_handler"],
+                "sender_alone_per_s": hooks["sender_alone"]["per_second"],
+            },
+            "met": final["rate"] >= TARGET_WEBHOOK_RATE,
+        }
+        slow = hooks.get("slow_endpoint")
+        if slow:
+            checks["webhook_slow_endpoint"] = {
+                "target": f"a {slow['slow_delay_s']:.0f} s endpoint does not hold another "
+                f"tenant's deliveries (its drain < {slow['slow_delay_s']:.0f} s)",
+                "value": {
+                    "alone_s": slow["alone"]["fast_drain_s"],
+                    "at_once_s": slow["at_once"]["fast_drain_s"],
+                    "slow_first_s": slow["slow_first"]["fast_drain_s"],
+                },
+                "met": not slow["fast_waited_for_slow"],
+            }
     alone = best_batch_alone(results)
     checks["batch_endpoint_alone"] = {
         "target": "reported (no target): events/s, batch endpoint without workers",
@@ -538,6 +728,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         for tried in results[key].get("search", []):
             count = tried.get("tasks", tried.get("events"))
             lines.append(f"| {side} | {tried['label']} | {_f(count)} | {_f(tried['rate'])} |")
+    lines += _webhook_section(results)
     listing = results["listing"]
     data = listing["data"]
     lines += [

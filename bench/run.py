@@ -2,7 +2,8 @@
 
 Phases, in order: publish (API alone: single publishes, then the batch endpoint), bare Celery
 (the baseline), end to end with single publishes at c=64 (API + bus workers), end to end with
-the batch endpoint, PgQueuer (the second peer), latency at a fixed offered rate (half the
+the batch endpoint, the scheduler's and webhook delivery's phases (``bench.scheduler``,
+``bench.webhooks``), PgQueuer (the second peer), latency at a fixed offered rate (half the
 single-publish end-to-end rate), listing (a million rows), then optionally profiles.
 
 Every side gets a small search over its layouts at a search size, and the fastest layout of
@@ -34,7 +35,7 @@ import psutil
 import psycopg
 import redis
 
-from bench import scheduler
+from bench import scheduler, webhooks
 from bench.baseline import BareConfig, run_bare
 from bench.endtoend import BusLayout, Load, Then, run_e2e
 from bench.listing import run_listing
@@ -43,7 +44,7 @@ from bench.pgq import PgqConfig, PgqDatabase, pgq_version, run_pgq
 from bench.procs import REPO, BenchError, Stack
 from bench.profiling import run_profiles
 from bench.publish import run_publish
-from bench.report import headline, render_markdown, scheduler_lines, targets
+from bench.report import headline, render_markdown, scheduler_lines, targets, webhook_lines
 from bench.stack import BusConfig, Database, start_redis
 
 
@@ -434,6 +435,16 @@ def _sched_plan(plan: Plan) -> scheduler.SchedulerPlan:
     return scheduler.QUICK if plan.mode == "quick" else scheduler.FULL
 
 
+def _hooks_plan(plan: Plan) -> webhooks.WebhookPlan:
+    return webhooks.QUICK if plan.mode == "quick" else webhooks.FULL
+
+
+def _hooks_rate(results: dict[str, Any]) -> int | None:
+    """The end-to-end phase's fixed rate, for webhook latency at the same rate."""
+    rate = (results.get("fixed_rate") or {}).get("offered_rate")
+    return int(rate) if rate else None
+
+
 def _latency_layouts(plan: Plan, best: BusLayout) -> list[BusLayout]:
     """The layout that was fastest for throughput need not be the one with the lowest latency
     (a prefork pool hands each small message to a child): the same fixed rate is offered to
@@ -501,6 +512,9 @@ def run(plan: Plan, out: Path, work_dir: Path, db_name: str, profile: bool) -> d
         results["end_to_end_batched"] = _batched_phase(plan, ctx, best_layout, batch_endpoint)
         results["scheduler"] = scheduler.run_phases(
             stack, monitor, work_dir, db, config, _sched_plan(plan), best_layout
+        )
+        results["webhooks"] = webhooks.run_phase(
+            stack, monitor, work_dir, db, config, _hooks_plan(plan), _hooks_rate(results)
         )
         pgq_db.create(work_dir, stack)
         monitor.watch_found("postgres_pgq", pgq_db.backends)
@@ -588,8 +602,10 @@ def _alone(
     monitor.start()
     db = Database(db_name)
     try:
-        _, broker_url = start_redis(stack, work_dir)
+        redis_proc, broker_url = start_redis(stack, work_dir)
+        monitor.watch("redis", redis_proc.pid)
         db.create()
+        monitor.watch_found("postgres", db.backends)
         return phase(stack, monitor, db, BusConfig(db.url, broker_url))
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
@@ -644,6 +660,37 @@ def scheduler_only(plan: Plan, out: Path, work_dir: Path, db_name: str) -> int:
     else:
         out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     for line in scheduler_lines(results):
+        print(line, flush=True)
+    return 0
+
+
+def webhooks_only(plan: Plan, out: Path, work_dir: Path, db_name: str) -> int:
+    """Only the webhook phase, merged into the results at ``out`` (the other phases' figures
+    stay, the end-to-end ones beside it in the report)."""
+    results = json.loads(out.read_text()) if out.exists() else {}
+
+    def phase(stack: Stack, monitor: Monitor, db: Database, config: BusConfig) -> bool:
+        results["webhooks"] = webhooks.run_phase(
+            stack, monitor, work_dir, db, config, _hooks_plan(plan), _hooks_rate(results)
+        )
+        results["webhooks"]["measured"] = {
+            "mode": plan.mode,
+            "commit": _git("rev-parse", "--short", "HEAD").strip(),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        }
+        return True
+
+    if _alone(work_dir, db_name, phase) is None:
+        return 1
+    if "headline" in results:
+        results["headline"] = headline(results)
+        results["targets"] = targets(results)
+        out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        out.with_suffix(".md").write_text(render_markdown(results))
+    else:
+        out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    for line in webhook_lines(results):
         print(line, flush=True)
     return 0
 
@@ -716,6 +763,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only the scheduler's phases (fairness, order, broker), into the results (--out)",
     )
     parser.add_argument(
+        "--webhooks-only",
+        action="store_true",
+        help="only the webhook delivery phase (drain, slow endpoint), into the results (--out)",
+    )
+    parser.add_argument(
         "--listing-only",
         action="store_true",
         help="only the listing phase, written into the existing results (--out)",
@@ -740,6 +792,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return latency_only(plan, out, args.work_dir, db_name, args.latency_only or None)
     if args.scheduler_only:
         return scheduler_only(plan, out, args.work_dir, args.database or "eventbus_bench_sched")
+    if args.webhooks_only:
+        return webhooks_only(plan, out, args.work_dir, args.database or "eventbus_bench_hooks")
     db_name = args.database or ("eventbus_bench_quick" if args.quick else "eventbus_bench")
     try:
         results = run(plan, out, args.work_dir, db_name, args.profile)
