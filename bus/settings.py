@@ -335,17 +335,18 @@ class Settings(BaseSettings):
         65536, ge=0, description="the most of a receiver's answer a delivery reads"
     )
     webhook_concurrency: int = Field(
-        256,
+        1024,
         ge=1,
         description="webhook requests in flight per worker process (keep-alive pooled); a "
         "worker claims no more of a module's events while this many wait for answers",
     )
     webhook_tenant_concurrency: int = Field(
-        64,
+        256,
         ge=1,
         description="webhook requests in flight per worker process for one tenant's endpoints "
-        "of a module; past it the process claims none of that tenant's events of the module "
-        "until answers come (a slow endpoint fills its own tenant's share, not the process)",
+        "of a module: a claim holds at most half as many of the module's events and skips the "
+        "tenants with more than half in flight (a slow endpoint fills its own tenant's share, "
+        "not the process)",
     )
     webhook_retry_schedule: str = Field(
         "5,300,1800,7200,18000,36000,36000",

@@ -68,6 +68,8 @@ from workers.webhooks import Sent, Webhooks
 log = logging.getLogger(__name__)
 
 LOCK_WAIT_SECONDS = 10.0
+ROOM_WAIT_SECONDS = 0.5
+"""How long a claim that found only tenants without room waits for one of their answers."""
 BATCH_BUDGET_SECONDS = 5.0
 """A batch that has run this long (or a tenth of the task time limit, if less) sends the rest
 of its events on in a message of their own."""
@@ -99,6 +101,7 @@ class EventProcessor:
         self._modules = list(modules) if modules else None
         self.claimer = claims.Claimer(runtime, worker or default_worker_name())
         self.webhooks = Webhooks(runtime, self.claimer)
+        self._hints: dict[str, uuid.UUID] = {}  # each module's last claimed id
         # Whether a delivery of this thread ended with claims outstanding (threads pool: each
         # thread runs its own deliveries).
         self._local = threading.local()
@@ -162,12 +165,18 @@ class EventProcessor:
         entity's event readies its next one, which no message announces)."""
         order = self.webhooks.order(module, self.handlers.order(module))
         limit = self.claimer.size(module, order.any)
+        if module not in self.handlers.modules():
+            limit = self.webhooks.claim_size(module, limit)
         with self.runtime.unit_of_work() as uow:
             skip = self.webhooks.saturated(module)
             claims = self.claimer.claim(uow, module, order, limit, skip)
             uow.commit()
         if not claims:
+            if skip and self.webhooks.wait_for_answer(module, ROOM_WAIT_SECONDS):
+                # Tenants skipped for want of room: one of their answers came, claim again.
+                return self._hints.get(module) or uuid.uuid4()
             return None
+        self._hints[module] = claims[-1].id
         # The batch's time only: the claim's own cost is fixed whatever its size (counted per
         # event it shrank the claims, and a smaller claim cost as much: a spiral down to one
         # event a claim when dead rows made claims slow).

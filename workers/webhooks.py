@@ -239,19 +239,42 @@ class Webhooks:
                 self._by_tenant[key] = left
             else:
                 self._by_tenant.pop(key, None)
-            if left == self._tenant_limit - 1 or key in self._refused:
+            if left == self._tenant_limit - self._tenant_limit // 2 or key in self._refused:
                 self._eased.add(key[0])
                 self._refused.discard(key)
             self._room.notify_all()
+
+    def claim_size(self, module: str, limit: int) -> int:
+        """A claim of a module only endpoints take holds at most a tenant's share of events:
+        a bigger one would mostly be given back (:meth:`admit`)."""
+        if not self.has_endpoints(module):
+            return limit
+        return max(1, min(limit, self._tenant_limit // 2))
+
+    def wait_for_answer(self, module: str, timeout: float) -> bool:
+        """Wait (at most ``timeout``) until one of ``module``'s requests in flight answers;
+        False at once when none is in flight."""
+
+        def mine() -> int:
+            return sum(n for (m, _), n in self._by_tenant.items() if m == module)
+
+        with self._room:
+            before = mine()
+            if not before:
+                return False
+            self._room.wait_for(lambda: mine() < before, timeout=timeout)
+            return True
 
     def saturated(self, module: str) -> list[uuid.UUID]:
         """The tenants whose requests for ``module`` fill their share of this process
         (``EVENTBUS_WEBHOOK_TENANT_CONCURRENCY``): its next claims skip them."""
         with self._room:
+            # Room for a whole claim's worth, or none: a claim then never holds more of a
+            # tenant than it may send (those would be given back, and claimed again).
             full = {
                 tenant
                 for (m, tenant), count in self._by_tenant.items()
-                if m == module and count >= self._tenant_limit
+                if m == module and count > self._tenant_limit - self._tenant_limit // 2
             }
             return sorted(full | {tenant for m, tenant in self._refused if m == module})
 
