@@ -223,7 +223,9 @@ async def deliveries_query(
             pattern="^(acknowledged|failed|waiting)?$",
         ),
     ] = "",
-    limit: Annotated[str, _param("how many, newest first: 1 to 100 (20)", pattern="^[0-9]*$")] = "",
+    limit: Annotated[
+        str, _param("how many, newest first: 1 to 100 (20)", pattern=r"^([1-9][0-9]?|100)?$")
+    ] = "",
 ) -> DeliveriesQuery:
     """``GET /system/endpoints/{id}/deliveries``'s query (checked by ``bus.webhooks``)."""
     _only_once(request, ("tenant_id", "status", "limit"))

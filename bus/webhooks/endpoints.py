@@ -290,7 +290,8 @@ def get_endpoint(
 
 
 DELIVERIES_SHOWN = 20
-MAX_DELIVERIES_SHOWN = 100
+_SHOWN = re.compile("[1-9][0-9]?|100")
+"""A deliveries ``limit``: 1 to 100, written without a leading zero (as the document says)."""
 
 
 def list_deliveries(
@@ -308,7 +309,7 @@ def list_deliveries(
         raise InvalidField("status")
     shown = DELIVERIES_SHOWN
     if limit is not None:
-        if not limit.isdigit() or not 1 <= int(limit) <= MAX_DELIVERIES_SHOWN:
+        if not _SHOWN.fullmatch(limit):
             raise InvalidField("limit")
         shown = int(limit)
     row = endpoint_store.get(session, _endpoint_uuid(endpoint_id), tenant_id)
