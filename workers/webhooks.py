@@ -7,8 +7,10 @@ request of a batch at once) and the batch commits without it, its claim still he
 event's last answer comes, it is *parked* here and a recorder thread writes the outcomes of
 whatever has come, as one unit of work: the events locked again (``FOR UPDATE SKIP LOCKED``),
 each checked to be at the attempt it was claimed at, their status changes, delivery rows and
-endpoints' health saved, one commit. So a 5 s endpoint delays only its own events, and batches
-form at any load. A process that dies with requests in flight leaves its claims, which end as
+endpoints' health saved, one commit. Each tenant has a share of the process's requests
+(``EVENTBUS_WEBHOOK_TENANT_CONCURRENCY``): a claim holds at most half a share and skips the
+tenants with more than half in flight, so a 5 s endpoint delays only its own tenant's events,
+and batches form at any load. A process that dies with requests in flight leaves its claims, which end as
 any lost run's do: the event is claimed again and sent to the endpoints that have not
 acknowledged it (at least once; ``webhook-id`` lets a receiver drop the repeat).
 
