@@ -10,9 +10,9 @@ each checked to be at the attempt it was claimed at, their status changes, deliv
 endpoints' health saved, one commit. Each tenant has a share of the process's requests
 (``EVENTBUS_WEBHOOK_TENANT_CONCURRENCY``): a claim holds at most half a share and skips the
 tenants with more than half in flight, so a 5 s endpoint delays only its own tenant's events,
-and batches form at any load. A process that dies with requests in flight leaves its claims, which end as
-any lost run's do: the event is claimed again and sent to the endpoints that have not
-acknowledged it (at least once; ``webhook-id`` lets a receiver drop the repeat).
+and batches form at any load. A process that dies with requests in flight leaves its claims,
+which end as any lost run's do: the event is claimed again and sent to the endpoints that have
+not acknowledged it (at least once; ``webhook-id`` lets a receiver drop the repeat).
 
 An event a handler of this worker takes too waits in its batch for its requests (bounded by
 ``EVENTBUS_WEBHOOK_TIMEOUT_SECONDS``): the handler's writes commit with the event's outcome.
