@@ -79,6 +79,38 @@ def cpu_ms_per_event(usage: dict[str, object], events: int) -> dict[str, float]:
     return {group: round(c * elapsed * 1000 / events, 3) for group, c in cores.items()}
 
 
+def start_module_workers(
+    stack: Stack,
+    monitor: Monitor,
+    out_dir: Path,
+    config: BusConfig,
+    name: str,
+    module: str,
+    layout: BusLayout,
+    env: dict[str, str] | None = None,
+) -> list[Proc]:
+    """``layout``'s ``eventbus worker`` processes of ``module`` (logs named ``name``-worker<i>),
+    watched as ``bus_workers``; returned once every one answers a ping."""
+    started = []
+    for i in range(layout.workers):
+        argv = [
+            str(BIN / "eventbus"), "worker", "--modules", module, "--pool", layout.pool,
+            "--concurrency", str(layout.concurrency), "--loglevel", "WARNING",
+        ]  # fmt: skip
+        proc = stack.add(
+            Proc(
+                f"{name}-worker{i}-{time.monotonic_ns()}",
+                argv,
+                log_dir=out_dir,
+                env=config.env(**(env or {})),
+            )
+        )
+        monitor.watch("bus_workers", proc.pid)
+        started.append(proc)
+    wait_for_bus_workers(config.broker_url, len(started), timeout=90)
+    return started
+
+
 def wait_for_bus_workers(broker_url: str, expected: int, timeout: float) -> None:
     """Every ``eventbus worker`` (named ``eventbus-<pid>@host``) answers a ping: consuming."""
     control = Celery("bench-control", broker=broker_url, set_as_current=False)

@@ -632,6 +632,25 @@ def profile_only(work_dir: Path, db_name: str) -> int:
     return 0
 
 
+def _measured() -> dict[str, Any]:
+    """A phase run alone: the commit, when, and the machine's load then."""
+    return {
+        "commit": _git("rev-parse", "--short", "HEAD").strip(),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _write_merged(results: dict[str, Any], out: Path) -> None:
+    """Results a phase run alone was merged into, written back (with the headline, targets
+    and markdown made again when a full run's results are there)."""
+    if "headline" in results:
+        results["headline"] = headline(results)
+        results["targets"] = targets(results)
+        out.with_suffix(".md").write_text(render_markdown(results))
+    out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+
+
 def scheduler_only(plan: Plan, out: Path, work_dir: Path, db_name: str) -> int:
     """Only the scheduler's phases, merged into the results at ``out`` (the other phases'
     figures stay); the E2E layout is the one the results report, else 2 solo workers."""
@@ -643,22 +662,12 @@ def scheduler_only(plan: Plan, out: Path, work_dir: Path, db_name: str) -> int:
         results["scheduler"] = scheduler.run_phases(
             stack, monitor, work_dir, db, config, _sched_plan(plan), layout
         )
-        results["scheduler"]["measured"] = {
-            "commit": _git("rev-parse", "--short", "HEAD").strip(),
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-        }
+        results["scheduler"]["measured"] = _measured()
         return True
 
     if _alone(work_dir, db_name, phase) is None:
         return 1
-    if "headline" in results:
-        results["headline"] = headline(results)
-        results["targets"] = targets(results)
-        out.write_text(json.dumps(results, indent=1, default=str) + "\n")
-        out.with_suffix(".md").write_text(render_markdown(results))
-    else:
-        out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    _write_merged(results, out)
     for line in scheduler_lines(results):
         print(line, flush=True)
     return 0
@@ -673,23 +682,12 @@ def webhooks_only(plan: Plan, out: Path, work_dir: Path, db_name: str) -> int:
         results["webhooks"] = webhooks.run_phase(
             stack, monitor, work_dir, db, config, _hooks_plan(plan), _hooks_rate(results)
         )
-        results["webhooks"]["measured"] = {
-            "mode": plan.mode,
-            "commit": _git("rev-parse", "--short", "HEAD").strip(),
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-        }
+        results["webhooks"]["measured"] = {"mode": plan.mode, **_measured()}
         return True
 
     if _alone(work_dir, db_name, phase) is None:
         return 1
-    if "headline" in results:
-        results["headline"] = headline(results)
-        results["targets"] = targets(results)
-        out.write_text(json.dumps(results, indent=1, default=str) + "\n")
-        out.with_suffix(".md").write_text(render_markdown(results))
-    else:
-        out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    _write_merged(results, out)
     for line in webhook_lines(results):
         print(line, flush=True)
     return 0

@@ -34,12 +34,12 @@ from bench.endtoend import (
     E2E_TENANT,
     BusLayout,
     cpu_ms_per_event,
-    wait_for_bus_workers,
+    start_module_workers,
 )
 from bench.load import system_token
 from bench.monitor import Monitor
 from bench.names import E2E_EVENT_TYPE, E2E_MODULE, ORDERED_MODULE, UNORDERED_MODULE
-from bench.procs import BIN, BenchError, Proc, Stack, wait_until
+from bench.procs import BenchError, Proc, Stack, wait_until
 from bench.stack import BusConfig, Database, flush_queues, start_api
 from bus.broker.queues import queue_name
 
@@ -101,24 +101,10 @@ class _Bus:
     def workers(
         self, tag: str, module: str, layout: BusLayout, env: dict[str, str] | None = None
     ) -> list[Proc]:
-        started = []
-        for i in range(layout.workers):
-            argv = [
-                str(BIN / "eventbus"), "worker", "--modules", module, "--pool", layout.pool,
-                "--concurrency", str(layout.concurrency), "--loglevel", "WARNING",
-            ]  # fmt: skip
-            proc = self.stack.add(
-                Proc(
-                    f"sched-{tag}-worker{i}-{time.monotonic_ns()}",
-                    argv,
-                    log_dir=self.out_dir,
-                    env=self.config.env(**(env or {})),
-                )
-            )
-            self.procs.append(proc)
-            self.monitor.watch("bus_workers", proc.pid)
-            started.append(proc)
-        wait_for_bus_workers(self.config.broker_url, len(started), timeout=90)
+        started = start_module_workers(
+            self.stack, self.monitor, self.out_dir, self.config, f"sched-{tag}", module, layout, env
+        )
+        self.procs += started
         return started
 
 

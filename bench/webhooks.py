@@ -40,11 +40,16 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.endtoend import E2E_TENANT, BusLayout, cpu_ms_per_event, wait_for_bus_workers
+from bench.endtoend import (
+    E2E_TENANT,
+    BusLayout,
+    cpu_ms_per_event,
+    start_module_workers,
+)
 from bench.load import TOKEN_TTL_SECONDS, publish_scenario, reader_token, run_load, system_token
 from bench.monitor import Monitor
 from bench.names import E2E_EVENT_TYPE, E2E_MODULE
-from bench.procs import BIN, BenchError, Proc, Stack, wait_until
+from bench.procs import BenchError, Proc, Stack, wait_until
 from bench.scheduler import TENANT_B, publish_batches
 from bench.stack import BusConfig, Database, flush_queues, start_api
 from bus.auth import mint_token
@@ -190,24 +195,10 @@ class _Hooks:
             raise BenchError(f"{action} {module}: {response.status_code} {response.text[:200]}")
 
     def workers(self, tag: str, module: str, layout: BusLayout) -> list[Proc]:
-        started = []
-        for i in range(layout.workers):
-            argv = [
-                str(BIN / "eventbus"), "worker", "--modules", module, "--pool", layout.pool,
-                "--concurrency", str(layout.concurrency), "--loglevel", "WARNING",
-            ]  # fmt: skip
-            proc = self.stack.add(
-                Proc(
-                    f"hooks-{tag}-worker{i}-{time.monotonic_ns()}",
-                    argv,
-                    log_dir=self.out_dir,
-                    env=self.config.env(),
-                )
-            )
-            self.procs.append(proc)
-            self.monitor.watch("bus_workers", proc.pid)
-            started.append(proc)
-        wait_for_bus_workers(self.config.broker_url, len(started), timeout=90)
+        started = start_module_workers(
+            self.stack, self.monitor, self.out_dir, self.config, f"hooks-{tag}", module, layout
+        )
+        self.procs += started
         return started
 
     def stop_workers(self) -> None:
