@@ -165,8 +165,8 @@ class EventProcessor:
         entity's event readies its next one, which no message announces)."""
         order = self.webhooks.order(module, self.handlers.order(module))
         limit = self.claimer.size(module, order.any)
-        if module not in self.handlers.modules():
-            limit = self.webhooks.claim_size(module, limit)
+        if self.webhooks.has_endpoints(module) and module not in self.handlers.modules():
+            limit = self.webhooks.claim_size(limit)
         with self.runtime.unit_of_work() as uow:
             skip = self.webhooks.saturated(module)
             claims = self.claimer.claim(uow, module, order, limit, skip)
@@ -340,6 +340,8 @@ class EventProcessor:
         usage and holds, one commit; then the reports."""
         if out.parked or out.joint:
             self._send(uow, out)
+        if out.verdicts:
+            delivery.save(uow.session, out.verdicts, self.runtime.settings, utcnow())
         save_changes(uow, out.changes)
         if module:
             self.claimer.record(uow, module, out.usage(), out.holds)
@@ -404,12 +406,10 @@ class EventProcessor:
             self._webhook_outcome(uow, out, verdict)
 
     def _webhook_outcome(self, uow: UnitOfWork, out: _Outcomes, verdict: delivery.Verdict) -> None:
-        """A verdict in this batch: its change, rows and health with the batch's writes."""
-        delivery.save(uow.session, [verdict], self.runtime.settings, utcnow())
+        """A verdict in this batch: its change, rows and health saved with the batch's."""
+        out.verdicts.append(verdict)
         out.changes.append(verdict.change)
-        row = verdict.change.event
-        if verdict.delay is not None and verdict.delay <= self.runtime.settings.retry_max_seconds:
-            uow.send(Dispatch(row.id, row.target_module, countdown=verdict.delay))
+        self.webhooks.wake_for_retry(uow, verdict)
 
     def _failed(
         self,
@@ -658,6 +658,8 @@ class _Outcomes:
     used: dict[uuid.UUID, list[float]] = field(default_factory=dict)
     parked: list[Plan] = field(default_factory=list)
     """Events only endpoints take: sent without the batch (workers.webhooks)."""
+    verdicts: list[delivery.Verdict] = field(default_factory=list)
+    """Webhook outcomes decided in the batch: their delivery rows and endpoints' health."""
     joint: list[Joint] = field(default_factory=list)
     """Events a handler took whose endpoints take them too: their requests are waited for."""
 

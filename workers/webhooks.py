@@ -246,11 +246,9 @@ class Webhooks:
                 self._refused.discard(key)
             self._room.notify_all()
 
-    def claim_size(self, module: str, limit: int) -> int:
-        """A claim of a module only endpoints take holds at most a tenant's share of events:
-        a bigger one would mostly be given back (:meth:`admit`)."""
-        if not self.has_endpoints(module):
-            return limit
+    def claim_size(self, limit: int) -> int:
+        """A claim of a module only endpoints take holds at most half a tenant's share of
+        events: a bigger one would mostly be given back (:meth:`admit`)."""
         return max(1, min(limit, self._tenant_limit // 2))
 
     def wait_for_answer(self, module: str, timeout: float) -> bool:
@@ -404,9 +402,7 @@ class Webhooks:
             out.holds.append((run.event.id, claim_store.HOLD_BLOCK))
         out.reports.append(_reporter(attempt, verdict))
         row = run.event
-        if verdict.delay is not None and verdict.delay <= self.runtime.settings.retry_max_seconds:
-            uow.send(Dispatch(row.id, row.target_module, countdown=verdict.delay))
-        elif current.ordered and verdict.error is None:
+        if not self.wake_for_retry(uow, verdict) and current.ordered and verdict.error is None:
             # The entity's next event is ready now: no message says so otherwise.
             uow.send(Dispatch(row.id, row.target_module))
 
@@ -428,6 +424,15 @@ class Webhooks:
             claim_store.set_hold(uow.session, out.holds)
         if out.stale:
             self.claimer.release(uow, out.stale)
+
+    def wake_for_retry(self, uow: UnitOfWork, verdict: Verdict) -> bool:
+        """A wake-up when the verdict's retry is due, if that is within
+        ``EVENTBUS_RETRY_MAX_SECONDS`` (the broker's bound; the poll finds later ones)."""
+        row = verdict.change.event
+        if verdict.delay is None or verdict.delay > self.runtime.settings.retry_max_seconds:
+            return False
+        uow.send(Dispatch(row.id, row.target_module, countdown=verdict.delay))
+        return True
 
     def _verdict(self, parked: Parked, item: Plan, now: datetime) -> Verdict:
         answers = {eid: _answer(f, 0) for eid, f in parked.sent.items()}

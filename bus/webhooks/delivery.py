@@ -283,9 +283,9 @@ def save(session: Session, verdicts: Sequence[Verdict], settings: Settings, now:
     """A batch's delivery rows and its endpoints' health, in the batch's transaction (the
     events' changes go through ``save_changes``, by the caller)."""
     delivery_store.save(session, [r for v in verdicts for r in v.rows])
-    healthy: set[uuid.UUID] = set().union(*(v.healthy for v in verdicts)) if verdicts else set()
-    failing: set[uuid.UUID] = set().union(*(v.failing for v in verdicts)) if verdicts else set()
-    gone: set[uuid.UUID] = set().union(*(v.gone for v in verdicts)) if verdicts else set()
+    healthy: set[uuid.UUID] = set().union(*(v.healthy for v in verdicts))
+    failing: set[uuid.UUID] = set().union(*(v.failing for v in verdicts))
+    gone: set[uuid.UUID] = set().union(*(v.gone for v in verdicts))
     endpoint_store.mark_healthy(session, healthy)
     failing -= healthy
     endpoint_store.mark_failing(session, failing, now)

@@ -388,3 +388,25 @@ def test_a_stopping_worker_finishes_its_requests_first(
     start_worker(MODULE, pool=pool, concurrency=1)
     time.sleep(1.0)
     assert sorted(ids_received(receiver, "/slow")) == sorted(events)
+
+
+def test_a_handler_and_an_endpoint_take_the_same_event(
+    client: TestClient, receiver: Receiver, start_worker: WorkerFactory, runtime: Runtime
+) -> None:
+    # Given a module with a Python handler (which fails its first attempt) and an endpoint
+    client.post(
+        "/system/endpoints",
+        headers=_h(),
+        json={"target_module": "warehouse", "url": receiver.url + "/hook"},
+    ).raise_for_status()
+    start_worker("warehouse")
+    body = {**SEED_PUBLISH_BODY, "target_module": "warehouse", "event_data": {"fail_until": 1}}
+    answer = client.post("/system/events", headers=_h(), json=body)
+    event_id = answer.json()["event"]["id"]
+    # Then the event is processed after its handler's retry, and its endpoint, which
+    # acknowledged the first attempt, got it once
+    row = wait_for_status(runtime, event_id, "processed", 20)
+    assert row.retry_count == 1
+    assert ids_received(receiver, "/hook") == [event_id]
+    detail = client.get(f"/system/events/{event_id}", headers=_h()).json()
+    assert [(d["status"], d["requests"]) for d in detail["deliveries"]] == [("acknowledged", 1)]
